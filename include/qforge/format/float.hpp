@@ -54,6 +54,7 @@ inline std::uint32_t encode_float(const float_format& f, float x) {
     const float quantum = std::ldexp(1.0f, e - f.man_bits);
     const float r = std::nearbyint(a / quantum) * quantum;  // default rounding mode: ties to even
     if (r == 0.0f) return sign;
+    if (std::isinf(r)) return sign | inf_code;  // rounded past FLT_MAX (e.g. FLT_MAX to bf16)
     const int re = std::ilogb(r);
     std::uint32_t field, man;
     if (re < f.min_exp()) {
