@@ -13,6 +13,8 @@ template <class... F>
 struct overloaded : F... {
     using F::operator()...;
 };
+template <class... F>
+overloaded(F...) -> overloaded<F...>;  // clang 14 does not deduce aggregates' template arguments
 
 template <class T>
 std::vector<float> widen(std::span<const T> w) {
