@@ -1,0 +1,41 @@
+"""The design space: the product of the axes, and the one predicate that prunes it to the configs
+that get kernels. Adding a value to an axis (or relaxing the predicate) adds kernels, their
+tests and their benchmarks; nothing else needs to change.
+"""
+
+import itertools
+
+from vocabulary import Config
+
+AXES = {
+    "type": ["nf4", "fp4", "int_sym"],
+    "bits": [4],
+    "group": [32, 64, 128],
+    "double_quant": [False, True],
+    "storage": ["bnb4", "qforge"],
+    "act": ["f32", "i8"],
+}
+
+
+def has_kernel(c: Config) -> bool:
+    """The pruning predicate: what kernels/impl/ implements and is worth compiling.
+
+    - compute paths f32 and i8 (bf16 / f16: no kernels yet);
+    - bitsandbytes NF4 / FP4 in their checkpoint layout, blocksize 64 (transformers' only one),
+      with and without double quantization;
+    - symmetric int4 in qforge's repacked layout (GPTQ is repacked into it), groups 32 (the
+      smallest K granularity) and 128 (the common one).
+    """
+    if c.act not in ("f32", "i8"):
+        return False
+    if c.type in ("nf4", "fp4"):
+        return c.storage == "bnb4" and c.group == 64
+    if c.type == "int_sym":
+        return c.storage == "qforge" and c.bits == 4 and not c.double_quant and c.group in (32, 128)
+    return False
+
+
+def kernel_configs() -> list[Config]:
+    """Every config with kernels, in a stable order (the product's order)."""
+    product = itertools.product(*AXES.values())
+    return [c for c in (Config(*values) for values in product) if has_kernel(c)]

@@ -1,0 +1,70 @@
+// Exact dequantization of 4-bit codes to f32: value[code] * scale, one f32 multiply per weight,
+// as the scalar reference does. Also the panel producer of the f32 GEMM.
+#pragma once
+
+#include <qforge/kernels/impl/format.hpp>
+
+#include <cstdint>
+
+namespace qforge::kernels {
+
+// Scales are decoded in chunks of this many blocks (bounded stack buffers for any K).
+inline constexpr int scale_chunk = 256;
+
+// A 16-byte window of codes holds 32 elements; a block (group) holds group/32 windows.
+template <class P>
+inline constexpr int windows_per_block = P::group / 32;
+
+template <class P>
+constexpr void check_kernel_policy() {
+    static_assert(P::bits == 4, "qforge 4-bit kernels: bits must be 4");
+    static_assert(P::group >= 32 && P::group % 32 == 0, "qforge 4-bit kernels: group must be a multiple of 32");
+}
+
+// The f32 code values of P in A's lookup-table representation.
+template <class P, class A>
+inline simd::table16<A> value_table(const weights_view& w) {
+    alignas(64) float values[16];
+    code_traits<P::type>::template values<A>(w, values);
+    return simd::make_table16<A>(values);
+}
+
+// Elements [b0 * group, b1 * group) of row n, dequantized to out[0 ..).
+template <class P, class A>
+void dequantize_blocks(const weights_view& w, const simd::table16<A>& table, std::int64_t n, std::int64_t b0,
+                       std::int64_t b1, float* out) {
+    check_kernel_policy<P>();
+    using L = layout_traits<P::storage>;
+    using F = simd::f32v<A>;
+    constexpr int lanes = simd::lanes<A>;
+    constexpr int chunks = 16 / lanes;  // registers per half window
+    constexpr int wpb = windows_per_block<P>;
+    const std::uint8_t* codes = row_codes<A>(w, n);
+    float buf[scale_chunk];
+    for (std::int64_t c0 = b0; c0 < b1; c0 += scale_chunk) {
+        const int nb = static_cast<int>(b1 - c0 < scale_chunk ? b1 - c0 : scale_chunk);
+        const float* scales = L::template row_scales<P, A>(w, n, c0, nb, buf);
+        for (int i = 0; i < nb; ++i) {
+            const F scale(scales[i]);
+            const std::int64_t first_window = (c0 + i) * wpb;
+            simd::unroll<wpb>([&](auto wi) {
+                const std::int64_t window = first_window + wi;
+                const std::uint8_t* c = codes + window * 16;
+                float* o = out + (window - b0 * wpb) * 32;
+                simd::unroll<chunks>([&](auto ci) {
+                    const auto idx = simd::load_u8_as_i32<A>(c + ci * lanes);
+                    const F lo = simd::lookup<A>(table, idx) * scale;
+                    const F hi = simd::lookup<A>(table, idx >> 4) * scale;
+                    if constexpr (L::interleaved) {
+                        simd::store_interleaved<A>(o + 2 * ci * lanes, hi, lo);  // high nibble = even element
+                    } else {
+                        lo.store_unaligned(o + ci * lanes);
+                        hi.store_unaligned(o + 16 + ci * lanes);
+                    }
+                });
+            });
+        }
+    }
+}
+
+}  // namespace qforge::kernels

@@ -1,0 +1,123 @@
+// What the kernels need to know about a format, as two traits templates with the same small
+// set of members for every specialization:
+//   code_traits<dtype>    what a 4-bit code means (f32 value, int8 level for the i8 path)
+//   layout_traits<layout> where a code sits in memory and how a row's block scales decode
+// The primary templates fail with a readable message for formats without kernels yet.
+// Members are templates on the arch tag A even where A is unused: a function compiled with one
+// ISA's flags must never be shared by the linker with another ISA's translation unit.
+#pragma once
+
+#include <qforge/config/config.hpp>
+#include <qforge/format/tables.hpp>
+#include <qforge/kernels/impl/simd.hpp>
+#include <qforge/kernels/weights.hpp>
+
+#include <array>
+#include <cstdint>
+
+namespace qforge::kernels {
+
+template <auto>
+inline constexpr bool no_traits_for = false;
+
+// ---- code_traits -----------------------------------------------------------------------------
+// values(w, out16):   the f32 value of each code (the checkpoint's quant_map for table formats)
+// i8_scale:           the i8 path approximates value v by the integer level RNE(i8_scale * v)
+// from_table:         levels come from a runtime table (else: exact integers code - offset)
+template <dtype T>
+struct code_traits {
+    static_assert(no_traits_for<T>, "qforge: no 4-bit kernel code_traits for this dtype yet (kernels/impl/format.hpp)");
+};
+
+template <dtype T>
+struct table_code_traits {
+    static constexpr bool from_table = true;
+    template <class A>
+    static void values(const weights_view& w, float* out) {
+        for (int i = 0; i < 16; ++i) out[i] = w.code_table[i];
+    }
+};
+// NF4 levels round(127 v): |v - level/127| <= 0.5/127 for every entry of the bnb table.
+template <>
+struct code_traits<dtype::nf4> : table_code_traits<dtype::nf4> {
+    static constexpr float i8_scale = 127.0f;
+};
+// FP4 magnitudes are {0, 1/192, 2/3, 1, 1/3, 1/2, 1/6, 1/4}: times 120 all are integers except
+// 1/192 (0.625 -> 1), so the int8 levels are exact but for the smallest non-zero code.
+template <>
+struct code_traits<dtype::fp4> : table_code_traits<dtype::fp4> {
+    static constexpr float i8_scale = 120.0f;
+};
+// Symmetric integers: value = code - 2^(bits-1), exact in both paths.
+template <>
+struct code_traits<dtype::int_sym> {
+    static constexpr bool from_table = false;
+    static constexpr int zero_point = 8;  // 4-bit
+    static constexpr float i8_scale = 1.0f;
+    template <class A>
+    static void values(const weights_view&, float* out) {
+        for (int i = 0; i < 16; ++i) out[i] = static_cast<float>(i - zero_point);
+    }
+};
+
+// ---- layout_traits ---------------------------------------------------------------------------
+// element_of(byte, high):  element index, relative to a 16-byte-aligned window start, of the
+//                          low/high nibble of byte `byte` of the window (window = 32 elements
+//                          per 16 bytes; also valid for any multiple of 16 bytes)
+// interleaved:             low/high nibbles hold neighbouring elements (else: half windows)
+// code_at(row, k):         the code of element k of a row
+// row_scales(w, n, b0, nb, buf): f32 scales of blocks [b0, b0+nb) of row n (pointer into w or buf)
+template <layout L>
+struct layout_traits {
+    static_assert(no_traits_for<L>, "qforge: no kernel layout_traits for this storage yet (kernels/impl/format.hpp)");
+};
+
+template <>
+struct layout_traits<layout::bnb4> {
+    static constexpr bool interleaved = true;  // byte j: element 2j high nibble, 2j+1 low nibble
+    static constexpr int element_of(int byte, bool high) { return 2 * byte + (high ? 0 : 1); }
+    template <class A>
+    static std::uint8_t code_at(const std::uint8_t* row, std::int64_t k) {
+        const std::uint8_t b = row[k / 2];
+        return (k % 2 == 0) ? static_cast<std::uint8_t>(b >> 4) : static_cast<std::uint8_t>(b & 0x0F);
+    }
+    template <class P, class A>
+    static const float* row_scales(const weights_view& w, std::int64_t n, std::int64_t b0, int nb, float* buf) {
+        const std::int64_t first = n * (w.cols / P::group) + b0;  // flat block index
+        if constexpr (!P::double_quant) {
+            return static_cast<const float*>(w.scales) + first;
+        } else {
+            // formats.md §1: absmax = map[q] * nested_absmax[b / 256], then + offset (two roundings)
+            const std::uint8_t* q = static_cast<const std::uint8_t*>(w.scales) + first;
+            for (int i = 0; i < nb; ++i) {
+                const float product = w.nested_map[q[i]] * w.nested_absmax[(first + i) / nested_blocksize];
+                buf[i] = product + w.nested_offset;
+            }
+            return buf;
+        }
+    }
+};
+
+template <>
+struct layout_traits<layout::qforge> {
+    static constexpr bool interleaved = false;  // 16-byte span: low nibbles elements 0-15, high 16-31
+    static constexpr int element_of(int byte, bool high) { return (byte / 16) * 32 + byte % 16 + (high ? 16 : 0); }
+    template <class A>
+    static std::uint8_t code_at(const std::uint8_t* row, std::int64_t k) {
+        const std::int64_t within = k % 32;
+        const std::uint8_t b = row[(k / 32) * 16 + within % 16];
+        return within >= 16 ? static_cast<std::uint8_t>(b >> 4) : static_cast<std::uint8_t>(b & 0x0F);
+    }
+    template <class P, class A>
+    static const float* row_scales(const weights_view& w, std::int64_t n, std::int64_t b0, int nb, float* buf) {
+        const std::uint16_t* h = static_cast<const std::uint16_t*>(w.scales) + n * (w.cols / P::group) + b0;
+        simd::f16_to_f32<A>(h, nb, buf);
+        return buf;
+    }
+};
+
+// The packed codes of row n (both layouts keep rows contiguous, K/2 bytes each).
+template <class A>
+inline const std::uint8_t* row_codes(const weights_view& w, std::int64_t n) { return w.codes + n * (w.cols / 2); }
+
+}  // namespace qforge::kernels

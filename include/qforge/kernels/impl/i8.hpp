@@ -1,0 +1,244 @@
+// The int8-activation compute path (as llama.cpp's q8 activations and onnxruntime's accuracy
+// level 4): x is quantized per block of the weight group to int8 with an f32 scale, and every
+// block's dot product is an exact integer sum of int8 level x int8 activation products.
+//
+//   xs_b = amax_b / 127, xq_k = RNE(x_k * (127 / amax_b))              (activations)
+//   level(c) = RNE(i8_scale * value(c))                                (weights, format.hpp)
+//   y[n] = sum_b scale[n, b] * xs_b / i8_scale * sum_{k in b} level(code_k) * xq_k
+//
+// Error against the exact product, per output (delta = max_c |value(c) - level(c) / i8_scale|,
+// 0 for integer formats, 0.5/127 for NF4, 0.375/120 for FP4):
+//   |y - y_exact| <= sum_b |scale_b| sum_{k in b} (delta |x_k| + (|value_k| + delta) xs_b / 2)
+// plus f32 rounding of the final sums (tests/test_kernels.cpp checks this bound).
+//
+// Integer dot products: with VNNI, vpdpbusd on unsigned weights u = level + offset and signed
+// activations, minus offset * sum(xq) per block (precomputed with the activations). Without VNNI,
+// pmaddubsw: integer formats use the same offset form (u <= 15 cannot saturate 16-bit pair sums);
+// table formats use |level| times the activation with the level's sign (2 * 127 * 127 < 2^15).
+#pragma once
+
+#include <qforge/kernels/impl/dequantize.hpp>
+
+#include <cstdint>
+
+namespace qforge::kernels {
+
+template <class P, class A>
+struct i8_shape {
+    static constexpr int V = simd::vbytes<A>;  // code bytes per register
+    static constexpr int W = 2 * V;            // elements per register of codes (a "window")
+    static constexpr int lanes = simd::lanes<A>;
+    static constexpr int group = P::group;
+    static constexpr int blocks_per_window = W > group ? W / group : 1;
+    static constexpr int windows_per_step = W < group ? group / W : 1;
+    static constexpr int step_elems = W > group ? W : group;  // one step: a window or a block
+    static constexpr bool table = code_traits<P::type>::from_table;
+    static constexpr bool offset_form = simd::has_vnni<A> || !table;
+    static constexpr int offset = table ? 128 : 8;
+    static_assert(table || offset_form, "integer formats always use the offset form");
+    static_assert(offset_form ? (simd::has_vnni<A> || 2 * 15 * 127 <= 32767) : 2 * 127 * 127 <= 32767,
+                  "pmaddubsw pair sums must not saturate");
+
+    std::int64_t k = 0, blocks = 0, steps = 0, tail_blocks = 0;
+    // byte offsets of the parts of one prepared row
+    std::size_t q_off = 0, xs_off = 0, corr_off = 0, xsb_off = 0, bytes = 0;
+
+    explicit i8_shape(std::int64_t cols) : k(cols), blocks(cols / group) {
+        steps = W > group ? cols / W : blocks;
+        tail_blocks = blocks - steps * blocks_per_window;
+        auto align = [](std::size_t b) { return (b + 63) / 64 * 64; };
+        xs_off = align(static_cast<std::size_t>(k));
+        corr_off = xs_off + align(static_cast<std::size_t>(steps * lanes) * sizeof(float));
+        xsb_off = corr_off + align(static_cast<std::size_t>(steps * lanes) * sizeof(std::int32_t));
+        bytes = xsb_off + align(static_cast<std::size_t>(blocks) * sizeof(float));
+    }
+};
+
+// One prepared activation row.
+struct i8_row {
+    const std::int8_t* q;       // full windows permuted to the code registers' order, tail natural
+    const float* xs;            // per step, one register of block scales (spread per block)
+    const std::int32_t* corr;   // per step, one register: -offset * sum(xq) of each block in its first lane
+    const float* xs_block;      // per block
+};
+
+template <class P, class A>
+i8_row quantize_activations(const i8_shape<P, A>& s, const float* x, void* mem) {
+    using S = i8_shape<P, A>;
+    using L = layout_traits<P::storage>;
+    auto* base = static_cast<std::uint8_t*>(mem);
+    auto* q = reinterpret_cast<std::int8_t*>(base);
+    auto* xs = reinterpret_cast<float*>(base + s.xs_off);
+    auto* corr = reinterpret_cast<std::int32_t*>(base + s.corr_off);
+    auto* xs_block = reinterpret_cast<float*>(base + s.xsb_off);
+
+    alignas(64) std::int8_t natural[S::step_elems];
+    alignas(64) std::int32_t qi[S::group];
+    std::int32_t sums[S::blocks_per_window];
+    const std::int64_t full = s.steps * S::step_elems;  // elements in full steps
+    for (std::int64_t b = 0; b < s.blocks; ++b) {
+        const float* xb = x + b * S::group;
+        float amax = 0.0f;
+        for (int i = 0; i < S::group; ++i) {
+            const float a = __builtin_fabsf(xb[i]);
+            amax = a > amax ? a : amax;
+        }
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        xs_block[b] = amax / 127.0f;
+        using F = simd::f32v<A>;
+        for (int i = 0; i < S::group; i += S::lanes)
+            xsimd::nearbyint_as_int(F::load_unaligned(xb + i) * F(inv)).store_aligned(qi + i);
+        std::int32_t sum = 0;
+        const std::int64_t in_step = (b * S::group) % S::step_elems;
+        for (int i = 0; i < S::group; ++i) {
+            sum += qi[i];
+            natural[in_step + i] = static_cast<std::int8_t>(qi[i]);
+        }
+        const std::int64_t step_start = b * S::group - in_step;
+        if (step_start >= full) {  // tail (only when a window spans several blocks): natural order
+            for (int i = 0; i < S::group; ++i) q[b * S::group + i] = natural[in_step + i];
+            continue;
+        }
+        sums[in_step / S::group] = sum;
+        if (in_step + S::group < S::step_elems) continue;  // the step has more blocks
+        // The step is complete: permute its windows, spread its scales and corrections.
+        for (int wi = 0; wi < S::step_elems / S::W; ++wi)
+            for (int j = 0; j < S::V; ++j) {
+                q[step_start + wi * S::W + j] = natural[wi * S::W + L::element_of(j, false)];
+                q[step_start + wi * S::W + S::V + j] = natural[wi * S::W + L::element_of(j, true)];
+            }
+        const std::int64_t step = step_start / S::step_elems;
+        constexpr int seg = S::lanes / S::blocks_per_window;
+        for (int l = 0; l < S::lanes; ++l) {
+            const int blk = l / seg;
+            xs[step * S::lanes + l] = xs_block[b - (S::blocks_per_window - 1) + blk];
+            corr[step * S::lanes + l] = (S::offset_form && l % seg == 0) ? -S::offset * sums[blk] : 0;
+        }
+    }
+    return {q, xs, corr, xs_block};
+}
+
+// The weight side of the i8 path: int8 levels of the 16 codes in the registers the dot needs.
+template <class P, class A>
+struct i8_levels {
+    std::int8_t level[16];
+    simd::u8v<A> offset_lut;  // level + offset (offset form, table formats)
+    simd::u8v<A> abs_lut;     // |level| (sign form)
+    simd::u8v<A> sign_lut;    // level as a signed byte (sign form)
+
+    explicit i8_levels(const weights_view& w) {
+        using C = code_traits<P::type>;
+        alignas(64) float values[16];
+        C::template values<A>(w, values);
+        std::uint8_t u[16], a[16], sg[16];
+        for (int c = 0; c < 16; ++c) {
+            float l = __builtin_nearbyintf(values[c] * C::i8_scale);
+            l = l > 127.0f ? 127.0f : (l < -127.0f ? -127.0f : l);
+            level[c] = static_cast<std::int8_t>(l);
+            u[c] = static_cast<std::uint8_t>(level[c] + i8_shape<P, A>::offset);
+            a[c] = static_cast<std::uint8_t>(level[c] < 0 ? -level[c] : level[c]);
+            sg[c] = static_cast<std::uint8_t>(level[c]);
+        }
+        offset_lut = simd::replicate16<A>(u);
+        abs_lut = simd::replicate16<A>(a);
+        sign_lut = simd::replicate16<A>(sg);
+    }
+};
+
+// out[i][r] += sum over steps [s0, s1) of row n + r of W against activation row x[i].
+template <class P, class A, int MR, int NR>
+void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x,
+             std::int64_t n, std::int64_t s0, std::int64_t s1, float (&out)[MR][NR]) {
+    using S = i8_shape<P, A>;
+    using L = layout_traits<P::storage>;
+    using F = simd::f32v<A>;
+    using I = simd::i32v<A>;
+    using U = simd::u8v<A>;
+    constexpr int bpw = S::blocks_per_window;
+    constexpr int steps_per_chunk = scale_chunk / bpw;
+
+    const std::uint8_t* codes[NR];
+    for (int r = 0; r < NR; ++r) codes[r] = row_codes<A>(w, n + r);
+    F acc[MR][NR];
+    for (int i = 0; i < MR; ++i)
+        for (int r = 0; r < NR; ++r) acc[i][r] = F(0.0f);
+    float buf[NR][scale_chunk];
+    const float* scales[NR];
+
+    for (std::int64_t c0 = s0; c0 < s1; c0 += steps_per_chunk) {
+        const std::int64_t c1 = s1 - c0 < steps_per_chunk ? s1 : c0 + steps_per_chunk;
+        const int nb = static_cast<int>((c1 - c0) * bpw);
+        for (int r = 0; r < NR; ++r) scales[r] = L::template row_scales<P, A>(w, n + r, c0 * bpw, nb, buf[r]);
+        for (std::int64_t step = c0; step < c1; ++step) {
+            I dots[MR][NR];
+            simd::unroll<MR>([&](auto i) {
+                const I init = S::offset_form ? I::load_aligned(x[i].corr + step * S::lanes) : I(0);
+                for (int r = 0; r < NR; ++r) dots[i][r] = init;
+            });
+            simd::unroll<S::windows_per_step>([&](auto wi) {
+                const std::int64_t window = step * S::windows_per_step + wi;
+                U xl[MR], xh[MR];
+                simd::unroll<MR>([&](auto i) {
+                    const auto* q = reinterpret_cast<const std::uint8_t*>(x[i].q + window * S::W);
+                    xl[i] = U::load_aligned(q);
+                    xh[i] = U::load_aligned(q + S::V);
+                });
+                simd::unroll<NR>([&](auto r) {
+                    U lo, hi;
+                    simd::split_nibbles<A>(U::load_unaligned(codes[r] + window * S::V), lo, hi);
+                    if constexpr (S::offset_form) {
+                        if constexpr (S::table) {
+                            lo = simd::lut16<A>(lv.offset_lut, lo);
+                            hi = simd::lut16<A>(lv.offset_lut, hi);
+                        }
+                        simd::unroll<MR>([&](auto i) {
+                            dots[i][r] = simd::dot_u8s8<A>(dots[i][r], lo, xl[i]);
+                            dots[i][r] = simd::dot_u8s8<A>(dots[i][r], hi, xh[i]);
+                        });
+                    } else {
+                        const U lo_abs = simd::lut16<A>(lv.abs_lut, lo), lo_sign = simd::lut16<A>(lv.sign_lut, lo);
+                        const U hi_abs = simd::lut16<A>(lv.abs_lut, hi), hi_sign = simd::lut16<A>(lv.sign_lut, hi);
+                        simd::unroll<MR>([&](auto i) {
+                            dots[i][r] = simd::dot_u8s8<A>(dots[i][r], lo_abs, simd::apply_sign<A>(xl[i], lo_sign));
+                            dots[i][r] = simd::dot_u8s8<A>(dots[i][r], hi_abs, simd::apply_sign<A>(xh[i], hi_sign));
+                        });
+                    }
+                });
+            });
+            const std::int64_t local = (step - c0) * bpw;  // first block of the step within the chunk
+            simd::unroll<NR>([&](auto r) {
+                const F ws = simd::expand_scales<bpw, A>(scales[r] + local);
+                simd::unroll<MR>([&](auto i) {
+                    const F xs = F::load_aligned(x[i].xs + step * S::lanes);
+                    acc[i][r] = xsimd::fma(xsimd::to_float(dots[i][r]), ws * xs, acc[i][r]);
+                });
+            });
+        }
+    }
+    for (int i = 0; i < MR; ++i)
+        for (int r = 0; r < NR; ++r) out[i][r] += xsimd::hadd(acc[i][r]) / code_traits<P::type>::i8_scale;
+}
+
+// The blocks after the last full window (only when a register spans several blocks and K is not
+// a multiple of it), in scalar code: the same integer sums and the same scale products.
+template <class P, class A>
+float i8_tail(const weights_view& w, const i8_shape<P, A>& s, const i8_levels<P, A>& lv, const i8_row& x,
+              std::int64_t n) {
+    using S = i8_shape<P, A>;
+    using L = layout_traits<P::storage>;
+    if (s.tail_blocks == 0) return 0.0f;
+    const std::int64_t b0 = s.blocks - s.tail_blocks;
+    float buf[scale_chunk];  // tail_blocks < blocks_per_window; sized for the vector converters
+    const float* scales = L::template row_scales<P, A>(w, n, b0, static_cast<int>(s.tail_blocks), buf);
+    const std::uint8_t* codes = row_codes<A>(w, n);
+    float total = 0.0f;
+    for (std::int64_t b = b0; b < s.blocks; ++b) {
+        std::int32_t dot = 0;
+        for (std::int64_t k = b * S::group; k < (b + 1) * S::group; ++k)
+            dot += lv.level[L::template code_at<A>(codes, k)] * x.q[k];
+        total += static_cast<float>(dot) * (scales[b - b0] * x.xs_block[b]);
+    }
+    return total / code_traits<P::type>::i8_scale;
+}
+
+}  // namespace qforge::kernels

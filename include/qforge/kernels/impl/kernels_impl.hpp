@@ -1,0 +1,221 @@
+// Definitions of the kernel templates declared in kernels/kernels.hpp: the drivers that split
+// the work into tiles, pick the compute path from the policy, and block for the caches.
+// Included only by the generated per-ISA translation units (generated/kernels_*.cpp).
+#pragma once
+
+#include <qforge/kernels/impl/f32.hpp>
+#include <qforge/kernels/impl/i8.hpp>
+#include <qforge/kernels/kernels.hpp>
+#include <qforge/registry.hpp>
+
+#include <cstdint>
+#include <string_view>
+#include <type_traits>
+
+namespace qforge::kernels {
+
+template <class P>
+inline constexpr bool no_compute_path = false;
+
+// Runs f(integral_constant<mr>, integral_constant<nr>) for a run-time tile size within the maxima
+// (the edge tiles of odd shapes use the same code, instantiated smaller).
+template <int MRMAX, int NRMAX, class F>
+inline void with_tile(int mr, int nr, F&& f) {
+    simd::unroll<MRMAX>([&](auto i) {
+        if (decltype(i)::value + 1 != mr) return;
+        simd::unroll<NRMAX>([&](auto j) {
+            if (decltype(j)::value + 1 != nr) return;
+            f(std::integral_constant<int, decltype(i)::value + 1>{}, std::integral_constant<int, decltype(j)::value + 1>{});
+        });
+    });
+}
+
+template <class T>
+inline T smaller(T a, T b) { return a < b ? a : b; }
+
+template <class P, class A>
+void dequantize_rows(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) {
+    const auto table = value_table<P, A>(w);
+    const std::int64_t blocks = w.cols / P::group;
+    for (std::int64_t n = n0; n < n1; ++n) dequantize_blocks<P, A>(w, table, n, 0, blocks, out + n * w.cols);
+}
+
+template <class P, class A>
+void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) {
+    check_kernel_policy<P>();
+    dequantize_rows<P, A>(w, n0, n1, out);  // the same for every compute path
+}
+
+// ---- GEMV ----------------------------------------------------------------------------------
+
+template <class P, class A>
+void gemv_f32(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
+    constexpr int NR = gemv_rows<A>;
+    const float* xp = x;
+    if constexpr (!f32_order_is_identity<layout_traits<P::storage>>()) {
+        auto* permuted = static_cast<float*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(w.cols) * sizeof(float)));
+        permute_for_f32<P, A>(x, w.cols, permuted);
+        xp = permuted;
+    }
+    const auto table = value_table<P, A>(w);
+    for (std::int64_t n = n0; n < n1; n += NR) {
+        with_tile<1, NR>(1, static_cast<int>(smaller<std::int64_t>(NR, n1 - n)), [&](auto, auto nr) {
+            float out[nr];
+            gemv_f32_rows<P, A, nr>(w, table, xp, n, out);
+            for (int r = 0; r < nr; ++r) y[n + r] = bias ? out[r] + bias[n + r] : out[r];
+        });
+    }
+}
+
+template <class P, class A>
+void gemv_i8(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
+    constexpr int NR = gemv_rows<A>;
+    const i8_shape<P, A> s(w.cols);
+    const i8_levels<P, A> levels(w);
+    const i8_row xq = quantize_activations<P, A>(s, x, simd::scratch<A, 0>::get(s.bytes));
+    for (std::int64_t n = n0; n < n1; n += NR) {
+        with_tile<1, NR>(1, static_cast<int>(smaller<std::int64_t>(NR, n1 - n)), [&](auto, auto nr) {
+            float out[1][nr] = {};
+            i8_tile<P, A, 1, nr>(w, levels, &xq, n, 0, s.steps, out);
+            for (int r = 0; r < nr; ++r) {
+                const float v = out[0][r] + i8_tail<P, A>(w, s, levels, xq, n + r);
+                y[n + r] = bias ? v + bias[n + r] : v;
+            }
+        });
+    }
+}
+
+template <class P, class A>
+void gemv(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
+    check_kernel_policy<P>();
+    if constexpr (P::act == compute::f32) gemv_f32<P, A>(w, x, bias, y, n0, n1);
+    else if constexpr (P::act == compute::i8) gemv_i8<P, A>(w, x, bias, y, n0, n1);
+    else static_assert(no_compute_path<P>, "qforge: only the f32 and i8 compute paths have kernels yet");
+}
+
+// ---- GEMM ----------------------------------------------------------------------------------
+// Cache blocking: K in slices (the activations of all M rows for one slice stay in L2), output
+// rows in panels (the weights of one panel and slice stay in L1/L2 while every M tile uses them).
+
+inline constexpr std::int64_t gemm_row_panel = 32;
+inline constexpr std::int64_t gemm_f32_k_slice = 512;
+inline constexpr std::int64_t gemm_i8_k_slice = 2048;
+
+template <class A>
+inline constexpr int gemm_i8_mr = std::is_base_of_v<xsimd::avx512f, A> ? 4 : 2;
+inline constexpr int gemm_i8_nr = 2;
+
+template <class P, class A>
+void init_output(const float* bias, float* y, std::int64_t m, std::int64_t ldy, std::int64_t n0, std::int64_t n1) {
+    for (std::int64_t i = 0; i < m; ++i)
+        for (std::int64_t n = n0; n < n1; ++n) y[i * ldy + n] = bias ? bias[n] : 0.0f;
+}
+
+template <class P, class A>
+void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
+              std::int64_t n1) {
+    constexpr int MR = gemm_f32_mr<A>, NR = gemm_f32_nr<A>;
+    constexpr std::int64_t group = P::group;
+    constexpr std::int64_t k_slice = gemm_f32_k_slice > group ? gemm_f32_k_slice / group * group : group;
+    const std::int64_t ldy = w.rows, k = w.cols;
+    init_output<P, A>(bias, y, m, ldy, n0, n1);
+    auto* panel = static_cast<float*>(
+        simd::scratch<A, 0>::get(static_cast<std::size_t>(gemm_row_panel * k_slice) * sizeof(float)));
+    const auto table = value_table<P, A>(w);
+    for (std::int64_t k0 = 0; k0 < k; k0 += k_slice) {
+        const std::int64_t kc = smaller(k_slice, k - k0);
+        for (std::int64_t p0 = n0; p0 < n1; p0 += gemm_row_panel) {
+            const std::int64_t pc = smaller(gemm_row_panel, n1 - p0);
+            for (std::int64_t r = 0; r < pc; ++r)
+                dequantize_blocks<P, A>(w, table, p0 + r, k0 / group, (k0 + kc) / group, panel + r * k_slice);
+            for (std::int64_t i0 = 0; i0 < m; i0 += MR)
+                for (std::int64_t r0 = 0; r0 < pc; r0 += NR) {
+                    const int mr = static_cast<int>(smaller<std::int64_t>(MR, m - i0));
+                    const int nr = static_cast<int>(smaller<std::int64_t>(NR, pc - r0));
+                    with_tile<MR, NR>(mr, nr, [&](auto mt, auto nt) {
+                        float out[mt][nt];
+                        dot_tile<A, mt, nt>(x + i0 * k + k0, k, panel + r0 * k_slice, k_slice, kc, out);
+                        for (int i = 0; i < mt; ++i)
+                            for (int j = 0; j < nt; ++j) y[(i0 + i) * ldy + p0 + r0 + j] += out[i][j];
+                    });
+                }
+        }
+    }
+}
+
+template <class P, class A>
+void gemm_i8(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
+             std::int64_t n1) {
+    using S = i8_shape<P, A>;
+    constexpr int MR = gemm_i8_mr<A>, NR = gemm_i8_nr;
+    constexpr std::int64_t slice_steps = gemm_i8_k_slice > S::step_elems ? gemm_i8_k_slice / S::step_elems : 1;
+    const std::int64_t ldy = w.rows, k = w.cols;
+    init_output<P, A>(bias, y, m, ldy, n0, n1);
+    const S s(k);
+    const i8_levels<P, A> levels(w);
+    auto* mem = static_cast<std::uint8_t*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(m) * s.bytes));
+    auto* rows = static_cast<i8_row*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m) * sizeof(i8_row)));
+    for (std::int64_t i = 0; i < m; ++i) rows[i] = quantize_activations<P, A>(s, x + i * k, mem + i * s.bytes);
+
+    for (std::int64_t s0 = 0; s0 < s.steps; s0 += slice_steps) {
+        const std::int64_t s1 = smaller(s.steps, s0 + slice_steps);
+        for (std::int64_t p0 = n0; p0 < n1; p0 += gemm_row_panel) {
+            const std::int64_t p1 = smaller(n1, p0 + gemm_row_panel);
+            for (std::int64_t i0 = 0; i0 < m; i0 += MR)
+                for (std::int64_t n = p0; n < p1; n += NR) {
+                    const int mr = static_cast<int>(smaller<std::int64_t>(MR, m - i0));
+                    const int nr = static_cast<int>(smaller<std::int64_t>(NR, p1 - n));
+                    with_tile<MR, NR>(mr, nr, [&](auto mt, auto nt) {
+                        float out[mt][nt] = {};
+                        i8_tile<P, A, mt, nt>(w, levels, rows + i0, n, s0, s1, out);
+                        for (int i = 0; i < mt; ++i)
+                            for (int j = 0; j < nt; ++j) y[(i0 + i) * ldy + n + j] += out[i][j];
+                    });
+                }
+        }
+    }
+    if (s.tail_blocks > 0)
+        for (std::int64_t i = 0; i < m; ++i)
+            for (std::int64_t n = n0; n < n1; ++n) y[i * ldy + n] += i8_tail<P, A>(w, s, levels, rows[i], n);
+}
+
+template <class P, class A>
+void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
+          std::int64_t n1) {
+    check_kernel_policy<P>();
+    if constexpr (P::act == compute::f32) gemm_f32<P, A>(w, x, m, bias, y, n0, n1);
+    else if constexpr (P::act == compute::i8) gemm_i8<P, A>(w, x, m, bias, y, n0, n1);
+    else static_assert(no_compute_path<P>, "qforge: only the f32 and i8 compute paths have kernels yet");
+}
+
+// ---- registration: descriptors filled from the policy ------------------------------------
+
+template <class P, class A>
+void register_policy(registry& r, std::string_view name) {
+    kernel k;
+    k.name = name;
+    k.cfg = P::cfg;
+    k.arch = isa_of<A>();
+    k.kind = op::dequantize;
+    k.dequantize_ptr = &dequantize<P, A>;
+    r.add(k);
+    k.dequantize_ptr = nullptr;
+    k.kind = op::gemv;
+    k.gemv_ptr = &gemv<P, A>;
+    r.add(k);
+    k.gemv_ptr = nullptr;
+    k.kind = op::gemm;
+    k.gemm_ptr = &gemm<P, A>;
+    r.add(k);
+}
+
+}  // namespace qforge::kernels
+
+// Explicit instantiation of the three kernels of one policy for one arch (generated TUs).
+#define QFORGE_INSTANTIATE_KERNELS(P, A)                                                                    \
+    template void qforge::kernels::dequantize<P, A>(const qforge::weights_view&, std::int64_t, std::int64_t, \
+                                                    float*);                                                \
+    template void qforge::kernels::gemv<P, A>(const qforge::weights_view&, const float*, const float*, float*, \
+                                              std::int64_t, std::int64_t);                                  \
+    template void qforge::kernels::gemm<P, A>(const qforge::weights_view&, const float*, std::int64_t,       \
+                                              const float*, float*, std::int64_t, std::int64_t);

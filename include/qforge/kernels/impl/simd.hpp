@@ -1,0 +1,398 @@
+// Small architecture extensions written in xsimd's style: each primitive has a generic fallback
+// and overloads on xsimd arch tags (`requires_arch<X>`); the most specific overload wins.
+//
+// Included only by the generated per-ISA translation units. Everything here is a template on the
+// arch tag A, so no function compiled with one ISA's flags is shared (by the linker's COMDAT
+// folding) with a translation unit of another ISA.
+#pragma once
+
+#include <qforge/kernels/arch.hpp>
+
+#include <xsimd/xsimd.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <new>
+#include <type_traits>
+#include <utility>
+
+namespace qforge::kernels::simd {
+
+template <class A>
+using f32v = xsimd::batch<float, A>;
+template <class A>
+using i32v = xsimd::batch<std::int32_t, A>;
+template <class A>
+using u8v = xsimd::batch<std::uint8_t, A>;
+using xsimd::kernel::requires_arch;
+
+template <class A>
+inline constexpr int lanes = static_cast<int>(f32v<A>::size);  // f32 lanes of a register
+template <class A>
+inline constexpr int vbytes = static_cast<int>(u8v<A>::size);  // bytes of a register
+template <class A>
+inline constexpr bool has_vnni = std::is_base_of_v<avx512vnni, A>;
+
+// Calls f(std::integral_constant<int, I>{}) for I = 0 .. N-1, unrolled at compile time.
+template <int N, class F>
+inline void unroll(F&& f) {
+    [&]<int... I>(std::integer_sequence<int, I...>) {
+        (f(std::integral_constant<int, I>{}), ...);
+    }(std::make_integer_sequence<int, N>{});
+}
+
+// 16-entry f32 lookup table in the representation each arch looks up fastest.
+template <class A, class = void>
+struct table16 {
+    alignas(64) float v[16];
+};
+#if XSIMD_WITH_AVX2
+template <class A>
+struct table16<A, std::enable_if_t<std::is_base_of_v<xsimd::avx2, A>>> {
+    __m256 lo, hi;
+};
+#endif
+#if XSIMD_WITH_AVX512F
+template <class A>
+struct table16<A, std::enable_if_t<std::is_base_of_v<xsimd::avx512f, A>>> {
+    __m512 t;
+};
+#endif
+
+namespace ext {
+
+// ---- generic fallbacks (scalar through memory) ----
+// lanes bytes p[0..lanes) zero-extended to int32 lanes
+template <class A>
+inline i32v<A> load_u8_as_i32(const std::uint8_t* p, requires_arch<xsimd::generic>) {
+    alignas(64) std::int32_t t[lanes<A>];
+    for (int i = 0; i < lanes<A>; ++i) t[i] = p[i];
+    return i32v<A>::load_aligned(t);
+}
+// a 16-entry f32 table, looked up by the low 4 bits of each int32 lane
+template <class A>
+inline table16<A> make_table16(const float* v, requires_arch<xsimd::generic>) {
+    table16<A> t;
+    for (int i = 0; i < 16; ++i) t.v[i] = v[i];
+    return t;
+}
+template <class A>
+inline f32v<A> lookup(const table16<A>& t, const i32v<A>& idx, requires_arch<xsimd::generic>) {
+    alignas(64) std::int32_t i[lanes<A>];
+    alignas(64) float out[lanes<A>];
+    idx.store_aligned(i);
+    for (int l = 0; l < lanes<A>; ++l) out[l] = t.v[i[l] & 15];
+    return f32v<A>::load_aligned(out);
+}
+// out[2i] = even[i], out[2i+1] = odd[i]
+template <class A>
+inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& odd, requires_arch<xsimd::generic>) {
+    alignas(64) float e[lanes<A>], o[lanes<A>];
+    even.store_aligned(e);
+    odd.store_aligned(o);
+    for (int i = 0; i < lanes<A>; ++i) {
+        out[2 * i] = e[i];
+        out[2 * i + 1] = o[i];
+    }
+}
+// (v & 0x0F, v >> 4) per byte
+template <class A>
+inline void split_nibbles(const u8v<A>& v, u8v<A>& lo, u8v<A>& hi, requires_arch<xsimd::generic>) {
+    alignas(64) std::uint8_t b[vbytes<A>], l[vbytes<A>], h[vbytes<A>];
+    v.store_aligned(b);
+    for (int i = 0; i < vbytes<A>; ++i) {
+        l[i] = b[i] & 0x0F;
+        h[i] = static_cast<std::uint8_t>(b[i] >> 4);
+    }
+    lo = u8v<A>::load_aligned(l);
+    hi = u8v<A>::load_aligned(h);
+}
+// byte lookup in a 16-entry table (replicated in every 128-bit lane) by indices 0..15
+template <class A>
+inline u8v<A> lut16(const u8v<A>& table, const u8v<A>& idx, requires_arch<xsimd::generic>) {
+    alignas(64) std::uint8_t t[vbytes<A>], i[vbytes<A>], o[vbytes<A>];
+    table.store_aligned(t);
+    idx.store_aligned(i);
+    for (int k = 0; k < vbytes<A>; ++k) o[k] = t[i[k] & 15];
+    return u8v<A>::load_aligned(o);
+}
+// acc[i] += sum of the 4 products u[4i+j] * s[4i+j] (u unsigned, s signed bytes). Without VNNI
+// this goes through pmaddubsw, whose 16-bit pair sums saturate: callers keep
+// 2 * max(u) * max|s| <= 32767 (see i8.hpp).
+template <class A>
+inline i32v<A> dot_u8s8(const i32v<A>& acc, const u8v<A>& u, const u8v<A>& s, requires_arch<xsimd::generic>) {
+    alignas(64) std::uint8_t ub[vbytes<A>], sb[vbytes<A>];
+    alignas(64) std::int32_t a[lanes<A>];
+    u.store_aligned(ub);
+    s.store_aligned(sb);
+    acc.store_aligned(a);
+    for (int i = 0; i < lanes<A>; ++i)
+        for (int j = 0; j < 4; ++j) a[i] += ub[4 * i + j] * static_cast<std::int8_t>(sb[4 * i + j]);
+    return i32v<A>::load_aligned(a);
+}
+// x negated where the signed byte w is negative (w == 0: any value; callers multiply by |w| = 0)
+template <class A>
+inline u8v<A> apply_sign(const u8v<A>& x, const u8v<A>& w, requires_arch<xsimd::generic>) {
+    alignas(64) std::uint8_t xb[vbytes<A>], wb[vbytes<A>];
+    x.store_aligned(xb);
+    w.store_aligned(wb);
+    for (int i = 0; i < vbytes<A>; ++i)
+        if (static_cast<std::int8_t>(wb[i]) < 0) xb[i] = static_cast<std::uint8_t>(-static_cast<std::int8_t>(xb[i]));
+    return u8v<A>::load_aligned(xb);
+}
+// NB scales spread over a register: lanes [i*lanes/NB, (i+1)*lanes/NB) get s[i]
+template <int NB, class A>
+inline f32v<A> expand_scales(const float* s, requires_arch<xsimd::generic>) {
+    if constexpr (NB == 1) return f32v<A>(s[0]);
+    alignas(64) float t[lanes<A>];
+    for (int i = 0; i < lanes<A>; ++i) t[i] = s[i / (lanes<A> / NB)];
+    return f32v<A>::load_aligned(t);
+}
+// lane i = sum of the lanes of rows[i], for lanes<A> rows
+template <class A>
+inline f32v<A> sum_rows(const f32v<A>* rows, requires_arch<xsimd::generic>) {
+    return xsimd::haddp(rows);
+}
+// IEEE binary16 bits to f32, exact
+template <class A>
+inline void f16_to_f32(const std::uint16_t* h, int n, float* out, requires_arch<xsimd::generic>) {
+    for (int i = 0; i < n; ++i) {
+        const std::uint32_t sign = static_cast<std::uint32_t>(h[i] & 0x8000u) << 16;
+        const std::uint32_t exp = (h[i] >> 10) & 0x1F, man = h[i] & 0x3FFu;
+        std::uint32_t bits;
+        if (exp == 0x1F) {
+            bits = sign | 0x7F800000u | (man << 13);
+        } else if (exp != 0) {
+            bits = sign | ((exp + 112) << 23) | (man << 13);
+        } else if (man == 0) {
+            bits = sign;
+        } else {  // subnormal: man * 2^-24, exact in f32
+            const float v = static_cast<float>(man) * 5.9604644775390625e-8f;
+            std::memcpy(&bits, &v, sizeof bits);
+            bits |= sign;
+        }
+        std::memcpy(out + i, &bits, sizeof bits);
+    }
+}
+
+// ---- SSE ----
+#if XSIMD_WITH_SSE4_1
+template <class A>
+inline i32v<A> load_u8_as_i32(const std::uint8_t* p, requires_arch<xsimd::sse4_1>) {
+    std::int32_t v;
+    std::memcpy(&v, p, sizeof v);
+    return _mm_cvtepu8_epi32(_mm_cvtsi32_si128(v));
+}
+template <class A>
+inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& odd, requires_arch<xsimd::sse2>) {
+    _mm_storeu_ps(out, _mm_unpacklo_ps(even, odd));
+    _mm_storeu_ps(out + 4, _mm_unpackhi_ps(even, odd));
+}
+template <class A>
+inline void split_nibbles(const u8v<A>& v, u8v<A>& lo, u8v<A>& hi, requires_arch<xsimd::sse2>) {
+    const __m128i m = _mm_set1_epi8(0x0F);
+    lo = _mm_and_si128(v, m);
+    hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+}
+template <class A>
+inline u8v<A> lut16(const u8v<A>& table, const u8v<A>& idx, requires_arch<xsimd::ssse3>) {
+    return _mm_shuffle_epi8(table, idx);
+}
+template <class A>
+inline i32v<A> dot_u8s8(const i32v<A>& acc, const u8v<A>& u, const u8v<A>& s, requires_arch<xsimd::ssse3>) {
+    return _mm_add_epi32(acc, _mm_madd_epi16(_mm_maddubs_epi16(u, s), _mm_set1_epi16(1)));
+}
+template <class A>
+inline u8v<A> apply_sign(const u8v<A>& x, const u8v<A>& w, requires_arch<xsimd::ssse3>) {
+    return _mm_sign_epi8(x, w);
+}
+#endif  // SSE
+
+// ---- AVX2 (+F16C) ----
+#if XSIMD_WITH_AVX2
+template <class A>
+inline i32v<A> load_u8_as_i32(const std::uint8_t* p, requires_arch<xsimd::avx2>) {
+    return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+}
+template <class A>
+inline table16<A> make_table16(const float* v, requires_arch<xsimd::avx2>) {
+    return {_mm256_loadu_ps(v), _mm256_loadu_ps(v + 8)};
+}
+template <class A>
+inline f32v<A> lookup(const table16<A>& t, const i32v<A>& idx, requires_arch<xsimd::avx2>) {
+    // permutevar8x32 uses bits 0-2; bit 3, moved to the sign bit, picks the upper half.
+    const __m256 lo = _mm256_permutevar8x32_ps(t.lo, idx);
+    const __m256 hi = _mm256_permutevar8x32_ps(t.hi, idx);
+    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+}
+template <class A>
+inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& odd, requires_arch<xsimd::avx2>) {
+    const __m256 lo = _mm256_unpacklo_ps(even, odd);  // e0 o0 e1 o1 | e4 o4 e5 o5
+    const __m256 hi = _mm256_unpackhi_ps(even, odd);  // e2 o2 e3 o3 | e6 o6 e7 o7
+    _mm256_storeu_ps(out, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_storeu_ps(out + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+}
+template <class A>
+inline void split_nibbles(const u8v<A>& v, u8v<A>& lo, u8v<A>& hi, requires_arch<xsimd::avx2>) {
+    const __m256i m = _mm256_set1_epi8(0x0F);
+    lo = _mm256_and_si256(v, m);
+    hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
+}
+template <class A>
+inline u8v<A> lut16(const u8v<A>& table, const u8v<A>& idx, requires_arch<xsimd::avx2>) {
+    return _mm256_shuffle_epi8(table, idx);
+}
+template <class A>
+inline i32v<A> dot_u8s8(const i32v<A>& acc, const u8v<A>& u, const u8v<A>& s, requires_arch<xsimd::avx2>) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+}
+template <class A>
+inline u8v<A> apply_sign(const u8v<A>& x, const u8v<A>& w, requires_arch<xsimd::avx2>) {
+    return _mm256_sign_epi8(x, w);
+}
+template <class A>
+inline void f16_to_f32(const std::uint16_t* h, int n, float* out, requires_arch<xsimd::avx2>) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
+    for (; i < n; ++i) out[i] = _cvtsh_ss(h[i]);
+}
+#endif  // AVX2 (+F16C)
+
+// ---- AVX-512 F/BW ----
+#if XSIMD_WITH_AVX512BW
+template <class A>
+inline i32v<A> load_u8_as_i32(const std::uint8_t* p, requires_arch<xsimd::avx512f>) {
+    return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+template <class A>
+inline table16<A> make_table16(const float* v, requires_arch<xsimd::avx512f>) {
+    return {_mm512_loadu_ps(v)};
+}
+template <class A>
+inline f32v<A> lookup(const table16<A>& t, const i32v<A>& idx, requires_arch<xsimd::avx512f>) {
+    return _mm512_permutexvar_ps(idx, t.t);  // uses bits 0-3 of each index
+}
+template <class A>
+inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& odd, requires_arch<xsimd::avx512f>) {
+    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    _mm512_storeu_ps(out, _mm512_permutex2var_ps(even, first, odd));
+    _mm512_storeu_ps(out + 16, _mm512_permutex2var_ps(even, second, odd));
+}
+template <class A>
+inline void split_nibbles(const u8v<A>& v, u8v<A>& lo, u8v<A>& hi, requires_arch<xsimd::avx512bw>) {
+    const __m512i m = _mm512_set1_epi8(0x0F);
+    lo = _mm512_and_si512(v, m);
+    hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m);
+}
+template <class A>
+inline u8v<A> lut16(const u8v<A>& table, const u8v<A>& idx, requires_arch<xsimd::avx512bw>) {
+    return _mm512_shuffle_epi8(table, idx);
+}
+template <class A>
+inline i32v<A> dot_u8s8(const i32v<A>& acc, const u8v<A>& u, const u8v<A>& s, requires_arch<xsimd::avx512bw>) {
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)));
+}
+template <class A>
+inline u8v<A> apply_sign(const u8v<A>& x, const u8v<A>& w, requires_arch<xsimd::avx512bw>) {
+    return _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x);
+}
+template <int NB, class A>
+inline f32v<A> expand_scales(const float* s, requires_arch<xsimd::avx512f>) {
+    if constexpr (NB == 1) {
+        return _mm512_set1_ps(s[0]);
+    } else {
+        __m128 v;
+        if constexpr (NB == 2) v = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s)));
+        else v = _mm_loadu_ps(s);
+        static_assert(NB == 2 || NB == 4, "expand_scales: 1, 2 or 4 blocks per zmm");
+        const __m512i idx = NB == 2 ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
+                                    : _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v));
+    }
+}
+// xsimd 8.1's avx512f haddp returns the sums in lane order 0 1 4 5 2 3 6 7 8 9 12 13 10 11 14 15
+// (a self-inverse permutation): put them back in row order.
+template <class A>
+inline f32v<A> sum_rows(const f32v<A>* rows, requires_arch<xsimd::avx512f>) {
+    const __m512i order = _mm512_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15);
+    return _mm512_permutexvar_ps(order, xsimd::haddp(rows));
+}
+template <class A>
+inline void f16_to_f32(const std::uint16_t* h, int n, float* out, requires_arch<xsimd::avx512f>) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + i))));
+    for (; i < n; ++i) out[i] = _cvtsh_ss(h[i]);
+}
+#endif  // AVX-512 F/BW
+
+// ---- AVX-512 VNNI ----
+#if XSIMD_WITH_AVX512BW && defined(__AVX512VNNI__)
+template <class A>
+inline i32v<A> dot_u8s8(const i32v<A>& acc, const u8v<A>& u, const u8v<A>& s, requires_arch<avx512vnni>) {
+    return _mm512_dpbusd_epi32(acc, u, s);
+}
+#endif  // AVX-512 VNNI
+
+}  // namespace ext
+
+// ---- the entry points: dispatch to the most specific overload for A ----
+template <class A>
+inline i32v<A> load_u8_as_i32(const std::uint8_t* p) { return ext::load_u8_as_i32<A>(p, A{}); }
+template <class A>
+inline table16<A> make_table16(const float* v) { return ext::make_table16<A>(v, A{}); }
+template <class A>
+inline f32v<A> lookup(const table16<A>& t, const i32v<A>& idx) { return ext::lookup<A>(t, idx, A{}); }
+template <class A>
+inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& odd) {
+    ext::store_interleaved<A>(out, even, odd, A{});
+}
+template <class A>
+inline void split_nibbles(const u8v<A>& v, u8v<A>& lo, u8v<A>& hi) { ext::split_nibbles<A>(v, lo, hi, A{}); }
+template <class A>
+inline u8v<A> lut16(const u8v<A>& table, const u8v<A>& idx) { return ext::lut16<A>(table, idx, A{}); }
+template <class A>
+inline i32v<A> dot_u8s8(const i32v<A>& acc, const u8v<A>& u, const u8v<A>& s) { return ext::dot_u8s8<A>(acc, u, s, A{}); }
+template <class A>
+inline u8v<A> apply_sign(const u8v<A>& x, const u8v<A>& w) { return ext::apply_sign<A>(x, w, A{}); }
+template <int NB, class A>
+inline f32v<A> expand_scales(const float* s) { return ext::expand_scales<NB, A>(s, A{}); }
+template <class A>
+inline void f16_to_f32(const std::uint16_t* h, int n, float* out) { ext::f16_to_f32<A>(h, n, out, A{}); }
+template <class A>
+inline f32v<A> sum_rows(const f32v<A>* rows) { return ext::sum_rows<A>(rows, A{}); }
+
+// A 16-byte table replicated into every 128-bit lane of a register (for lut16).
+template <class A>
+inline u8v<A> replicate16(const std::uint8_t* t16) {
+    alignas(64) std::uint8_t t[vbytes<A>];
+    for (int i = 0; i < vbytes<A>; ++i) t[i] = t16[i % 16];
+    return u8v<A>::load_aligned(t);
+}
+
+// Grow-only aligned scratch memory, one per thread, arch and slot (templates on A: see top).
+template <class A, int Slot>
+struct scratch {
+    void* p = nullptr;
+    std::size_t bytes = 0;
+    scratch() = default;
+    scratch(const scratch&) = delete;
+    scratch& operator=(const scratch&) = delete;
+    ~scratch() { ::operator delete(p, std::align_val_t{64}); }
+
+    static void* get(std::size_t n) {
+        thread_local scratch s;
+        if (n > s.bytes) {
+            ::operator delete(s.p, std::align_val_t{64});
+            s.p = nullptr;
+            s.bytes = 0;
+            s.p = ::operator new(n, std::align_val_t{64});
+            s.bytes = n;
+        }
+        return s.p;
+    }
+};
+
+}  // namespace qforge::kernels::simd

@@ -1,0 +1,118 @@
+// The kernel templates (declared here, defined in kernels/impl/, instantiated only in the
+// generated per-ISA translation units) and the compile-time route to them:
+//
+//   qforge::gemv<qforge::policy<cfg>>(w, x, bias, y);   // no registry: dispatch on active_isa()
+//
+// Every kernel of the generated list (generated/qforge_kernel_list.inc) is declared
+// `extern template` below, so including this header never compiles a kernel: the call links to
+// the instantiation of the generated TU of each ISA. A policy outside the generated list (or
+// filtered out with -Dkernels=...) fails to link.
+#pragma once
+
+#include <qforge/config/config.hpp>
+#include <qforge/isa.hpp>
+#include <qforge/kernels/arch.hpp>
+#include <qforge/kernels/weights.hpp>
+
+#include <cstdint>
+
+namespace qforge::kernels {
+
+template <class P, class A>
+void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out);
+template <class P, class A>
+void gemv(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1);
+template <class P, class A>
+void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
+          std::int64_t n1);
+
+// The config of a generated kernel, spelled from the list's tokens.
+#define QFORGE_KERNEL_CONFIG(type, bits, group, dq, storage, act)                                         \
+    ::qforge::config {                                                                                    \
+        ::qforge::dtype::type, bits, group, dq, ::qforge::layout::storage, ::qforge::compute::act         \
+    }
+
+#define QFORGE_EXTERN_KERNELS_FOR(P, A)                                                                   \
+    extern template void dequantize<P, A>(const weights_view&, std::int64_t, std::int64_t, float*);       \
+    extern template void gemv<P, A>(const weights_view&, const float*, const float*, float*, std::int64_t, \
+                                    std::int64_t);                                                        \
+    extern template void gemm<P, A>(const weights_view&, const float*, std::int64_t, const float*, float*, \
+                                    std::int64_t, std::int64_t);
+
+#define QFORGE_KERNEL(name, family, type, bits, group, dq, storage, act)                                 \
+    QFORGE_EXTERN_KERNELS_FOR(policy<QFORGE_KERNEL_CONFIG(type, bits, group, dq, storage, act)>,          \
+                              arch_t<isa::sse4_2>)                                                        \
+    QFORGE_EXTERN_KERNELS_FOR(policy<QFORGE_KERNEL_CONFIG(type, bits, group, dq, storage, act)>,          \
+                              arch_t<isa::avx2>)                                                          \
+    QFORGE_EXTERN_KERNELS_FOR(policy<QFORGE_KERNEL_CONFIG(type, bits, group, dq, storage, act)>,          \
+                              arch_t<isa::avx512>)                                                        \
+    QFORGE_EXTERN_KERNELS_FOR(policy<QFORGE_KERNEL_CONFIG(type, bits, group, dq, storage, act)>,          \
+                              arch_t<isa::avx512_vnni>)
+#include <qforge_kernel_list.inc>
+#undef QFORGE_KERNEL
+#undef QFORGE_EXTERN_KERNELS_FOR
+
+}  // namespace qforge::kernels
+
+namespace qforge {
+
+namespace detail {
+// Argument checks shared by both routes (src/registry.cpp); they throw std::invalid_argument
+// naming the problem: a weights_view whose config or shape the kernel cannot take, null
+// pointers, a row range outside [0, N].
+void check_weights(const config& kernel_cfg, const weights_view& w);
+void check_rows(const weights_view& w, std::int64_t n0, std::int64_t n1);
+void check_gemm_rows(std::int64_t m);
+void check_pointer(const void* p, const char* what);
+}  // namespace detail
+
+// Run the kernel of policy P for the active ISA (see isa.hpp), without the registry.
+template <class P>
+void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) {
+    detail::check_weights(P::cfg, w);
+    detail::check_rows(w, n0, n1);
+    detail::check_pointer(out, "output");
+    switch (active_isa()) {
+        case isa::sse4_2: return kernels::dequantize<P, kernels::arch_t<isa::sse4_2>>(w, n0, n1, out);
+        case isa::avx2: return kernels::dequantize<P, kernels::arch_t<isa::avx2>>(w, n0, n1, out);
+        case isa::avx512: return kernels::dequantize<P, kernels::arch_t<isa::avx512>>(w, n0, n1, out);
+        case isa::avx512_vnni: return kernels::dequantize<P, kernels::arch_t<isa::avx512_vnni>>(w, n0, n1, out);
+    }
+}
+
+template <class P>
+void gemv(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
+    detail::check_weights(P::cfg, w);
+    detail::check_rows(w, n0, n1);
+    detail::check_pointer(x, "x");
+    detail::check_pointer(y, "y");
+    switch (active_isa()) {
+        case isa::sse4_2: return kernels::gemv<P, kernels::arch_t<isa::sse4_2>>(w, x, bias, y, n0, n1);
+        case isa::avx2: return kernels::gemv<P, kernels::arch_t<isa::avx2>>(w, x, bias, y, n0, n1);
+        case isa::avx512: return kernels::gemv<P, kernels::arch_t<isa::avx512>>(w, x, bias, y, n0, n1);
+        case isa::avx512_vnni: return kernels::gemv<P, kernels::arch_t<isa::avx512_vnni>>(w, x, bias, y, n0, n1);
+    }
+}
+// All rows: y = W x (+ bias).
+template <class P>
+void gemv(const weights_view& w, const float* x, float* y, const float* bias = nullptr) {
+    gemv<P>(w, x, bias, y, 0, w.rows);
+}
+
+template <class P>
+void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
+          std::int64_t n1) {
+    detail::check_weights(P::cfg, w);
+    detail::check_rows(w, n0, n1);
+    detail::check_gemm_rows(m);
+    detail::check_pointer(x, "X");
+    detail::check_pointer(y, "Y");
+    switch (active_isa()) {
+        case isa::sse4_2: return kernels::gemm<P, kernels::arch_t<isa::sse4_2>>(w, x, m, bias, y, n0, n1);
+        case isa::avx2: return kernels::gemm<P, kernels::arch_t<isa::avx2>>(w, x, m, bias, y, n0, n1);
+        case isa::avx512: return kernels::gemm<P, kernels::arch_t<isa::avx512>>(w, x, m, bias, y, n0, n1);
+        case isa::avx512_vnni: return kernels::gemm<P, kernels::arch_t<isa::avx512_vnni>>(w, x, m, bias, y, n0, n1);
+    }
+}
+
+}  // namespace qforge

@@ -1,0 +1,82 @@
+// Quantized weights as the kernels see them, and the signatures of the kernel operations.
+//
+// W has shape [N, K] = [rows, cols] (nn.Linear.weight). Every kernel works on an output-row
+// range [n0, n1) so that an engine can split the rows over its own threads; outputs are indexed
+// absolutely (row n of the result is written at the same place whatever the range).
+#pragma once
+
+#include <qforge/config/config.hpp>
+
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+namespace qforge {
+
+// A non-owning view of one weight matrix in a kernel layout (cfg.storage):
+//   bnb4   codes: the bitsandbytes packed bytes, element 2i in the high nibble, rows contiguous
+//          scales: f32 absmax per block, or (double quant) one uint8 code per block
+//   qforge codes: per row K/2 bytes; in every 16-byte span s, byte j holds element 32s+j in its
+//          low nibble and element 32s+16+j in its high nibble (so a 16-byte load decodes into
+//          32 consecutive elements); scales: f16 bits per (row, group), row-major [N, K/group]
+struct weights_view {
+    config cfg{};
+    std::int64_t rows = 0, cols = 0;
+    const std::uint8_t* codes = nullptr;
+    const void* scales = nullptr;
+    const float* code_table = nullptr;     // 16 values of a 4-bit code (bnb quant_map); unused for integers
+    const float* nested_map = nullptr;     // double quant: 256 values (nested_quant_map)
+    const float* nested_absmax = nullptr;  // double quant: [ceil(blocks / 256)]
+    float nested_offset = 0.0f;            // double quant: added after the nested product
+};
+
+// Owning storage behind a weights_view (see kernels/pack.hpp for building one).
+struct packed_weights {
+    config cfg{};
+    std::int64_t rows = 0, cols = 0;
+    std::vector<std::uint8_t> codes;
+    std::vector<std::uint8_t> scales;  // raw bytes of the scales (f32, u8 or f16 per layout)
+    std::vector<float> code_table;
+    std::vector<float> nested_map;
+    std::vector<float> nested_absmax;
+    float nested_offset = 0.0f;
+
+    weights_view view() const {
+        return {cfg,
+                rows,
+                cols,
+                codes.data(),
+                scales.data(),
+                code_table.empty() ? nullptr : code_table.data(),
+                nested_map.empty() ? nullptr : nested_map.data(),
+                nested_absmax.empty() ? nullptr : nested_absmax.data(),
+                nested_offset};
+    }
+    // Bytes a matmul reads per pass over W: codes + scales + nested absmax (tables excluded).
+    std::size_t weight_bytes() const {
+        return codes.size() + scales.size() + nested_absmax.size() * sizeof(float);
+    }
+};
+
+enum class op : std::uint8_t { dequantize, gemv, gemm };
+
+constexpr std::string_view to_string(op o) {
+    switch (o) {
+        case op::dequantize: return "dequantize";
+        case op::gemv: return "gemv";
+        case op::gemm: return "gemm";
+    }
+    return "?";
+}
+
+// out[n*K + k] = W[n, k] for n in [n0, n1), bit-exact with the scalar reference.
+using dequantize_fn = void (*)(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out);
+// y[n] = sum_k W[n, k] x[k] (+ bias[n]) for n in [n0, n1); x has K elements, y and bias N.
+using gemv_fn = void (*)(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0,
+                         std::int64_t n1);
+// Y[i, n] = sum_k X[i, k] W[n, k] (+ bias[n]) for i < m, n in [n0, n1); X is [m, K] and Y is
+// [m, N], both row-major and dense.
+using gemm_fn = void (*)(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y,
+                         std::int64_t n0, std::int64_t n1);
+
+}  // namespace qforge

@@ -1,0 +1,82 @@
+// The run-time route to the kernels: descriptors of every generated kernel, looked up by config.
+//
+//   const qforge::kernel& k = qforge::registry::global().find(cfg, qforge::op::gemv);
+//   k.gemv(weights.view(), x, bias, y, 0, weights.rows);
+//
+// Each descriptor is filled from its config by traits in the generated TU that instantiates the
+// kernel (name = canonical_name(cfg), config, op, ISA, function pointer). The global registry is
+// built once, on first use (thread-safe), and is immutable afterwards: lookups take no lock.
+#pragma once
+
+#include <qforge/config/config.hpp>
+#include <qforge/isa.hpp>
+#include <qforge/kernels/weights.hpp>
+
+#include <cstdint>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace qforge {
+
+struct kernel {
+    std::string_view name;  // canonical_name(cfg), static storage
+    config cfg{};
+    op kind = op::gemv;
+    isa arch = isa::sse4_2;
+    dequantize_fn dequantize_ptr = nullptr;  // set when kind == op::dequantize
+    gemv_fn gemv_ptr = nullptr;              // set when kind == op::gemv
+    gemm_fn gemm_ptr = nullptr;              // set when kind == op::gemm
+
+    // <name>_<op>_<isa>, e.g. nf4_b64_bnb_f32_gemv_avx512
+    std::string full_name() const;
+
+    // Checked calls (see kernels/weights.hpp for the contracts): the weights' config and shape,
+    // the pointers and the row range are validated, then the kernel runs. They throw
+    // std::invalid_argument, or std::logic_error when called for another op than `kind`.
+    void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) const;
+    void gemv(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0,
+              std::int64_t n1) const;
+    void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
+              std::int64_t n1) const;
+};
+
+// No kernel for a config: the message lists the nearest supported names.
+struct unsupported_config : std::invalid_argument {
+    std::vector<std::string> nearest;
+    unsupported_config(const std::string& what, std::vector<std::string> near)
+        : std::invalid_argument(what), nearest(std::move(near)) {}
+};
+
+class registry {
+public:
+    // Every kernel of the generated list that this build selected (-Dkernels=...), all ISAs.
+    static const registry& global();
+
+    // Throws std::logic_error on a duplicate (config, op, ISA) or a name that is not
+    // canonical_name(cfg) (the generator and the C++ naming disagree).
+    void add(const kernel& k);
+
+    // The entry for (cfg, op) with the best ISA not above active_isa(); throws unsupported_config.
+    const kernel& find(const config& cfg, op o = op::gemv) const;
+    // Exact ISA, or nullptr.
+    const kernel* find(const config& cfg, op o, isa i) const noexcept;
+
+    std::span<const kernel> all() const { return kernels_; }
+    // Distinct canonical names of the registered configs, sorted.
+    std::vector<std::string> names() const;
+    // The registered config names closest to cfg (fewest differing fields first).
+    std::vector<std::string> nearest(const config& cfg, std::size_t count = 3) const;
+
+private:
+    std::vector<kernel> kernels_;
+};
+
+namespace detail {
+// Defined by the generated code: adds every selected kernel of every ISA.
+void register_generated_kernels(registry& r);
+}  // namespace detail
+
+}  // namespace qforge

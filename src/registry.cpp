@@ -1,0 +1,189 @@
+#include <qforge/config/name.hpp>
+#include <qforge/kernels/kernels.hpp>
+#include <qforge/registry.hpp>
+
+#include <algorithm>
+#include <set>
+#include <string>
+
+// The generated per-ISA translation units, one registration function each.
+#define QFORGE_KERNEL_TU(family, isa_name) \
+    namespace qforge::kernels::generated { \
+    void register_##family##_##isa_name(registry& r); \
+    }
+#include <qforge_kernel_tus.inc>
+#undef QFORGE_KERNEL_TU
+
+namespace qforge {
+
+namespace detail {
+
+void register_generated_kernels(registry& r) {
+#define QFORGE_KERNEL_TU(family, isa_name) kernels::generated::register_##family##_##isa_name(r);
+#include <qforge_kernel_tus.inc>
+#undef QFORGE_KERNEL_TU
+}
+
+namespace {
+
+bool is_table_type(dtype t) { return t == dtype::nf4 || t == dtype::fp4; }
+
+config with_act(config c, compute a) {
+    c.act = a;
+    return c;
+}
+
+}  // namespace
+
+void check_pointer(const void* p, const char* what) {
+    if (p == nullptr) throw std::invalid_argument(std::string("qforge kernel: ") + what + " is a null pointer");
+}
+
+void check_weights(const config& kernel_cfg, const weights_view& w) {
+    validate(w.cfg);
+    if (with_act(w.cfg, kernel_cfg.act) != kernel_cfg)
+        throw std::invalid_argument("qforge kernel " + canonical_name(kernel_cfg) + ": the weights are " +
+                                    canonical_name(w.cfg) + " (type, bits, group, double quant and storage must match)");
+    const std::string who = "qforge kernel " + canonical_name(kernel_cfg) + ": ";
+    if (w.rows <= 0 || w.cols <= 0)
+        throw std::invalid_argument(who + "weights shape [" + std::to_string(w.rows) + ", " + std::to_string(w.cols) +
+                                    "] is empty");
+    if (kernel_cfg.group <= 0 || w.cols % kernel_cfg.group != 0)
+        throw std::invalid_argument(who + "K = " + std::to_string(w.cols) + " is not a multiple of the group size " +
+                                    std::to_string(kernel_cfg.group) + " (the kernels need whole groups per row)");
+    if (w.codes == nullptr || w.scales == nullptr)
+        throw std::invalid_argument(who + "the weights have no codes or no scales");
+    if (is_table_type(kernel_cfg.type) && w.code_table == nullptr)
+        throw std::invalid_argument(who + "the weights have no code table (quant_map)");
+    if (kernel_cfg.double_quant && (w.nested_map == nullptr || w.nested_absmax == nullptr))
+        throw std::invalid_argument(who + "double quantization needs nested_map and nested_absmax");
+}
+
+void check_rows(const weights_view& w, std::int64_t n0, std::int64_t n1) {
+    if (n0 < 0 || n0 > n1 || n1 > w.rows)
+        throw std::invalid_argument("qforge kernel: row range [" + std::to_string(n0) + ", " + std::to_string(n1) +
+                                    ") is not within [0, " + std::to_string(w.rows) + "]");
+}
+
+void check_gemm_rows(std::int64_t m) {
+    if (m < 1) throw std::invalid_argument("qforge gemm: M = " + std::to_string(m) + " rows of X, need at least 1");
+}
+
+}  // namespace detail
+
+std::string kernel::full_name() const {
+    return std::string(name) + "_" + std::string(to_string(kind)) + "_" + std::string(to_string(arch));
+}
+
+namespace {
+[[noreturn]] void wrong_op(const kernel& k, op called) {
+    throw std::logic_error("qforge: " + k.full_name() + " called as " + std::string(to_string(called)));
+}
+}  // namespace
+
+void kernel::dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) const {
+    if (kind != op::dequantize) wrong_op(*this, op::dequantize);
+    detail::check_weights(cfg, w);
+    detail::check_rows(w, n0, n1);
+    detail::check_pointer(out, "output");
+    dequantize_ptr(w, n0, n1, out);
+}
+
+void kernel::gemv(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0,
+                  std::int64_t n1) const {
+    if (kind != op::gemv) wrong_op(*this, op::gemv);
+    detail::check_weights(cfg, w);
+    detail::check_rows(w, n0, n1);
+    detail::check_pointer(x, "x");
+    detail::check_pointer(y, "y");
+    gemv_ptr(w, x, bias, y, n0, n1);
+}
+
+void kernel::gemm(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
+                  std::int64_t n1) const {
+    if (kind != op::gemm) wrong_op(*this, op::gemm);
+    detail::check_weights(cfg, w);
+    detail::check_rows(w, n0, n1);
+    detail::check_gemm_rows(m);
+    detail::check_pointer(x, "X");
+    detail::check_pointer(y, "Y");
+    gemm_ptr(w, x, m, bias, y, n0, n1);
+}
+
+const registry& registry::global() {
+    static const registry r = [] {
+        registry built;
+        detail::register_generated_kernels(built);
+        return built;
+    }();
+    return r;
+}
+
+void registry::add(const kernel& k) {
+    const std::string canonical = canonical_name(k.cfg);
+    if (k.name != canonical)
+        throw std::logic_error("qforge registry: kernel named '" + std::string(k.name) + "' has the config of '" +
+                               canonical + "' (gen/vocabulary.py and config/name.hpp disagree)");
+    const bool has_fn = (k.kind == op::dequantize && k.dequantize_ptr) || (k.kind == op::gemv && k.gemv_ptr) ||
+                        (k.kind == op::gemm && k.gemm_ptr);
+    if (!has_fn) throw std::logic_error("qforge registry: " + k.full_name() + " has no function for its op");
+    if (find(k.cfg, k.kind, k.arch) != nullptr)
+        throw std::logic_error("qforge registry: duplicate registration of " + k.full_name());
+    kernels_.push_back(k);
+}
+
+const kernel* registry::find(const config& cfg, op o, isa i) const noexcept {
+    for (const kernel& k : kernels_)
+        if (k.cfg == cfg && k.kind == o && k.arch == i) return &k;
+    return nullptr;
+}
+
+const kernel& registry::find(const config& cfg, op o) const {
+    const isa limit = active_isa();
+    const kernel* best = nullptr;
+    for (const kernel& k : kernels_)
+        if (k.cfg == cfg && k.kind == o && k.arch <= limit && (best == nullptr || k.arch > best->arch)) best = &k;
+    if (best != nullptr) return *best;
+
+    std::string wanted;
+    try {
+        wanted = canonical_name(cfg);
+    } catch (const std::invalid_argument& e) {
+        throw unsupported_config(std::string("qforge registry: invalid config: ") + e.what(), {});
+    }
+    std::vector<std::string> near = nearest(cfg);
+    std::string msg = "qforge registry: no " + std::string(to_string(o)) + " kernel for " + wanted + " on " +
+                      std::string(to_string(limit)) + " or below; nearest supported:";
+    for (const std::string& n : near) msg += " " + n;
+    if (near.empty()) msg += " (none registered)";
+    throw unsupported_config(msg, std::move(near));
+}
+
+std::vector<std::string> registry::names() const {
+    std::set<std::string> unique;
+    for (const kernel& k : kernels_) unique.insert(std::string(k.name));
+    return {unique.begin(), unique.end()};
+}
+
+std::vector<std::string> registry::nearest(const config& cfg, std::size_t count) const {
+    // Distance: differing fields, the data type and the storage counting most (they change
+    // the checkpoint), the compute path least (a different speed, the same weights).
+    auto distance = [&](const config& c) {
+        int d = 0;
+        if (c.type != cfg.type) d += 8;
+        if (c.bits != cfg.bits) d += 8;
+        if (c.storage != cfg.storage) d += 4;
+        if (c.group != cfg.group) d += 2;
+        if (c.double_quant != cfg.double_quant) d += 2;
+        if (c.act != cfg.act) d += 1;
+        return d;
+    };
+    std::vector<std::pair<int, std::string>> ranked;
+    for (const std::string& n : names()) ranked.emplace_back(distance(parse_name(n)), n);
+    std::sort(ranked.begin(), ranked.end());
+    std::vector<std::string> out;
+    for (std::size_t i = 0; i < ranked.size() && i < count; ++i) out.push_back(ranked[i].second);
+    return out;
+}
+
+}  // namespace qforge

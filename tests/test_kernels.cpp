@@ -1,0 +1,472 @@
+// Every generated kernel against the scalar reference, on the ISA named by QFORGE_ISA (Meson runs
+// this binary once per ISA; an ISA this CPU lacks is skipped with a warning).
+//
+// What is promised, and checked:
+//   dequantize        bit-exact with ref::dequantize, and bit-identical on every ISA
+//   gemv/gemm f32     |y - y_ref| <= (K + 3) u (sum_k |W[n,k] x[k]| + |bias[n]|), u = 2^-24: the
+//                     worst case of any f32 summation order of K products (kernels/impl/f32.hpp)
+//   gemv/gemm i8      (a) against the exact product: the bound of kernels/impl/i8.hpp,
+//                         sum_k delta s_b |x_k| + (|W[n,k]| + delta s_b) xs_b / 2, plus f32 slack;
+//                     (b) against an exact emulation of the integer path written here from that
+//                         header's description: only f32 rounding of the per-block combination
+// on shapes with odd N, the smallest K each layout allows, unaligned x/y/codes and row ranges.
+#include <qforge/config/aliases.hpp>
+#include <qforge/config/name.hpp>
+#include <qforge/format/packing.hpp>
+#include <qforge/format/tables.hpp>
+#include <qforge/kernels/kernels.hpp>
+#include <qforge/kernels/pack.hpp>
+#include <qforge/registry.hpp>
+#include <qforge/reference/reference.hpp>
+#include <qforge/synthetic.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+using namespace qforge;
+
+namespace {
+
+struct listed_kernel {
+    std::string name;
+    config cfg;
+};
+
+// The one generated list (generated/qforge_kernel_list.inc) drives every test below.
+const std::vector<listed_kernel> kernel_list = {
+#define QFORGE_KERNEL(name, family, type, bits, group, dq, storage, act) \
+    {#name, QFORGE_KERNEL_CONFIG(type, bits, group, dq, storage, act)},
+#include <qforge_kernel_list.inc>
+#undef QFORGE_KERNEL
+};
+
+constexpr double u = 1.0 / (1 << 24);  // f32 unit roundoff
+
+// The ISA this run tests; false (with a warning) when the CPU cannot run it.
+bool isa_under_test_runs() {
+    const char* forced = std::getenv("QFORGE_ISA");
+    if (forced == nullptr || *forced == '\0') return true;
+    const auto wanted = isa_from_string(forced);
+    REQUIRE(wanted.has_value());
+    if (!cpu_supports(*wanted)) {
+        WARN("this CPU has no " << forced << ": skipped");
+        return false;
+    }
+    return true;
+}
+
+// The kernel the registry picks for this run, or nullptr when -Dkernels filtered it out.
+const kernel* registered(const config& cfg, op o) {
+    const kernel* k = registry::global().find(cfg, o, active_isa());
+    if (k == nullptr) WARN(canonical_name(cfg) << " is not built (-Dkernels): skipped");
+    return k;
+}
+
+// Checkpoint-shaped weights the kernel config can pack: bnb as is, int4 through GPTQ v1.
+config reference_config(config c) {
+    if (c.storage == layout::qforge) c.storage = layout::gptq_v1;
+    return c;
+}
+
+// Weights of one test case. GPTQ needs N to be a multiple of 32, the qforge layout does not: an
+// odd N is tested on the first `rows` rows of a padded reference tensor.
+struct case_data {
+    ref::quantized q;       // checkpoint-shaped, possibly with more rows
+    packed_weights packed;  // kernel layout, `rows` rows
+    std::vector<float> w;   // ref::dequantize(q), first `rows` rows
+    std::int64_t rows = 0, ref_rows = 0;
+};
+
+case_data make_case(const config& cfg, std::int64_t n, std::int64_t k, std::uint64_t seed) {
+    const std::int64_t ref_rows = cfg.storage == layout::qforge ? (n + 31) / 32 * 32 : n;
+    synthetic_spec spec;
+    spec.rows = ref_rows;
+    spec.cols = k;
+    spec.seed = seed;
+    spec.outlier_rate = 1.0 / 256;
+    const std::vector<float> src = synthetic_weights(spec);
+    case_data d;
+    d.q = ref::quantize(reference_config(cfg), std::span<const float>(src), ref_rows, k);
+    d.packed = pack_weights(cfg, d.q);
+    d.w = ref::dequantize(d.q);
+    d.rows = n;
+    d.ref_rows = ref_rows;
+    if (ref_rows != n) {  // rows are contiguous in the kernel layout: keep the first n
+        const std::size_t scale_bytes = d.packed.scales.size() / static_cast<std::size_t>(ref_rows);
+        d.packed.rows = n;
+        d.packed.codes.resize(static_cast<std::size_t>(n * k / 2));
+        d.packed.scales.resize(scale_bytes * static_cast<std::size_t>(n));
+        d.w.resize(static_cast<std::size_t>(n * k));
+    }
+    return d;
+}
+
+// ref::gemm on the case's first `rows` outputs: Y [m, rows].
+std::vector<double> reference_gemm(const case_data& d, const std::vector<float>& x, std::int64_t m,
+                                   const std::vector<float>& bias) {
+    std::vector<float> padded_bias = bias;
+    if (!bias.empty()) padded_bias.resize(static_cast<std::size_t>(d.ref_rows), 0.0f);
+    const std::vector<double> full = ref::gemm(d.q, x, m, padded_bias);
+    std::vector<double> y;
+    for (std::int64_t i = 0; i < m; ++i)
+        for (std::int64_t r = 0; r < d.rows; ++r) y.push_back(full[static_cast<std::size_t>(i * d.ref_rows + r)]);
+    return y;
+}
+
+std::vector<float> random_vector(std::size_t n, std::uint64_t seed, float scale = 1.0f) {
+    std::mt19937_64 rng(seed);
+    std::uniform_real_distribution<float> dist(-scale, scale);
+    std::vector<float> v(n);
+    for (float& e : v) e = dist(rng);
+    return v;
+}
+
+// Copies `v` to offset `shift` elements into a fresh buffer (unaligned for shift % 16 != 0).
+template <class T>
+struct shifted {
+    std::vector<T> storage;
+    T* data;
+    shifted(const std::vector<T>& v, std::size_t shift) : storage(v.size() + shift + 1) {
+        data = storage.data() + shift;
+        std::copy(v.begin(), v.end(), data);
+    }
+};
+
+// ---- per-block facts the i8 bounds need, read from the reference tensors -------------------
+
+std::int64_t group_of(const config& c) { return c.group; }
+
+// The f32 block scale s_b of (row n, block b): absmax (reconstructed for double quant, as
+// formats.md §1 specifies) or the f16 GPTQ scale.
+float block_scale(const case_data& d, const config& cfg, std::int64_t n, std::int64_t b) {
+    const std::int64_t k = d.packed.cols, blocks_per_row = k / cfg.group;
+    if (const auto* t = std::get_if<ref::bnb4_tensor>(&d.q)) {
+        const std::int64_t flat = n * blocks_per_row + b;
+        if (!t->nested) return t->absmax[static_cast<std::size_t>(flat)];
+        const float product = t->nested_quant_map[t->absmax_codes[static_cast<std::size_t>(flat)]] *
+                              t->nested_absmax[static_cast<std::size_t>(flat / nested_blocksize)];
+        return product + t->nested_offset;
+    }
+    const auto& g = std::get<ref::gptq_tensor>(d.q);
+    return to_float(g.scales[static_cast<std::size_t>(b * g.rows + n)]);
+}
+
+std::uint8_t code_of(const case_data& d, std::int64_t n, std::int64_t k) {
+    if (const auto* t = std::get_if<ref::bnb4_tensor>(&d.q)) {
+        const std::int64_t flat = n * t->cols + k;
+        const std::uint8_t byte = t->packed[static_cast<std::size_t>(flat / 2)];
+        return flat % 2 == 0 ? static_cast<std::uint8_t>(byte >> 4) : static_cast<std::uint8_t>(byte & 0xF);
+    }
+    const auto& g = std::get<ref::gptq_tensor>(d.q);
+    std::uint32_t words[4];
+    for (int i = 0; i < 4; ++i)
+        words[i] = static_cast<std::uint32_t>(g.qweight[static_cast<std::size_t>(((k / 32) * 4 + i) * g.rows + n)]);
+    return static_cast<std::uint8_t>(gptq_code(4, words, static_cast<int>(k % 32)));
+}
+
+// The i8 path's weight approximation: value(c) ~ level(c) / i8_scale (kernels/impl/format.hpp).
+double i8_scale(dtype t) { return t == dtype::nf4 ? 127.0 : t == dtype::fp4 ? 120.0 : 1.0; }
+
+std::array<double, 16> code_values(const config& cfg, const case_data& d) {
+    std::array<double, 16> v{};
+    for (int c = 0; c < 16; ++c)
+        v[c] = cfg.type == dtype::int_sym ? c - 8 : static_cast<double>(d.packed.code_table[static_cast<std::size_t>(c)]);
+    return v;
+}
+
+std::array<int, 16> i8_levels(const config& cfg, const case_data& d) {
+    const auto v = code_values(cfg, d);
+    std::array<int, 16> l{};
+    for (int c = 0; c < 16; ++c) l[c] = static_cast<int>(std::nearbyint(static_cast<float>(v[c]) * static_cast<float>(i8_scale(cfg.type))));
+    return l;
+}
+
+double level_error(const config& cfg, const case_data& d) {  // delta of kernels/impl/i8.hpp
+    const auto v = code_values(cfg, d);
+    const auto l = i8_levels(cfg, d);
+    double delta = 0.0;
+    for (int c = 0; c < 16; ++c) delta = std::max(delta, std::abs(v[c] - l[c] / i8_scale(cfg.type)));
+    return delta;
+}
+
+struct activation_blocks {
+    std::vector<float> scale;       // xs_b = amax / 127 (f32)
+    std::vector<std::int32_t> q;    // RNE(x * f32(127 / amax))
+};
+
+activation_blocks quantize_x(const float* x, std::int64_t k, std::int64_t group) {
+    activation_blocks a;
+    a.q.resize(static_cast<std::size_t>(k));
+    for (std::int64_t b = 0; b < k / group; ++b) {
+        float amax = 0.0f;
+        for (std::int64_t i = b * group; i < (b + 1) * group; ++i) amax = std::max(amax, std::fabs(x[i]));
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        a.scale.push_back(amax / 127.0f);
+        for (std::int64_t i = b * group; i < (b + 1) * group; ++i)
+            a.q[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(std::nearbyint(x[i] * inv));
+    }
+    return a;
+}
+
+// ---- the checks ----------------------------------------------------------------------------
+
+// y (one output of a kernel) against the reference, as the header of this file says.
+void check_output(const config& cfg, const case_data& d, const float* x, std::int64_t n, const float* bias,
+                  double y_ref, float y, const std::string& where) {
+    const std::int64_t k = d.packed.cols, group = group_of(cfg);
+    const float* wrow = d.w.data() + n * k;
+    const double b = bias ? bias[n] : 0.0;
+    double abs_sum = std::abs(b);
+    for (std::int64_t i = 0; i < k; ++i) abs_sum += std::abs(static_cast<double>(wrow[i]) * x[i]);
+    INFO(where << ", row " << n << ": y = " << y << ", reference " << y_ref);
+    if (cfg.act == compute::f32) {
+        CHECK(std::abs(y - y_ref) <= static_cast<double>(k + 3) * u * abs_sum * 1.001 + 1e-30);
+        return;
+    }
+    const activation_blocks a = quantize_x(x, k, group);
+    const double delta = level_error(cfg, d), lambda = i8_scale(cfg.type);
+    const auto levels = i8_levels(cfg, d);
+    double bound = 0.0, slack_terms = std::abs(b), emulated = b;
+    for (std::int64_t blk = 0; blk < k / group; ++blk) {
+        const double s = block_scale(d, cfg, n, blk), xs = a.scale[static_cast<std::size_t>(blk)];
+        std::int64_t dot = 0;
+        for (std::int64_t i = blk * group; i < (blk + 1) * group; ++i) {
+            const double wabs = std::abs(static_cast<double>(wrow[i]));
+            bound += delta * std::abs(s) * std::abs(x[i]) + (wabs + delta * std::abs(s)) * xs / 2;
+            slack_terms += (wabs + delta * std::abs(s)) * (std::abs(x[i]) + xs / 2);
+            dot += static_cast<std::int64_t>(levels[code_of(d, n, i)]) * a.q[static_cast<std::size_t>(i)];
+        }
+        emulated += s * xs / lambda * static_cast<double>(dot);
+    }
+    const double f32_slack = static_cast<double>(k / group + 32) * u * slack_terms;
+    INFO("i8 bound " << bound << " + " << f32_slack << ", emulated " << emulated);
+    CHECK(std::abs(y - y_ref) <= bound + f32_slack);
+    CHECK(std::abs(y - emulated) <= f32_slack);
+}
+
+// Shapes per config: the smallest K the layout allows, windows that do not fill a register, and
+// a realistic K; odd N everywhere.
+std::vector<std::pair<std::int64_t, std::int64_t>> shapes_for(const config& cfg) {
+    const std::int64_t g = cfg.group;
+    return {{1, g}, {3, 3 * g}, {7, std::max<std::int64_t>(g, 160) / g * g + g}, {5, 1024}, {9, 4096}};
+}
+
+constexpr float sentinel = -12345.0f;
+
+}  // namespace
+
+TEST_CASE("the generated list names each config by qforge::canonical_name") {
+    REQUIRE_FALSE(kernel_list.empty());
+    for (const auto& k : kernel_list) {
+        CHECK(canonical_name(k.cfg) == k.name);
+        CHECK(parse_name(k.name) == k.cfg);
+    }
+}
+
+TEST_CASE("registry: every registered kernel is in the list, per ISA and op, with its canonical name") {
+    const registry& r = registry::global();
+    REQUIRE_FALSE(r.all().empty());
+    for (const kernel& k : r.all()) {
+        INFO(k.full_name());
+        CHECK(canonical_name(k.cfg) == k.name);
+        CHECK(std::any_of(kernel_list.begin(), kernel_list.end(), [&](const auto& l) { return l.cfg == k.cfg; }));
+    }
+    // a built config has all three ops on all four ISAs
+    for (const std::string& name : r.names())
+        for (isa i : all_isas)
+            for (op o : {op::dequantize, op::gemv, op::gemm}) CHECK(r.find(parse_name(name), o, i) != nullptr);
+}
+
+TEST_CASE("registry: lookup picks the active ISA; errors name the problem") {
+    if (!isa_under_test_runs()) return;
+    const registry& r = registry::global();
+    for (const auto& l : kernel_list) {
+        const kernel* exact = r.find(l.cfg, op::gemv, active_isa());
+        if (exact == nullptr) continue;
+        CHECK(&r.find(l.cfg, op::gemv) == exact);
+        CHECK(exact->full_name() == l.name + "_gemv_" + std::string(to_string(active_isa())));
+    }
+    // GPTQ's checkpoint layout has no kernel: the error points at the repacked one
+    try {
+        (void)r.find(configs::gptq_int4_g128, op::gemv);
+        FAIL("gptq layout found");
+    } catch (const unsupported_config& e) {
+        INFO(e.what());
+        CHECK(std::string(e.what()).find("int4sym_g128_gptq_f32") != std::string::npos);
+        REQUIRE_FALSE(e.nearest.empty());
+        CHECK(e.nearest.front() == "int4sym_g128_qf_f32");
+    }
+    // duplicates and names that are not canonical are refused
+    registry mine;
+    const kernel& some = *r.all().begin();
+    mine.add(some);
+    CHECK_THROWS_AS(mine.add(some), std::logic_error);
+    kernel renamed = some;
+    renamed.name = "nf4_b64_bnb_wrong";
+    CHECK_THROWS_AS(registry().add(renamed), std::logic_error);
+}
+
+TEST_CASE("dequantize is bit-exact with the reference, on row ranges and every ISA") {
+    if (!isa_under_test_runs()) return;
+    for (const auto& l : kernel_list) {
+        const kernel* k = registered(l.cfg, op::dequantize);
+        if (k == nullptr) continue;
+        for (auto [n, kk] : shapes_for(l.cfg)) {
+            const case_data d = make_case(l.cfg, n, kk, 17 + static_cast<std::uint64_t>(n * kk));
+            INFO(k->full_name() << " N=" << n << " K=" << kk);
+            std::vector<float> out(d.w.size(), sentinel);
+            k->dequantize(d.packed.view(), 0, n, out.data());
+            CHECK(std::memcmp(out.data(), d.w.data(), out.size() * sizeof(float)) == 0);
+            // a row range writes exactly its rows
+            if (n >= 3) {
+                std::vector<float> part(d.w.size(), sentinel);
+                k->dequantize(d.packed.view(), 1, n - 1, part.data());
+                for (std::int64_t r = 0; r < n; ++r)
+                    for (std::int64_t c = 0; c < kk; ++c) {
+                        const std::size_t at = static_cast<std::size_t>(r * kk + c);
+                        if (r == 0 || r == n - 1) REQUIRE(part[at] == sentinel);
+                        else REQUIRE(std::bit_cast<std::uint32_t>(part[at]) == std::bit_cast<std::uint32_t>(d.w[at]));
+                    }
+            }
+            // every other ISA this CPU runs gives the same bits
+            for (isa other : all_isas) {
+                const kernel* ko = registry::global().find(l.cfg, op::dequantize, other);
+                if (!cpu_supports(other) || ko == nullptr) continue;
+                std::vector<float> o(d.w.size());
+                ko->dequantize(d.packed.view(), 0, n, o.data());
+                CHECK(std::memcmp(o.data(), d.w.data(), o.size() * sizeof(float)) == 0);
+            }
+        }
+    }
+}
+
+TEST_CASE("gemv matches the reference within the stated bounds, with bias, unaligned data and row ranges") {
+    if (!isa_under_test_runs()) return;
+    for (const auto& l : kernel_list) {
+        const kernel* k = registered(l.cfg, op::gemv);
+        if (k == nullptr) continue;
+        for (auto [n, kk] : shapes_for(l.cfg)) {
+            const std::uint64_t seed = 5 + static_cast<std::uint64_t>(n * kk);
+            const case_data d = make_case(l.cfg, n, kk, seed);
+            const std::vector<float> x = random_vector(static_cast<std::size_t>(kk), seed + 1);
+            const std::vector<float> bias = random_vector(static_cast<std::size_t>(n), seed + 2, 0.1f);
+            const std::vector<double> y_ref = reference_gemm(d, x, 1, bias);
+            const std::vector<double> y_ref_nobias = reference_gemm(d, x, 1, {});
+
+            // unaligned x, y and codes
+            const shifted<float> xs(x, 1);
+            packed_weights moved = d.packed;
+            const shifted<std::uint8_t> codes(d.packed.codes, 3);
+            weights_view view = moved.view();
+            view.codes = codes.data;
+            std::vector<float> y_buf(static_cast<std::size_t>(n) + 2, sentinel);
+            float* y = y_buf.data() + 1;
+            k->gemv(view, xs.data, bias.data(), y, 0, n);
+            for (std::int64_t r = 0; r < n; ++r)
+                check_output(l.cfg, d, x.data(), r, bias.data(), y_ref[static_cast<std::size_t>(r)], y[r],
+                             k->full_name() + " N=" + std::to_string(n) + " K=" + std::to_string(kk));
+            CHECK(y_buf.front() == sentinel);
+            CHECK(y_buf.back() == sentinel);
+
+            // rows [1, n) without bias: row 0 untouched, the rest as before
+            std::vector<float> y2(static_cast<std::size_t>(n), sentinel);
+            k->gemv(d.packed.view(), x.data(), nullptr, y2.data(), n > 1 ? 1 : 0, n);
+            if (n > 1) CHECK(y2[0] == sentinel);
+            for (std::int64_t r = n > 1 ? 1 : 0; r < n; ++r)
+                check_output(l.cfg, d, x.data(), r, nullptr, y_ref_nobias[static_cast<std::size_t>(r)], y2[static_cast<std::size_t>(r)],
+                             k->full_name() + " rows [1, N)");
+        }
+    }
+}
+
+TEST_CASE("gemm matches the reference for M >= 2 and equals gemv row by row in its bounds") {
+    if (!isa_under_test_runs()) return;
+    for (const auto& l : kernel_list) {
+        const kernel* k = registered(l.cfg, op::gemm);
+        if (k == nullptr) continue;
+        for (auto [n, kk] : shapes_for(l.cfg)) {
+            for (std::int64_t m : {2, 3, 5, 17}) {
+                if (kk > 1024 && m > 2) continue;  // K slices of the cache blocking: once is enough
+                const std::uint64_t seed = 11 + static_cast<std::uint64_t>(n * kk + m);
+                const case_data d = make_case(l.cfg, n, kk, seed);
+                const std::vector<float> x = random_vector(static_cast<std::size_t>(m * kk), seed + 1);
+                const std::vector<float> bias = random_vector(static_cast<std::size_t>(n), seed + 2, 0.1f);
+                const std::vector<double> y_ref = reference_gemm(d, x, m, bias);
+                const shifted<float> xs(x, 1);
+                std::vector<float> y(static_cast<std::size_t>(m * n) + 1, sentinel);
+                const std::int64_t n0 = n > 2 ? 1 : 0;  // a row range when there is one
+                k->gemm(d.packed.view(), xs.data, m, bias.data(), y.data() + 1, n0, n);
+                for (std::int64_t i = 0; i < m; ++i)
+                    for (std::int64_t r = 0; r < n; ++r) {
+                        const float got = y[static_cast<std::size_t>(1 + i * n + r)];
+                        if (r < n0) {
+                            CHECK(got == sentinel);
+                            continue;
+                        }
+                        check_output(l.cfg, d, x.data() + i * kk, r, bias.data(), y_ref[static_cast<std::size_t>(i * n + r)],
+                                     got, k->full_name() + " M=" + std::to_string(m) + " row " + std::to_string(i) +
+                                              " N=" + std::to_string(n) + " K=" + std::to_string(kk));
+                    }
+            }
+        }
+    }
+}
+
+TEST_CASE("the compile-time route runs the same kernel as the registry") {
+    if (!isa_under_test_runs()) return;
+    using P = policy<config{dtype::nf4, 4, 64, true, layout::bnb4, compute::i8}>;
+    const kernel* k = registered(P::cfg, op::gemv);
+    if (k == nullptr) return;
+    const case_data d = make_case(P::cfg, 13, 512, 99);
+    const std::vector<float> x = random_vector(512, 100);
+    std::vector<float> y1(13), y2(13);
+    k->gemv(d.packed.view(), x.data(), nullptr, y1.data(), 0, 13);
+    qforge::gemv<P>(d.packed.view(), x.data(), y2.data());
+    CHECK(std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float)) == 0);
+}
+
+TEST_CASE("checked calls refuse mismatched weights, shapes and ranges") {
+    if (!isa_under_test_runs()) return;
+    const config nf4{dtype::nf4, 4, 64, false, layout::bnb4, compute::f32};
+    const config fp4{dtype::fp4, 4, 64, false, layout::bnb4, compute::f32};
+    const kernel* k = registered(fp4, op::gemv);
+    if (k == nullptr) return;
+    const case_data d = make_case(nf4, 4, 128, 1);
+    std::vector<float> x(128, 1.0f), y(4);
+    CHECK_THROWS_WITH(k->gemv(d.packed.view(), x.data(), nullptr, y.data(), 0, 4),
+                      Catch::Contains("the weights are nf4_b64_bnb_f32"));
+    const case_data f = make_case(fp4, 4, 128, 1);
+    CHECK_THROWS_WITH(k->gemv(f.packed.view(), x.data(), nullptr, y.data(), 2, 5), Catch::Contains("row range [2, 5)"));
+    CHECK_THROWS_WITH(k->gemv(f.packed.view(), nullptr, nullptr, y.data(), 0, 4), Catch::Contains("x is a null pointer"));
+    weights_view odd = f.packed.view();
+    odd.cols = 96;
+    odd.rows = 5;
+    CHECK_THROWS_WITH(k->gemv(odd, x.data(), nullptr, y.data(), 0, 4), Catch::Contains("not a multiple of the group size 64"));
+    CHECK_THROWS_AS(k->gemm(f.packed.view(), x.data(), 1, nullptr, y.data(), 0, 4), std::logic_error);  // a gemv entry
+}
+
+TEST_CASE("pack_weights refuses GPTQ checkpoints the qforge layout cannot hold") {
+    const config kernel_cfg{dtype::int_sym, 4, 32, false, layout::qforge, compute::f32};
+    const std::vector<float> w = random_vector(32 * 64, 3);
+    ref::quantized q = ref::quantize(reference_config(kernel_cfg), std::span<const float>(w), 32, 64);
+    auto& g = std::get<ref::gptq_tensor>(q);
+    ref::quantized act_order = q;
+    std::swap(std::get<ref::gptq_tensor>(act_order).g_idx[0], std::get<ref::gptq_tensor>(act_order).g_idx[40]);
+    CHECK_THROWS_WITH(pack_weights(kernel_cfg, act_order, "model.layers.0.mlp.up_proj"),
+                      Catch::Contains("model.layers.0.mlp.up_proj") && Catch::Contains("act-order"));
+    g.qzeros[0] = 0x77777776;  // v1 field 6: zero point 7 in column 0
+    CHECK_THROWS_WITH(pack_weights(kernel_cfg, q), Catch::Contains("zero point 7"));
+    CHECK_THROWS_WITH(pack_weights(config{dtype::int_sym, 4, 32, false, layout::qforge, compute::f32},
+                                   ref::quantize(config{dtype::nf4, 4, 64, false, layout::bnb4, compute::f32},
+                                                 std::span<const float>(w), 32, 64)),
+                      Catch::Contains("need a bnb kernel config"));
+}
