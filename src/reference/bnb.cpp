@@ -22,6 +22,8 @@
 #include <qforge/format/tables.hpp>
 #include <qforge/reference/layouts.hpp>
 
+#include "checks.hpp"
+
 #include <algorithm>
 #include <array>
 #include <bit>
@@ -34,28 +36,18 @@ namespace qforge::ref {
 
 namespace {
 
+using namespace detail;
+
 constexpr auto nf4_thresholds = midpoints(nf4_table);
 constexpr auto dynamic_thresholds = midpoints(dynamic_map);
 constexpr float one_over_127 = 1.0f / 127.0f;  // f32(1/127), bnb's dequantization constant
 
-[[noreturn]] void fail(const std::string& where, const std::string& what) {
-    throw std::invalid_argument(where + ": " + what);
-}
-
 std::size_t checked_size(const char* where, std::size_t size, std::int64_t rows, std::int64_t cols) {
     if (rows <= 0 || cols <= 0 || static_cast<std::uint64_t>(rows) * static_cast<std::uint64_t>(cols) != size)
-        fail(where, "shape [" + std::to_string(rows) + ", " + std::to_string(cols) + "] does not match " +
+        fail(where, "shape " + shape_text(rows, cols) + " does not match " +
                         std::to_string(size) + " elements");
     return size;
 }
-
-void expect_count(const char* where, const char* field, std::size_t actual, std::size_t expected) {
-    if (actual != expected)
-        fail(where, std::string(field) + " has " + std::to_string(actual) + " entries, expected " +
-                        std::to_string(expected));
-}
-
-std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 
 template <std::size_t N>
 std::size_t count_below(const std::array<float, N>& thresholds, float y) {
@@ -199,7 +191,7 @@ void quantize_int8_row(std::span<const float> x, float absmax, std::span<std::in
 
 void check_int8row(const char* where, const int8row_tensor& w) {
     checked_size(where, w.codes.size(), w.rows, w.cols);
-    expect_count(where, "SCB", w.scb.size(), static_cast<std::size_t>(w.rows));
+    expect_size(where, "SCB", w.scb.size(), static_cast<std::size_t>(w.rows));
 }
 
 }  // namespace
@@ -219,7 +211,7 @@ std::vector<float> dequantize_blockwise8(const blockwise8& q, std::span<const fl
     const char* where = "dequantize_blockwise8";
     if (q.blocksize <= 0) fail(where, "blocksize " + std::to_string(q.blocksize) + " is not positive");
     const auto bs = static_cast<std::size_t>(q.blocksize);
-    expect_count(where, "absmax", q.absmax.size(), ceil_div(q.codes.size(), bs));
+    expect_size(where, "absmax", q.absmax.size(), ceil_div(q.codes.size(), bs));
     return dequantize_blocks(q.codes, bs, q.absmax, map);
 }
 
@@ -263,20 +255,20 @@ bnb4_tensor quantize_bnb4(const config& cfg, std::span<const float> w, std::int6
 std::vector<float> dequantize_bnb4(const bnb4_tensor& q) {
     const char* where = "dequantize_bnb4";
     if (q.rows <= 0 || q.cols <= 0)
-        fail(where, "shape [" + std::to_string(q.rows) + ", " + std::to_string(q.cols) + "] is empty or negative");
+        fail(where, "shape " + shape_text(q.rows, q.cols) + " is empty or negative");
     if (q.blocksize <= 0) fail(where, "blocksize " + std::to_string(q.blocksize) + " is not positive");
     const std::size_t n = static_cast<std::size_t>(q.rows) * static_cast<std::size_t>(q.cols);
     const auto bs = static_cast<std::size_t>(q.blocksize);
     const std::size_t blocks = ceil_div(n, bs);
-    expect_count(where, "packed", q.packed.size(), (n + 1) / 2);
+    expect_size(where, "packed", q.packed.size(), (n + 1) / 2);
     std::vector<float> absmax;
     if (q.nested) {
-        expect_count(where, "absmax_codes", q.absmax_codes.size(), blocks);
-        expect_count(where, "nested_absmax", q.nested_absmax.size(), ceil_div(blocks, nested_blocksize));
+        expect_size(where, "absmax_codes", q.absmax_codes.size(), blocks);
+        expect_size(where, "nested_absmax", q.nested_absmax.size(), ceil_div(blocks, nested_blocksize));
         absmax = dequantize_blocks(q.absmax_codes, nested_blocksize, q.nested_absmax, q.nested_quant_map);
         for (float& a : absmax) a += q.nested_offset;  // a second rounding, after the product's
     } else {
-        expect_count(where, "absmax", q.absmax.size(), blocks);
+        expect_size(where, "absmax", q.absmax.size(), blocks);
         absmax = q.absmax;
     }
     return dequantize_blocks(unpack_high_first(q.packed, n), bs, absmax, q.quant_map);
@@ -317,7 +309,7 @@ std::vector<float> int8_matmul(const int8row_tensor& w, std::span<const float> x
     if (m < 0 || static_cast<std::uint64_t>(m) * k != x.size())
         fail(where, "X has " + std::to_string(x.size()) + " elements, expected M*K = " + std::to_string(m) + "*" +
                         std::to_string(k));
-    if (!bias.empty()) expect_count(where, "bias", bias.size(), n_out);
+    if (!bias.empty()) expect_size(where, "bias", bias.size(), n_out);
     if (!(threshold >= 0.0f) || std::isinf(threshold))
         fail(where, "outlier threshold " + std::to_string(threshold) + " is not finite and >= 0");
     // |XA * CB| <= 128 * 128, so K up to this bound keeps the int32 accumulation exact.

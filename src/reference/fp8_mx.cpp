@@ -3,6 +3,8 @@
 #include <qforge/format/tables.hpp>
 #include <qforge/reference/layouts.hpp>
 
+#include "checks.hpp"
+
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -14,21 +16,10 @@ namespace qforge::ref {
 
 namespace {
 
+using namespace detail;
+
 using std::size_t;
 
-[[noreturn]] void fail(const std::string& what) { throw std::invalid_argument(what); }
-
-std::string shape_text(std::int64_t rows, std::int64_t cols) {
-    return "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]";
-}
-
-void expect_size(const char* method, const char* field, size_t actual, size_t expected) {
-    if (actual != expected)
-        fail(std::string(method) + " " + field + ": " + std::to_string(actual) + " elements, expected " +
-             std::to_string(expected));
-}
-
-size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 
 // ---- FP8 ---------------------------------------------------------------------------------------
 

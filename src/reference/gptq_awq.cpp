@@ -4,6 +4,8 @@
 #include <qforge/format/packing.hpp>
 #include <qforge/reference/layouts.hpp>
 
+#include "checks.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -13,19 +15,9 @@ namespace qforge::ref {
 
 namespace {
 
+using namespace detail;
+
 using std::size_t;
-
-std::string shape_text(std::int64_t rows, std::int64_t cols) {
-    return "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]";
-}
-
-[[noreturn]] void fail(const std::string& what) { throw std::invalid_argument(what); }
-
-void expect_size(const char* method, const char* field, size_t actual, size_t expected) {
-    if (actual != expected)
-        fail(std::string(method) + " " + field + ": " + std::to_string(actual) + " elements, expected " +
-             std::to_string(expected));
-}
 
 // The stored scale; a scale beyond fp16's range would dequantize to Inf/NaN, so it is refused.
 f16 store_scale(float scale, const char* method, size_t row, size_t group) {

@@ -1,6 +1,8 @@
 // Generic entry points of the scalar reference: dispatch on the storage layout.
 #include <qforge/reference/layouts.hpp>
 
+#include "checks.hpp"
+
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -50,9 +52,8 @@ quantized quantize(const config& cfg, std::span<const float> w, std::int64_t row
                    const quantize_options& opt) {
     validate(cfg);
     if (rows <= 0 || cols <= 0 || static_cast<std::uint64_t>(rows) * static_cast<std::uint64_t>(cols) != w.size())
-        throw std::invalid_argument("tensor '" + opt.tensor_name + "': shape [" + std::to_string(rows) + ", " +
-                                    std::to_string(cols) + "] does not match " + std::to_string(w.size()) +
-                                    " elements");
+        detail::fail("tensor '" + opt.tensor_name + "': shape " + detail::shape_text(rows, cols) +
+                     " does not match " + std::to_string(w.size()) + " elements");
     check_finite(w, opt.tensor_name);
     try {
         switch (cfg.storage) {
