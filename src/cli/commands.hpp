@@ -6,5 +6,9 @@
 namespace qforge::cli {
 
 void add_sweep(CLI::App& app);
+void add_quantize(CLI::App& app);    // quantize.cpp
+void add_dequantize(CLI::App& app);  // quantize.cpp
+void add_convert(CLI::App& app);     // quantize.cpp
+void add_inspect(CLI::App& app);     // inspect.cpp
 
 }  // namespace qforge::cli

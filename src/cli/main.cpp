@@ -9,6 +9,10 @@ int main(int argc, char** argv) {
     CLI::App app{"qforge: weight-quantization configs as specialized SIMD kernels"};
     app.require_subcommand(1);
     qforge::cli::add_sweep(app);
+    qforge::cli::add_quantize(app);
+    qforge::cli::add_dequantize(app);
+    qforge::cli::add_convert(app);
+    qforge::cli::add_inspect(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

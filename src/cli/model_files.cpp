@@ -1,0 +1,250 @@
+#include "model_files.hpp"
+
+#include "progress.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <string_view>
+
+namespace qforge::cli {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+std::string read_file(const fs::path& file, std::string_view what) {
+    std::ifstream in(file, std::ios::binary);
+    if (!in) throw io_error(std::string(what) + " '" + file.string() + "': cannot open: " + std::strerror(errno));
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (in.bad()) throw io_error(std::string(what) + " '" + file.string() + "': read error");
+    return text;
+}
+
+json parse_json(const fs::path& file, std::string_view what) {
+    const std::string text = read_file(file, what);
+    try {
+        return json::parse(text);
+    } catch (const json::parse_error& e) {
+        throw io_error(std::string(what) + " '" + file.string() + "': invalid JSON at byte " + std::to_string(e.byte) +
+                       ": " + e.what());
+    }
+}
+
+// The index's weight_map, checked: an object of tensor name -> shard file name in the index's folder.
+const json& weight_map_of(const json& index, const fs::path& file) {
+    const auto fail = [&](const std::string& what) { throw io_error("index '" + file.string() + "': " + what); };
+    if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
+        fail("key 'weight_map' is missing or not an object");
+    for (const auto& [tensor, shard] : index["weight_map"].items()) {
+        if (!shard.is_string()) fail("weight_map key '" + tensor + "': the shard is not a string");
+        const std::string name = shard.get<std::string>();
+        if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
+            fail("weight_map key '" + tensor + "': shard '" + name + "' is not a file name in the index's folder");
+    }
+    if (index.contains("metadata") && !index["metadata"].is_object()) fail("key 'metadata' is not an object");
+    return index["weight_map"];
+}
+
+void write_all(int fd, const std::string& text, const fs::path& tmp, const fs::path& target) {
+    std::size_t done = 0;
+    while (done < text.size()) {
+        const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0)
+            throw io_error("cannot write '" + target.string() + "' (" + tmp.string() + ") at byte " + std::to_string(done) +
+                           ": " + std::strerror(errno));
+        done += static_cast<std::size_t>(n);
+    }
+}
+
+}  // namespace
+
+// ---- config ----------------------------------------------------------------------------------
+
+loaded_config load_config(const fs::path& file) {
+    const json j = parse_json(file, "config");
+    try {
+        loaded_config c;
+        c.hf = parse_hf_quant_config(j);
+        for (const std::string& key : c.hf.unknown_keys)
+            std::fprintf(stderr, "qforge: warning: config '%s': unknown quantization_config key '%s' (ignored, as transformers does)\n",
+                         file.c_str(), key.c_str());
+        c.cfg = to_config(c.hf);
+        return c;
+    } catch (const std::invalid_argument& e) {  // hf_config_error names the key
+        throw io_error("config '" + file.string() + "': " + e.what());
+    }
+}
+
+std::string json_text(const json& j) { return j.dump(2, ' ', true) + "\n"; }
+
+// ---- input -----------------------------------------------------------------------------------
+
+std::uint64_t input_model::tensor_bytes() const {
+    std::uint64_t n = 0;
+    for (const safetensors::tensor_view* v : tensors.all()) n += v->bytes.size();
+    return n;
+}
+
+input_model open_model(const fs::path& in) {
+    input_model m;
+    m.path = in;
+    if (in.extension() != ".json") {
+        m.shards.emplace_back(in);
+        m.tensors.add(m.shards.back());
+        return m;
+    }
+    m.sharded = true;
+    m.index = parse_json(in, "index");
+    const json& weight_map = weight_map_of(m.index, in);
+    std::set<std::string> shard_names;
+    for (const auto& [tensor, shard] : weight_map.items()) shard_names.insert(shard.get<std::string>());
+    if (shard_names.empty()) throw io_error("index '" + in.string() + "': weight_map lists no tensor");
+    for (const std::string& name : shard_names) m.shards.emplace_back(in.parent_path() / name);
+    for (const safetensors::reader& r : m.shards) m.tensors.add(r);  // views survive the vector's moves
+
+    // The index and the shards must agree tensor by tensor.
+    for (const auto& [tensor, shard] : weight_map.items()) {
+        const safetensors::tensor_view* v = m.tensors.find(tensor);
+        if (!v || fs::path(v->file).filename() != shard.get<std::string>())
+            throw io_error("index '" + in.string() + "': weight_map says tensor '" + tensor + "' is in '" +
+                           shard.get<std::string>() + "', but it is not");
+    }
+    for (const safetensors::tensor_view* v : m.tensors.all())
+        if (!weight_map.contains(std::string(v->name)))
+            throw io_error("index '" + in.string() + "': tensor '" + std::string(v->name) + "' of '" + std::string(v->file) +
+                           "' is missing from weight_map");
+    return m;
+}
+
+checkpoint::detection detect_checked(const input_model& in) {
+    checkpoint::detection d = checkpoint::detect(in.tensors);
+    if (!d.orphans.empty())
+        throw io_error(d.orphans.front() +
+                       (d.orphans.size() > 1 ? " (and " + std::to_string(d.orphans.size() - 1) + " more)" : ""));
+    return d;
+}
+
+// ---- output ----------------------------------------------------------------------------------
+
+output_files::~output_files() {
+    if (committed_) return;
+    std::error_code ec;
+    for (const auto& [tmp, target] : staged_) fs::remove(tmp, ec);
+    for (auto it = created_dirs_.rbegin(); it != created_dirs_.rend(); ++it) fs::remove(*it, ec);  // only if empty
+}
+
+fs::path output_files::stage(const fs::path& target) {
+    if (!target.has_filename()) throw io_error("output '" + target.string() + "' names no file");
+    fs::path tmp = target.parent_path() /
+                   ("." + target.filename().string() + ".qforge-" + std::to_string(::getpid()) + ".partial");
+    staged_.emplace_back(tmp, target);
+    return tmp;
+}
+
+void output_files::stage_text(const fs::path& target, const std::string& text) {
+    const fs::path tmp = stage(target);
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) throw io_error("cannot create '" + target.string() + "' (" + tmp.string() + "): " + std::strerror(errno));
+    try {
+        write_all(fd, text, tmp, target);
+        if (::fsync(fd) != 0) throw io_error("cannot sync '" + target.string() + "': " + std::strerror(errno));
+    } catch (...) {
+        ::close(fd);
+        throw;
+    }
+    if (::close(fd) != 0) throw io_error("cannot close '" + target.string() + "': " + std::strerror(errno));
+}
+
+void output_files::make_directory(const fs::path& dir) {
+    std::error_code ec;
+    if (fs::is_directory(dir, ec)) return;
+    if (!fs::create_directory(dir, ec) || ec)
+        throw io_error("cannot create the output directory '" + dir.string() + "': " + ec.message());
+    created_dirs_.push_back(dir);
+}
+
+void output_files::commit() {
+    for (const auto& [tmp, target] : staged_) {
+        std::error_code ec;
+        fs::rename(tmp, target, ec);
+        if (ec) throw io_error("cannot rename '" + tmp.string() + "' to '" + target.string() + "': " + ec.message());
+    }
+    committed_ = true;
+}
+
+// ---- rewrite ---------------------------------------------------------------------------------
+
+void rewrite_model(const input_model& in, const fs::path& out, const std::string& label, const tensor_rewrite& rewrite,
+                   output_files& files) {
+    std::vector<fs::path> targets;
+    fs::path index_target;
+    if (!in.sharded) {
+        targets.push_back(out);
+    } else {
+        fs::path dir = out;
+        if (out.extension() == ".json") {
+            index_target = out;
+            dir = out.parent_path().empty() ? fs::path(".") : out.parent_path();
+        } else {
+            files.make_directory(out);
+            index_target = out / in.path.filename();
+        }
+        for (const safetensors::reader& r : in.shards) targets.push_back(dir / r.path().filename());
+    }
+    // Never replace an input (the shards are still being read).
+    std::vector<fs::path> inputs{in.path};
+    for (const safetensors::reader& r : in.shards) inputs.push_back(r.path());
+    for (const fs::path& t : targets) {
+        for (const fs::path& i : inputs) {
+            std::error_code ec;
+            if (fs::equivalent(t, i, ec))
+                throw io_error("output '" + t.string() + "' is the input '" + i.string() + "': write elsewhere");
+        }
+    }
+    if (!index_target.empty())
+        for (const fs::path& i : inputs) {
+            std::error_code ec;
+            if (fs::equivalent(index_target, i, ec))
+                throw io_error("output '" + index_target.string() + "' is the input '" + i.string() + "': write elsewhere");
+        }
+
+    progress bar(label, in.tensor_bytes());
+    json weight_map = json::object();
+    std::uint64_t total_size = 0, total_parameters = 0;
+    for (std::size_t s = 0; s < in.shards.size(); ++s) {
+        const safetensors::reader& reader = in.shards[s];
+        shard_output shard;
+        for (const auto& [key, value] : reader.metadata()) shard.writer.set_metadata(key, value);
+        for (const safetensors::tensor_view& v : reader.tensors()) {
+            if (!rewrite.replace(v, shard) && !rewrite.dropped.contains(v.name)) shard.writer.add(v);
+            bar.advance(v.bytes.size(), v.name);
+        }
+        const fs::path staged = files.stage(targets[s]);
+        shard.writer.write(staged);
+        if (in.sharded) {
+            const safetensors::reader written(staged);
+            for (const safetensors::tensor_view& v : written.tensors()) {
+                weight_map[std::string(v.name)] = targets[s].filename().string();
+                total_size += v.bytes.size();
+                total_parameters += static_cast<std::uint64_t>(v.numel());
+            }
+        }
+    }
+    if (in.sharded) {
+        json index = in.index;
+        index["weight_map"] = std::move(weight_map);
+        index["metadata"]["total_size"] = total_size;
+        if (index["metadata"].contains("total_parameters")) index["metadata"]["total_parameters"] = total_parameters;
+        files.stage_text(index_target, json_text(index));
+    }
+}
+
+}  // namespace qforge::cli

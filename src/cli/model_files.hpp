@@ -1,0 +1,93 @@
+// The files the checkpoint subcommands read and write: a quantization_config, a model as one
+// safetensors file or as shards listed by a `*.safetensors.index.json`, and the rewrite of such a
+// model tensor by tensor into a new one, shard by shard, with nothing left half-written.
+#pragma once
+
+#include <qforge/config/hf.hpp>
+#include <qforge/io/checkpoint.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <deque>
+#include <filesystem>
+#include <functional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace qforge::cli {
+
+// A quantization_config file: the object itself or a whole config.json. Unknown keys are
+// accepted and reported on stderr, as transformers does.
+struct loaded_config {
+    hf_quant_config hf;
+    config cfg;  // to_config(hf)
+};
+loaded_config load_config(const std::filesystem::path& file);
+
+// Writes `j` as transformers does (indent 2, ASCII, trailing newline).
+std::string json_text(const nlohmann::json& j);
+
+// A model's safetensors: one file, or the shards of an index (`weight_map` checked against the
+// shards' contents).
+struct input_model {
+    std::filesystem::path path;  // as given
+    bool sharded = false;
+    nlohmann::json index;                    // sharded only
+    std::vector<safetensors::reader> shards;  // one for a single file
+    checkpoint::tensor_set tensors;           // every tensor of every shard
+
+    std::uint64_t tensor_bytes() const;
+};
+input_model open_model(const std::filesystem::path& in);
+
+// Output files of one command. Each is written beside its target under a temporary name and
+// renamed into place only by commit(), after every file has been written; without a commit the
+// destructor removes them (and any directory it created), so a failure leaves nothing behind.
+class output_files {
+public:
+    output_files() = default;
+    output_files(const output_files&) = delete;
+    output_files& operator=(const output_files&) = delete;
+    ~output_files();
+
+    // The temporary path to write for `target` (its directory must exist, or be made by
+    // make_directory first).
+    std::filesystem::path stage(const std::filesystem::path& target);
+    void stage_text(const std::filesystem::path& target, const std::string& text);
+    void make_directory(const std::filesystem::path& dir);
+    void commit();
+
+private:
+    std::vector<std::pair<std::filesystem::path, std::filesystem::path>> staged_;  // temporary, target
+    std::vector<std::filesystem::path> created_dirs_;
+    bool committed_ = false;
+};
+
+// The output of one input shard while it is being built.
+struct shard_output {
+    safetensors::writer writer;
+    std::deque<checkpoint::quantized_weight> keep;  // weights the writer borrows from
+};
+
+// What a subcommand does to the tensors of a model.
+struct tensor_rewrite {
+    // Called for each input tensor in file order: adds its replacement to `out` and returns
+    // true, or returns false to copy the tensor unchanged (unless it is in `dropped`).
+    std::function<bool(const safetensors::tensor_view&, shard_output& out)> replace;
+    // Tensors consumed by some replacement (possibly from another shard): never copied.
+    std::set<std::string, std::less<>> dropped;
+};
+
+// Rewrites `in` into `out` (a file for a single file; for a sharded model a directory, or the
+// path of the new index, whose directory receives the shards under their input names). Stages
+// every output file in `files` (the caller commits). Metadata is copied; the index's weight_map
+// and total_size are rewritten.
+void rewrite_model(const input_model& in, const std::filesystem::path& out, const std::string& label,
+                   const tensor_rewrite& rewrite, output_files& files);
+
+// The detection of a model that must be quantized: orphans are errors.
+checkpoint::detection detect_checked(const input_model& in);
+
+}  // namespace qforge::cli

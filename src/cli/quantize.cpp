@@ -1,0 +1,221 @@
+// `qforge quantize`, `qforge dequantize` and `qforge convert`: a model rewritten tensor by tensor
+// (model_files.hpp), every quantized weight in its method's checkpoint layout (io/checkpoint.hpp).
+#include "commands.hpp"
+#include "model_files.hpp"
+
+#include <qforge/config/name.hpp>
+
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace qforge::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+using sdt = safetensors::dtype;
+
+bool ends_with(std::string_view s, std::string_view suffix) {
+    return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+// Embeddings are not nn.Linear and stay unquantized, as transformers' quantizers leave them: a
+// dot-separated part of the module name containing "embed", or GPT-2's "wte" / "wpe".
+bool is_embedding(std::string_view module) {
+    while (!module.empty()) {
+        const std::size_t dot = module.find('.');
+        const std::string_view part = module.substr(0, dot);
+        if (part.find("embed") != std::string_view::npos || part == "wte" || part == "wpe") return true;
+        if (dot == std::string_view::npos) break;
+        module.remove_prefix(dot + 1);
+    }
+    return false;
+}
+
+// A tensor `quantize` replaces: `<module>.weight`, 2-D, floating point, its module neither
+// excluded by the config nor an embedding. F64 weights qualify and are then refused by name.
+bool to_quantize(const safetensors::tensor_view& v, const hf_module_filter& filter) {
+    constexpr std::string_view suffix = ".weight";
+    if (!ends_with(v.name, suffix) || v.shape.size() != 2) return false;
+    if (v.type != sdt::F32 && v.type != sdt::BF16 && v.type != sdt::F16 && v.type != sdt::F64) return false;
+    const std::string_view module = v.name.substr(0, v.name.size() - suffix.size());
+    return !filter.excluded(module) && !is_embedding(module);
+}
+
+// Every detected weight must be stored as the config says; the keys they consume are dropped
+// from the output, and each anchor is replaced.
+struct detected_model {
+    std::map<std::string, checkpoint::detected_weight, std::less<>> by_anchor;
+    std::set<std::string, std::less<>> keys;
+};
+detected_model detect_quantized(const input_model& in) {
+    const checkpoint::detection d = detect_checked(in);
+    if (d.weights.empty()) throw io_error("'" + in.path.string() + "' holds no quantized weight");
+    detected_model m;
+    for (const checkpoint::detected_weight& w : d.weights) {
+        m.keys.insert(w.keys.begin(), w.keys.end());
+        m.by_anchor.emplace(w.anchor, w);
+    }
+    return m;
+}
+
+std::optional<sdt> parse_out_dtype(const std::string& name) {
+    if (name == "f32") return sdt::F32;
+    if (name == "bf16") return sdt::BF16;
+    if (name == "f16") return sdt::F16;
+    return std::nullopt;  // the default: the original dtype when known
+}
+
+void print_summary(std::string_view verb, std::size_t weights, const std::string& what, std::size_t copied,
+                   const fs::path& out) {
+    std::printf("%.*s %zu weights%s; copied %zu other tensors unchanged -> %s\n", static_cast<int>(verb.size()),
+                verb.data(), weights, what.empty() ? "" : (" (" + what + ")").c_str(), copied, out.c_str());
+}
+
+// Counts what a rewrite did, for the summary.
+struct counts {
+    std::size_t replaced = 0, total = 0, dropped = 0;
+    std::size_t copied() const { return total - replaced - dropped; }
+};
+
+struct common_options {
+    std::string config, in, out, config_out;
+};
+
+void add_common(CLI::App* cmd, common_options& o, const char* config_help) {
+    cmd->add_option("--config", o.config, config_help)->required();
+    cmd->add_option("IN", o.in, "input: a .safetensors file, or a model.safetensors.index.json of a sharded model")
+        ->required();
+    cmd->add_option("OUT", o.out, "output: a .safetensors file; for a sharded input a directory or an index path")
+        ->required();
+}
+
+}  // namespace
+
+void add_quantize(CLI::App& app) {
+    auto opt = std::make_shared<common_options>();
+    CLI::App* cmd = app.add_subcommand(
+        "quantize", "round-to-nearest quantization of every Linear weight into the config's checkpoint layout");
+    add_common(cmd, *opt, "quantization_config JSON (the object, or a whole config.json)");
+    cmd->add_option("--config-out", opt->config_out, "also write the normalized quantization_config here");
+    cmd->callback([opt] {
+        const loaded_config cfg = load_config(opt->config);
+        const input_model in = open_model(opt->in);
+        const checkpoint::detection d = detect_checked(in);
+        if (!d.weights.empty())
+            throw io_error("'" + opt->in + "' is already quantized: weight '" + d.weights.front().name + "' is stored as " +
+                           std::string(checkpoint::to_string(d.weights.front().kind)) + " (dequantize it first)");
+        const hf_module_filter filter(cfg.hf);
+        const checkpoint::quantize_settings settings = checkpoint::settings_of(cfg.hf);
+        counts n;
+        tensor_rewrite rewrite;
+        rewrite.replace = [&](const safetensors::tensor_view& v, shard_output& out) {
+            ++n.total;
+            if (!to_quantize(v, filter)) return false;
+            checkpoint::export_weight(out.writer, out.keep.emplace_back(checkpoint::quantize_tensor(v, cfg.cfg, settings)));
+            ++n.replaced;
+            return true;
+        };
+        output_files files;
+        rewrite_model(in, opt->out, "quantize", rewrite, files);
+        if (!opt->config_out.empty()) files.stage_text(opt->config_out, json_text(to_json(cfg.hf)));
+        files.commit();
+        print_summary("quantized", n.replaced, canonical_name(cfg.cfg), n.copied(), opt->out);
+    });
+}
+
+void add_dequantize(CLI::App& app) {
+    struct options : common_options {
+        std::string dtype;
+    };
+    auto opt = std::make_shared<options>();
+    CLI::App* cmd = app.add_subcommand("dequantize", "turn every quantized weight back into a plain <module>.weight");
+    add_common(cmd, *opt, "the checkpoint's quantization_config (object or config.json)");
+    cmd->add_option("--dtype", opt->dtype,
+                    "output dtype of the weights (default: the original dtype where the checkpoint records it, "
+                    "bnb 4-bit does; otherwise bf16)")
+        ->check(CLI::IsMember({"f32", "bf16", "f16"}));
+    cmd->callback([opt] {
+        const loaded_config cfg = load_config(opt->config);
+        const input_model in = open_model(opt->in);
+        const detected_model model = detect_quantized(in);
+        const std::optional<sdt> forced = parse_out_dtype(opt->dtype);
+        counts n;
+        tensor_rewrite rewrite;
+        rewrite.dropped = model.keys;
+        rewrite.replace = [&](const safetensors::tensor_view& v, shard_output& out) {
+            ++n.total;
+            const auto it = model.by_anchor.find(v.name);
+            if (it == model.by_anchor.end()) {
+                if (model.keys.contains(v.name)) ++n.dropped;
+                return false;
+            }
+            const checkpoint::quantized_weight q = checkpoint::import_weight(in.tensors, it->second, {cfg.cfg});
+            if (!ends_with(q.name, ".weight"))
+                throw io_error("weight '" + q.name + "': a gpt-oss expert tensor (" + std::string(v.name) +
+                               "); transformers transposes those when it dequantizes, which qforge does not do");
+            const sdt type = forced.value_or(q.original_dtype.value_or(sdt::BF16));
+            out.writer.add_owned(q.name, type, q.shape, checkpoint::dequantize_weight(q, type));
+            ++n.replaced;
+            return true;
+        };
+        output_files files;
+        rewrite_model(in, opt->out, "dequantize", rewrite, files);
+        files.commit();
+        print_summary("dequantized", n.replaced, "", n.copied(), opt->out);
+    });
+}
+
+void add_convert(CLI::App& app) {
+    struct options : common_options {
+        std::string to;
+    };
+    auto opt = std::make_shared<options>();
+    CLI::App* cmd = app.add_subcommand(
+        "convert", "lossless layout conversion: GPTQ v1 <-> v2, AWQ gemm -> GPTQ (same dequantized values)");
+    add_common(cmd, *opt, "the input checkpoint's quantization_config (object or config.json)");
+    cmd->add_option("--to", opt->to, "target layout: gptq (v1 zeros, z - 1) or gptq_v2 (zeros as is)")
+        ->required()
+        ->check(CLI::IsMember({"gptq", "gptq_v2"}));
+    cmd->add_option("--config-out", opt->config_out, "also write the output's quantization_config here");
+    cmd->callback([opt] {
+        const loaded_config cfg = load_config(opt->config);
+        const layout target = opt->to == "gptq_v2" ? layout::gptq_v2 : layout::gptq_v1;
+        const input_model in = open_model(opt->in);
+        const detected_model model = detect_quantized(in);
+        counts n;
+        tensor_rewrite rewrite;
+        rewrite.dropped = model.keys;
+        rewrite.replace = [&](const safetensors::tensor_view& v, shard_output& out) {
+            ++n.total;
+            const auto it = model.by_anchor.find(v.name);
+            if (it == model.by_anchor.end()) {
+                if (model.keys.contains(v.name)) ++n.dropped;
+                return false;
+            }
+            const checkpoint::quantized_weight q = checkpoint::import_weight(in.tensors, it->second, {cfg.cfg});
+            checkpoint::export_weight(out.writer, out.keep.emplace_back(checkpoint::convert(q, target)));
+            ++n.replaced;
+            return true;
+        };
+        output_files files;
+        rewrite_model(in, opt->out, "convert", rewrite, files);
+        if (!opt->config_out.empty()) {
+            hf_quant_config out_cfg;
+            if (auto* g = std::get_if<hf_gptq>(&cfg.hf.fields)) {
+                out_cfg.fields = *g;  // every other field stays as the input had it
+                std::get<hf_gptq>(out_cfg.fields).checkpoint_format = target == layout::gptq_v2 ? "gptq_v2" : "gptq";
+            } else {
+                out_cfg = to_hf_quant_config(config{dtype::int_asym, 4, cfg.cfg.group, false, target, compute::f32});
+            }
+            files.stage_text(opt->config_out, json_text(to_json(out_cfg)));
+        }
+        files.commit();
+        print_summary("converted", n.replaced, opt->to == "gptq_v2" ? "to gptq_v2" : "to gptq", n.copied(), opt->out);
+    });
+}
+
+}  // namespace qforge::cli
