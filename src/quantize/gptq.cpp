@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cmath>
 #include <exception>
+#include <limits>
 #include <mutex>
 #include <numeric>
 #include <sstream>
@@ -25,7 +26,6 @@ namespace {
 
 using matf = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic>;  // column-major
 using matf_rm = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using matd = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic>;
 using matd_rm = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 // Work is cut into pieces whose sizes depend only on the shapes, never on the thread count, and
@@ -92,6 +92,13 @@ private:
     std::mutex mutex_;
 };
 
+template <class T>
+std::vector<float> widen(std::span<const T> x) {
+    std::vector<float> out(x.size());
+    std::transform(x.begin(), x.end(), out.begin(), [](T v) { return to_float(v); });
+    return out;
+}
+
 std::string layer_prefix(const options& opt) { return "layer '" + opt.layer_name + "': "; }
 
 std::string format_double(double v) {
@@ -100,7 +107,7 @@ std::string format_double(double v) {
     return s.str();
 }
 
-void validate(std::span<const float> w, std::int64_t rows, std::int64_t cols, const hessian& h, const options& opt) {
+void check_inputs(std::span<const float> w, std::int64_t rows, std::int64_t cols, const hessian& h, const options& opt) {
     const std::string where = layer_prefix(opt);
     if (rows <= 0 || cols <= 0 || static_cast<std::uint64_t>(rows) * static_cast<std::uint64_t>(cols) != w.size())
         throw std::invalid_argument(where + "shape [" + std::to_string(rows) + ", " + std::to_string(cols) +
@@ -128,37 +135,40 @@ void validate(std::span<const float> w, std::int64_t rows, std::int64_t cols, co
 }
 
 // The upper Cholesky factor U of (Hp + damp I)^-1, Hp = H[order][:, order] with dead diagonal
-// entries set to 1, as f32 row-major [K, K] (only the upper triangle is written).
-// With J the reversal, J Hp J = L L^T gives Hp^-1 = (J L^-1 J)^T (J L^-1 J) and J L^-1 J is upper
-// triangular with a positive diagonal: it is U. This takes one factorization and one triangular
-// inverse (K^3/3 flops each, the inverse cut into independent column panels), where GPTQ's
-// cholesky -> cholesky_inverse -> cholesky takes two factorizations and an inverse.
+// entries set to 1, as f32 row-major [K, K] (only the upper triangle is written), computed in
+// `Scalar` arithmetic. With J the reversal, J Hp J = L L^T gives Hp^-1 = (J L^-1 J)^T (J L^-1 J),
+// and J L^-1 J is upper triangular with a positive diagonal: it is U. This takes one factorization
+// and one triangular inverse (K^3/3 flops each, the inverse cut into independent column panels),
+// where GPTQ's cholesky -> cholesky_inverse -> cholesky takes two factorizations and an inverse.
 // Returns false when the factorization fails or U is not finite in f32.
+template <class Scalar>
 bool upper_factor_of_inverse(const hessian& h, std::span<const std::int32_t> order, const std::vector<bool>& dead,
                              double damp, int threads, const options& opt, std::vector<float>& u) {
+    using matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
     const std::int64_t k = h.cols();
     const double* hm = h.matrix().data();
     // reversed[a] = the original column at reversed position a
-    std::vector<std::int32_t> reversed(order.rbegin(), order.rend());
+    const std::vector<std::int32_t> reversed(order.rbegin(), order.rend());
 
-    matd l(k, k);  // only the lower triangle is filled and used
+    matrix l(k, k);  // only the lower triangle is filled and used
     for (std::int64_t b = 0; b < k; ++b) {
         const double* hrow = hm + static_cast<std::int64_t>(reversed[b]) * k;  // H symmetric: row = column
-        for (std::int64_t a = b; a < k; ++a) l(a, b) = hrow[reversed[a]];
-        l(b, b) = (dead[reversed[b]] ? 1.0 : l(b, b)) + damp;
+        for (std::int64_t a = b + 1; a < k; ++a) l(a, b) = static_cast<Scalar>(hrow[reversed[a]]);
+        l(b, b) = static_cast<Scalar>((dead[reversed[b]] ? 1.0 : hrow[reversed[b]]) + damp);
     }
-    Eigen::LLT<Eigen::Ref<matd>, Eigen::Lower> llt(l);  // in place: l holds L
+    progress_reporter progress(opt, "factorize", ceil_div(k, inverse_panel));
+    progress.advance(0);  // the factorization itself reports no progress: say it started
+    Eigen::LLT<Eigen::Ref<matrix>, Eigen::Lower> llt(l);  // in place: l holds L
     if (llt.info() != Eigen::Success) return false;
 
     u.assign(static_cast<std::size_t>(k * k), 0.0f);
     std::atomic<bool> finite{true};
-    progress_reporter progress(opt, "factorize", ceil_div(k, inverse_panel));
     // Panel [j0, j0 + w) of L^-1 only involves L[j0:, j0:]: solve L[j0:, j0:] X = I[j0:, j0:j0+w].
     parallel_for(threads, ceil_div(k, inverse_panel), [&](std::int64_t panel) {
         const std::int64_t j0 = panel * inverse_panel, w = std::min(inverse_panel, k - j0), m = k - j0;
-        matd x = matd::Zero(m, w);
+        matrix x = matrix::Zero(m, w);
         x.topRows(w).setIdentity();
-        l.bottomRightCorner(m, m).triangularView<Eigen::Lower>().solveInPlace(x);
+        l.bottomRightCorner(m, m).template triangularView<Eigen::Lower>().solveInPlace(x);
         // U[a][b] = L^-1[k-1-a][k-1-b]
         for (std::int64_t c = 0; c < w; ++c)
             for (std::int64_t r = c; r < m; ++r) {
@@ -285,6 +295,17 @@ double quantize_rows(const layer_job& job, std::int64_t r0, std::int64_t nr, res
     return loss;
 }
 
+// Copies the lower triangle of a square matrix onto its upper triangle, tile by tile (a plain
+// column walk over a K = 11008 matrix would miss the cache on every element).
+void mirror_lower(Eigen::Map<matd_rm>& m) {
+    constexpr std::int64_t tile = 64;
+    const std::int64_t k = m.rows();
+    for (std::int64_t i0 = 0; i0 < k; i0 += tile)
+        for (std::int64_t j0 = i0; j0 < k; j0 += tile)
+            for (std::int64_t i = i0; i < std::min(i0 + tile, k); ++i)
+                for (std::int64_t j = std::max(j0, i + 1); j < std::min(j0 + tile, k); ++j) m(i, j) = m(j, i);
+}
+
 // Packs a line of codes (a multiple of 32 long) run by run; word j of the line goes to
 // words[first + j * stride] (qweight: one output row, stride N; qzeros: one group, stride 1).
 void pack_line(int bits, std::span<const std::uint8_t> codes, std::span<std::int32_t> words, std::size_t first,
@@ -337,16 +358,22 @@ void hessian::add_batch(std::span<const float> x, std::int64_t tokens, int threa
         const std::int64_t p0 = panel * hessian_panel, w = std::min(hessian_panel, k - p0), m = k - p0;
         auto target = hm.block(p0, p0, m, w);
         target *= keep;
-        matf product(m, w);
+        matf_rm product(m, w);  // row-major like H: the f64 accumulation walks both in order
         for (std::int64_t s0 = 0; s0 < tokens; s0 += hessian_row_slice) {
             const std::int64_t t = std::min(hessian_row_slice, tokens - s0);
             product.noalias() = xs.block(s0, p0, t, m).transpose() * xs.block(s0, p0, t, w);
             target += alpha * product.cast<double>();
         }
     });
-    for (std::int64_t i = 0; i < k; ++i)
-        for (std::int64_t j = i + 1; j < k; ++j) hm(i, j) = hm(j, i);
+    mirror_lower(hm);
     nsamples_ = total;
+}
+
+void hessian::add_batch(std::span<const bf16> x, std::int64_t tokens, int threads) {
+    add_batch(widen(x), tokens, threads);
+}
+void hessian::add_batch(std::span<const f16> x, std::int64_t tokens, int threads) {
+    add_batch(widen(x), tokens, threads);
 }
 
 void hessian::merge(const hessian& other) {
@@ -410,7 +437,7 @@ options options_from(const config& cfg) {
 
 result quantize_layer(std::span<const float> w, std::int64_t rows, std::int64_t cols, const hessian& h,
                       const options& opt) {
-    validate(w, rows, cols, h, opt);
+    check_inputs(w, rows, cols, h, opt);
     const int threads = resolve_threads(opt.threads);
     const std::int64_t k = cols, n = rows;
     const std::int64_t gs = opt.group_size == -1 ? k : opt.group_size;
@@ -445,11 +472,16 @@ result quantize_layer(std::span<const float> w, std::int64_t rows, std::int64_t 
         res.g_idx[column] = static_cast<std::int32_t>(i / gs);
     }
 
-    // Damping, multiplied by 10 while the factorization fails.
+    // The factorization runs in f32 as GPTQ's does (half the time of f64); when f32 fails, f64 at
+    // the same damping; when both fail, the damping is multiplied by 10.
     const double mean_diag = std::accumulate(diag.begin(), diag.end(), 0.0) / static_cast<double>(k);
     res.damp = opt.damp_percent * mean_diag;
     std::vector<float> u;
-    while (!upper_factor_of_inverse(h, order, dead, res.damp, threads, opt, u)) {
+    const auto factorize = [&] {
+        res.f64_factorization = !upper_factor_of_inverse<float>(h, order, dead, res.damp, threads, opt, u);
+        return !res.f64_factorization || upper_factor_of_inverse<double>(h, order, dead, res.damp, threads, opt, u);
+    };
+    while (!factorize()) {
         if (res.damp_retries == opt.max_damp_retries)
             throw std::runtime_error(layer_prefix(opt) + "H + damping is not positive definite even with damping " +
                                      format_double(res.damp) + " (damp_percent " + format_double(opt.damp_percent) +
@@ -476,6 +508,15 @@ result quantize_layer(std::span<const float> w, std::int64_t rows, std::int64_t 
     });
     res.loss = std::accumulate(chunk_loss.begin(), chunk_loss.end(), 0.0);
     return res;
+}
+
+result quantize_layer(std::span<const bf16> w, std::int64_t rows, std::int64_t cols, const hessian& h,
+                      const options& opt) {
+    return quantize_layer(widen(w), rows, cols, h, opt);
+}
+result quantize_layer(std::span<const f16> w, std::int64_t rows, std::int64_t cols, const hessian& h,
+                      const options& opt) {
+    return quantize_layer(widen(w), rows, cols, h, opt);
 }
 
 std::vector<float> dequantize(const result& r) {

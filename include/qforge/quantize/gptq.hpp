@@ -8,6 +8,7 @@
 #pragma once
 
 #include <qforge/config/config.hpp>
+#include <qforge/format/float.hpp>
 #include <qforge/reference/reference.hpp>
 
 #include <cstdint>
@@ -21,20 +22,24 @@ namespace qforge::gptq {
 
 // The running average H = (2/n) sum_x x x^T over n calibration rows, [K, K] symmetric.
 // Held in f64 (GPTQ's PyTorch code uses f32): a stored Hessian is the sum of many batches
-// rescaled by n/(n+t) each time, and f32 would let that drift by ~1e-7 per batch; f64 also makes
-// the Cholesky factorization survive tiny damping on rank-deficient inputs. The products x x^T
+// rescaled by n/(n+t) each time, and f32 would let that drift by ~1e-7 per batch; f64 also keeps
+// H exact enough for the f64 fallback factorization with tiny damping. The products x x^T
 // themselves are computed in f32 (fast GEMMs) over slices of at most 1024 rows, then added in f64.
 class hessian {
 public:
     explicit hessian(std::int64_t cols);
-    // A stored Hessian: `<module>.hessian` [K, K] f32 row-major with `<module>.nsamples`.
-    // Throws std::invalid_argument on a size mismatch, NaN/Inf, asymmetry or nsamples < 0.
+    // A stored Hessian: `<module>.hessian` [K, K] f32 row-major with `<module>.nsamples`, kept as
+    // (H + H^T) / 2 (a product computed on a GPU need not be exactly symmetric).
+    // Throws std::invalid_argument on a size mismatch, NaN/Inf or nsamples < 0.
     hessian(std::int64_t cols, std::span<const float> h, std::int64_t nsamples);
 
     // Adds the rows of X [tokens, K] (H *= n/(n+t); H += (2/(n+t)) X^T X; n += t).
     // Throws std::invalid_argument on a size mismatch or NaN/Inf in X (naming the flat index).
     // The result does not depend on `threads` (bitwise).
     void add_batch(std::span<const float> x, std::int64_t tokens, int threads = 1);
+    // bf16 / f16 activations are widened to f32 exactly first.
+    void add_batch(std::span<const bf16> x, std::int64_t tokens, int threads = 1);
+    void add_batch(std::span<const f16> x, std::int64_t tokens, int threads = 1);
     // Combines two Hessians of the same K as if all their rows had been added to this one.
     void merge(const hessian& other);
 
@@ -61,8 +66,9 @@ struct options {
     int max_damp_retries = 3;       // on a failed factorization: damping x10, this many times
     int threads = 0;                // worker threads; 0 = std::thread::hardware_concurrency()
     std::string layer_name = "weight";  // named in errors and warnings
-    // Optional, called serially (possibly from a worker thread) as work completes:
-    // stage "factorize" counts column panels of H^-1, stage "quantize" counts output rows.
+    // Optional, called serially (possibly from a worker thread) as work completes: stage
+    // "factorize" reports 0 as the Cholesky factorization starts, then counts the column panels
+    // of the triangular inverse (again from 0 if a retry happens); "quantize" counts output rows.
     std::function<void(std::string_view stage, std::int64_t done, std::int64_t total)> progress;
 };
 
@@ -83,6 +89,7 @@ struct result {
     std::vector<std::int32_t> perm;   // act-order permutation (position -> column), empty without
     double damp = 0.0;                // absolute damping finally added to diag(H)
     int damp_retries = 0;             // how many times the damping was multiplied by 10
+    bool f64_factorization = false;   // f32 failed and H + damping was factorized in f64
     std::int64_t dead_columns = 0;    // columns with diag(H) == 0, quantized as zero weights
     double loss = 0.0;                // GPTQ's error estimate: sum (w - q)^2 / U[i,i]^2 / 2
     std::vector<std::string> warnings;  // one line per damping retry
@@ -90,12 +97,28 @@ struct result {
     std::int64_t groups() const { return cols / group_size; }
 };
 
-// Runs GPTQ on W [rows, cols] with the Hessian of the layer's inputs. Errors name the layer:
+// Runs GPTQ on W [rows, cols] with the Hessian of the layer's inputs, as formats.md §3 describes,
+// with two deliberate refinements over AutoGPTQ / GPTQModel:
+// - the error propagated from each weight is w - fp16(scale) * (q - z), the value a checkpoint
+//   dequantizes to, so the rounding of the scale to fp16 is compensated too (they use the f32
+//   scale there; the codes themselves are computed from the f32 scale in both);
+// - group parameters found inside a block (group_size < block_size) see the in-block updates of
+//   the block's earlier columns (they read the full W, which only has the lazy updates).
+// Dead columns (diag(H) == 0) get zero weights. Cost: K^3/3 flops for the Cholesky factorization
+// (single-threaded, Eigen LLT), K^3/3 for the triangular inverse and N K^2 for the column loop
+// (both on `threads`); memory: H (8 K^2 bytes, the caller's) plus 8 K^2 for the f32 factor and U
+// (12 K^2 when f32 fails and f64 is used), plus 512 K bytes per thread (its chunk of 128 rows).
+// Errors name the layer:
 // std::invalid_argument for bad shapes / options / NaN or Inf in W (flat index), or a group size
 // that does not divide K; std::runtime_error when H + damping is not positive definite after
 // `max_damp_retries` retries, or a scale overflows fp16.
 // Deterministic: the result does not depend on `threads` (bitwise).
 result quantize_layer(std::span<const float> w, std::int64_t rows, std::int64_t cols, const hessian& h,
+                      const options& opt);
+// bf16 / f16 weights are widened to f32 exactly first.
+result quantize_layer(std::span<const bf16> w, std::int64_t rows, std::int64_t cols, const hessian& h,
+                      const options& opt);
+result quantize_layer(std::span<const f16> w, std::int64_t rows, std::int64_t cols, const hessian& h,
                       const options& opt);
 
 // The weights the algorithm produced, exactly as a checkpoint dequantizes them:
