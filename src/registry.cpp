@@ -41,22 +41,21 @@ void check_pointer(const void* p, const char* what) {
 
 void check_weights(const config& kernel_cfg, const weights_view& w) {
     validate(w.cfg);
+    // Messages are built only on failure: this runs on every kernel call.
+    auto fail = [&](const std::string& why) {
+        throw std::invalid_argument("qforge kernel " + canonical_name(kernel_cfg) + ": " + why);
+    };
     if (with_act(w.cfg, kernel_cfg.act) != kernel_cfg)
-        throw std::invalid_argument("qforge kernel " + canonical_name(kernel_cfg) + ": the weights are " +
-                                    canonical_name(w.cfg) + " (type, bits, group, double quant and storage must match)");
-    const std::string who = "qforge kernel " + canonical_name(kernel_cfg) + ": ";
+        fail("the weights are " + canonical_name(w.cfg) + " (type, bits, group, double quant and storage must match)");
     if (w.rows <= 0 || w.cols <= 0)
-        throw std::invalid_argument(who + "weights shape [" + std::to_string(w.rows) + ", " + std::to_string(w.cols) +
-                                    "] is empty");
+        fail("weights shape [" + std::to_string(w.rows) + ", " + std::to_string(w.cols) + "] is empty");
     if (kernel_cfg.group <= 0 || w.cols % kernel_cfg.group != 0)
-        throw std::invalid_argument(who + "K = " + std::to_string(w.cols) + " is not a multiple of the group size " +
-                                    std::to_string(kernel_cfg.group) + " (the kernels need whole groups per row)");
-    if (w.codes == nullptr || w.scales == nullptr)
-        throw std::invalid_argument(who + "the weights have no codes or no scales");
-    if (is_table_type(kernel_cfg.type) && w.code_table == nullptr)
-        throw std::invalid_argument(who + "the weights have no code table (quant_map)");
+        fail("K = " + std::to_string(w.cols) + " is not a multiple of the group size " +
+             std::to_string(kernel_cfg.group) + " (the kernels need whole groups per row)");
+    if (w.codes == nullptr || w.scales == nullptr) fail("the weights have no codes or no scales");
+    if (is_table_type(kernel_cfg.type) && w.code_table == nullptr) fail("the weights have no code table (quant_map)");
     if (kernel_cfg.double_quant && (w.nested_map == nullptr || w.nested_absmax == nullptr))
-        throw std::invalid_argument(who + "double quantization needs nested_map and nested_absmax");
+        fail("double quantization needs nested_map and nested_absmax");
 }
 
 void check_rows(const weights_view& w, std::int64_t n0, std::int64_t n1) {

@@ -16,6 +16,7 @@
 #include <qforge/format/tables.hpp>
 #include <qforge/kernels/kernels.hpp>
 #include <qforge/kernels/pack.hpp>
+#include <qforge/parallel.hpp>
 #include <qforge/registry.hpp>
 #include <qforge/reference/reference.hpp>
 #include <qforge/synthetic.hpp>
@@ -432,6 +433,35 @@ TEST_CASE("the compile-time route runs the same kernel as the registry") {
     k->gemv(d.packed.view(), x.data(), nullptr, y1.data(), 0, 13);
     qforge::gemv<P>(d.packed.view(), x.data(), y2.data());
     CHECK(std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float)) == 0);
+}
+
+TEST_CASE("thread_pool: every row once, and split GEMV/GEMM equal to one call bit for bit") {
+    if (!isa_under_test_runs()) return;
+    for (int threads : {1, 2, 3}) {
+        thread_pool pool(threads);
+        std::vector<int> seen(1000, 0);
+        pool.parallel_for(3, 1000, 16, [&](std::int64_t n0, std::int64_t n1) {
+            CHECK((n0 - 3) % 16 == 0);
+            for (std::int64_t n = n0; n < n1; ++n) ++seen[static_cast<std::size_t>(n)];
+        });
+        for (std::size_t n = 0; n < seen.size(); ++n) REQUIRE(seen[n] == (n >= 3 ? 1 : 0));
+    }
+    const config cfg{dtype::nf4, 4, 64, false, layout::bnb4, compute::i8};
+    const kernel* gv = registered(cfg, op::gemv);
+    const kernel* gm = registered(cfg, op::gemm);
+    if (gv == nullptr || gm == nullptr) return;
+    const case_data d = make_case(cfg, 37, 256, 21);
+    const std::vector<float> x = random_vector(3 * 256, 22);
+    std::vector<float> y_one(37), y_split(37), ys_one(3 * 37), ys_split(3 * 37);
+    gv->gemv(d.packed.view(), x.data(), nullptr, y_one.data(), 0, 37);
+    gm->gemm(d.packed.view(), x.data(), 3, nullptr, ys_one.data(), 0, 37);
+    thread_pool pool(2);
+    pool.parallel_for(0, 37, 1, [&](std::int64_t n0, std::int64_t n1) {
+        gv->gemv(d.packed.view(), x.data(), nullptr, y_split.data(), n0, n1);
+        gm->gemm(d.packed.view(), x.data(), 3, nullptr, ys_split.data(), n0, n1);
+    });
+    CHECK(std::memcmp(y_one.data(), y_split.data(), y_one.size() * sizeof(float)) == 0);
+    CHECK(std::memcmp(ys_one.data(), ys_split.data(), ys_one.size() * sizeof(float)) == 0);
 }
 
 TEST_CASE("checked calls refuse mismatched weights, shapes and ranges") {

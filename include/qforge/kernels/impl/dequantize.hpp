@@ -11,9 +11,42 @@ namespace qforge::kernels {
 // Scales are decoded in chunks of this many blocks (bounded stack buffers for any K).
 inline constexpr int scale_chunk = 256;
 
+// How the GEMV / GEMM paths walk a row: one "window" is one register of codes (V bytes, 2V
+// elements). A step is a window when a window holds several blocks (their scales are spread over
+// the register's lanes: lanes [i*lanes/NB, (i+1)*lanes/NB) belong to block i, because byte j of a
+// window belongs to block j / (group/2) in both layouts), else a block of several windows. K
+// need not be a multiple of the window: the blocks after the last full window are the "tail".
+template <class P, class A>
+struct window_shape {
+    static constexpr int V = simd::vbytes<A>;
+    static constexpr int W = 2 * V;
+    static constexpr int lanes = simd::lanes<A>;
+    static constexpr int group = P::group;
+    static constexpr int blocks_per_window = W > group ? W / group : 1;
+    static constexpr int windows_per_step = W < group ? group / W : 1;
+    static constexpr int step_elems = W > group ? W : group;
+
+    std::int64_t k = 0, blocks = 0, steps = 0, tail_blocks = 0;
+    explicit window_shape(std::int64_t cols) : k(cols), blocks(cols / group) {
+        steps = W > group ? cols / W : blocks;
+        tail_blocks = blocks - steps * blocks_per_window;
+    }
+};
+
 // A 16-byte window of codes holds 32 elements; a block (group) holds group/32 windows.
 template <class P>
 inline constexpr int windows_per_block = P::group / 32;
+
+// Streaming W from DRAM: a GEMV tile reads its rows as NR short interleaved streams (one row of
+// codes is K/2 bytes), too short for the hardware prefetchers to ramp up. So while a tile
+// consumes window w (Bytes = NR * V bytes of codes), it prefetches the same amount of the next
+// tile's codes, which are contiguous in both layouts: a prefetch distance of one tile.
+template <class A, int Bytes>
+inline void prefetch_next_tile(const std::uint8_t* next, std::int64_t window) {
+    if (next == nullptr) return;
+    const std::uint8_t* p = next + window * Bytes;
+    for (int line = 0; line < Bytes; line += 64) __builtin_prefetch(p + line, 0, 1);
+}
 
 template <class P>
 constexpr void check_kernel_policy() {

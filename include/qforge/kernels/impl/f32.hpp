@@ -2,6 +2,7 @@
 //
 // GEMV decodes the codes in registers and multiplies by the block scale once per block:
 //   y[n] = sum_b scale[n, b] * sum_{k in b} value[code(n, k)] * x[k]
+// (the scalar tail, when a register spans several blocks, computes the same sums).
 // GEMM dequantizes a panel of W exactly (dequantize.hpp) and runs an f32 dot-product tile on it.
 // Error bound (any summation order, u = 2^-24): |y - y_exact| <= (K + 2) u sum_k |W[n,k] x[k]|.
 #pragma once
@@ -16,35 +17,30 @@ namespace qforge::kernels {
 template <class A>
 inline constexpr int gemv_rows = std::is_base_of_v<xsimd::avx512f, A> ? 4 : 2;
 
-// x in the order the decoded registers use: per 32-element window, first the elements of the low
-// nibbles of its 16 bytes, then those of the high nibbles. The identity for the qforge layout.
-template <class L>
-constexpr bool f32_order_is_identity() {
-    for (int j = 0; j < 16; ++j)
-        if (L::element_of(j, false) != j || L::element_of(j, true) != 16 + j) return false;
-    return true;
-}
-
+// GEMV decodes one register of codes (a window, dequantize.hpp) with eight table lookups: lookup
+// i takes the 4 bits at offset 4i of each 32-bit lane, i.e. in lane j the code of byte 4j + i/2,
+// low nibble for even i. x is permuted once per call into that order (tail blocks: natural).
 template <class P, class A>
-void permute_for_f32(const float* x, std::int64_t k, float* xp) {
+void permute_for_f32(const window_shape<P, A>& s, const float* x, float* xp) {
+    using S = window_shape<P, A>;
     using L = layout_traits<P::storage>;
-    for (std::int64_t w0 = 0; w0 < k; w0 += 32)
-        for (int j = 0; j < 16; ++j) {
-            xp[w0 + j] = x[w0 + L::element_of(j, false)];
-            xp[w0 + 16 + j] = x[w0 + L::element_of(j, true)];
-        }
+    const std::int64_t full = s.steps * S::step_elems;
+    for (std::int64_t w0 = 0; w0 < full; w0 += S::W)
+        for (int i = 0; i < 8; ++i)
+            for (int j = 0; j < S::lanes; ++j) xp[w0 + i * S::lanes + j] = x[w0 + L::element_of(4 * j + i / 2, i % 2 == 1)];
+    for (std::int64_t k = full; k < s.k; ++k) xp[k] = x[k];
 }
 
-// out[r] = sum_k W[n + r, k] xp(k) for r < NR, xp in the permuted order above.
+// out[r] = sum_k W[n + r, k] x[k] for r < NR, from the permuted xp.
 template <class P, class A, int NR>
-void gemv_f32_rows(const weights_view& w, const simd::table16<A>& table, const float* xp, std::int64_t n,
-                   float* out) {
+void gemv_f32_rows(const weights_view& w, const window_shape<P, A>& s, const simd::table16<A>& table,
+                   const float* values, const float* xp, std::int64_t n, float* out, const std::uint8_t* next) {
+    using S = window_shape<P, A>;
     using L = layout_traits<P::storage>;
     using F = simd::f32v<A>;
-    constexpr int lanes = simd::lanes<A>;
-    constexpr int chunks = 16 / lanes;
-    constexpr int wpb = windows_per_block<P>;
-    const std::int64_t blocks = w.cols / P::group;
+    using I = simd::i32v<A>;
+    constexpr int bpw = S::blocks_per_window;
+    constexpr int steps_per_chunk = scale_chunk / bpw;
 
     const std::uint8_t* codes[NR];
     for (int r = 0; r < NR; ++r) codes[r] = row_codes<A>(w, n + r);
@@ -53,29 +49,53 @@ void gemv_f32_rows(const weights_view& w, const simd::table16<A>& table, const f
     float buf[NR][scale_chunk];
     const float* scales[NR];
 
-    for (std::int64_t c0 = 0; c0 < blocks; c0 += scale_chunk) {
-        const int nb = static_cast<int>(blocks - c0 < scale_chunk ? blocks - c0 : scale_chunk);
-        for (int r = 0; r < NR; ++r) scales[r] = L::template row_scales<P, A>(w, n + r, c0, nb, buf[r]);
-        for (int i = 0; i < nb; ++i) {
-            F lo_sum[NR], hi_sum[NR];  // two chains per row: FMA latency
-            for (int r = 0; r < NR; ++r) lo_sum[r] = hi_sum[r] = F(0.0f);
-            const std::int64_t first_window = (c0 + i) * wpb;
-            simd::unroll<wpb>([&](auto wi) {
-                const std::int64_t window = first_window + wi;
-                simd::unroll<chunks>([&](auto ci) {
-                    const F xl = F::load_unaligned(xp + window * 32 + ci * lanes);
-                    const F xh = F::load_unaligned(xp + window * 32 + 16 + ci * lanes);
+    for (std::int64_t c0 = 0; c0 < s.steps; c0 += steps_per_chunk) {
+        const std::int64_t c1 = s.steps - c0 < steps_per_chunk ? s.steps : c0 + steps_per_chunk;
+        const int nb = static_cast<int>((c1 - c0) * bpw);
+        for (int r = 0; r < NR; ++r) scales[r] = L::template row_scales<P, A>(w, n + r, c0 * bpw, nb, buf[r]);
+        for (std::int64_t step = c0; step < c1; ++step) {
+            F even[NR], odd[NR];  // two chains per row: FMA latency
+            for (int r = 0; r < NR; ++r) even[r] = odd[r] = F(0.0f);
+            simd::unroll<S::windows_per_step>([&](auto wi) {
+                const std::int64_t window = step * S::windows_per_step + wi;
+                const float* xw = xp + window * S::W;
+                prefetch_next_tile<A, NR * S::V>(next, window);
+                I c[NR];
+                simd::unroll<NR>([&](auto r) {
+                    c[r] = I::load_unaligned(reinterpret_cast<const std::int32_t*>(codes[r] + window * S::V));
+                });
+                simd::unroll<8>([&](auto i) {
+                    const F xv = F::load_unaligned(xw + i * S::lanes);
                     simd::unroll<NR>([&](auto r) {
-                        const auto idx = simd::load_u8_as_i32<A>(codes[r] + window * 16 + ci * lanes);
-                        lo_sum[r] = xsimd::fma(simd::lookup<A>(table, idx), xl, lo_sum[r]);
-                        hi_sum[r] = xsimd::fma(simd::lookup<A>(table, idx >> 4), xh, hi_sum[r]);
+                        // a table lookup is 1 op: cheaper than (code & 15) - zero converted, also for integers
+                        const F v = simd::lookup<A>(table, i == 0 ? c[r] : I(c[r] >> (4 * i)));
+                        if constexpr (i % 2 == 0) even[r] = simd::fma<A>(v, xv, even[r]);
+                        else odd[r] = simd::fma<A>(v, xv, odd[r]);
                     });
                 });
             });
-            simd::unroll<NR>([&](auto r) { acc[r] = xsimd::fma(lo_sum[r] + hi_sum[r], F(scales[r][i]), acc[r]); });
+            const std::int64_t local = (step - c0) * bpw;
+            simd::unroll<NR>([&](auto r) {
+                acc[r] = simd::fma<A>(even[r] + odd[r], simd::expand_scales<bpw, A>(scales[r] + local), acc[r]);
+            });
         }
     }
     for (int r = 0; r < NR; ++r) out[r] = xsimd::hadd(acc[r]);
+    if (s.tail_blocks == 0) return;
+    // the blocks after the last full window, in scalar code
+    const std::int64_t b0 = s.blocks - s.tail_blocks;
+    for (int r = 0; r < NR; ++r) {
+        const float* sc = L::template row_scales<P, A>(w, n + r, b0, static_cast<int>(s.tail_blocks), buf[0]);
+        const std::uint8_t* row = row_codes<A>(w, n + r);
+        float tail = 0.0f;
+        for (std::int64_t b = b0; b < s.blocks; ++b) {
+            float part = 0.0f;
+            for (std::int64_t k = b * S::group; k < (b + 1) * S::group; ++k)
+                part += values[L::template code_at<A>(row, k)] * xp[k];
+            tail += part * sc[b - b0];
+        }
+        out[r] += tail;
+    }
 }
 
 // Tile shape of the f32 GEMM dot products: MR rows of X times NR rows of the W panel, with
@@ -98,7 +118,7 @@ void dot_tile(const float* x, std::int64_t ldx, const float* wp, std::int64_t ld
         simd::unroll<NR>([&](auto j) { wv[j] = F::load_unaligned(wp + j * ldw + k); });
         simd::unroll<MR>([&](auto i) {
             const F xv = F::load_unaligned(x + i * ldx + k);
-            simd::unroll<NR>([&](auto j) { acc[i * NR + j] = xsimd::fma(xv, wv[j], acc[i * NR + j]); });
+            simd::unroll<NR>([&](auto j) { acc[i * NR + j] = simd::fma<A>(xv, wv[j], acc[i * NR + j]); });
         });
     }
     if constexpr (MR * NR == lanes) {

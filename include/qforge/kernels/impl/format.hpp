@@ -88,11 +88,9 @@ struct layout_traits<layout::bnb4> {
             return static_cast<const float*>(w.scales) + first;
         } else {
             // formats.md §1: absmax = map[q] * nested_absmax[b / 256], then + offset (two roundings)
-            const std::uint8_t* q = static_cast<const std::uint8_t*>(w.scales) + first;
-            for (int i = 0; i < nb; ++i) {
-                const float product = w.nested_map[q[i]] * w.nested_absmax[(first + i) / nested_blocksize];
-                buf[i] = product + w.nested_offset;
-            }
+            static_assert(nested_blocksize == 256);
+            simd::nested_absmax<A>(static_cast<const std::uint8_t*>(w.scales) + first, nb, first, w.nested_map,
+                                   w.nested_absmax, w.nested_offset, buf);
             return buf;
         }
     }

@@ -23,15 +23,11 @@
 
 namespace qforge::kernels {
 
+// The window walk of dequantize.hpp plus the layout of one prepared activation row.
 template <class P, class A>
-struct i8_shape {
-    static constexpr int V = simd::vbytes<A>;  // code bytes per register
-    static constexpr int W = 2 * V;            // elements per register of codes (a "window")
-    static constexpr int lanes = simd::lanes<A>;
-    static constexpr int group = P::group;
-    static constexpr int blocks_per_window = W > group ? W / group : 1;
-    static constexpr int windows_per_step = W < group ? group / W : 1;
-    static constexpr int step_elems = W > group ? W : group;  // one step: a window or a block
+struct i8_shape : window_shape<P, A> {
+    using base = window_shape<P, A>;
+    using base::lanes, base::group;
     static constexpr bool table = code_traits<P::type>::from_table;
     static constexpr bool offset_form = simd::has_vnni<A> || !table;
     static constexpr int offset = table ? 128 : 8;
@@ -39,13 +35,11 @@ struct i8_shape {
     static_assert(offset_form ? (simd::has_vnni<A> || 2 * 15 * 127 <= 32767) : 2 * 127 * 127 <= 32767,
                   "pmaddubsw pair sums must not saturate");
 
-    std::int64_t k = 0, blocks = 0, steps = 0, tail_blocks = 0;
     // byte offsets of the parts of one prepared row
     std::size_t q_off = 0, xs_off = 0, corr_off = 0, xsb_off = 0, bytes = 0;
 
-    explicit i8_shape(std::int64_t cols) : k(cols), blocks(cols / group) {
-        steps = W > group ? cols / W : blocks;
-        tail_blocks = blocks - steps * blocks_per_window;
+    explicit i8_shape(std::int64_t cols) : base(cols) {
+        const std::int64_t k = this->k, steps = this->steps, blocks = this->blocks;
         auto align = [](std::size_t b) { return (b + 63) / 64 * 64; };
         xs_off = align(static_cast<std::size_t>(k));
         corr_off = xs_off + align(static_cast<std::size_t>(steps * lanes) * sizeof(float));
@@ -145,10 +139,11 @@ struct i8_levels {
     }
 };
 
-// out[i][r] += sum over steps [s0, s1) of row n + r of W against activation row x[i].
+// out[i][r] += sum over steps [s0, s1) of row n + r of W against activation row x[i]; `next`:
+// the codes of the next tile to prefetch (GEMV), or nullptr.
 template <class P, class A, int MR, int NR>
-void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x,
-             std::int64_t n, std::int64_t s0, std::int64_t s1, float (&out)[MR][NR]) {
+void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x, std::int64_t n, std::int64_t s0,
+             std::int64_t s1, float (&out)[MR][NR], const std::uint8_t* next = nullptr) {
     using S = i8_shape<P, A>;
     using L = layout_traits<P::storage>;
     using F = simd::f32v<A>;
@@ -177,6 +172,7 @@ void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x,
             });
             simd::unroll<S::windows_per_step>([&](auto wi) {
                 const std::int64_t window = step * S::windows_per_step + wi;
+                prefetch_next_tile<A, NR * S::V>(next, window);
                 U xl[MR], xh[MR];
                 simd::unroll<MR>([&](auto i) {
                     const auto* q = reinterpret_cast<const std::uint8_t*>(x[i].q + window * S::W);
@@ -210,7 +206,7 @@ void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x,
                 const F ws = simd::expand_scales<bpw, A>(scales[r] + local);
                 simd::unroll<MR>([&](auto i) {
                     const F xs = F::load_aligned(x[i].xs + step * S::lanes);
-                    acc[i][r] = xsimd::fma(xsimd::to_float(dots[i][r]), ws * xs, acc[i][r]);
+                    acc[i][r] = simd::fma<A>(xsimd::to_float(dots[i][r]), ws * xs, acc[i][r]);
                 });
             });
         }

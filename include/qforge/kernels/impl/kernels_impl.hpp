@@ -33,6 +33,12 @@ inline void with_tile(int mr, int nr, F&& f) {
 template <class T>
 inline T smaller(T a, T b) { return a < b ? a : b; }
 
+// The codes of the GEMV tile starting at row `next` (for prefetching), nullptr past the range.
+template <class A>
+inline const std::uint8_t* next_tile(const weights_view& w, std::int64_t next, std::int64_t n1) {
+    return next < n1 ? row_codes<A>(w, next) : nullptr;
+}
+
 template <class P, class A>
 void dequantize_rows(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) {
     const auto table = value_table<P, A>(w);
@@ -51,17 +57,16 @@ void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, float* 
 template <class P, class A>
 void gemv_f32(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
     constexpr int NR = gemv_rows<A>;
-    const float* xp = x;
-    if constexpr (!f32_order_is_identity<layout_traits<P::storage>>()) {
-        auto* permuted = static_cast<float*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(w.cols) * sizeof(float)));
-        permute_for_f32<P, A>(x, w.cols, permuted);
-        xp = permuted;
-    }
-    const auto table = value_table<P, A>(w);
+    const window_shape<P, A> s(w.cols);
+    auto* xp = static_cast<float*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(w.cols) * sizeof(float)));
+    permute_for_f32<P, A>(s, x, xp);
+    alignas(64) float values[16];
+    code_traits<P::type>::template values<A>(w, values);
+    const auto table = simd::make_table16<A>(values);
     for (std::int64_t n = n0; n < n1; n += NR) {
         with_tile<1, NR>(1, static_cast<int>(smaller<std::int64_t>(NR, n1 - n)), [&](auto, auto nr) {
             float out[nr];
-            gemv_f32_rows<P, A, nr>(w, table, xp, n, out);
+            gemv_f32_rows<P, A, nr>(w, s, table, values, xp, n, out, next_tile<A>(w, n + 2 * nr, n1));
             for (int r = 0; r < nr; ++r) y[n + r] = bias ? out[r] + bias[n + r] : out[r];
         });
     }
@@ -76,7 +81,7 @@ void gemv_i8(const weights_view& w, const float* x, const float* bias, float* y,
     for (std::int64_t n = n0; n < n1; n += NR) {
         with_tile<1, NR>(1, static_cast<int>(smaller<std::int64_t>(NR, n1 - n)), [&](auto, auto nr) {
             float out[1][nr] = {};
-            i8_tile<P, A, 1, nr>(w, levels, &xq, n, 0, s.steps, out);
+            i8_tile<P, A, 1, nr>(w, levels, &xq, n, 0, s.steps, out, next_tile<A>(w, n + 2 * nr, n1));
             for (int r = 0; r < nr; ++r) {
                 const float v = out[0][r] + i8_tail<P, A>(w, s, levels, xq, n + r);
                 y[n + r] = bias ? v + bias[n + r] : v;

@@ -154,6 +154,22 @@ template <class A>
 inline f32v<A> sum_rows(const f32v<A>* rows, requires_arch<xsimd::generic>) {
     return xsimd::haddp(rows);
 }
+// x * y + z: one rounding where the arch has FMA (xsimd 8.1 has no avx512f fma and does not
+// route fma3<avx2> to its FMA kernel; with -ffp-contract=off its generic x * y + z rounds twice)
+template <class A>
+inline f32v<A> fma(const f32v<A>& x, const f32v<A>& y, const f32v<A>& z, requires_arch<xsimd::generic>) {
+    return x * y + z;
+}
+// bnb double quantization (formats.md §1): out[i] = (map[q[i]] * nested[(first + i) / 256]) + offset,
+// two f32 roundings
+template <class A>
+inline void nested_absmax(const std::uint8_t* q, int n, std::int64_t first, const float* map, const float* nested,
+                          float offset, float* out, requires_arch<xsimd::generic>) {
+    for (int i = 0; i < n; ++i) {
+        const float product = map[q[i]] * nested[(first + i) / 256];
+        out[i] = product + offset;
+    }
+}
 // IEEE binary16 bits to f32, exact
 template <class A>
 inline void f16_to_f32(const std::uint16_t* h, int n, float* out, requires_arch<xsimd::generic>) {
@@ -252,6 +268,21 @@ inline u8v<A> apply_sign(const u8v<A>& x, const u8v<A>& w, requires_arch<xsimd::
     return _mm256_sign_epi8(x, w);
 }
 template <class A>
+inline void nested_absmax(const std::uint8_t* q, int n, std::int64_t first, const float* map, const float* nested,
+                          float offset, float* out, requires_arch<xsimd::avx2>) {
+    int i = 0;
+    for (; i + 8 <= n && (first + i) / 256 == (first + i + 7) / 256; i += 8) {  // 8 blocks, one nested block
+        const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + i)));
+        const __m256 product = _mm256_mul_ps(_mm256_i32gather_ps(map, idx, 4), _mm256_set1_ps(nested[(first + i) / 256]));
+        _mm256_storeu_ps(out + i, _mm256_add_ps(product, _mm256_set1_ps(offset)));
+    }
+    nested_absmax<A>(q + i, n - i, first + i, map, nested, offset, out + i, xsimd::generic{});
+}
+template <class A>
+inline f32v<A> fma(const f32v<A>& x, const f32v<A>& y, const f32v<A>& z, requires_arch<xsimd::avx2>) {
+    return _mm256_fmadd_ps(x, y, z);
+}
+template <class A>
 inline void f16_to_f32(const std::uint16_t* h, int n, float* out, requires_arch<xsimd::avx2>) {
     int i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
@@ -320,6 +351,21 @@ inline f32v<A> sum_rows(const f32v<A>* rows, requires_arch<xsimd::avx512f>) {
     return _mm512_permutexvar_ps(order, xsimd::haddp(rows));
 }
 template <class A>
+inline void nested_absmax(const std::uint8_t* q, int n, std::int64_t first, const float* map, const float* nested,
+                          float offset, float* out, requires_arch<xsimd::avx512f>) {
+    int i = 0;
+    for (; i + 16 <= n && (first + i) / 256 == (first + i + 15) / 256; i += 16) {  // 16 blocks, one nested block
+        const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + i)));
+        const __m512 product = _mm512_mul_ps(_mm512_i32gather_ps(idx, map, 4), _mm512_set1_ps(nested[(first + i) / 256]));
+        _mm512_storeu_ps(out + i, _mm512_add_ps(product, _mm512_set1_ps(offset)));
+    }
+    nested_absmax<A>(q + i, n - i, first + i, map, nested, offset, out + i, xsimd::generic{});
+}
+template <class A>
+inline f32v<A> fma(const f32v<A>& x, const f32v<A>& y, const f32v<A>& z, requires_arch<xsimd::avx512f>) {
+    return _mm512_fmadd_ps(x, y, z);
+}
+template <class A>
 inline void f16_to_f32(const std::uint16_t* h, int n, float* out, requires_arch<xsimd::avx512f>) {
     int i = 0;
     for (; i + 16 <= n; i += 16)
@@ -363,6 +409,13 @@ template <class A>
 inline void f16_to_f32(const std::uint16_t* h, int n, float* out) { ext::f16_to_f32<A>(h, n, out, A{}); }
 template <class A>
 inline f32v<A> sum_rows(const f32v<A>* rows) { return ext::sum_rows<A>(rows, A{}); }
+template <class A>
+inline void nested_absmax(const std::uint8_t* q, int n, std::int64_t first, const float* map, const float* nested,
+                          float offset, float* out) {
+    ext::nested_absmax<A>(q, n, first, map, nested, offset, out, A{});
+}
+template <class A>
+inline f32v<A> fma(const f32v<A>& x, const f32v<A>& y, const f32v<A>& z) { return ext::fma<A>(x, y, z, A{}); }
 
 // A 16-byte table replicated into every 128-bit lane of a register (for lut16).
 template <class A>

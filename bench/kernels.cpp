@@ -1,0 +1,284 @@
+// Benchmarks of every generated GEMV and GEMM kernel (driven by generated/qforge_kernel_list.inc)
+// on LLM shapes, with the read bandwidth of the same run as the yardstick.
+//
+//   <op>/<canonical name>/K<k>xN<n>/M<m>/t<threads>/<hot|cold>
+//   membw/read/t<threads>                     512 MiB read with 512-bit (or 256-bit) loads
+//   repack/int4sym_g128_gptq_to_qf/K<k>xN<n>  the one-time GPTQ -> qforge layout repack
+//
+// Counters, from the wall clock: bytes_per_second (weight bytes: codes + scales + nested absmax,
+// per pass over W), GFLOPS (2 M N K), and frac_membw (bytes_per_second / membw/read of the same
+// thread count, when that benchmark ran earlier in the same process). "cold" rotates over copies of the
+// weights totalling more than 256 MiB, so each pass streams W from DRAM; "hot" reuses one copy.
+// The kernel is the registry's pick for the active ISA (QFORGE_ISA forces another one).
+#include <qforge/config/name.hpp>
+#include <qforge/format/tables.hpp>
+#include <qforge/kernels/kernels.hpp>
+#include <qforge/kernels/pack.hpp>
+#include <qforge/parallel.hpp>
+#include <qforge/registry.hpp>
+
+#include <benchmark/benchmark.h>
+#include <immintrin.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+using namespace qforge;
+
+namespace {
+
+constexpr std::size_t mib = std::size_t{1} << 20;
+constexpr std::size_t cold_bytes = 256 * mib;
+constexpr std::size_t membw_bytes = 512 * mib;
+
+struct listed_kernel {
+    const char* name;
+    config cfg;
+};
+const listed_kernel kernel_list[] = {
+#define QFORGE_KERNEL(name, family, type, bits, group, dq, storage, act) \
+    {#name, QFORGE_KERNEL_CONFIG(type, bits, group, dq, storage, act)},
+#include <qforge_kernel_list.inc>
+#undef QFORGE_KERNEL
+};
+
+// Read bandwidth per thread count, as measured by membw/read in this process.
+std::map<int, double>& measured_membw() {
+    static std::map<int, double> m;
+    return m;
+}
+
+// ---- weights with random codes and plausible scales (speed does not depend on the values) ---
+
+struct xorshift {
+    std::uint64_t s;
+    std::uint64_t next() {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        return s;
+    }
+    float uniform(float lo, float hi) { return lo + (hi - lo) * static_cast<float>(next() >> 40) / static_cast<float>(1 << 24); }
+};
+
+void fill_random(std::vector<std::uint8_t>& v, xorshift& rng) {
+    std::size_t i = 0;
+    for (; i + 8 <= v.size(); i += 8) {
+        const std::uint64_t r = rng.next();
+        std::memcpy(v.data() + i, &r, 8);
+    }
+    for (; i < v.size(); ++i) v[i] = static_cast<std::uint8_t>(rng.next());
+}
+
+packed_weights random_weights(const config& cfg, std::int64_t n, std::int64_t k, std::uint64_t seed) {
+    xorshift rng{seed * 0x9E3779B97F4A7C15ull + 1};
+    packed_weights p;
+    p.cfg = cfg;
+    p.rows = n;
+    p.cols = k;
+    p.codes.resize(static_cast<std::size_t>(n * k / 2));
+    fill_random(p.codes, rng);
+    const std::size_t blocks = static_cast<std::size_t>(n * (k / cfg.group));
+    if (cfg.storage == layout::bnb4) {
+        p.code_table.assign(cfg.type == dtype::nf4 ? nf4_table.begin() : fp4_table.begin(),
+                            cfg.type == dtype::nf4 ? nf4_table.end() : fp4_table.end());
+        if (cfg.double_quant) {
+            p.scales.resize(blocks);
+            fill_random(p.scales, rng);
+            p.nested_map.assign(dynamic_map.begin(), dynamic_map.end());
+            p.nested_absmax.resize((blocks + nested_blocksize - 1) / nested_blocksize);
+            for (float& a : p.nested_absmax) a = rng.uniform(0.01f, 0.05f);
+            p.nested_offset = 0.03f;
+        } else {
+            std::vector<float> absmax(blocks);
+            for (float& a : absmax) a = rng.uniform(0.01f, 0.2f);
+            p.scales.resize(blocks * sizeof(float));
+            std::memcpy(p.scales.data(), absmax.data(), p.scales.size());
+        }
+    } else {  // qforge layout: f16 scales around 0.01
+        std::vector<std::uint16_t> scales(blocks);
+        for (auto& s : scales) s = static_cast<std::uint16_t>(0x2000 + rng.next() % 0x400);
+        p.scales.resize(blocks * sizeof(std::uint16_t));
+        std::memcpy(p.scales.data(), scales.data(), p.scales.size());
+    }
+    return p;
+}
+
+std::vector<float> random_floats(std::size_t n, std::uint64_t seed) {
+    xorshift rng{seed + 7};
+    std::vector<float> v(n);
+    for (float& e : v) e = rng.uniform(-1.0f, 1.0f);
+    return v;
+}
+
+// Rates are computed from the wall clock (steady_clock around the timed loop): the library's
+// rate counters use the main thread's CPU time unless UseRealTime(), which would append
+// "/real_time" to the names.
+void set_wall_clock_rates(benchmark::State& state, double bytes_per_second, double gflops, int threads) {
+    state.counters["bytes_per_second"] = bytes_per_second;
+    if (gflops > 0) state.counters["GFLOPS"] = gflops;
+    const auto bw = measured_membw().find(threads);
+    if (bw != measured_membw().end()) state.counters["frac_membw"] = bytes_per_second / bw->second;
+}
+
+// ---- membw/read ---------------------------------------------------------------------------
+
+__attribute__((target("avx512f"))) std::uint64_t read_avx512(const std::uint8_t* p, std::size_t bytes) {
+    __m512i a = _mm512_setzero_si512(), b = a, c = a, d = a;
+    for (std::size_t i = 0; i < bytes; i += 256) {
+        a = _mm512_add_epi64(a, _mm512_load_si512(p + i));
+        b = _mm512_add_epi64(b, _mm512_load_si512(p + i + 64));
+        c = _mm512_add_epi64(c, _mm512_load_si512(p + i + 128));
+        d = _mm512_add_epi64(d, _mm512_load_si512(p + i + 192));
+    }
+    alignas(64) std::uint64_t lanes[8];
+    _mm512_store_si512(lanes, _mm512_add_epi64(_mm512_add_epi64(a, b), _mm512_add_epi64(c, d)));
+    std::uint64_t sum = 0;
+    for (std::uint64_t l : lanes) sum += l;
+    return sum;
+}
+
+__attribute__((target("avx2"))) std::uint64_t read_avx2(const std::uint8_t* p, std::size_t bytes) {
+    __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
+    for (std::size_t i = 0; i < bytes; i += 128) {
+        a = _mm256_add_epi64(a, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i)));
+        b = _mm256_add_epi64(b, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 32)));
+        c = _mm256_add_epi64(c, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 64)));
+        d = _mm256_add_epi64(d, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 96)));
+    }
+    alignas(32) std::uint64_t lanes[4];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), _mm256_add_epi64(_mm256_add_epi64(a, b), _mm256_add_epi64(c, d)));
+    return lanes[0] + lanes[1] + lanes[2] + lanes[3];
+}
+
+struct aligned_free {
+    void operator()(std::uint8_t* p) const { ::operator delete(p, std::align_val_t{64}); }
+};
+
+void membw_read(benchmark::State& state, int threads) {
+    std::unique_ptr<std::uint8_t, aligned_free> buf(static_cast<std::uint8_t*>(::operator new(membw_bytes, std::align_val_t{64})));
+    std::memset(buf.get(), 1, membw_bytes);  // touch every page
+    thread_pool pool(threads);
+    const bool wide = cpu().avx512bw;
+    const std::size_t per_thread = membw_bytes / static_cast<std::size_t>(threads);
+    std::vector<std::uint64_t> sink(static_cast<std::size_t>(threads));
+    const auto start = std::chrono::steady_clock::now();
+    for (auto _ : state) {
+        pool.run([&](int t) {
+            const std::uint8_t* p = buf.get() + static_cast<std::size_t>(t) * per_thread;
+            sink[static_cast<std::size_t>(t)] = wide ? read_avx512(p, per_thread) : read_avx2(p, per_thread);
+        });
+        benchmark::DoNotOptimize(sink.data());
+    }
+    // The last (measured) run's rate is the yardstick of the kernels that follow (frac_membw).
+    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+    const double rate = static_cast<double>(membw_bytes) * static_cast<double>(state.iterations()) / elapsed.count();
+    measured_membw().erase(threads);
+    set_wall_clock_rates(state, rate, 0.0, threads);
+    measured_membw()[threads] = rate;
+}
+
+// ---- kernels ------------------------------------------------------------------------------
+
+struct shape {
+    std::int64_t k, n;
+};
+
+void run_kernel(benchmark::State& state, const config cfg, op kind, shape s, std::int64_t m, int threads, bool cold) {
+    const kernel& k = registry::global().find(cfg, kind);
+    const packed_weights base = random_weights(cfg, s.n, s.k, 1);
+    const std::size_t bytes = base.weight_bytes();
+    const std::size_t copies = cold ? cold_bytes / bytes + 2 : 1;
+    std::vector<packed_weights> weights(copies, base);
+    std::vector<weights_view> views;
+    for (const packed_weights& w : weights) views.push_back(w.view());
+    const std::vector<float> x = random_floats(static_cast<std::size_t>(m * s.k), 3);
+    std::vector<float> y(static_cast<std::size_t>(m * s.n));
+    thread_pool pool(threads);
+    std::size_t next = 0;
+    const auto start = std::chrono::steady_clock::now();
+    for (auto _ : state) {
+        const weights_view& w = views[next];
+        next = next + 1 == views.size() ? 0 : next + 1;
+        pool.parallel_for(0, s.n, 16, [&](std::int64_t n0, std::int64_t n1) {
+            if (kind == op::gemv) k.gemv(w, x.data(), nullptr, y.data(), n0, n1);
+            else k.gemm(w, x.data(), m, nullptr, y.data(), n0, n1);
+        });
+        benchmark::ClobberMemory();
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double passes = static_cast<double>(state.iterations());
+    set_wall_clock_rates(state, passes * static_cast<double>(bytes) / seconds,
+                         passes * 2e-9 * static_cast<double>(m * s.n * s.k) / seconds, threads);
+    state.SetLabel(k.full_name());
+}
+
+// The one-time repack of a GPTQ v1 int4 g128 checkpoint tensor into the qforge layout.
+void repack_gptq(benchmark::State& state, shape s) {
+    ref::gptq_tensor t;
+    t.rows = s.n;
+    t.cols = s.k;
+    t.bits = 4;
+    t.group = 128;
+    const std::int64_t groups = s.k / 128;
+    xorshift rng{5};
+    t.qweight.resize(static_cast<std::size_t>(s.k / 8 * s.n));
+    for (auto& w : t.qweight) w = static_cast<std::int32_t>(rng.next());
+    t.qzeros.assign(static_cast<std::size_t>(groups * s.n / 8), 0x77777777);  // v1 symmetric
+    t.scales.resize(static_cast<std::size_t>(groups * s.n));
+    for (auto& sc : t.scales) sc = f16{static_cast<std::uint16_t>(0x2000 + rng.next() % 0x400)};
+    t.g_idx.resize(static_cast<std::size_t>(s.k));
+    for (std::int64_t i = 0; i < s.k; ++i) t.g_idx[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i / 128);
+    const ref::quantized q = t;
+    const config cfg{dtype::int_sym, 4, 128, false, layout::qforge, compute::f32};
+    const auto start = std::chrono::steady_clock::now();
+    for (auto _ : state) {
+        packed_weights p = pack_weights(cfg, q);
+        benchmark::DoNotOptimize(p.codes.data());
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    set_wall_clock_rates(state, static_cast<double>(state.iterations()) * static_cast<double>(s.k * s.n / 2) / seconds, 0.0, 0);
+}
+
+std::string shape_name(shape s) { return "K" + std::to_string(s.k) + "xN" + std::to_string(s.n); }
+
+void register_all() {
+    for (int t : {1, 2})
+        benchmark::RegisterBenchmark(("membw/read/t" + std::to_string(t)).c_str(), membw_read, t)
+            ->Unit(benchmark::kMillisecond);
+    const shape shapes[] = {{4096, 4096}, {4096, 11008}, {11008, 4096}};
+    const registry& reg = registry::global();
+    for (const listed_kernel& l : kernel_list) {
+        if (reg.find(l.cfg, op::gemv, active_isa()) == nullptr) continue;  // filtered out by -Dkernels
+        for (op kind : {op::gemv, op::gemm})
+            for (shape s : shapes)
+                for (std::int64_t m : kind == op::gemv ? std::vector<std::int64_t>{1} : std::vector<std::int64_t>{8, 32, 128})
+                    for (int t : {1, 2})
+                        for (bool cold : {true, false}) {
+                            const std::string name = std::string(to_string(kind)) + "/" + l.name + "/" + shape_name(s) +
+                                                     "/M" + std::to_string(m) + "/t" + std::to_string(t) +
+                                                     (cold ? "/cold" : "/hot");
+                            benchmark::RegisterBenchmark(name.c_str(), run_kernel, l.cfg, kind, s, m, t, cold)
+                                ->Unit(benchmark::kMicrosecond);
+                        }
+    }
+    benchmark::RegisterBenchmark("repack/int4sym_g128_gptq_to_qf/K4096xN11008", repack_gptq, shape{4096, 11008})
+        ->Unit(benchmark::kMillisecond);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    register_all();
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}
