@@ -13,25 +13,25 @@ AXES = {
     "group": [32, 64, 128],
     "double_quant": [False, True],
     "storage": ["bnb4", "qforge"],
-    "act": ["f32", "i8"],
+    "act": ["f32", "bf16", "i8"],
 }
 
 
 def has_kernel(c: Config) -> bool:
     """The pruning predicate: what kernels/impl/ implements and is worth compiling.
 
-    - compute paths f32 and i8 (bf16 / f16: no kernels yet);
+    - compute paths f32 and i8; bf16 (bitsandbytes' compute dtype, e.g. QLoRA) for the bnb formats
+      only; f16: no kernels yet;
     - bitsandbytes NF4 / FP4 in their checkpoint layout, blocksize 64 (transformers' only one),
       with and without double quantization;
     - symmetric int4 in qforge's repacked layout (GPTQ is repacked into it), groups 32 (the
       smallest K granularity) and 128 (the common one).
     """
-    if c.act not in ("f32", "i8"):
-        return False
     if c.type in ("nf4", "fp4"):
-        return c.storage == "bnb4" and c.group == 64
+        return c.storage == "bnb4" and c.group == 64 and c.act in ("f32", "bf16", "i8")
     if c.type == "int_sym":
-        return c.storage == "qforge" and c.bits == 4 and not c.double_quant and c.group in (32, 128)
+        return (c.storage == "qforge" and c.bits == 4 and not c.double_quant and c.group in (32, 128)
+                and c.act in ("f32", "i8"))
     return False
 
 

@@ -8,12 +8,20 @@
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false, bnb4, f32)>,
                            qforge::kernels::arch_t<qforge::isa::sse4_2>)
 #endif
+#if QFORGE_SELECTED_nf4_b64_bnb_bf16
+QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false, bnb4, bf16)>,
+                           qforge::kernels::arch_t<qforge::isa::sse4_2>)
+#endif
 #if QFORGE_SELECTED_nf4_b64_bnb_i8
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false, bnb4, i8)>,
                            qforge::kernels::arch_t<qforge::isa::sse4_2>)
 #endif
 #if QFORGE_SELECTED_nf4_b64_dq_bnb_f32
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true, bnb4, f32)>,
+                           qforge::kernels::arch_t<qforge::isa::sse4_2>)
+#endif
+#if QFORGE_SELECTED_nf4_b64_dq_bnb_bf16
+QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true, bnb4, bf16)>,
                            qforge::kernels::arch_t<qforge::isa::sse4_2>)
 #endif
 #if QFORGE_SELECTED_nf4_b64_dq_bnb_i8
@@ -28,6 +36,10 @@ void register_nf4_bnb_sse4_2(registry& r) {
     register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false, bnb4, f32)>, arch_t<isa::sse4_2>>(
         r, "nf4_b64_bnb_f32");
 #endif
+#if QFORGE_SELECTED_nf4_b64_bnb_bf16
+    register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false, bnb4, bf16)>, arch_t<isa::sse4_2>>(
+        r, "nf4_b64_bnb_bf16");
+#endif
 #if QFORGE_SELECTED_nf4_b64_bnb_i8
     register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false, bnb4, i8)>, arch_t<isa::sse4_2>>(
         r, "nf4_b64_bnb_i8");
@@ -35,6 +47,10 @@ void register_nf4_bnb_sse4_2(registry& r) {
 #if QFORGE_SELECTED_nf4_b64_dq_bnb_f32
     register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true, bnb4, f32)>, arch_t<isa::sse4_2>>(
         r, "nf4_b64_dq_bnb_f32");
+#endif
+#if QFORGE_SELECTED_nf4_b64_dq_bnb_bf16
+    register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true, bnb4, bf16)>, arch_t<isa::sse4_2>>(
+        r, "nf4_b64_dq_bnb_bf16");
 #endif
 #if QFORGE_SELECTED_nf4_b64_dq_bnb_i8
     register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true, bnb4, i8)>, arch_t<isa::sse4_2>>(

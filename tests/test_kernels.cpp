@@ -5,6 +5,9 @@
 //   dequantize        bit-exact with ref::dequantize, and bit-identical on every ISA
 //   gemv/gemm f32     |y - y_ref| <= (K + 3) u (sum_k |W[n,k] x[k]| + |bias[n]|), u = 2^-24: the
 //                     worst case of any f32 summation order of K products (kernels/impl/f32.hpp)
+//   gemv/gemm bf16    against y_bf16 = sum_k bf16(W[n,k]) bf16(x[k]) (+ bias) computed here with
+//                     qforge::to_bf16: the f32 bound above on those products; and against the
+//                     exact product: |bf16(w) bf16(x) - w x| <= (2 u_b + u_b^2) |w x|, u_b = 2^-8
 //   gemv/gemm i8      (a) against the exact product: the bound of kernels/impl/i8.hpp,
 //                         sum_k delta s_b |x_k| + (|W[n,k]| + delta s_b) xs_b / 2, plus f32 slack;
 //                     (b) against an exact emulation of the integer path written here from that
@@ -231,6 +234,20 @@ void check_output(const config& cfg, const case_data& d, const float* x, std::in
     INFO(where << ", row " << n << ": y = " << y << ", reference " << y_ref);
     if (cfg.act == compute::f32) {
         CHECK(std::abs(y - y_ref) <= static_cast<double>(k + 3) * u * abs_sum * 1.001 + 1e-30);
+        return;
+    }
+    if (cfg.act == compute::bf16) {
+        double y_bf16 = b, bf16_abs_sum = std::abs(b);
+        for (std::int64_t i = 0; i < k; ++i) {
+            const double p = static_cast<double>(to_float(to_bf16(wrow[i]))) * to_float(to_bf16(x[i]));
+            y_bf16 += p;
+            bf16_abs_sum += std::abs(p);
+        }
+        const double f32_slack = static_cast<double>(k + 3) * u * bf16_abs_sum * 1.001 + 1e-30;
+        const double ub = 1.0 / 256;
+        INFO("bf16 operands: " << y_bf16);
+        CHECK(std::abs(y - y_bf16) <= f32_slack);
+        CHECK(std::abs(y - y_ref) <= (2 * ub + ub * ub) * abs_sum + f32_slack);
         return;
     }
     const activation_blocks a = quantize_x(x, k, group);

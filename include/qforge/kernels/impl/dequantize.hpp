@@ -37,17 +37,6 @@ struct window_shape {
 template <class P>
 inline constexpr int windows_per_block = P::group / 32;
 
-// Streaming W from DRAM: a GEMV tile reads its rows as NR short interleaved streams (one row of
-// codes is K/2 bytes), too short for the hardware prefetchers to ramp up. So while a tile
-// consumes window w (Bytes = NR * V bytes of codes), it prefetches the same amount of the next
-// tile's codes, which are contiguous in both layouts: a prefetch distance of one tile.
-template <class A, int Bytes>
-inline void prefetch_next_tile(const std::uint8_t* next, std::int64_t window) {
-    if (next == nullptr) return;
-    const std::uint8_t* p = next + window * Bytes;
-    for (int line = 0; line < Bytes; line += 64) __builtin_prefetch(p + line, 0, 1);
-}
-
 template <class P>
 constexpr void check_kernel_policy() {
     static_assert(P::bits == 4, "qforge 4-bit kernels: bits must be 4");

@@ -139,11 +139,10 @@ struct i8_levels {
     }
 };
 
-// out[i][r] += sum over steps [s0, s1) of row n + r of W against activation row x[i]; `next`:
-// the codes of the next tile to prefetch (GEMV), or nullptr.
+// out[i][r] += sum over steps [s0, s1) of row n + r of W against activation row x[i].
 template <class P, class A, int MR, int NR>
 void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x, std::int64_t n, std::int64_t s0,
-             std::int64_t s1, float (&out)[MR][NR], const std::uint8_t* next = nullptr) {
+             std::int64_t s1, float (&out)[MR][NR]) {
     using S = i8_shape<P, A>;
     using L = layout_traits<P::storage>;
     using F = simd::f32v<A>;
@@ -172,7 +171,6 @@ void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x, 
             });
             simd::unroll<S::windows_per_step>([&](auto wi) {
                 const std::int64_t window = step * S::windows_per_step + wi;
-                prefetch_next_tile<A, NR * S::V>(next, window);
                 U xl[MR], xh[MR];
                 simd::unroll<MR>([&](auto i) {
                     const auto* q = reinterpret_cast<const std::uint8_t*>(x[i].q + window * S::W);

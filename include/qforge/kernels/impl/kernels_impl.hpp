@@ -33,12 +33,6 @@ inline void with_tile(int mr, int nr, F&& f) {
 template <class T>
 inline T smaller(T a, T b) { return a < b ? a : b; }
 
-// The codes of the GEMV tile starting at row `next` (for prefetching), nullptr past the range.
-template <class A>
-inline const std::uint8_t* next_tile(const weights_view& w, std::int64_t next, std::int64_t n1) {
-    return next < n1 ? row_codes<A>(w, next) : nullptr;
-}
-
 template <class P, class A>
 void dequantize_rows(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) {
     const auto table = value_table<P, A>(w);
@@ -66,7 +60,7 @@ void gemv_f32(const weights_view& w, const float* x, const float* bias, float* y
     for (std::int64_t n = n0; n < n1; n += NR) {
         with_tile<1, NR>(1, static_cast<int>(smaller<std::int64_t>(NR, n1 - n)), [&](auto, auto nr) {
             float out[nr];
-            gemv_f32_rows<P, A, nr>(w, s, table, values, xp, n, out, next_tile<A>(w, n + 2 * nr, n1));
+            gemv_f32_rows<P, A, nr>(w, s, table, values, xp, n, out);
             for (int r = 0; r < nr; ++r) y[n + r] = bias ? out[r] + bias[n + r] : out[r];
         });
     }
@@ -81,7 +75,7 @@ void gemv_i8(const weights_view& w, const float* x, const float* bias, float* y,
     for (std::int64_t n = n0; n < n1; n += NR) {
         with_tile<1, NR>(1, static_cast<int>(smaller<std::int64_t>(NR, n1 - n)), [&](auto, auto nr) {
             float out[1][nr] = {};
-            i8_tile<P, A, 1, nr>(w, levels, &xq, n, 0, s.steps, out, next_tile<A>(w, n + 2 * nr, n1));
+            i8_tile<P, A, 1, nr>(w, levels, &xq, n, 0, s.steps, out);
             for (int r = 0; r < nr; ++r) {
                 const float v = out[0][r] + i8_tail<P, A>(w, s, levels, xq, n + r);
                 y[n + r] = bias ? v + bias[n + r] : v;
@@ -93,9 +87,9 @@ void gemv_i8(const weights_view& w, const float* x, const float* bias, float* y,
 template <class P, class A>
 void gemv(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
     check_kernel_policy<P>();
-    if constexpr (P::act == compute::f32) gemv_f32<P, A>(w, x, bias, y, n0, n1);
+    if constexpr (P::act == compute::f32 || P::act == compute::bf16) gemv_f32<P, A>(w, x, bias, y, n0, n1);
     else if constexpr (P::act == compute::i8) gemv_i8<P, A>(w, x, bias, y, n0, n1);
-    else static_assert(no_compute_path<P>, "qforge: only the f32 and i8 compute paths have kernels yet");
+    else static_assert(no_compute_path<P>, "qforge: the f16 compute path has no kernels yet");
 }
 
 // ---- GEMM ----------------------------------------------------------------------------------
@@ -127,12 +121,22 @@ void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float
     auto* panel = static_cast<float*>(
         simd::scratch<A, 0>::get(static_cast<std::size_t>(gemm_row_panel * k_slice) * sizeof(float)));
     const auto table = value_table<P, A>(w);
+    if constexpr (bf16_operands<P>) {  // X rounded to bf16 once
+        auto* xb = static_cast<float*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m * k) * sizeof(float)));
+        for (std::int64_t i = 0; i < m * k; ++i) xb[i] = simd::round_bf16<A>(x[i]);
+        x = xb;
+    }
     for (std::int64_t k0 = 0; k0 < k; k0 += k_slice) {
         const std::int64_t kc = smaller(k_slice, k - k0);
         for (std::int64_t p0 = n0; p0 < n1; p0 += gemm_row_panel) {
             const std::int64_t pc = smaller(gemm_row_panel, n1 - p0);
-            for (std::int64_t r = 0; r < pc; ++r)
-                dequantize_blocks<P, A>(w, table, p0 + r, k0 / group, (k0 + kc) / group, panel + r * k_slice);
+            for (std::int64_t r = 0; r < pc; ++r) {
+                float* row = panel + r * k_slice;
+                dequantize_blocks<P, A>(w, table, p0 + r, k0 / group, (k0 + kc) / group, row);
+                if constexpr (bf16_operands<P>)
+                    for (std::int64_t c = 0; c < kc; c += simd::lanes<A>)
+                        simd::round_bf16<A>(simd::f32v<A>::load_unaligned(row + c)).store_unaligned(row + c);
+            }
             for (std::int64_t i0 = 0; i0 < m; i0 += MR)
                 for (std::int64_t r0 = 0; r0 < pc; r0 += NR) {
                     const int mr = static_cast<int>(smaller<std::int64_t>(MR, m - i0));
@@ -188,9 +192,9 @@ template <class P, class A>
 void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
           std::int64_t n1) {
     check_kernel_policy<P>();
-    if constexpr (P::act == compute::f32) gemm_f32<P, A>(w, x, m, bias, y, n0, n1);
+    if constexpr (P::act == compute::f32 || P::act == compute::bf16) gemm_f32<P, A>(w, x, m, bias, y, n0, n1);
     else if constexpr (P::act == compute::i8) gemm_i8<P, A>(w, x, m, bias, y, n0, n1);
-    else static_assert(no_compute_path<P>, "qforge: only the f32 and i8 compute paths have kernels yet");
+    else static_assert(no_compute_path<P>, "qforge: the f16 compute path has no kernels yet");
 }
 
 // ---- registration: descriptors filled from the policy ------------------------------------

@@ -417,6 +417,25 @@ inline void nested_absmax(const std::uint8_t* q, int n, std::int64_t first, cons
 template <class A>
 inline f32v<A> fma(const f32v<A>& x, const f32v<A>& y, const f32v<A>& z) { return ext::fma<A>(x, y, z, A{}); }
 
+// f32 -> nearest bf16 (ties to even), returned as f32 with the low 16 bits clear. Finite values
+// and infinities round as a bf16 cast does; NaN stays NaN.
+template <class A>
+inline f32v<A> round_bf16(const f32v<A>& v) {
+    const i32v<A> bits = xsimd::bitwise_cast<i32v<A>>(v);
+    const i32v<A> lsb = (bits >> 16) & i32v<A>(1);
+    const i32v<A> rounded = (bits + i32v<A>(0x7FFF) + lsb) & i32v<A>(static_cast<std::int32_t>(0xFFFF0000u));
+    return xsimd::select(v != v, v, xsimd::bitwise_cast<f32v<A>>(rounded));
+}
+template <class A>
+inline float round_bf16(float v) {
+    std::uint32_t bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    if (v != v) return v;
+    bits = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
+    std::memcpy(&v, &bits, sizeof bits);
+    return v;
+}
+
 // A 16-byte table replicated into every 128-bit lane of a register (for lut16).
 template <class A>
 inline u8v<A> replicate16(const std::uint8_t* t16) {
