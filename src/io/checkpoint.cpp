@@ -109,7 +109,6 @@ std::string module_of(const std::string& weight_name, method m) {
     return strip(weight_name, dot_weight);
 }
 
-
 std::string bnb4_blob_key(const std::string& weight, qforge::dtype type) {
     return weight + std::string(type == qforge::dtype::nf4 ? bnb4_blob_nf4 : bnb4_blob_fp4);
 }
