@@ -78,13 +78,17 @@ def meson_build(configs: list[Config]) -> str:
 # -Dkernels=<globs> selects kernels by canonical name (gen/select.py writes the header below);
 # the translation units compile to nothing for unselected kernels.
 
-qforge_selected_kernels_h = configure_file(
+qforge_selected_kernels_h = custom_target('qforge_selected_kernels.h',
   output: 'qforge_selected_kernels.h',
+  input: 'qforge_kernel_list.inc',
   command: [python, meson.project_source_root() / 'gen' / 'select.py',
-            '--list', meson.current_source_dir() / 'qforge_kernel_list.inc',
-            '--glob', get_option('kernels'), '--out', '@OUTPUT@'])
+            '--list', '@INPUT@', '--glob', get_option('kernels'), '--out', '@OUTPUT@'],
+  depend_files: [meson.project_source_root() / 'gen' / 'select.py'])
 
 generated_inc = include_directories('.')
+# What every user of the kernels needs: the lists and the selection header (built first).
+qforge_generated_dep = declare_dependency(include_directories: generated_inc,
+  sources: qforge_selected_kernels_h)
 
 kernel_isa_flags = {{
 {flags}
@@ -104,8 +108,8 @@ qforge_kernel_objects = []
 foreach isa_name, sources : kernel_isa_sources
   kernel_lib = static_library('qforge_kernels_' + isa_name, sources,
     cpp_args: kernel_common_args + kernel_isa_flags[isa_name],
-    include_directories: [inc, generated_inc],
-    dependencies: [xsimd_dep])
+    include_directories: inc,
+    dependencies: [xsimd_dep, qforge_generated_dep])
   qforge_kernel_objects += kernel_lib.extract_all_objects(recursive: false)
 endforeach
 """

@@ -5,14 +5,16 @@
 //
 // Every kernel of the generated list (generated/qforge_kernel_list.inc) is declared
 // `extern template` below, so including this header never compiles a kernel: the call links to
-// the instantiation of the generated TU of each ISA. A policy outside the generated list (or
-// filtered out with -Dkernels=...) fails to link.
+// the instantiation of the generated TU of each ISA. A policy outside the generated list, or
+// filtered out of this build with -Dkernels=..., is rejected at compile time (kernel_built()).
 #pragma once
 
 #include <qforge/config/config.hpp>
 #include <qforge/isa.hpp>
 #include <qforge/kernels/arch.hpp>
 #include <qforge/kernels/weights.hpp>
+
+#include <qforge_selected_kernels.h>
 
 #include <cstdint>
 
@@ -52,6 +54,30 @@ void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bi
 #undef QFORGE_KERNEL
 #undef QFORGE_EXTERN_KERNELS_FOR
 
+struct generated_kernel {
+    config cfg;
+    bool built;  // selected by -Dkernels in this build
+};
+inline constexpr generated_kernel generated_kernels[] = {
+#define QFORGE_KERNEL(name, family, type, bits, group, dq, storage, act) \
+    {QFORGE_KERNEL_CONFIG(type, bits, group, dq, storage, act), QFORGE_SELECTED_##name != 0},
+#include <qforge_kernel_list.inc>
+#undef QFORGE_KERNEL
+};
+
+// Whether this build has the kernels of config c (all ISAs).
+constexpr bool kernel_built(const config& c) {
+    for (const generated_kernel& k : generated_kernels)
+        if (k.cfg == c) return k.built;
+    return false;
+}
+
+template <class P>
+constexpr void require_built() {
+    static_assert(kernel_built(P::cfg),
+                  "qforge: no kernel for this policy in this build: add it to gen/space.py, or include it in -Dkernels");
+}
+
 }  // namespace qforge::kernels
 
 namespace qforge {
@@ -69,6 +95,7 @@ void check_pointer(const void* p, const char* what);
 // Run the kernel of policy P for the active ISA (see isa.hpp), without the registry.
 template <class P>
 void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) {
+    kernels::require_built<P>();
     detail::check_weights(P::cfg, w);
     detail::check_rows(w, n0, n1);
     detail::check_pointer(out, "output");
@@ -82,6 +109,7 @@ void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, float* 
 
 template <class P>
 void gemv(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
+    kernels::require_built<P>();
     detail::check_weights(P::cfg, w);
     detail::check_rows(w, n0, n1);
     detail::check_pointer(x, "x");
@@ -102,6 +130,7 @@ void gemv(const weights_view& w, const float* x, float* y, const float* bias = n
 template <class P>
 void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
           std::int64_t n1) {
+    kernels::require_built<P>();
     detail::check_weights(P::cfg, w);
     detail::check_rows(w, n0, n1);
     detail::check_gemm_rows(m);
