@@ -1,7 +1,8 @@
 // Loads a quantized checkpoint (any method qforge reads) and runs each of its linear layers on an
-// input vector: through the kernel registry when it has a kernel for the weight's layout, else
-// through the scalar reference. Prints, per layer, the path taken and the difference to the
-// reference (the kernels are exact in their dequantization, only the summation order differs).
+// input vector: through the kernel registry (registry::global().find(config)) when it has a
+// kernel for the weight's layout, else through the scalar reference. Prints, per layer, the path
+// taken and the difference to the reference (f32 kernels dequantize exactly and differ only in
+// the order of the sums; bf16 kernels also round the operands to bf16).
 //
 //   load_checkpoint MODEL.safetensors [CONFIG.json]
 //
@@ -19,7 +20,6 @@
 #include <cstdio>
 #include <exception>
 #include <fstream>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,16 +27,19 @@ namespace {
 
 namespace ck = qforge::checkpoint;
 
-// The kernel for a checkpoint layout, with f32 activations like x here: bnb 4-bit runs as stored,
-// 4-bit GPTQ is repacked into qforge's layout; nullopt where no kernel family exists.
-std::optional<qforge::config> kernel_config(qforge::config k) {
-    k.act = qforge::compute::f32;
-    if (k.storage == qforge::layout::bnb4) return k;
-    if (qforge::is_gptq(k.storage)) {
+// Kernel configs for a checkpoint layout, the weight's own compute type first, then f32: bnb 4-bit
+// runs as stored, 4-bit GPTQ is repacked into qforge's layout; none where no kernel family exists.
+std::vector<qforge::config> kernel_configs(qforge::config k) {
+    if (qforge::is_gptq(k.storage))
         k.storage = qforge::layout::qforge;
-        return k;
+    else if (k.storage != qforge::layout::bnb4)
+        return {};
+    std::vector<qforge::config> out{k};
+    if (k.act != qforge::compute::f32) {
+        k.act = qforge::compute::f32;
+        out.push_back(k);
     }
-    return std::nullopt;
+    return out;
 }
 
 std::vector<float> bias_of(const qforge::safetensors::reader& r, const std::string& weight_name, std::int64_t rows) {
@@ -83,12 +86,13 @@ int main(int argc, char** argv) {
             const std::vector<double> reference = qforge::ref::gemv(q.data, x, bias);
             std::vector<float> y(static_cast<std::size_t>(rows));
             std::string path = "scalar reference (no kernel for this layout)";
-            if (const auto kcfg = kernel_config(q.cfg)) {
+            for (const qforge::config& kcfg : kernel_configs(q.cfg)) {
                 try {
-                    const qforge::kernel& k = qforge::registry::global().find(*kcfg, qforge::op::gemv);
-                    const qforge::packed_weights packed = qforge::pack_weights(*kcfg, q.data, q.name);  // repacked once
+                    const qforge::kernel& k = qforge::registry::global().find(kcfg, qforge::op::gemv);
+                    const qforge::packed_weights packed = qforge::pack_weights(kcfg, q.data, q.name);  // repacked once
                     k.gemv(packed.view(), x.data(), bias.empty() ? nullptr : bias.data(), y.data(), 0, rows);
                     path = "kernel " + k.full_name();
+                    break;
                 } catch (const std::invalid_argument& e) {  // unsupported config, or a tensor the layout refuses
                     path = std::string("scalar reference (") + e.what() + ")";
                 }
