@@ -1,0 +1,27 @@
+// Timing helpers shared by `qforge sweep` and the benchmarks: the machine's read bandwidth and
+// the speed of one GEMV kernel with its weights coming from DRAM ("cold").
+#pragma once
+
+#include <qforge/kernels/weights.hpp>
+#include <qforge/registry.hpp>
+
+#include <cstddef>
+
+namespace qforge {
+
+inline constexpr std::size_t mib = std::size_t{1} << 20;
+
+// Reads a 64-byte aligned buffer of `bytes` (split over the threads of `pool_threads`) with the
+// widest loads this CPU has; returns the median bytes/s of `passes` passes.
+double read_bandwidth(int threads, std::size_t bytes = 512 * mib, int passes = 5);
+
+struct gemv_speed {
+    double seconds = 0.0;           // median time of one y = W x over all rows
+    double bytes_per_second = 0.0;  // weight bytes (codes + scales + nested absmax) / seconds
+};
+
+// Runs k.gemv over copies of `w` totalling more than 256 MiB, one copy per call, so every call
+// reads its weights from DRAM; rows are split over `threads`. Runs for about `min_seconds`.
+gemv_speed measure_gemv_cold(const kernel& k, const packed_weights& w, int threads, double min_seconds = 0.5);
+
+}  // namespace qforge
