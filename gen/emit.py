@@ -75,15 +75,15 @@ def meson_build(configs: list[Config]) -> str:
         f"  '{isa}': files({', '.join(repr(tu_name(f, isa)) for f in fams)}),".replace('"', "'") for isa in ISAS)
     return f"""# {BANNER}
 # The generated kernels: one static library per ISA, each compiled with that ISA's flags only.
-# -Dkernels=<globs> selects kernels by canonical name (gen/select.py writes the header below);
+# -Dkernels=<globs> selects kernels by canonical name (gen/select_kernels.py writes the header below);
 # the translation units compile to nothing for unselected kernels.
 
 qforge_selected_kernels_h = custom_target('qforge_selected_kernels.h',
   output: 'qforge_selected_kernels.h',
   input: 'qforge_kernel_list.inc',
-  command: [python, meson.project_source_root() / 'gen' / 'select.py',
+  command: [python, meson.project_source_root() / 'gen' / 'select_kernels.py',
             '--list', '@INPUT@', '--glob', get_option('kernels'), '--out', '@OUTPUT@'],
-  depend_files: [meson.project_source_root() / 'gen' / 'select.py'])
+  depend_files: [meson.project_source_root() / 'gen' / 'select_kernels.py'])
 
 generated_inc = include_directories('.')
 # What every user of the kernels needs: the lists and the selection header (built first).
@@ -105,12 +105,14 @@ if cpp.get_id() == 'gcc'
 endif
 
 qforge_kernel_objects = []
+qforge_kernel_libs = {{}}
 foreach isa_name, sources : kernel_isa_sources
   kernel_lib = static_library('qforge_kernels_' + isa_name, sources,
     cpp_args: kernel_common_args + kernel_isa_flags[isa_name],
     include_directories: inc,
     dependencies: [xsimd_dep, qforge_generated_dep])
   qforge_kernel_objects += kernel_lib.extract_all_objects(recursive: false)
+  qforge_kernel_libs += {{isa_name: kernel_lib}}
 endforeach
 """
 

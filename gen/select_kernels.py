@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Selects generated kernels by glob on their canonical names (the Meson option `kernels`).
 
-usage: select.py --list qforge_kernel_list.inc --glob 'nf4_*,*_i8' --out qforge_selected_kernels.h
+usage: select_kernels.py --list qforge_kernel_list.inc --glob 'nf4_*,*_i8' --out qforge_selected_kernels.h
 Globs are fnmatch patterns separated by commas; a kernel is selected when any pattern matches.
 Writes `#define QFORGE_SELECTED_<name> 1` (selected) or `0` for every listed kernel, usable in
 #if and in C++ expressions; fails when nothing matches.
@@ -26,7 +26,7 @@ def main() -> int:
     if not selected:
         print(f"-Dkernels='{args.glob}' matches no kernel; available: {' '.join(names)}", file=sys.stderr)
         return 1
-    lines = ["// written by gen/select.py for -Dkernels='" + args.glob + "'", "#pragma once"]
+    lines = ["// written by gen/select_kernels.py for -Dkernels='" + args.glob + "'", "#pragma once"]
     lines += [f"#define QFORGE_SELECTED_{n} {1 if n in selected else 0}" for n in names]
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
