@@ -643,6 +643,11 @@ TEST_CASE("bad shapes, options and weights are refused with the layer named") {
     CHECK_THROWS_WITH(gptq::quantize_layer(w, n, k, gptq::hessian(k), opt), Catch::Contains("no calibration rows"));
     CHECK_THROWS_WITH(gptq::quantize_layer(std::span(w).first(n * 160), n, 160, h, opt),
                       Catch::Contains("the Hessian is [200, 200] but in_features K = 160"));
+    auto huge = w;
+    huge[5 * k + 50] = 1e6f;  // row 5, group 1 of 40 columns: scale 2e6 / 15 is beyond fp16
+    CHECK_THROWS_WITH(gptq::quantize_layer(huge, n, k, h, opt),
+                      Catch::Contains("layer 'model.layers.0.mlp.down_proj'") &&
+                          Catch::Contains("of row 5, group 1 overflows fp16"));
     auto bad = w;
     bad[3 * k + 7] = INFINITY;
     CHECK_THROWS_WITH(gptq::quantize_layer(bad, n, k, h, opt),
