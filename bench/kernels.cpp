@@ -82,7 +82,7 @@ packed_weights random_weights(const config& cfg, std::int64_t n, std::int64_t k,
     p.cfg = cfg;
     p.rows = n;
     p.cols = k;
-    p.codes.resize(static_cast<std::size_t>(n * k / 2));
+    p.codes.resize(static_cast<std::size_t>(n * k * cfg.bits / 8));
     fill_random(p.codes, rng);
     const std::size_t blocks = static_cast<std::size_t>(n * (k / cfg.group));
     if (cfg.storage == layout::bnb4) {
@@ -101,6 +101,14 @@ packed_weights random_weights(const config& cfg, std::int64_t n, std::int64_t k,
             p.scales.resize(blocks * sizeof(float));
             std::memcpy(p.scales.data(), absmax.data(), p.scales.size());
         }
+    } else if (cfg.storage == layout::fp8_block) {  // f32 scale_inv per tile, around 5e-4
+        std::vector<float> scale_inv(static_cast<std::size_t>((n + cfg.group - 1) / cfg.group * (k / cfg.group)));
+        for (float& a : scale_inv) a = rng.uniform(1e-4f, 1e-3f);
+        p.scales.resize(scale_inv.size() * sizeof(float));
+        std::memcpy(p.scales.data(), scale_inv.data(), p.scales.size());
+    } else if (cfg.storage == layout::mx) {  // E8M0 scale bytes around 2^-8
+        p.scales.resize(blocks);
+        for (auto& e : p.scales) e = static_cast<std::uint8_t>(118 + rng.next() % 4);
     } else {  // qforge layout: f16 scales around 0.01
         std::vector<std::uint16_t> scales(blocks);
         for (auto& s : scales) s = static_cast<std::uint16_t>(0x2000 + rng.next() % 0x400);

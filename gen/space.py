@@ -8,11 +8,11 @@ import itertools
 from vocabulary import Config
 
 AXES = {
-    "type": ["nf4", "fp4", "int_sym"],
-    "bits": [4],
+    "type": ["nf4", "fp4", "int_sym", "fp8_e4m3", "e2m1"],
+    "bits": [4, 8],
     "group": [32, 64, 128],
     "double_quant": [False, True],
-    "storage": ["bnb4", "qforge"],
+    "storage": ["bnb4", "qforge", "fp8_block", "mx"],
     "act": ["f32", "bf16", "i8"],
 }
 
@@ -25,13 +25,19 @@ def has_kernel(c: Config) -> bool:
     - bitsandbytes NF4 / FP4 in their checkpoint layout, blocksize 64 (transformers' only one),
       with and without double quantization;
     - symmetric int4 in qforge's repacked layout (GPTQ is repacked into it), groups 32 (the
-      smallest K granularity) and 128 (the common one).
+      smallest K granularity) and 128 (the common one);
+    - FineGrainedFP8 E4M3 with 128x128 tiles (DeepSeek / transformers), f32 path;
+    - OCP MXFP4 (E2M1, E8M0 scale per 32), f32 path.
     """
     if c.type in ("nf4", "fp4"):
-        return c.storage == "bnb4" and c.group == 64 and c.act in ("f32", "bf16", "i8")
+        return c.storage == "bnb4" and c.bits == 4 and c.group == 64 and c.act in ("f32", "bf16", "i8")
     if c.type == "int_sym":
         return (c.storage == "qforge" and c.bits == 4 and not c.double_quant and c.group in (32, 128)
                 and c.act in ("f32", "i8"))
+    if c.type == "fp8_e4m3":
+        return c.storage == "fp8_block" and c.bits == 8 and c.group == 128 and not c.double_quant and c.act == "f32"
+    if c.type == "e2m1":
+        return c.storage == "mx" and c.bits == 4 and c.group == 32 and not c.double_quant and c.act == "f32"
     return False
 
 

@@ -524,3 +524,34 @@ TEST_CASE("pack_weights refuses GPTQ checkpoints the qforge layout cannot hold")
                                                  std::span<const float>(w), 32, 64)),
                       Catch::Contains("need a bnb kernel config"));
 }
+
+TEST_CASE("fp8 and mx dequantize decode every code and scale as the reference, NaN and subnormals included") {
+    if (!isa_under_test_runs()) return;
+    // every E4M3 code, both signs, in two column tiles with different scales
+    ref::fp8_tensor f;
+    f.rows = 2;
+    f.cols = 256;
+    for (int i = 0; i < 512; ++i) f.codes.push_back(static_cast<std::uint8_t>(i));
+    f.scale_inv = {0.75f, 3.0e-3f};
+    // every E2M1 code under the E8M0 scales 2^-127 (subnormal), 2^-126, 1, 2^73, 2^127 (6 * 2^127
+    // overflows) and NaN
+    ref::mx_tensor x;
+    x.rows = 6;
+    x.cols = 32;
+    for (int r = 0; r < 6; ++r)
+        for (int j = 0; j < 16; ++j) x.blocks.push_back(static_cast<std::uint8_t>(((2 * j) % 16) | (((2 * j + 1) % 16) << 4)));
+    x.scales = {0, 1, 127, 200, 254, 255};
+    for (const auto& [cfg, q] : {std::pair{configs::fp8_block128, ref::quantized(f)}, std::pair{configs::mxfp4, ref::quantized(x)}}) {
+        const std::vector<float> expected = ref::dequantize(q);
+        const packed_weights p = pack_weights(cfg, q);
+        for (isa i : all_isas) {
+            const kernel* k = registry::global().find(cfg, op::dequantize, i);
+            if (!cpu_supports(i) || k == nullptr) continue;
+            INFO(k->full_name());
+            std::vector<float> out(expected.size(), sentinel);
+            k->dequantize(p.view(), 0, p.rows, out.data());
+            CHECK(std::memcmp(out.data(), expected.data(), out.size() * sizeof(float)) == 0);
+        }
+    }
+    CHECK(std::isnan(ref::dequantize(ref::quantized(f))[0x7F]));  // the NaN codes are really tested
+}

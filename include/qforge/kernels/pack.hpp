@@ -3,6 +3,9 @@
 //   bnb4_tensor -> layout::bnb4    the bitsandbytes bytes as they are (no repacking needed)
 //   gptq_tensor -> layout::qforge  4-bit symmetric GPTQ (v1 or v2) repacked once: rows along K,
 //                                  16-byte spans of 32 elements, f16 scales per (row, group)
+//   fp8_tensor  -> layout::fp8_block   E4M3 codes and f32 scale_inv as they are (K whole tiles)
+//   mx_tensor   -> layout::mx          MXFP4 blocks with the nibbles of each byte swapped
+//                                      (element 2i high, as bnb4), E8M0 scale bytes as they are
 //
 // The kernel config names the compute path (act); the rest must describe the tensor.
 #pragma once
@@ -108,6 +111,36 @@ inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_ten
     return p;
 }
 
+inline packed_weights pack_fp8(const config& cfg, const ref::fp8_tensor& t, std::string_view tensor) {
+    if (t.type != cfg.type || t.tile_rows != cfg.group || t.tile_cols != cfg.group)
+        pack_error(tensor, "FP8 " + std::string(to_string(t.type)) + " with tile " + std::to_string(t.tile_rows) + "x" +
+                               std::to_string(t.tile_cols) + " does not match the kernel config " + canonical_name(cfg));
+    if (t.cols % cfg.group != 0)
+        pack_error(tensor, "K = " + std::to_string(t.cols) + " is not a multiple of the tile " +
+                               std::to_string(cfg.group) + ": the fp8 kernels need whole tiles along K");
+    packed_weights p;
+    p.cfg = cfg;
+    p.rows = t.rows;
+    p.cols = t.cols;
+    p.codes = t.codes;
+    append_bytes(p.scales, t.scale_inv);
+    return p;
+}
+
+inline packed_weights pack_mx(const config& cfg, const ref::mx_tensor& t, std::string_view tensor) {
+    if (cfg.type != dtype::e2m1 || cfg.bits != 4 || cfg.group != 32)
+        pack_error(tensor, "MXFP4 weights (E2M1, blocks of 32) do not match the kernel config " + canonical_name(cfg));
+    packed_weights p;
+    p.cfg = cfg;
+    p.rows = t.rows;
+    p.cols = t.cols;
+    p.codes.resize(t.blocks.size());
+    for (std::size_t i = 0; i < t.blocks.size(); ++i)
+        p.codes[i] = static_cast<std::uint8_t>((t.blocks[i] << 4) | (t.blocks[i] >> 4));
+    p.scales = t.scales;
+    return p;
+}
+
 }  // namespace detail
 
 inline packed_weights pack_weights(const config& kernel_cfg, const ref::quantized& q,
@@ -123,6 +156,16 @@ inline packed_weights pack_weights(const config& kernel_cfg, const ref::quantize
             detail::pack_error(tensor, "GPTQ weights are repacked into the qforge layout (storage qf), not for " +
                                            canonical_name(kernel_cfg));
         return detail::pack_gptq_to_qforge(kernel_cfg, *t, tensor);
+    }
+    if (const auto* t = std::get_if<ref::fp8_tensor>(&q)) {
+        if (kernel_cfg.storage != layout::fp8_block)
+            detail::pack_error(tensor, "FP8 weights need an fp8blk kernel config, not " + canonical_name(kernel_cfg));
+        return detail::pack_fp8(kernel_cfg, *t, tensor);
+    }
+    if (const auto* t = std::get_if<ref::mx_tensor>(&q)) {
+        if (kernel_cfg.storage != layout::mx)
+            detail::pack_error(tensor, "MXFP4 weights need an mx kernel config, not " + canonical_name(kernel_cfg));
+        return detail::pack_mx(kernel_cfg, *t, tensor);
     }
     detail::pack_error(tensor, "no kernel layout for this checkpoint format yet (kernel config " +
                                    canonical_name(kernel_cfg) + ")");

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <qforge/kernels/impl/f32.hpp>
+#include <qforge/kernels/impl/format_fp8.hpp>  // overloads: before the callers below
+#include <qforge/kernels/impl/format_mx.hpp>
 #include <qforge/kernels/impl/i8.hpp>
 #include <qforge/kernels/kernels.hpp>
 #include <qforge/registry.hpp>
