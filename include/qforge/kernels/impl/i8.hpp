@@ -163,6 +163,13 @@ void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x, 
         const std::int64_t c1 = s1 - c0 < steps_per_chunk ? s1 : c0 + steps_per_chunk;
         const int nb = static_cast<int>((c1 - c0) * bpw);
         for (int r = 0; r < NR; ++r) scales[r] = L::template row_scales<P, A>(w, n + r, c0 * bpw, nb, buf[r]);
+        if constexpr (MR == 1) {  // GEMV: weight scale x activation scale once per block, not per step
+            const float* xs = x[0].xs_block + c0 * bpw;
+            for (int r = 0; r < NR; ++r) {
+                for (int b = 0; b < nb; ++b) buf[r][b] = scales[r][b] * xs[b];
+                scales[r] = buf[r];
+            }
+        }
         for (std::int64_t step = c0; step < c1; ++step) {
             I dots[MR][NR];
             simd::unroll<MR>([&](auto i) {
@@ -203,8 +210,12 @@ void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x, 
             simd::unroll<NR>([&](auto r) {
                 const F ws = simd::expand_scales<bpw, A>(scales[r] + local);
                 simd::unroll<MR>([&](auto i) {
-                    const F xs = F::load_aligned(x[i].xs + step * S::lanes);
-                    acc[i][r] = simd::fma<A>(xsimd::to_float(dots[i][r]), ws * xs, acc[i][r]);
+                    if constexpr (MR == 1) {  // ws already holds the product
+                        acc[i][r] = simd::fma<A>(xsimd::to_float(dots[i][r]), ws, acc[i][r]);
+                    } else {
+                        const F xs = F::load_aligned(x[i].xs + step * S::lanes);
+                        acc[i][r] = simd::fma<A>(xsimd::to_float(dots[i][r]), ws * xs, acc[i][r]);
+                    }
                 });
             });
         }
