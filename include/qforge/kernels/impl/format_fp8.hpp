@@ -30,9 +30,15 @@ constexpr void check_kernel_policy() {
     static_assert(P::act == compute::f32, "qforge fp8 kernels: f32 compute path only");
 }
 
-// lanes E4M3 codes at p -> f32, exact; NaN codes come out as ±480.
+// decode_e4m3_scaled returns the values divided by this power of two (exactly): 2^8 through
+// F16C (AVX2, AVX-512), 2^120 through an f32 bit pattern (SSE).
 template <class A>
-inline simd::f32v<A> decode_e4m3(const std::uint8_t* p) {
+inline constexpr float e4m3_decode_factor =
+    std::is_base_of_v<xsimd::avx2, A> || std::is_base_of_v<xsimd::avx512f, A> ? 0x1p8f : 0x1p120f;
+
+// lanes E4M3 codes at p -> f32 / e4m3_decode_factor, exact; NaN codes come out as ±480.
+template <class A>
+inline simd::f32v<A> decode_e4m3_scaled(const std::uint8_t* p) {
     using F = simd::f32v<A>;
     // With F16C: the byte sign-extended to 16 bits and shifted left by 7 is, masked to the sign
     // and bits 7..13, the f16 of 2^-8 times the value; the f16 -> f32 conversion is exact and
@@ -42,14 +48,14 @@ inline simd::f32v<A> decode_e4m3(const std::uint8_t* p) {
     if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
         const __m256i s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
         const __m256i h = _mm256_and_si256(_mm256_slli_epi16(s16, 7), _mm256_set1_epi16(static_cast<short>(0xBF80)));
-        return F(_mm512_cvtph_ps(h)) * F(0x1p8f);
+        return F(_mm512_cvtph_ps(h));
     } else
 #endif
 #if XSIMD_WITH_AVX2
     if constexpr (std::is_base_of_v<xsimd::avx2, A>) {
         const __m128i s16 = _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
         const __m128i h = _mm_and_si128(_mm_slli_epi16(s16, 7), _mm_set1_epi16(static_cast<short>(0xBF80)));
-        return F(_mm256_cvtph_ps(h)) * F(0x1p8f);
+        return F(_mm256_cvtph_ps(h));
     } else
 #endif
     {
@@ -58,8 +64,14 @@ inline simd::f32v<A> decode_e4m3(const std::uint8_t* p) {
         using I = simd::i32v<A>;
         const I c = simd::load_u8_as_i32<A>(p);
         const I bits = (I(c << 24) >> 4) & I(static_cast<std::int32_t>(0x87F00000u));
-        return xsimd::bitwise_cast<F>(bits) * F(0x1p120f);
+        return xsimd::bitwise_cast<F>(bits);
     }
+}
+
+// lanes E4M3 codes at p -> f32, exact; NaN codes come out as ±480.
+template <class A>
+inline simd::f32v<A> decode_e4m3(const std::uint8_t* p) {
+    return decode_e4m3_scaled<A>(p) * simd::f32v<A>(e4m3_decode_factor<A>);
 }
 
 // As decode_e4m3, with 0x7F / 0xFF -> ±quiet NaN, bit-exact with qforge::e4m3_to_float.
@@ -105,6 +117,9 @@ void dequantize_blocks(const weights_view& w, const simd::table16<A>&, std::int6
 
 // y[n] = sum_t scale[n, t] * sum_{k in tile t} decode(code) x[k] (+ bias): one row at a time, so
 // W is read as one sequential stream (see gemv_rows in f32.hpp). Same error bound as f32.hpp.
+// With F16C the decode factor 2^8 moves into the tile scale: the same result (products with
+// values 2^8 smaller round alike unless they underflow), one multiply less per register. On SSE
+// values 2^120 smaller would underflow: there they are decoded in full.
 template <class P, class A>
     requires fp8_block_policy<P>
 void gemv_f32(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
@@ -112,6 +127,7 @@ void gemv_f32(const weights_view& w, const float* x, const float* bias, float* y
     constexpr int lanes = simd::lanes<A>;
     constexpr int regs = P::group / lanes;
     constexpr int chains = regs >= 4 ? 4 : regs;  // FMA latency
+    constexpr bool fold = e4m3_decode_factor<A> == 0x1p8f;
     const std::int64_t tiles = w.cols / P::group;
     for (std::int64_t n = n0; n < n1; ++n) {
         const std::uint8_t* codes = w.codes + n * w.cols;
@@ -123,12 +139,12 @@ void gemv_f32(const weights_view& w, const float* x, const float* bias, float* y
             const std::uint8_t* c = codes + t * P::group;
             const float* xt = x + t * P::group;
             simd::unroll<regs>([&](auto i) {
-                part[i % chains] = simd::fma<A>(decode_e4m3<A>(c + i * lanes), F::load_unaligned(xt + i * lanes),
-                                                part[i % chains]);
+                const F v = fold ? decode_e4m3_scaled<A>(c + i * lanes) : decode_e4m3<A>(c + i * lanes);
+                part[i % chains] = simd::fma<A>(v, F::load_unaligned(xt + i * lanes), part[i % chains]);
             });
             F sum = part[0];
             for (int k = 1; k < chains; ++k) sum = sum + part[k];
-            acc = simd::fma<A>(sum, F(scales[t]), acc);
+            acc = simd::fma<A>(sum, F(fold ? scales[t] * e4m3_decode_factor<A> : scales[t]), acc);
         }
         const float v = xsimd::hadd(acc);
         y[n] = bias ? v + bias[n] : v;
