@@ -27,7 +27,7 @@ def has_kernel(c: Config) -> bool:
     - symmetric int4 in qforge's repacked layout (GPTQ is repacked into it), groups 32 (the
       smallest K granularity) and 128 (the common one);
     - FineGrainedFP8 E4M3 with 128x128 tiles (DeepSeek / transformers), f32 path;
-    - OCP MXFP4 (E2M1, E8M0 scale per 32), f32 path.
+    - OCP MXFP4 (E2M1, E8M0 scale per 32), f32 and i8 paths (E2M1 levels times 2 are exact).
     """
     if c.type in ("nf4", "fp4"):
         return c.storage == "bnb4" and c.bits == 4 and c.group == 64 and c.act in ("f32", "bf16", "i8")
@@ -37,7 +37,7 @@ def has_kernel(c: Config) -> bool:
     if c.type == "fp8_e4m3":
         return c.storage == "fp8_block" and c.bits == 8 and c.group == 128 and not c.double_quant and c.act == "f32"
     if c.type == "e2m1":
-        return c.storage == "mx" and c.bits == 4 and c.group == 32 and not c.double_quant and c.act == "f32"
+        return c.storage == "mx" and c.bits == 4 and c.group == 32 and not c.double_quant and c.act in ("f32", "i8")
     return False
 
 

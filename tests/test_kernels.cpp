@@ -160,6 +160,8 @@ float block_scale(const case_data& d, const config& cfg, std::int64_t n, std::in
                               t->nested_absmax[static_cast<std::size_t>(flat / nested_blocksize)];
         return product + t->nested_offset;
     }
+    if (const auto* t = std::get_if<ref::mx_tensor>(&d.q))
+        return e8m0_to_float(t->scales[static_cast<std::size_t>(n * blocks_per_row + b)]);
     const auto& g = std::get<ref::gptq_tensor>(d.q);
     return to_float(g.scales[static_cast<std::size_t>(b * g.rows + n)]);
 }
@@ -170,6 +172,11 @@ std::uint8_t code_of(const case_data& d, std::int64_t n, std::int64_t k) {
         const std::uint8_t byte = t->packed[static_cast<std::size_t>(flat / 2)];
         return flat % 2 == 0 ? static_cast<std::uint8_t>(byte >> 4) : static_cast<std::uint8_t>(byte & 0xF);
     }
+    if (const auto* t = std::get_if<ref::mx_tensor>(&d.q)) {  // element 2i in the low nibble
+        const std::int64_t flat = n * t->cols + k;
+        const std::uint8_t byte = t->blocks[static_cast<std::size_t>(flat / 2)];
+        return flat % 2 == 0 ? static_cast<std::uint8_t>(byte & 0xF) : static_cast<std::uint8_t>(byte >> 4);
+    }
     const auto& g = std::get<ref::gptq_tensor>(d.q);
     std::uint32_t words[4];
     for (int i = 0; i < 4; ++i)
@@ -178,12 +185,14 @@ std::uint8_t code_of(const case_data& d, std::int64_t n, std::int64_t k) {
 }
 
 // The i8 path's weight approximation: value(c) ~ level(c) / i8_scale (kernels/impl/format.hpp).
-double i8_scale(dtype t) { return t == dtype::nf4 ? 127.0 : t == dtype::fp4 ? 120.0 : 1.0; }
+double i8_scale(dtype t) { return t == dtype::nf4 ? 127.0 : t == dtype::fp4 ? 120.0 : t == dtype::e2m1 ? 2.0 : 1.0; }
 
 std::array<double, 16> code_values(const config& cfg, const case_data& d) {
     std::array<double, 16> v{};
     for (int c = 0; c < 16; ++c)
-        v[c] = cfg.type == dtype::int_sym ? c - 8 : static_cast<double>(d.packed.code_table[static_cast<std::size_t>(c)]);
+        v[c] = cfg.type == dtype::int_sym ? c - 8
+               : cfg.type == dtype::e2m1  ? e2m1_table[static_cast<std::size_t>(c)]
+                                          : static_cast<double>(d.packed.code_table[static_cast<std::size_t>(c)]);
     return v;
 }
 
