@@ -16,9 +16,9 @@
 #include <qforge/kernels/pack.hpp>
 #include <qforge/parallel.hpp>
 #include <qforge/registry.hpp>
+#include <qforge/speed.hpp>
 
 #include <benchmark/benchmark.h>
-#include <immintrin.h>
 
 #include <chrono>
 #include <cstdint>
@@ -33,7 +33,6 @@ using namespace qforge;
 
 namespace {
 
-constexpr std::size_t mib = std::size_t{1} << 20;
 constexpr std::size_t cold_bytes = 256 * mib;
 constexpr std::size_t membw_bytes = 512 * mib;
 
@@ -137,34 +136,6 @@ void set_wall_clock_rates(benchmark::State& state, double bytes_per_second, doub
 
 // ---- membw/read ---------------------------------------------------------------------------
 
-__attribute__((target("avx512f"))) std::uint64_t read_avx512(const std::uint8_t* p, std::size_t bytes) {
-    __m512i a = _mm512_setzero_si512(), b = a, c = a, d = a;
-    for (std::size_t i = 0; i < bytes; i += 256) {
-        a = _mm512_add_epi64(a, _mm512_load_si512(p + i));
-        b = _mm512_add_epi64(b, _mm512_load_si512(p + i + 64));
-        c = _mm512_add_epi64(c, _mm512_load_si512(p + i + 128));
-        d = _mm512_add_epi64(d, _mm512_load_si512(p + i + 192));
-    }
-    alignas(64) std::uint64_t lanes[8];
-    _mm512_store_si512(lanes, _mm512_add_epi64(_mm512_add_epi64(a, b), _mm512_add_epi64(c, d)));
-    std::uint64_t sum = 0;
-    for (std::uint64_t l : lanes) sum += l;
-    return sum;
-}
-
-__attribute__((target("avx2"))) std::uint64_t read_avx2(const std::uint8_t* p, std::size_t bytes) {
-    __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
-    for (std::size_t i = 0; i < bytes; i += 128) {
-        a = _mm256_add_epi64(a, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i)));
-        b = _mm256_add_epi64(b, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 32)));
-        c = _mm256_add_epi64(c, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 64)));
-        d = _mm256_add_epi64(d, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 96)));
-    }
-    alignas(32) std::uint64_t lanes[4];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), _mm256_add_epi64(_mm256_add_epi64(a, b), _mm256_add_epi64(c, d)));
-    return lanes[0] + lanes[1] + lanes[2] + lanes[3];
-}
-
 struct aligned_free {
     void operator()(std::uint8_t* p) const { ::operator delete(p, std::align_val_t{64}); }
 };
@@ -173,14 +144,13 @@ void membw_read(benchmark::State& state, int threads) {
     std::unique_ptr<std::uint8_t, aligned_free> buf(static_cast<std::uint8_t*>(::operator new(membw_bytes, std::align_val_t{64})));
     std::memset(buf.get(), 1, membw_bytes);  // touch every page
     thread_pool pool(threads);
-    const bool wide = cpu().avx512bw;
     const std::size_t per_thread = membw_bytes / static_cast<std::size_t>(threads);
     std::vector<std::uint64_t> sink(static_cast<std::size_t>(threads));
     const auto start = std::chrono::steady_clock::now();
     for (auto _ : state) {
         pool.run([&](int t) {
             const std::uint8_t* p = buf.get() + static_cast<std::size_t>(t) * per_thread;
-            sink[static_cast<std::size_t>(t)] = wide ? read_avx512(p, per_thread) : read_avx2(p, per_thread);
+            sink[static_cast<std::size_t>(t)] = read_pass(p, per_thread);
         });
         benchmark::DoNotOptimize(sink.data());
     }

@@ -6,10 +6,15 @@
 #include <qforge/registry.hpp>
 
 #include <cstddef>
+#include <cstdint>
 
 namespace qforge {
 
 inline constexpr std::size_t mib = std::size_t{1} << 20;
+
+// One pass over a 64-byte aligned buffer (bytes a multiple of 256) with the widest loads this CPU
+// has, summing its 64-bit words: the read-bandwidth yardstick of sweep and the benchmarks.
+std::uint64_t read_pass(const std::uint8_t* p, std::size_t bytes);
 
 // Reads a 64-byte aligned buffer of `bytes` (split over the threads of `pool_threads`) with the
 // widest loads this CPU has; returns the median bytes/s of `passes` passes.
