@@ -546,34 +546,6 @@ void export_mx(exporter& e, const quantized_weight& q, const ref::mx_tensor& t) 
     e.add(q.name + std::string(mx_scales), sdt::U8, std::move(scales_shape), t.scales);
 }
 
-// ---- GPTQ lines ------------------------------------------------------------------------------
-//
-// A line of codes (a qweight column along K, a qzeros row along N) is a sequence of 32-code runs
-// of `bits` words each; word j of the line is words[first + j * stride].
-
-std::vector<std::uint8_t> unpack_gptq_line(int bits, std::span<const std::int32_t> words, std::size_t first,
-                                           std::size_t stride, std::size_t count) {
-    std::vector<std::uint8_t> codes(count);
-    std::array<std::uint32_t, 8> run{};
-    const auto b = static_cast<std::size_t>(bits);
-    for (std::size_t r = 0; r < count / gptq_run_codes; ++r) {
-        for (std::size_t w = 0; w < b; ++w) run[w] = static_cast<std::uint32_t>(words[first + (r * b + w) * stride]);
-        unpack_gptq_run(bits, std::span<const std::uint32_t>(run).first(b),
-                        std::span(codes).subspan(r * gptq_run_codes).first<gptq_run_codes>());
-    }
-    return codes;
-}
-
-void pack_gptq_line(int bits, std::span<const std::uint8_t> codes, std::span<std::int32_t> words, std::size_t first,
-                    std::size_t stride) {
-    std::array<std::uint32_t, 8> run{};
-    const auto b = static_cast<std::size_t>(bits);
-    for (std::size_t r = 0; r < codes.size() / gptq_run_codes; ++r) {
-        pack_gptq_run(bits, codes.subspan(r * gptq_run_codes).first<gptq_run_codes>(), std::span(run).first(b));
-        for (std::size_t w = 0; w < b; ++w) words[first + (r * b + w) * stride] = static_cast<std::int32_t>(run[w]);
-    }
-}
-
 }  // namespace
 
 // ---- tensor_set ------------------------------------------------------------------------------
@@ -836,7 +808,8 @@ ref::gptq_tensor convert_gptq(const ref::gptq_tensor& t, bool to_v2) {
     const auto n = static_cast<std::size_t>(t.rows);
     const std::size_t words = n * static_cast<std::size_t>(t.bits) / 32;
     for (std::size_t first = 0; first < t.qzeros.size(); first += words) {
-        std::vector<std::uint8_t> fields = unpack_gptq_line(t.bits, t.qzeros, first, 1, n);
+        std::vector<std::uint8_t> fields(n);
+        unpack_gptq_line(t.bits, t.qzeros, first, 1, fields);
         for (std::uint8_t& f : fields)
             f = static_cast<std::uint8_t>(gptq_zero_field(t.bits, gptq_zero_from_field(t.bits, f, t.v2), to_v2));
         pack_gptq_line(t.bits, fields, out.qzeros, first, 1);

@@ -306,18 +306,6 @@ void mirror_lower(Eigen::Map<matd_rm>& m) {
                 for (std::int64_t j = std::max(j0, i + 1); j < std::min(j0 + tile, k); ++j) m(i, j) = m(j, i);
 }
 
-// Packs a line of codes (a multiple of 32 long) run by run; word j of the line goes to
-// words[first + j * stride] (qweight: one output row, stride N; qzeros: one group, stride 1).
-void pack_line(int bits, std::span<const std::uint8_t> codes, std::span<std::int32_t> words, std::size_t first,
-               std::size_t stride) {
-    std::array<std::uint32_t, 8> run{};
-    const auto b = static_cast<std::size_t>(bits);
-    for (std::size_t r = 0; r < codes.size() / gptq_run_codes; ++r) {
-        pack_gptq_run(bits, codes.subspan(r * gptq_run_codes).first<gptq_run_codes>(), std::span(run).first(b));
-        for (std::size_t w = 0; w < b; ++w) words[first + (r * b + w) * stride] = static_cast<std::int32_t>(run[w]);
-    }
-}
-
 }  // namespace
 
 // ---- hessian ---------------------------------------------------------------------------------
@@ -544,13 +532,13 @@ ref::gptq_tensor to_gptq_tensor(const result& r, bool v2) {
     t.v2 = v2;
     t.sym = r.sym;
     t.qweight.assign(k * b / 32 * n, 0);
-    for (std::size_t row = 0; row < n; ++row) pack_line(r.bits, std::span(r.codes).subspan(row * k, k), t.qweight, row, n);
+    for (std::size_t row = 0; row < n; ++row) pack_gptq_line(r.bits, std::span(r.codes).subspan(row * k, k), t.qweight, row, n);
     std::vector<std::uint8_t> fields(n);
     t.qzeros.assign(groups * (n * b / 32), 0);
     for (std::size_t g = 0; g < groups; ++g) {
         for (std::size_t row = 0; row < n; ++row)
             fields[row] = static_cast<std::uint8_t>(gptq_zero_field(r.bits, r.zeros[g * n + row], v2));
-        pack_line(r.bits, fields, t.qzeros, g * (n * b / 32), 1);
+        pack_gptq_line(r.bits, fields, t.qzeros, g * (n * b / 32), 1);
     }
     t.scales.resize(r.scales.size());
     std::transform(r.scales.begin(), r.scales.end(), t.scales.begin(), [](float s) { return to_f16(s); });

@@ -54,32 +54,6 @@ gptq_params find_params(std::span<const float> x, int bits, bool sym) {
     return {scale, zero};
 }
 
-// A line of codes (length a multiple of 32) is a sequence of runs; word j of the line lives at
-// words[first + j * stride] (qweight: one column, stride N; qzeros: one row, stride 1).
-void pack_line(int bits, std::span<const std::uint8_t> codes, std::span<std::int32_t> words, size_t first,
-               size_t stride) {
-    std::array<std::uint32_t, 8> run_words{};
-    for (size_t r = 0; r < codes.size() / gptq_run_codes; ++r) {
-        pack_gptq_run(bits, codes.subspan(r * gptq_run_codes).first<gptq_run_codes>(),
-                      std::span(run_words).first(static_cast<size_t>(bits)));
-        for (int w = 0; w < bits; ++w)
-            words[first + (r * static_cast<size_t>(bits) + static_cast<size_t>(w)) * stride] =
-                static_cast<std::int32_t>(run_words[static_cast<size_t>(w)]);
-    }
-}
-
-void unpack_line(int bits, std::span<const std::int32_t> words, size_t first, size_t stride,
-                 std::span<std::uint8_t> codes) {
-    std::array<std::uint32_t, 8> run_words{};
-    for (size_t r = 0; r < codes.size() / gptq_run_codes; ++r) {
-        for (int w = 0; w < bits; ++w)
-            run_words[static_cast<size_t>(w)] = static_cast<std::uint32_t>(
-                words[first + (r * static_cast<size_t>(bits) + static_cast<size_t>(w)) * stride]);
-        unpack_gptq_run(bits, std::span<const std::uint32_t>(run_words).first(static_cast<size_t>(bits)),
-                        codes.subspan(r * gptq_run_codes).first<gptq_run_codes>());
-    }
-}
-
 void check_gptq_shape(int bits, std::int64_t rows, std::int64_t cols, std::int64_t group) {
     if (!gptq_bits_supported(bits)) fail("GPTQ: bits " + std::to_string(bits) + " is not 2, 3, 4 or 8");
     if (rows % 32 != 0 || cols % 32 != 0)
@@ -135,11 +109,11 @@ gptq_tensor quantize_gptq(const config& cfg, std::span<const float> w, std::int6
 
     q.qweight.assign(k_cols * b / 32 * n_rows, 0);
     for (size_t n = 0; n < n_rows; ++n)
-        pack_line(bits, std::span(codes).subspan(n * k_cols, k_cols), q.qweight, n, n_rows);
+        pack_gptq_line(bits, std::span(codes).subspan(n * k_cols, k_cols), q.qweight, n, n_rows);
     const size_t zero_words = n_rows * b / 32;
     q.qzeros.assign(groups * zero_words, 0);
     for (size_t g = 0; g < groups; ++g)
-        pack_line(bits, std::span(zero_fields).subspan(g * n_rows, n_rows), q.qzeros, g * zero_words, 1);
+        pack_gptq_line(bits, std::span(zero_fields).subspan(g * n_rows, n_rows), q.qzeros, g * zero_words, 1);
     q.g_idx.resize(k_cols);
     for (size_t k = 0; k < k_cols; ++k) q.g_idx[k] = static_cast<std::int32_t>(k / g_size);
     return q;
@@ -163,13 +137,13 @@ std::vector<float> dequantize_gptq(const gptq_tensor& q) {
     std::vector<int> zeros(groups * n_rows);  // [G, N], decoded z
     std::vector<std::uint8_t> fields(n_rows);
     for (size_t g = 0; g < groups; ++g) {
-        unpack_line(bits, q.qzeros, g * zero_words, 1, fields);
+        unpack_gptq_line(bits, q.qzeros, g * zero_words, 1, fields);
         for (size_t n = 0; n < n_rows; ++n) zeros[g * n_rows + n] = gptq_zero_from_field(bits, fields[n], q.v2);
     }
     std::vector<float> out(n_rows * k_cols);
     std::vector<std::uint8_t> column(k_cols);
     for (size_t n = 0; n < n_rows; ++n) {
-        unpack_line(bits, q.qweight, n, n_rows, column);
+        unpack_gptq_line(bits, q.qweight, n, n_rows, column);
         for (size_t k = 0; k < k_cols; ++k) {
             const size_t gn = static_cast<size_t>(q.g_idx[k]) * n_rows + n;
             out[n * k_cols + k] = to_float(q.scales[gn]) * static_cast<float>(int{column[k]} - zeros[gn]);

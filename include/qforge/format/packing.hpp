@@ -52,6 +52,29 @@ constexpr void unpack_gptq_run(int bits, std::span<const std::uint32_t> words,
     for (int i = 0; i < gptq_run_codes; ++i) codes[i] = static_cast<std::uint8_t>(gptq_code(bits, words, i));
 }
 
+// A line of codes (a qweight column along K, a qzeros row along N; its length a multiple of 32)
+// is a sequence of runs of `bits` words each; word j of the line is words[first + j * stride].
+inline void pack_gptq_line(int bits, std::span<const std::uint8_t> codes, std::span<std::int32_t> words,
+                           std::size_t first, std::size_t stride) {
+    std::array<std::uint32_t, 8> run{};
+    const auto b = static_cast<std::size_t>(bits);
+    for (std::size_t r = 0; r < codes.size() / gptq_run_codes; ++r) {
+        pack_gptq_run(bits, codes.subspan(r * gptq_run_codes).first<gptq_run_codes>(), std::span(run).first(b));
+        for (std::size_t w = 0; w < b; ++w) words[first + (r * b + w) * stride] = static_cast<std::int32_t>(run[w]);
+    }
+}
+
+inline void unpack_gptq_line(int bits, std::span<const std::int32_t> words, std::size_t first, std::size_t stride,
+                             std::span<std::uint8_t> codes) {
+    std::array<std::uint32_t, 8> run{};
+    const auto b = static_cast<std::size_t>(bits);
+    for (std::size_t r = 0; r < codes.size() / gptq_run_codes; ++r) {
+        for (std::size_t w = 0; w < b; ++w) run[w] = static_cast<std::uint32_t>(words[first + (r * b + w) * stride]);
+        unpack_gptq_run(bits, std::span<const std::uint32_t>(run).first(b),
+                        codes.subspan(r * gptq_run_codes).first<gptq_run_codes>());
+    }
+}
+
 // Zero points: v1 ("gptq") stores z - 1, v2 ("gptq_v2") stores z. qforge rule: the v1 field is
 // (z - 1) mod 2^b, so z = 0 gives an all-ones field instead of a borrow into the next field, and
 // it reads back as (field + 1) mod 2^b.
