@@ -6,6 +6,7 @@
 #include <qforge/config/name.hpp>
 
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -81,6 +82,29 @@ struct counts {
     std::size_t copied() const { return total - replaced - dropped; }
 };
 
+// The rewrite of dequantize and convert: each quantized weight of `model` is imported and handed
+// to `emit`; its checkpoint tensors are dropped; every other tensor is copied.
+using weight_emitter =
+    std::function<void(const checkpoint::quantized_weight&, const safetensors::tensor_view&, shard_output&)>;
+tensor_rewrite rewrite_quantized(const input_model& in, const detected_model& model, const config& cfg, counts& n,
+                                 weight_emitter emit) {
+    tensor_rewrite rewrite;
+    rewrite.dropped = model.keys;
+    rewrite.replace = [&in, &model, cfg, &n, emit = std::move(emit)](const safetensors::tensor_view& v,
+                                                                     shard_output& out) {
+        ++n.total;
+        const auto it = model.by_anchor.find(v.name);
+        if (it == model.by_anchor.end()) {
+            if (model.keys.contains(v.name)) ++n.dropped;
+            return false;
+        }
+        emit(checkpoint::import_weight(in.tensors, it->second, {cfg}), v, out);
+        ++n.replaced;
+        return true;
+    };
+    return rewrite;
+}
+
 struct common_options {
     std::string config, in, out, config_out;
 };
@@ -144,24 +168,13 @@ void add_dequantize(CLI::App& app) {
         const detected_model model = detect_quantized(in);
         const std::optional<sdt> forced = parse_out_dtype(opt->dtype);
         counts n;
-        tensor_rewrite rewrite;
-        rewrite.dropped = model.keys;
-        rewrite.replace = [&](const safetensors::tensor_view& v, shard_output& out) {
-            ++n.total;
-            const auto it = model.by_anchor.find(v.name);
-            if (it == model.by_anchor.end()) {
-                if (model.keys.contains(v.name)) ++n.dropped;
-                return false;
-            }
-            const checkpoint::quantized_weight q = checkpoint::import_weight(in.tensors, it->second, {cfg.cfg});
+        const tensor_rewrite rewrite = rewrite_quantized(in, model, cfg.cfg, n, [&](const auto& q, const auto& v, auto& out) {
             if (!ends_with(q.name, ".weight"))
                 throw io_error("weight '" + q.name + "': a gpt-oss expert tensor (" + std::string(v.name) +
                                "); transformers transposes those when it dequantizes, which qforge does not do");
             const sdt type = forced.value_or(q.original_dtype.value_or(sdt::BF16));
             out.writer.add_owned(q.name, type, q.shape, checkpoint::dequantize_weight(q, type));
-            ++n.replaced;
-            return true;
-        };
+        });
         output_files files;
         rewrite_model(in, opt->out, "dequantize", rewrite, files);
         files.commit();
@@ -187,20 +200,9 @@ void add_convert(CLI::App& app) {
         const input_model in = open_model(opt->in);
         const detected_model model = detect_quantized(in);
         counts n;
-        tensor_rewrite rewrite;
-        rewrite.dropped = model.keys;
-        rewrite.replace = [&](const safetensors::tensor_view& v, shard_output& out) {
-            ++n.total;
-            const auto it = model.by_anchor.find(v.name);
-            if (it == model.by_anchor.end()) {
-                if (model.keys.contains(v.name)) ++n.dropped;
-                return false;
-            }
-            const checkpoint::quantized_weight q = checkpoint::import_weight(in.tensors, it->second, {cfg.cfg});
+        const tensor_rewrite rewrite = rewrite_quantized(in, model, cfg.cfg, n, [&](const auto& q, const auto&, auto& out) {
             checkpoint::export_weight(out.writer, out.keep.emplace_back(checkpoint::convert(q, target)));
-            ++n.replaced;
-            return true;
-        };
+        });
         output_files files;
         rewrite_model(in, opt->out, "convert", rewrite, files);
         if (!opt->config_out.empty()) {
