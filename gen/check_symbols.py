@@ -18,6 +18,7 @@ ARCH_TAG = {
     "avx2": "xsimd::fma3<xsimd::avx2>",
     "avx512": "xsimd::avx512bw",
     "avx512_vnni": "qforge::avx512vnni",
+    "avx512_bf16": "qforge::avx512bf16",
 }
 
 

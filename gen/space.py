@@ -41,6 +41,13 @@ def has_kernel(c: Config) -> bool:
     return False
 
 
+def compiled_for(c: Config, isa: str) -> bool:
+    """Whether the kernels of c are compiled for an ISA (kernels::compiled_for in C++ says the same):
+    avx512_bf16 adds only the bf16 compute path (vdpbf16ps); any other path would be the
+    avx512_vnni code again, which is what runs for it on a BF16 CPU."""
+    return isa != "avx512_bf16" or c.act == "bf16"
+
+
 def kernel_configs() -> list[Config]:
     """Every config with kernels, in a stable order (the product's order)."""
     product = itertools.product(*AXES.values())

@@ -55,9 +55,11 @@ isa choose_active() {
     const char* forced = std::getenv("QFORGE_ISA");
     if (forced == nullptr || *forced == '\0') return best_supported_isa();
     const auto wanted = isa_from_string(forced);
-    if (!wanted)
-        throw std::runtime_error(std::string("QFORGE_ISA='") + forced +
-                                 "' is not one of sse4_2, avx2, avx512, avx512_vnni");
+    if (!wanted) {
+        std::string known;
+        for (isa i : all_isas) known += (known.empty() ? "" : ", ") + std::string(to_string(i));
+        throw std::runtime_error(std::string("QFORGE_ISA='") + forced + "' is not one of " + known);
+    }
     if (!cpu_supports(*wanted))
         throw std::runtime_error(std::string("QFORGE_ISA='") + forced + "' is not supported by this CPU (best: " +
                                  std::string(to_string(best_supported_isa())) + ")");
@@ -78,6 +80,7 @@ bool cpu_supports(isa i) {
         case isa::avx2: return f.avx2_fma;
         case isa::avx512: return f.avx512bw;
         case isa::avx512_vnni: return f.avx512_vnni;
+        case isa::avx512_bf16: return f.avx512_vnni && f.avx512_bf16;
     }
     return false;
 }

@@ -1,7 +1,7 @@
 // Instruction sets qforge has kernels for, what this CPU supports, and which one is active.
 //
 // The active ISA is the best one this CPU (and OS) supports, unless the environment variable
-// QFORGE_ISA=sse4_2|avx2|avx512|avx512_vnni forces one; forcing an ISA the CPU lacks is an error.
+// QFORGE_ISA=sse4_2|avx2|avx512|avx512_vnni|avx512_bf16 forces one; forcing an ISA the CPU lacks is an error.
 #pragma once
 
 #include <array>
@@ -17,9 +17,10 @@ enum class isa : std::uint8_t {
     avx2,         // AVX2 + FMA3 + F16C
     avx512,       // AVX-512 F/BW/DQ/VL
     avx512_vnni,  // AVX-512 as above + VNNI (vpdpbusd)
+    avx512_bf16,  // AVX-512 + VNNI + BF16 (vdpbf16ps): only the bf16 compute path has kernels here
 };
 
-inline constexpr std::array all_isas{isa::sse4_2, isa::avx2, isa::avx512, isa::avx512_vnni};
+inline constexpr std::array all_isas{isa::sse4_2, isa::avx2, isa::avx512, isa::avx512_vnni, isa::avx512_bf16};
 
 constexpr std::string_view to_string(isa i) {
     switch (i) {
@@ -27,6 +28,7 @@ constexpr std::string_view to_string(isa i) {
         case isa::avx2: return "avx2";
         case isa::avx512: return "avx512";
         case isa::avx512_vnni: return "avx512_vnni";
+        case isa::avx512_bf16: return "avx512_bf16";
     }
     return "?";
 }
@@ -38,7 +40,7 @@ constexpr std::optional<isa> isa_from_string(std::string_view s) {
 }
 
 // What the CPU and the OS (saved register state) support, detected once with cpuid / xgetbv.
-// BF16 is detected separately: no ISA level requires it.
+// BF16 is detected separately from VNNI (Ice Lake has VNNI without BF16).
 struct cpu_features {
     bool sse4_2 = false;
     bool avx2_fma = false;     // AVX2, FMA3, F16C, OS saves ymm

@@ -41,6 +41,8 @@ void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bi
     extern template void gemm<P, A>(const weights_view&, const float*, std::int64_t, const float*, float*, \
                                     std::int64_t, std::int64_t);
 
+// (avx512_bf16 is declared for every kernel but instantiated only where compiled_for() says so;
+// the dispatch below never names the others.)
 #define QFORGE_KERNEL(name, family, type, bits, group, dq, storage, act)                                 \
     QFORGE_EXTERN_KERNELS_FOR(policy<QFORGE_KERNEL_CONFIG(type, bits, group, dq, storage, act)>,          \
                               arch_t<isa::sse4_2>)                                                        \
@@ -49,10 +51,20 @@ void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bi
     QFORGE_EXTERN_KERNELS_FOR(policy<QFORGE_KERNEL_CONFIG(type, bits, group, dq, storage, act)>,          \
                               arch_t<isa::avx512>)                                                        \
     QFORGE_EXTERN_KERNELS_FOR(policy<QFORGE_KERNEL_CONFIG(type, bits, group, dq, storage, act)>,          \
-                              arch_t<isa::avx512_vnni>)
+                              arch_t<isa::avx512_vnni>)                                                   \
+    QFORGE_EXTERN_KERNELS_FOR(policy<QFORGE_KERNEL_CONFIG(type, bits, group, dq, storage, act)>,          \
+                              arch_t<isa::avx512_bf16>)
 #include <qforge_kernel_list.inc>
 #undef QFORGE_KERNEL
 #undef QFORGE_EXTERN_KERNELS_FOR
+
+// Whether the kernels of config c are compiled for ISA i (the same rule as gen/space.py's
+// compiled_for): avx512_bf16 adds only the bf16 compute path (vdpbf16ps); every other path would
+// be the avx512_vnni code again, so on a BF16 CPU those run their avx512_vnni kernels.
+constexpr bool compiled_for(const config& c, isa i) { return i != isa::avx512_bf16 || c.act == compute::bf16; }
+
+// The ISA whose kernel of config c runs when ISA i is active.
+constexpr isa kernel_isa(const config& c, isa i) { return compiled_for(c, i) ? i : isa::avx512_vnni; }
 
 struct generated_kernel {
     config cfg;
@@ -92,6 +104,20 @@ void check_gemm_rows(std::int64_t m);
 void check_pointer(const void* p, const char* what);
 }  // namespace detail
 
+// Calls f(A{}) with the xsimd arch tag of the kernels of policy P for the active ISA.
+template <class P, class F>
+void with_active_arch(F&& f) {
+    switch (kernels::kernel_isa(P::cfg, active_isa())) {
+        case isa::sse4_2: return f(kernels::arch_t<isa::sse4_2>{});
+        case isa::avx2: return f(kernels::arch_t<isa::avx2>{});
+        case isa::avx512: return f(kernels::arch_t<isa::avx512>{});
+        case isa::avx512_vnni: return f(kernels::arch_t<isa::avx512_vnni>{});
+        case isa::avx512_bf16:
+            if constexpr (kernels::compiled_for(P::cfg, isa::avx512_bf16)) return f(kernels::arch_t<isa::avx512_bf16>{});
+            else return;  // unreachable: kernel_isa() maps it to avx512_vnni
+    }
+}
+
 // Run the kernel of policy P for the active ISA (see isa.hpp), without the registry.
 template <class P>
 void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) {
@@ -99,12 +125,7 @@ void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, float* 
     detail::check_weights(P::cfg, w);
     detail::check_rows(w, n0, n1);
     detail::check_pointer(out, "output");
-    switch (active_isa()) {
-        case isa::sse4_2: return kernels::dequantize<P, kernels::arch_t<isa::sse4_2>>(w, n0, n1, out);
-        case isa::avx2: return kernels::dequantize<P, kernels::arch_t<isa::avx2>>(w, n0, n1, out);
-        case isa::avx512: return kernels::dequantize<P, kernels::arch_t<isa::avx512>>(w, n0, n1, out);
-        case isa::avx512_vnni: return kernels::dequantize<P, kernels::arch_t<isa::avx512_vnni>>(w, n0, n1, out);
-    }
+    with_active_arch<P>([&](auto a) { kernels::dequantize<P, decltype(a)>(w, n0, n1, out); });
 }
 
 template <class P>
@@ -114,12 +135,7 @@ void gemv(const weights_view& w, const float* x, const float* bias, float* y, st
     detail::check_rows(w, n0, n1);
     detail::check_pointer(x, "x");
     detail::check_pointer(y, "y");
-    switch (active_isa()) {
-        case isa::sse4_2: return kernels::gemv<P, kernels::arch_t<isa::sse4_2>>(w, x, bias, y, n0, n1);
-        case isa::avx2: return kernels::gemv<P, kernels::arch_t<isa::avx2>>(w, x, bias, y, n0, n1);
-        case isa::avx512: return kernels::gemv<P, kernels::arch_t<isa::avx512>>(w, x, bias, y, n0, n1);
-        case isa::avx512_vnni: return kernels::gemv<P, kernels::arch_t<isa::avx512_vnni>>(w, x, bias, y, n0, n1);
-    }
+    with_active_arch<P>([&](auto a) { kernels::gemv<P, decltype(a)>(w, x, bias, y, n0, n1); });
 }
 // All rows: y = W x (+ bias).
 template <class P>
@@ -136,12 +152,7 @@ void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bi
     detail::check_gemm_rows(m);
     detail::check_pointer(x, "X");
     detail::check_pointer(y, "Y");
-    switch (active_isa()) {
-        case isa::sse4_2: return kernels::gemm<P, kernels::arch_t<isa::sse4_2>>(w, x, m, bias, y, n0, n1);
-        case isa::avx2: return kernels::gemm<P, kernels::arch_t<isa::avx2>>(w, x, m, bias, y, n0, n1);
-        case isa::avx512: return kernels::gemm<P, kernels::arch_t<isa::avx512>>(w, x, m, bias, y, n0, n1);
-        case isa::avx512_vnni: return kernels::gemm<P, kernels::arch_t<isa::avx512_vnni>>(w, x, m, bias, y, n0, n1);
-    }
+    with_active_arch<P>([&](auto a) { kernels::gemm<P, decltype(a)>(w, x, m, bias, y, n0, n1); });
 }
 
 }  // namespace qforge

@@ -3,6 +3,7 @@
 // Included only by the generated per-ISA translation units (generated/kernels_*.cpp).
 #pragma once
 
+#include <qforge/kernels/impl/bf16.hpp>
 #include <qforge/kernels/impl/f32.hpp>
 #include <qforge/kernels/impl/format_fp8.hpp>  // overloads: before the callers below
 #include <qforge/kernels/impl/format_mx.hpp>
@@ -89,7 +90,8 @@ void gemv_i8(const weights_view& w, const float* x, const float* bias, float* y,
 template <class P, class A>
 void gemv(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
     check_kernel_policy<P>();
-    if constexpr (P::act == compute::f32 || P::act == compute::bf16) gemv_f32<P, A>(w, x, bias, y, n0, n1);
+    if constexpr (native_bf16<P, A>) gemv_bf16<P, A>(w, x, bias, y, n0, n1);
+    else if constexpr (P::act == compute::f32 || P::act == compute::bf16) gemv_f32<P, A>(w, x, bias, y, n0, n1);
     else if constexpr (P::act == compute::i8) gemv_i8<P, A>(w, x, bias, y, n0, n1);
     else static_assert(no_compute_path<P>, "qforge: the f16 compute path has no kernels yet");
 }
@@ -112,32 +114,49 @@ void init_output(const float* bias, float* y, std::int64_t m, std::int64_t ldy, 
         for (std::int64_t n = n0; n < n1; ++n) y[i * ldy + n] = bias ? bias[n] : 0.0f;
 }
 
+// Also the bf16 path: emulated (operands rounded to bf16 in f32) or, on avx512_bf16, with
+// panels and X stored as bf16 and vdpbf16ps dot products (bf16.hpp).
 template <class P, class A>
 void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
               std::int64_t n1) {
+    constexpr bool native = native_bf16<P, A>;
+    using E = std::conditional_t<native, std::uint16_t, float>;  // element of the panel and of X
     constexpr int MR = gemm_f32_mr<A>, NR = gemm_f32_nr<A>;
     constexpr std::int64_t group = P::group;
     constexpr std::int64_t k_slice = gemm_f32_k_slice > group ? gemm_f32_k_slice / group * group : group;
     const std::int64_t ldy = w.rows, k = w.cols;
     init_output<P, A>(bias, y, m, ldy, n0, n1);
-    auto* panel = static_cast<float*>(
-        simd::scratch<A, 0>::get(static_cast<std::size_t>(gemm_row_panel * k_slice) * sizeof(float)));
+    auto* panel =
+        static_cast<E*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(gemm_row_panel * k_slice) * sizeof(E)));
     const auto table = value_table<P, A>(w);
-    if constexpr (bf16_operands<P>) {  // X rounded to bf16 once
+    const E* xe = nullptr;
+    if constexpr (native) {
+        auto* xb = static_cast<std::uint16_t*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m * k) * sizeof(E)));
+        bf16::to_bf16<A>(x, m * k, xb);
+        xe = xb;
+    } else if constexpr (bf16_operands<P>) {  // X rounded to bf16 once
         auto* xb = static_cast<float*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m * k) * sizeof(float)));
         for (std::int64_t i = 0; i < m * k; ++i) xb[i] = simd::round_bf16<A>(x[i]);
-        x = xb;
+        xe = xb;
+    } else {
+        xe = x;
     }
     for (std::int64_t k0 = 0; k0 < k; k0 += k_slice) {
         const std::int64_t kc = smaller(k_slice, k - k0);
         for (std::int64_t p0 = n0; p0 < n1; p0 += gemm_row_panel) {
             const std::int64_t pc = smaller(gemm_row_panel, n1 - p0);
             for (std::int64_t r = 0; r < pc; ++r) {
-                float* row = panel + r * k_slice;
-                dequantize_blocks<P, A>(w, table, p0 + r, k0 / group, (k0 + kc) / group, row);
-                if constexpr (bf16_operands<P>)
-                    for (std::int64_t c = 0; c < kc; c += simd::lanes<A>)
-                        simd::round_bf16<A>(simd::f32v<A>::load_unaligned(row + c)).store_unaligned(row + c);
+                E* row = panel + r * k_slice;
+                if constexpr (native) {
+                    auto* exact = static_cast<float*>(simd::scratch<A, 2>::get(k_slice * sizeof(float)));
+                    dequantize_blocks<P, A>(w, table, p0 + r, k0 / group, (k0 + kc) / group, exact);
+                    bf16::to_bf16<A>(exact, kc, row);
+                } else {
+                    dequantize_blocks<P, A>(w, table, p0 + r, k0 / group, (k0 + kc) / group, row);
+                    if constexpr (bf16_operands<P>)
+                        for (std::int64_t c = 0; c < kc; c += simd::lanes<A>)
+                            simd::round_bf16<A>(simd::f32v<A>::load_unaligned(row + c)).store_unaligned(row + c);
+                }
             }
             for (std::int64_t i0 = 0; i0 < m; i0 += MR)
                 for (std::int64_t r0 = 0; r0 < pc; r0 += NR) {
@@ -145,7 +164,10 @@ void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float
                     const int nr = static_cast<int>(smaller<std::int64_t>(NR, pc - r0));
                     with_tile<MR, NR>(mr, nr, [&](auto mt, auto nt) {
                         float out[mt][nt];
-                        dot_tile<A, mt, nt>(x + i0 * k + k0, k, panel + r0 * k_slice, k_slice, kc, out);
+                        if constexpr (native)
+                            bf16::dot_tile<A, mt, nt>(xe + i0 * k + k0, k, panel + r0 * k_slice, k_slice, kc, out);
+                        else
+                            dot_tile<A, mt, nt>(xe + i0 * k + k0, k, panel + r0 * k_slice, k_slice, kc, out);
                         for (int i = 0; i < mt; ++i)
                             for (int j = 0; j < nt; ++j) y[(i0 + i) * ldy + p0 + r0 + j] += out[i][j];
                     });

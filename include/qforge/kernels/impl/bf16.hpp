@@ -1,0 +1,173 @@
+// The bf16 compute path on CPUs with AVX512-BF16 (ISA avx512_bf16): the same arithmetic as the
+// emulated path of f32.hpp (x and every exactly dequantized weight rounded to bf16, RNE; products
+// exact; sums in f32), but the weights are produced as bf16 by table lookups and multiplied with
+// vdpbf16ps, 32 products per instruction.
+//
+// GEMV: per window (64 code bytes, 128 elements, one or two blocks) the 16 code values times each
+// block's scale are rounded to bf16 once (vcvtne2ps2bf16) into a 32-entry word table; the codes,
+// split into 16-bit indices (plus 16 for the window's second block), look their bf16 weights up
+// with vpermw. x is rounded to bf16 and permuted once per call into the order of those lookups.
+// GEMM: the f32 GEMM's panels and X are rounded to bf16 and multiplied with vdpbf16ps.
+//
+// vdpbf16ps flushes bf16 subnormals (inputs and products below 2^-126) to zero: each flushed
+// product changes the sum by less than 2^-126, far below the f32 bound of the tests.
+#pragma once
+
+#include <qforge/kernels/impl/dequantize.hpp>
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace qforge::kernels {
+
+template <class P, class A>
+inline constexpr bool native_bf16 = P::act == compute::bf16 && std::is_base_of_v<avx512bf16, A>;
+
+namespace bf16 {
+
+// One window as the lookups see it: 32 16-bit words w, word w = code bytes 2w (low byte) and
+// 2w + 1; lookup q (0..3) takes bits [4q, 4q + 4) of every word.
+inline constexpr int words = 32;
+inline constexpr int lookups = 4;
+
+// Element (relative to the window) of lookup q in word w.
+template <class P>
+constexpr int element(int q, int w) {
+    return layout_traits<P::storage>::element_of(2 * w + q / 2, q % 2 == 1);
+}
+
+// x rounded to bf16 in lookup order, window after window: xb[(window * 4 + q) * 32 + w].
+template <class P, class A>
+void permute_x(std::int64_t windows, const float* x, std::uint16_t* xb) {
+    constexpr int W = 128;  // elements per window: 64 code bytes
+    for (std::int64_t win = 0; win < windows; ++win)
+        for (int q = 0; q < lookups; ++q) {
+            alignas(64) float v[words];
+            for (int w = 0; w < words; ++w) v[w] = x[win * W + element<P>(q, w)];
+            const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_load_ps(v + 16), _mm512_load_ps(v));
+            _mm512_storeu_si512(xb + (win * lookups + q) * words, reinterpret_cast<const __m512i&>(b));
+        }
+}
+
+// y = sum over the full windows of row n (the tail blocks are the caller's).
+template <class P, class A>
+float row_windows(const weights_view& w, const __m512& values, const std::uint16_t* xb, std::int64_t n,
+                  std::int64_t windows) {
+    using L = layout_traits<P::storage>;
+    constexpr int group = P::group;
+    static_assert(group >= 64, "the AVX512-BF16 GEMV looks up at most two blocks per window (32 words)");
+    constexpr int blocks_per_window = 128 > group ? 128 / group : 1;
+    constexpr int windows_per_block = group > 128 ? group / 128 : 1;
+    // word w belongs to block (2w) / (group / 2) of the window: add 16 to its index for block 1
+    const __m512i block_offset = blocks_per_window == 2
+                                     ? _mm512_set_epi64(0x0010001000100010, 0x0010001000100010, 0x0010001000100010,
+                                                        0x0010001000100010, 0, 0, 0, 0)
+                                     : _mm512_setzero_si512();
+    const __m512i nibble = _mm512_set1_epi16(0x000F);
+    const std::uint8_t* codes = row_codes<A>(w, n);
+    __m512 acc[lookups];
+    for (auto& a : acc) a = _mm512_setzero_ps();
+    float buf[scale_chunk];
+    constexpr std::int64_t windows_per_chunk = scale_chunk / blocks_per_window * windows_per_block;
+    for (std::int64_t c0 = 0; c0 < windows; c0 += windows_per_chunk) {
+        const std::int64_t c1 = windows - c0 < windows_per_chunk ? windows : c0 + windows_per_chunk;
+        const std::int64_t first_block = c0 / windows_per_block * blocks_per_window;
+        const int nb = static_cast<int>((c1 - c0) * blocks_per_window / windows_per_block);
+        const float* scales = L::template row_scales<P, A>(w, n, first_block, nb, buf);
+        __m512i table = _mm512_setzero_si512();
+        for (std::int64_t win = c0; win < c1; ++win) {
+            const std::int64_t b = win / windows_per_block * blocks_per_window - first_block;
+            if (win % windows_per_block == 0) {
+                const __m512 s0 = _mm512_set1_ps(scales[b]);
+                const __m512 s1 = blocks_per_window == 2 ? _mm512_set1_ps(scales[b + 1]) : s0;
+                const __m512bh t = _mm512_cvtne2ps_pbh(_mm512_mul_ps(values, s1), _mm512_mul_ps(values, s0));
+                table = reinterpret_cast<const __m512i&>(t);
+            }
+            const __m512i c = _mm512_loadu_si512(codes + win * 64);
+            const std::uint16_t* xw = xb + win * lookups * words;
+            simd::unroll<lookups>([&](auto q) {
+                __m512i idx = q == 0 ? c : _mm512_srli_epi16(c, 4 * q);
+                if constexpr (q < 3) idx = _mm512_ternarylogic_epi32(idx, nibble, block_offset, 0xEA);  // (a & b) | c
+                else idx = _mm512_or_si512(idx, block_offset);
+                const __m512i wq = _mm512_permutexvar_epi16(idx, table);
+                const __m512i xq = _mm512_loadu_si512(xw + q * words);
+                acc[q] = _mm512_dpbf16_ps(acc[q], reinterpret_cast<const __m512bh&>(wq),
+                                          reinterpret_cast<const __m512bh&>(xq));
+            });
+        }
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+}
+
+// Row-major f32 [rows, len] -> bf16 words (len a multiple of 16).
+template <class A>
+void to_bf16(const float* in, std::int64_t len, std::uint16_t* out) {
+    for (std::int64_t i = 0; i < len; i += 16) {
+        const __m256bh b = _mm512_cvtneps_pbh(_mm512_loadu_ps(in + i));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), reinterpret_cast<const __m256i&>(b));
+    }
+}
+
+// out[i][j] = sum_{k < len} x[i*ldx + k] * wp[j*ldw + k] on bf16 words; len a multiple of 32.
+template <class A, int MR, int NR>
+void dot_tile(const std::uint16_t* x, std::int64_t ldx, const std::uint16_t* wp, std::int64_t ldw, std::int64_t len,
+              float (&out)[MR][NR]) {
+    using F = simd::f32v<A>;
+    __m512 acc[MR * NR];
+    for (auto& a : acc) a = _mm512_setzero_ps();
+    for (std::int64_t k = 0; k < len; k += 32) {
+        __m512i wv[NR];
+        simd::unroll<NR>([&](auto j) { wv[j] = _mm512_loadu_si512(wp + j * ldw + k); });
+        simd::unroll<MR>([&](auto i) {
+            const __m512i xv = _mm512_loadu_si512(x + i * ldx + k);
+            simd::unroll<NR>([&](auto j) {
+                acc[i * NR + j] = _mm512_dpbf16_ps(acc[i * NR + j], reinterpret_cast<const __m512bh&>(xv),
+                                                   reinterpret_cast<const __m512bh&>(wv[j]));
+            });
+        });
+    }
+    if constexpr (MR * NR == simd::lanes<A>) {
+        F rows[MR * NR];
+        for (int t = 0; t < MR * NR; ++t) rows[t] = acc[t];
+        alignas(64) float sums[MR * NR];
+        simd::sum_rows<A>(rows).store_aligned(sums);
+        for (int i = 0; i < MR; ++i)
+            for (int j = 0; j < NR; ++j) out[i][j] = sums[i * NR + j];
+    } else {
+        for (int i = 0; i < MR; ++i)
+            for (int j = 0; j < NR; ++j) out[i][j] = _mm512_reduce_add_ps(acc[i * NR + j]);
+    }
+}
+
+}  // namespace bf16
+
+// GEMV on the AVX512-BF16 path; tail blocks (K not a multiple of 128) in scalar code.
+template <class P, class A>
+void gemv_bf16(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
+    using L = layout_traits<P::storage>;
+    const std::int64_t windows = w.cols / 128;
+    const std::int64_t tail0 = windows * 128;
+    auto* xb = static_cast<std::uint16_t*>(
+        simd::scratch<A, 0>::get(static_cast<std::size_t>(windows * 128 + 32) * sizeof(std::uint16_t)));
+    bf16::permute_x<P, A>(windows, x, xb);
+    alignas(64) float values[16];
+    code_traits<P::type>::template values<A>(w, values);
+    const __m512 value_vector = _mm512_load_ps(values);
+    const std::int64_t tail_blocks = (w.cols - tail0) / P::group;
+    for (std::int64_t n = n0; n < n1; ++n) {
+        float v = windows > 0 ? bf16::row_windows<P, A>(w, value_vector, xb, n, windows) : 0.0f;
+        if (tail_blocks > 0) {
+            float buf[scale_chunk];
+            const std::uint8_t* row = row_codes<A>(w, n);
+            const float* sc = L::template row_scales<P, A>(w, n, tail0 / P::group, static_cast<int>(tail_blocks), buf);
+            for (std::int64_t k = tail0; k < w.cols; ++k)
+                v += simd::round_bf16<A>(values[L::template code_at<A>(row, k)] * sc[(k - tail0) / P::group]) *
+                     simd::round_bf16<A>(x[k]);
+        }
+        y[n] = bias ? v + bias[n] : v;
+    }
+}
+
+}  // namespace qforge::kernels
