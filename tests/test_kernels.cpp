@@ -285,7 +285,8 @@ void check_output(const config& cfg, const case_data& d, const float* x, std::in
 // a realistic K; odd N everywhere.
 std::vector<std::pair<std::int64_t, std::int64_t>> shapes_for(const config& cfg) {
     const std::int64_t g = cfg.group;
-    return {{1, g}, {3, 3 * g}, {7, std::max<std::int64_t>(g, 160) / g * g + g}, {5, 1024}, {9, 4096}};
+    // the last: two GEMM row panels (32 rows), the second partial, and two K slices (4096)
+    return {{1, g}, {3, 3 * g}, {7, std::max<std::int64_t>(g, 160) / g * g + g}, {5, 1024}, {9, 4096}, {37, 4096 + 3 * g}};
 }
 
 constexpr float sentinel = -12345.0f;

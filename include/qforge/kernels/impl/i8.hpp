@@ -56,6 +56,22 @@ struct i8_row {
     const float* xs_block;      // per block
 };
 
+// One block of x (P::group elements) as int8 levels in qi (64-byte aligned, int32 lanes):
+// xq = RNE(x * (127 / amax)); returns the block's activation scale amax / 127.
+template <class P, class A>
+float quantize_block(const float* xb, std::int32_t* qi) {
+    float amax = 0.0f;
+    for (int i = 0; i < P::group; ++i) {
+        const float a = __builtin_fabsf(xb[i]);
+        amax = a > amax ? a : amax;
+    }
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    using F = simd::f32v<A>;
+    for (int i = 0; i < P::group; i += simd::lanes<A>)
+        xsimd::nearbyint_as_int(F::load_unaligned(xb + i) * F(inv)).store_aligned(qi + i);
+    return amax / 127.0f;
+}
+
 template <class P, class A>
 i8_row quantize_activations(const i8_shape<P, A>& s, const float* x, void* mem) {
     using S = i8_shape<P, A>;
@@ -71,17 +87,7 @@ i8_row quantize_activations(const i8_shape<P, A>& s, const float* x, void* mem) 
     std::int32_t sums[S::blocks_per_window];
     const std::int64_t full = s.steps * S::step_elems;  // elements in full steps
     for (std::int64_t b = 0; b < s.blocks; ++b) {
-        const float* xb = x + b * S::group;
-        float amax = 0.0f;
-        for (int i = 0; i < S::group; ++i) {
-            const float a = __builtin_fabsf(xb[i]);
-            amax = a > amax ? a : amax;
-        }
-        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        xs_block[b] = amax / 127.0f;
-        using F = simd::f32v<A>;
-        for (int i = 0; i < S::group; i += S::lanes)
-            xsimd::nearbyint_as_int(F::load_unaligned(xb + i) * F(inv)).store_aligned(qi + i);
+        xs_block[b] = quantize_block<P, A>(x + b * S::group, qi);
         std::int32_t sum = 0;
         const std::int64_t in_step = (b * S::group) % S::step_elems;
         for (int i = 0; i < S::group; ++i) {

@@ -8,6 +8,7 @@
 #include <qforge/kernels/impl/format_fp8.hpp>  // overloads: before the callers below
 #include <qforge/kernels/impl/format_mx.hpp>
 #include <qforge/kernels/impl/i8.hpp>
+#include <qforge/kernels/impl/i8_gemm_vnni.hpp>
 #include <qforge/kernels/kernels.hpp>
 #include <qforge/registry.hpp>
 
@@ -212,11 +213,55 @@ void gemm_i8(const weights_view& w, const float* x, std::int64_t m, const float*
             for (std::int64_t n = n0; n < n1; ++n) y[i * ldy + n] += i8_tail<P, A>(w, s, levels, rows[i], n);
 }
 
+// The i8 GEMM with VNNI: W decoded per panel into row-interleaved levels (i8_gemm_vnni.hpp).
+template <class P, class A>
+void gemm_i8_vnni(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
+                  std::int64_t n1) {
+    using namespace vnni_gemm;
+    const std::int64_t k = w.cols, ldy = w.rows, blocks = k / P::group;
+    init_output<P, A>(bias, y, m, ldy, n0, n1);
+    const i8_levels<P, A> levels(w);
+    auto* xq = static_cast<std::int8_t*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(m * k)));
+    auto* xmeta = static_cast<std::uint8_t*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m * blocks) * 8));
+    auto* xs = reinterpret_cast<float*>(xmeta);
+    auto* corr = reinterpret_cast<std::int32_t*>(xmeta + m * blocks * 4);
+    for (std::int64_t i = 0; i < m; ++i)
+        quantize_row<P, A>(x + i * k, k, xq + i * k, xs + i * blocks, corr + i * blocks);
+
+    constexpr std::int64_t slice = k_slice / P::group * P::group;
+    const std::int64_t ld = stride(slice < k ? slice : k);
+    auto* mem = static_cast<std::uint8_t*>(simd::scratch<A, 2>::get(static_cast<std::size_t>(
+        2 * panel_rows * ld + (ld / P::group + 1) * panel_rows * sizeof(float))));
+    std::uint8_t* natural = mem;
+    std::uint8_t* panel = mem + panel_rows * ld;
+    auto* wscales = reinterpret_cast<float*>(mem + 2 * panel_rows * ld);
+    for (std::int64_t k0 = 0; k0 < k; k0 += slice) {
+        const std::int64_t len = smaller(slice, k - k0), b0 = k0 / P::group;
+        for (std::int64_t p0 = n0; p0 < n1; p0 += panel_rows) {
+            const int rows = static_cast<int>(smaller<std::int64_t>(panel_rows, n1 - p0));
+            decode_panel<P, A>(w, levels, p0, rows, k0, len, natural, panel, wscales);
+            for (std::int64_t i0 = 0; i0 < m; i0 += max_mr) {
+                const int mr = static_cast<int>(smaller<std::int64_t>(max_mr, m - i0));
+                with_tile<max_mr, 1>(mr, 1, [&](auto mt, auto) {
+                    x_row rows_x[mt];
+                    for (int i = 0; i < mt; ++i)
+                        rows_x[i] = {xq + (i0 + i) * k + k0, xs + (i0 + i) * blocks + b0, corr + (i0 + i) * blocks + b0};
+                    float out[mt][panel_rows];
+                    tile<P, A, mt>(panel, wscales, rows_x, len / P::group, out);
+                    for (int i = 0; i < mt; ++i)
+                        for (int r = 0; r < rows; ++r) y[(i0 + i) * ldy + p0 + r] += out[i][r];
+                });
+            }
+        }
+    }
+}
+
 template <class P, class A>
 void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
           std::int64_t n1) {
     check_kernel_policy<P>();
     if constexpr (P::act == compute::f32 || P::act == compute::bf16) gemm_f32<P, A>(w, x, m, bias, y, n0, n1);
+    else if constexpr (P::act == compute::i8 && simd::has_vnni<A>) gemm_i8_vnni<P, A>(w, x, m, bias, y, n0, n1);
     else if constexpr (P::act == compute::i8) gemm_i8<P, A>(w, x, m, bias, y, n0, n1);
     else static_assert(no_compute_path<P>, "qforge: the f16 compute path has no kernels yet");
 }
