@@ -7,6 +7,7 @@
 #include <qforge/kernels/impl/format_fp8.hpp>  // overloads: before the callers below
 #include <qforge/kernels/impl/format_mx.hpp>
 #include <qforge/kernels/impl/i8.hpp>
+#include <qforge/kernels/impl/llm_int8.hpp>  // overloads for bnb8: before the callers below
 #include <qforge/kernels/kernels.hpp>
 #include <qforge/registry.hpp>
 
