@@ -163,6 +163,32 @@ struct dot_form {
     }
 };
 
+// out[j] = the sum of the lanes of v[j], j < 4, modulo 2^32 (vector adds wrap, as the offset
+// form needs: see the top of this file).
+template <class A>
+inline void sum_lanes4(const simd::i32v<A>* v, std::uint32_t* out) {
+    __m128i q[4];
+    for (int j = 0; j < 4; ++j) {
+#if XSIMD_WITH_AVX512F
+        if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
+            const __m512i r = v[j];
+            const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(r), _mm512_extracti64x4_epi64(r, 1));
+            q[j] = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+        } else
+#endif
+#if XSIMD_WITH_AVX2
+        if constexpr (std::is_base_of_v<xsimd::avx2, A>) {
+            const __m256i h = v[j];
+            q[j] = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+        } else
+#endif
+        {
+            q[j] = v[j];
+        }
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_hadd_epi32(_mm_hadd_epi32(q[0], q[1]), _mm_hadd_epi32(q[2], q[3])));
+}
+
 // c[i][r] = sum_k XA[i, k] * CB[n + r, k] for MR activation rows xa[i] (padded) and NR weight rows
 // from n, exact; CHAINS independent accumulators per output hide the dot latency (GEMV).
 template <class A, int MR, int NR, int CHAINS>
@@ -212,34 +238,45 @@ void int8_tile(const weights_view& w, const std::int8_t* const* xa, const std::i
         one(0, at, wp);
     }
     // lane sums modulo 2^32 (the offset form may wrap on the way; the total fits in int32)
-    for (int i = 0; i < MR; ++i)
-        for (int r = 0; r < NR; ++r) {
-            I total = acc[0][i][r];
-            for (int ch = 1; ch < CHAINS; ++ch) total = total + acc[ch][i][r];
-            alignas(64) std::int32_t lane[simd::lanes<A>];
-            total.store_aligned(lane);
-            std::uint32_t sum = D::correction(q_sum[i]);
-            for (std::int32_t v : lane) sum += static_cast<std::uint32_t>(v);
-            c[i][r] = static_cast<std::int32_t>(sum);
-        }
+    constexpr int outputs = MR * NR, padded = (outputs + 3) / 4 * 4;
+    I total[padded];
+    for (int o = 0; o < padded; ++o) {
+        total[o] = I(0);
+        if (o < outputs)
+            for (int ch = 0; ch < CHAINS; ++ch) total[o] = total[o] + acc[ch][o / NR][o % NR];
+    }
+    std::uint32_t sums[padded];
+    for (int o = 0; o < padded; o += 4) sum_lanes4<A>(total + o, sums + o);
+    for (int o = 0; o < outputs; ++o)
+        c[o / NR][o % NR] = static_cast<std::int32_t>(sums[o] + D::correction(q_sum[o / NR]));
 }
 
-// One output from its exact integer sum: the reference's f32 operations in its order.
-template <class A>
-inline float output(const weights_view& w, const activations& act, const float* x_row, std::int64_t i,
-                    std::int64_t n, std::int32_t c, const float* bias) {
-    const float scb = scb_of<A>(w, n);
-    const float int_part = static_cast<float>(c) * ((act.sca[i] * scb) / 16129.0f);
-    float outliers = 0.0f;
-    const std::int8_t* cb = row_of<A>(w, n);
-    for (std::int64_t j = 0; j < act.n_outliers; ++j) {
-        const std::int32_t col = act.outliers[j];
-        const float wdq = (static_cast<float>(cb[col]) * scb) * one_over_127;
-        const float product = x_row[col] * wdq;
-        outliers = outliers + product;
+// The outputs of rows [i0, i0 + MR) of X and [n, n + NR) of W from their exact integer sums c:
+// the reference's f32 operations in its order (per output, the outlier columns ascending).
+template <class A, int MR, int NR>
+inline void outputs(const weights_view& w, const activations& act, const float* x, std::int64_t i0, std::int64_t n,
+                    const std::int32_t (&c)[MR][NR], const float* bias, float* y) {
+    const std::int64_t k = w.cols, ldy = w.rows;
+    for (int r = 0; r < NR; ++r) {
+        const float scb = scb_of<A>(w, n + r);
+        const std::int8_t* cb = row_of<A>(w, n + r);
+        float outliers[MR];
+        for (int i = 0; i < MR; ++i) outliers[i] = 0.0f;
+        for (std::int64_t j = 0; j < act.n_outliers; ++j) {
+            const std::int32_t col = act.outliers[j];
+            const float wdq = (static_cast<float>(cb[col]) * scb) * one_over_127;
+            for (int i = 0; i < MR; ++i) {
+                const float product = x[(i0 + i) * k + col] * wdq;
+                outliers[i] = outliers[i] + product;
+            }
+        }
+        const float b = bias ? bias[n + r] : 0.0f;
+        for (int i = 0; i < MR; ++i) {
+            const float int_part = static_cast<float>(c[i][r]) * ((act.sca[i0 + i] * scb) / 16129.0f);
+            const float sum = int_part + outliers[i];
+            y[(i0 + i) * ldy + n + r] = sum + b;
+        }
     }
-    const float sum = int_part + outliers;
-    return sum + (bias ? bias[n] : 0.0f);
 }
 
 template <class A>
@@ -280,7 +317,7 @@ void gemv_i8(const weights_view& w, const float* x, const float* bias, float* y,
     for (std::int64_t n = n0; n < n1; ++n) {
         std::int32_t c[1][1];
         llm_int8::int8_tile<A, 1, 1, 4>(w, xa, act.q_sum, n, c);
-        y[n] = llm_int8::output<A>(w, act, x, 0, n, c[0][0], bias);
+        llm_int8::outputs<A, 1, 1>(w, act, x, 0, n, c, bias, y);
     }
 }
 
@@ -291,17 +328,14 @@ template <class P, class A>
 void gemm_i8(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
              std::int64_t n1) {
     constexpr int MR = llm_int8::gemm_mr<A>, NR = llm_int8::gemm_nr<A>;
-    const std::int64_t k = w.cols, ldy = w.rows;
     const llm_int8::activations act = llm_int8::prepare<A>(w, x, m);
-    // a tile of mt x nt outputs from rows i0 of X and n of W
+    // a tile of MT x NT outputs from rows i0 of X and n of W
     auto tile = [&]<int MT, int NT>(std::int64_t i0, std::int64_t n) {
         const std::int8_t* xa[MT];
         for (int i = 0; i < MT; ++i) xa[i] = act.q + (i0 + i) * act.ld;
         std::int32_t c[MT][NT];
         llm_int8::int8_tile<A, MT, NT, 1>(w, xa, act.q_sum + i0, n, c);
-        for (int i = 0; i < MT; ++i)
-            for (int j = 0; j < NT; ++j)
-                y[(i0 + i) * ldy + n + j] = llm_int8::output<A>(w, act, x + (i0 + i) * k, i0 + i, n + j, c[i][j], bias);
+        llm_int8::outputs<A, MT, NT>(w, act, x, i0, n, c, bias, y);
     };
     for (std::int64_t p0 = n0; p0 < n1; p0 += llm_int8::gemm_panel) {
         const std::int64_t p1 = n1 - p0 < llm_int8::gemm_panel ? n1 : p0 + llm_int8::gemm_panel;
