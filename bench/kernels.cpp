@@ -105,6 +105,11 @@ packed_weights random_weights(const config& cfg, std::int64_t n, std::int64_t k,
         for (float& a : scale_inv) a = rng.uniform(1e-4f, 1e-3f);
         p.scales.resize(scale_inv.size() * sizeof(float));
         std::memcpy(p.scales.data(), scale_inv.data(), p.scales.size());
+    } else if (cfg.storage == layout::bnb8) {  // LLM.int8: f32 SCB per row
+        std::vector<float> scb(static_cast<std::size_t>(n));
+        for (float& a : scb) a = rng.uniform(0.05f, 0.5f);
+        p.scales.resize(scb.size() * sizeof(float));
+        std::memcpy(p.scales.data(), scb.data(), p.scales.size());
     } else if (cfg.storage == layout::mx) {  // E8M0 scale bytes around 2^-8
         p.scales.resize(blocks);
         for (auto& e : p.scales) e = static_cast<std::uint8_t>(118 + rng.next() % 4);
@@ -122,6 +127,13 @@ std::vector<float> random_floats(std::size_t n, std::uint64_t seed) {
     std::vector<float> v(n);
     for (float& e : v) e = rng.uniform(-1.0f, 1.0f);
     return v;
+}
+
+// LLM.int8 activations: 4 outlier feature columns (|x| = 8 >= the default threshold 6 in every
+// row, as the systematic outlier features of LLMs), so the decomposition runs on 4 of K columns.
+void plant_activation_outliers(std::vector<float>& x, std::int64_t m, std::int64_t k) {
+    for (std::int64_t j = 1; j <= 4; ++j)
+        for (std::int64_t i = 0; i < m; ++i) x[static_cast<std::size_t>(i * k + j * k / 5)] = j % 2 ? 8.0f : -8.0f;
 }
 
 // Rates are computed from the wall clock (steady_clock around the timed loop): the library's
@@ -176,7 +188,8 @@ void run_kernel(benchmark::State& state, const config cfg, op kind, shape s, std
     std::vector<packed_weights> weights(copies, base);
     std::vector<weights_view> views;
     for (const packed_weights& w : weights) views.push_back(w.view());
-    const std::vector<float> x = random_floats(static_cast<std::size_t>(m * s.k), 3);
+    std::vector<float> x = random_floats(static_cast<std::size_t>(m * s.k), 3);
+    if (cfg.storage == layout::bnb8) plant_activation_outliers(x, m, s.k);
     std::vector<float> y(static_cast<std::size_t>(m * s.n));
     thread_pool pool(threads);
     std::size_t next = 0;

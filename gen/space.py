@@ -5,14 +5,14 @@ tests and their benchmarks; nothing else needs to change.
 
 import itertools
 
-from vocabulary import Config
+from vocabulary import PER_CHANNEL, Config
 
 AXES = {
-    "type": ["nf4", "fp4", "int_sym", "fp8_e4m3", "e2m1"],
+    "type": ["nf4", "fp4", "int_sym", "fp8_e4m3", "e2m1", "int8_row"],
     "bits": [4, 8],
-    "group": [32, 64, 128],
+    "group": [32, 64, 128, PER_CHANNEL],
     "double_quant": [False, True],
-    "storage": ["bnb4", "qforge", "fp8_block", "mx"],
+    "storage": ["bnb4", "qforge", "fp8_block", "mx", "bnb8"],
     "act": ["f32", "bf16", "i8"],
 }
 
@@ -27,7 +27,9 @@ def has_kernel(c: Config) -> bool:
     - symmetric int4 in qforge's repacked layout (GPTQ is repacked into it), groups 32 (the
       smallest K granularity) and 128 (the common one);
     - FineGrainedFP8 E4M3 with 128x128 tiles (DeepSeek / transformers), f32 path;
-    - OCP MXFP4 (E2M1, E8M0 scale per 32), f32 and i8 paths (E2M1 levels times 2 are exact).
+    - OCP MXFP4 (E2M1, E8M0 scale per 32), f32 and i8 paths (E2M1 levels times 2 are exact);
+    - LLM.int8() (bitsandbytes load_in_8bit): int8 rows with one absmax each, the outlier-threshold
+      matmul with int8 activations (kernels/impl/llm_int8.hpp).
     """
     if c.type in ("nf4", "fp4"):
         return c.storage == "bnb4" and c.bits == 4 and c.group == 64 and c.act in ("f32", "bf16", "i8")
@@ -38,6 +40,8 @@ def has_kernel(c: Config) -> bool:
         return c.storage == "fp8_block" and c.bits == 8 and c.group == 128 and not c.double_quant and c.act == "f32"
     if c.type == "e2m1":
         return c.storage == "mx" and c.bits == 4 and c.group == 32 and not c.double_quant and c.act in ("f32", "i8")
+    if c.type == "int8_row":
+        return c.storage == "bnb8" and c.bits == 8 and c.group == PER_CHANNEL and not c.double_quant and c.act == "i8"
     return False
 
 

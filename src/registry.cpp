@@ -3,6 +3,7 @@
 #include <qforge/registry.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 #include <string>
 
@@ -49,13 +50,20 @@ void check_weights(const config& kernel_cfg, const weights_view& w) {
         fail("the weights are " + canonical_name(w.cfg) + " (type, bits, group, double quant and storage must match)");
     if (w.rows <= 0 || w.cols <= 0)
         fail("weights shape [" + std::to_string(w.rows) + ", " + std::to_string(w.cols) + "] is empty");
-    if (kernel_cfg.group <= 0 || w.cols % kernel_cfg.group != 0)
+    if (kernel_cfg.group != per_channel && (kernel_cfg.group <= 0 || w.cols % kernel_cfg.group != 0))
         fail("K = " + std::to_string(w.cols) + " is not a multiple of the group size " +
              std::to_string(kernel_cfg.group) + " (the kernels need whole groups per row)");
     if (w.codes == nullptr || w.scales == nullptr) fail("the weights have no codes or no scales");
     if (is_table_type(kernel_cfg.type) && w.code_table == nullptr) fail("the weights have no code table (quant_map)");
     if (kernel_cfg.double_quant && (w.nested_map == nullptr || w.nested_absmax == nullptr))
         fail("double quantization needs nested_map and nested_absmax");
+    if (kernel_cfg.storage == layout::bnb8) {  // as ref::int8_matmul
+        if (!(w.outlier_threshold >= 0.0f) || std::isinf(w.outlier_threshold))
+            fail("LLM.int8 outlier threshold " + std::to_string(w.outlier_threshold) + " is not finite and >= 0");
+        if (w.cols > llm_int8_max_cols)
+            fail("K = " + std::to_string(w.cols) + " could overflow the LLM.int8 int32 sums (max " +
+                 std::to_string(llm_int8_max_cols) + ")");
+    }
 }
 
 void check_rows(const weights_view& w, std::int64_t n0, std::int64_t n1) {

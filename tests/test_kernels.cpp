@@ -12,6 +12,9 @@
 //                         sum_k delta s_b |x_k| + (|W[n,k]| + delta s_b) xs_b / 2, plus f32 slack;
 //                     (b) against an exact emulation of the integer path written here from that
 //                         header's description: only f32 rounding of the per-block combination
+//   LLM.int8 (bnb8)   bit-identical with ref::int8_matmul on every ISA (its own test case below,
+//                     with and without outlier columns); against the exact product, the bound of
+//                     activations quantized per row: amax / 254 sum_k |W[n,k]| plus f32 slack
 // on shapes with odd N, the smallest K each layout allows, unaligned x/y/codes and row ranges.
 #include <qforge/config/aliases.hpp>
 #include <qforge/config/name.hpp>
@@ -21,6 +24,7 @@
 #include <qforge/kernels/pack.hpp>
 #include <qforge/parallel.hpp>
 #include <qforge/registry.hpp>
+#include <qforge/reference/layouts.hpp>
 #include <qforge/reference/reference.hpp>
 #include <qforge/synthetic.hpp>
 
@@ -246,6 +250,16 @@ void check_output(const config& cfg, const case_data& d, const float* x, std::in
         CHECK(std::abs(y - y_ref) <= static_cast<double>(k + 3) * u * abs_sum * 1.001 + 1e-30);
         return;
     }
+    if (cfg.storage == layout::bnb8) {  // the row's absmax bounds the inliers' absmax SCA
+        double amax = 0.0, w_abs = 0.0;
+        for (std::int64_t i = 0; i < k; ++i) {
+            amax = std::max(amax, static_cast<double>(std::fabs(x[i])));
+            w_abs += std::abs(static_cast<double>(wrow[i]));
+        }
+        const double quantization = amax / 254 * w_abs;
+        CHECK(std::abs(y - y_ref) <= quantization * 1.001 + static_cast<double>(k + 10) * u * (abs_sum + quantization) + 1e-30);
+        return;
+    }
     if (cfg.act == compute::bf16) {
         double y_bf16 = b, bf16_abs_sum = std::abs(b);
         for (std::int64_t i = 0; i < k; ++i) {
@@ -284,7 +298,7 @@ void check_output(const config& cfg, const case_data& d, const float* x, std::in
 // Shapes per config: the smallest K the layout allows, windows that do not fill a register, and
 // a realistic K; odd N everywhere.
 std::vector<std::pair<std::int64_t, std::int64_t>> shapes_for(const config& cfg) {
-    const std::int64_t g = cfg.group;
+    const std::int64_t g = cfg.group > 0 ? cfg.group : 1;  // per channel: any K
     // the last: two GEMM row panels (32 rows), the second partial, and two K slices (4096)
     return {{1, g}, {3, 3 * g}, {7, std::max<std::int64_t>(g, 160) / g * g + g}, {5, 1024}, {9, 4096}, {37, 4096 + 3 * g}};
 }
@@ -567,4 +581,205 @@ TEST_CASE("fp8 and mx dequantize decode every code and scale as the reference, N
         }
     }
     CHECK(std::isnan(ref::dequantize(ref::quantized(f))[0x7F]));  // the NaN codes are really tested
+}
+
+// ---- LLM.int8 (formats.md §2): the outlier-threshold matmul, bit for bit -------------------
+
+namespace {
+
+// The LLM.int8 kernels of every ISA this CPU runs (and this build has), for one op.
+std::vector<const kernel*> llm_int8_kernels(op o) {
+    std::vector<const kernel*> out;
+    for (isa i : all_isas)
+        if (const kernel* k = registry::global().find(configs::llm_int8, o, i); k != nullptr && cpu_supports(i))
+            out.push_back(k);
+    return out;
+}
+
+// Quantized synthetic weights with the edge codes: a zero row (SCB = 0) when N > 2, and -128
+// (not produced by bnb's quantizer, but an int8 a checkpoint can hold) and +-127 in row 0.
+ref::int8row_tensor llm_int8_weights(std::int64_t n, std::int64_t k, std::uint64_t seed) {
+    synthetic_spec spec;
+    spec.rows = n;
+    spec.cols = k;
+    spec.seed = seed;
+    spec.outlier_rate = 1.0 / 256;
+    std::vector<float> src = synthetic_weights(spec);
+    if (n > 2) std::fill_n(src.begin() + k, k, 0.0f);
+    ref::int8row_tensor t = ref::quantize_int8row(src, n, k);
+    t.codes[0] = -128;
+    if (k > 2) {
+        t.codes[1] = 127;
+        t.codes[2] = -127;
+    }
+    return t;
+}
+
+// X [m, k] uniform in [-1, 1] with `outlier_cols` columns holding one large value each (in
+// varying rows, so a column is an outlier through one row only), one of them exactly t (>= t
+// counts) and, next to it, a value just below t that does not make its column an outlier.
+std::vector<float> llm_int8_activations(std::int64_t m, std::int64_t k, int outlier_cols, float t, std::uint64_t seed) {
+    std::vector<float> x = random_vector(static_cast<std::size_t>(m * k), seed);
+    std::mt19937_64 rng(seed + 1);
+    for (int j = 0; j < outlier_cols && j < k; ++j) {
+        const auto col = static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(k));
+        const auto row = static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(m));
+        const float big = j == 0 ? t : (j % 2 ? -1.0f : 1.0f) * (t + static_cast<float>(rng() % 40));
+        x[static_cast<std::size_t>(row * k + col)] = big;
+        if (j == 0 && col + 1 < k) x[static_cast<std::size_t>(row * k + col + 1)] = std::nextafter(t, 0.0f);
+    }
+    return x;
+}
+
+bool same_bits(const std::vector<float>& a, const float* b) {
+    return std::memcmp(a.data(), b, a.size() * sizeof(float)) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("LLM.int8: a hand-computed example, with and without the outlier decomposition") {
+    if (!isa_under_test_runs()) return;
+    // W = [[127, 127, -127]] with SCB = 2 (values 2, 2, -2); x = [1, 10, 0.5].
+    // t = 6: column 1 is an outlier (10 * 2 = 20 in f32); the inliers [1, 0, 0.5] have SCA = 1,
+    //   XA = [127, 0, RNE(63.5) = 64], C = 127 * 127 - 64 * 127 = 8001, 8001 * 2 / 16129 + 20.
+    // t = 0: SCA = 10, XA = [RNE(12.7) = 13, 127, RNE(6.35) = 6], C = 127 * 134 = 17018,
+    //   17018 * 20 / 16129 (the exact product is 21).
+    ref::int8row_tensor t;
+    t.rows = 1;
+    t.cols = 3;
+    t.codes = {127, 127, -127};
+    t.scb = {2.0f};
+    packed_weights p = pack_weights(configs::llm_int8, t);
+    const std::vector<float> x = {1.0f, 10.0f, 0.5f};
+    for (const auto& [threshold, expected] : {std::pair{6.0f, 8001.0 * 2 / 16129 + 20}, std::pair{0.0f, 17018.0 * 20 / 16129}}) {
+        p.outlier_threshold = threshold;
+        const std::vector<float> y_ref = ref::int8_matmul(t, x, 1, threshold);
+        CHECK(std::abs(y_ref[0] - expected) <= 1e-5);
+        for (const kernel* k : llm_int8_kernels(op::gemv)) {
+            INFO(k->full_name() << " t = " << threshold);
+            float y = sentinel;
+            k->gemv(p.view(), x.data(), nullptr, &y, 0, 1);
+            CHECK(std::abs(y - expected) <= 1e-5);
+            CHECK(std::bit_cast<std::uint32_t>(y) == std::bit_cast<std::uint32_t>(y_ref[0]));
+        }
+    }
+}
+
+TEST_CASE("LLM.int8: gemv, gemm and dequantize equal the reference bit for bit on every ISA") {
+    if (!isa_under_test_runs()) return;
+    const kernel* own_gemv = registered(configs::llm_int8, op::gemv);
+    if (own_gemv == nullptr) return;
+    const auto gemms = llm_int8_kernels(op::gemm);
+    auto matmuls = llm_int8_kernels(op::gemv);  // M = 1: gemv and gemm
+    matmuls.insert(matmuls.end(), gemms.begin(), gemms.end());
+    const auto dequantizes = llm_int8_kernels(op::dequantize);
+    struct scenario {
+        const char* name;
+        float threshold;
+        int outlier_cols;  // large values planted in this many columns
+    };
+    const scenario scenarios[] = {
+        {"no outliers", 6.0f, 0},
+        {"some outlier columns", 6.0f, 5},
+        {"threshold 0 (no decomposition)", 0.0f, 5},
+        {"every column an outlier", 1e-30f, 0},
+        {"threshold 4.5", 4.5f, 3},
+    };
+    const std::pair<std::int64_t, std::int64_t> shapes[] = {{1, 1}, {3, 5}, {7, 161}, {5, 1024}, {9, 4096}, {33, 67}};
+    for (auto [n, kk] : shapes) {
+        const std::uint64_t seed = 41 + static_cast<std::uint64_t>(n * kk);
+        const ref::int8row_tensor t = llm_int8_weights(n, kk, seed);
+        packed_weights p = pack_weights(configs::llm_int8, t);
+        const std::vector<float> w = ref::dequantize_int8row(t);
+        for (const kernel* k : dequantizes) {
+            std::vector<float> out(w.size(), sentinel);
+            k->dequantize(p.view(), 0, n, out.data());
+            INFO(k->full_name() << " N=" << n << " K=" << kk);
+            CHECK(same_bits(w, out.data()));
+        }
+        // unaligned codes
+        const shifted<std::uint8_t> codes(p.codes, 3);
+        for (const scenario& sc : scenarios) {
+            p.outlier_threshold = sc.threshold;
+            weights_view view = p.view();
+            view.codes = codes.data;
+            const std::vector<float> bias = random_vector(static_cast<std::size_t>(n), seed + 2, 0.1f);
+            for (std::int64_t m : {1, 2, 3, 5, 17}) {
+                if (kk >= 4096 && m > 3) continue;
+                std::vector<float> x = llm_int8_activations(m, kk, sc.outlier_cols, sc.threshold, seed + 3 + static_cast<std::uint64_t>(m));
+                if (m >= 3) std::fill_n(x.begin() + kk, kk, 0.0f);  // a zero row: SCA = 0
+                const std::vector<float> y_ref = ref::int8_matmul(t, x, m, sc.threshold, bias);
+                const std::vector<float> y_ref_nobias = ref::int8_matmul(t, x, m, sc.threshold);
+                const shifted<float> xs(x, 1);
+                for (const kernel* k : m == 1 ? matmuls : gemms) {
+                    INFO(k->full_name() << " " << sc.name << " M=" << m << " N=" << n << " K=" << kk);
+                    std::vector<float> y(static_cast<std::size_t>(m * n) + 2, sentinel);
+                    if (k->kind == op::gemv) k->gemv(view, xs.data, bias.data(), y.data() + 1, 0, n);
+                    else k->gemm(view, xs.data, m, bias.data(), y.data() + 1, 0, n);
+                    CHECK(same_bits(y_ref, y.data() + 1));
+                    CHECK(y.front() == sentinel);
+                    CHECK(y.back() == sentinel);
+                    // rows [1, N) without bias: row 0 untouched
+                    if (n < 2) continue;
+                    std::vector<float> y2(static_cast<std::size_t>(m * n), sentinel);
+                    if (k->kind == op::gemv) k->gemv(p.view(), x.data(), nullptr, y2.data(), 1, n);
+                    else k->gemm(p.view(), x.data(), m, nullptr, y2.data(), 1, n);
+                    for (std::int64_t i = 0; i < m; ++i)
+                        for (std::int64_t r = 0; r < n; ++r) {
+                            const auto at = static_cast<std::size_t>(i * n + r);
+                            if (r == 0) REQUIRE(y2[at] == sentinel);
+                            else REQUIRE(std::bit_cast<std::uint32_t>(y2[at]) == std::bit_cast<std::uint32_t>(y_ref_nobias[at]));
+                        }
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("LLM.int8: exact int32 sums up to the largest K, where the VNNI offset form wraps") {
+    if (!isa_under_test_runs()) return;
+    if (registered(configs::llm_int8, op::gemv) == nullptr) return;
+    // every code 127 and every activation code 127: C = 127 * 127 * K = 2114044159 for
+    // K = 131071 fits in int32, while sum (CB + 128) * XA reaches 255 * 127 * K > 2^32
+    for (std::int64_t kk : {llm_int8_max_cols, std::int64_t{4096}}) {
+        ref::int8row_tensor t;
+        t.rows = 2;
+        t.cols = kk;
+        t.codes.assign(static_cast<std::size_t>(2 * kk), 127);
+        std::fill_n(t.codes.begin() + kk, kk, std::int8_t{-127});
+        t.scb = {1.0f, 3.0f};
+        const packed_weights p = pack_weights(configs::llm_int8, t);
+        const std::vector<float> x(static_cast<std::size_t>(kk), 0.5f);
+        const std::vector<float> y_ref = ref::int8_matmul(t, x, 1, 6.0f);
+        CHECK(std::abs(y_ref[0] - 0.5 * static_cast<double>(kk)) <= 1e-6 * static_cast<double>(kk));
+        for (const kernel* k : llm_int8_kernels(op::gemv)) {
+            INFO(k->full_name() << " K=" << kk);
+            std::vector<float> y(2);
+            k->gemv(p.view(), x.data(), nullptr, y.data(), 0, 2);
+            CHECK(same_bits(y_ref, y.data()));
+        }
+    }
+}
+
+TEST_CASE("LLM.int8: the checked calls refuse bad thresholds, a too large K and mismatched tensors") {
+    if (!isa_under_test_runs()) return;
+    const kernel* k = registered(configs::llm_int8, op::gemv);
+    if (k == nullptr) return;
+    const ref::int8row_tensor t = llm_int8_weights(3, 64, 5);
+    packed_weights p = pack_weights(configs::llm_int8, t);
+    std::vector<float> x(64, 0.25f), y(3);
+    for (float bad : {-1.0f, std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+        p.outlier_threshold = bad;
+        CHECK_THROWS_WITH(k->gemv(p.view(), x.data(), nullptr, y.data(), 0, 3), Catch::Contains("outlier threshold"));
+        CHECK_THROWS_AS(ref::int8_matmul(t, x, 1, bad), std::invalid_argument);  // as the reference
+    }
+    p.outlier_threshold = 6.0f;
+    weights_view wide = p.view();
+    wide.cols = llm_int8_max_cols + 1;
+    CHECK_THROWS_WITH(k->gemv(wide, x.data(), nullptr, y.data(), 0, 1), Catch::Contains("int32"));
+    CHECK_THROWS_WITH(pack_weights(configs::bnb_fp4, ref::quantized(t), "model.layers.0.mlp.up_proj"),
+                      Catch::Contains("model.layers.0.mlp.up_proj") && Catch::Contains("bnb8"));
+    ref::int8row_tensor short_scb = t;
+    short_scb.scb.pop_back();
+    CHECK_THROWS_WITH(pack_weights(configs::llm_int8, short_scb), Catch::Contains("SCB"));
 }

@@ -6,6 +6,9 @@
 //   fp8_tensor  -> layout::fp8_block   E4M3 codes and f32 scale_inv as they are (K whole tiles)
 //   mx_tensor   -> layout::mx          MXFP4 blocks with the nibbles of each byte swapped
 //                                      (element 2i high, as bnb4), E8M0 scale bytes as they are
+//   int8row_tensor -> layout::bnb8     LLM.int8 CB bytes and f32 SCB as they are; the outlier
+//                                      threshold is the packed_weights default (6.0): set
+//                                      outlier_threshold from llm_int8_threshold
 //
 // The kernel config names the compute path (act); the rest must describe the tensor.
 #pragma once
@@ -141,6 +144,23 @@ inline packed_weights pack_mx(const config& cfg, const ref::mx_tensor& t, std::s
     return p;
 }
 
+inline packed_weights pack_int8row(const config& cfg, const ref::int8row_tensor& t, std::string_view tensor) {
+    if (cfg.type != dtype::int8_row)
+        pack_error(tensor, "LLM.int8 weights do not match the kernel config " + canonical_name(cfg));
+    if (t.rows < 0 || t.cols < 0 || t.codes.size() != static_cast<std::size_t>(t.rows * t.cols) ||
+        t.scb.size() != static_cast<std::size_t>(t.rows))
+        pack_error(tensor, "LLM.int8 shape [" + std::to_string(t.rows) + ", " + std::to_string(t.cols) + "] with " +
+                               std::to_string(t.codes.size()) + " codes and " + std::to_string(t.scb.size()) +
+                               " SCB values (need N*K and N)");
+    packed_weights p;
+    p.cfg = cfg;
+    p.rows = t.rows;
+    p.cols = t.cols;
+    append_bytes(p.codes, t.codes);
+    append_bytes(p.scales, t.scb);
+    return p;
+}
+
 }  // namespace detail
 
 inline packed_weights pack_weights(const config& kernel_cfg, const ref::quantized& q,
@@ -166,6 +186,11 @@ inline packed_weights pack_weights(const config& kernel_cfg, const ref::quantize
         if (kernel_cfg.storage != layout::mx)
             detail::pack_error(tensor, "MXFP4 weights need an mx kernel config, not " + canonical_name(kernel_cfg));
         return detail::pack_mx(kernel_cfg, *t, tensor);
+    }
+    if (const auto* t = std::get_if<ref::int8row_tensor>(&q)) {
+        if (kernel_cfg.storage != layout::bnb8)
+            detail::pack_error(tensor, "LLM.int8 weights need a bnb8 kernel config, not " + canonical_name(kernel_cfg));
+        return detail::pack_int8row(kernel_cfg, *t, tensor);
     }
     detail::pack_error(tensor, "no kernel layout for this checkpoint format yet (kernel config " +
                                    canonical_name(kernel_cfg) + ")");

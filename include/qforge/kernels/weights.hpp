@@ -23,6 +23,9 @@ namespace qforge {
 //          group x group tile, row-major [ceil(N/group), K/group]
 //   mx     codes: per row K/2 bytes, element 2i in the HIGH nibble (the checkpoint's nibbles
 //          swapped by pack_weights); scales: one E8M0 byte per (row, block of 32), [N, K/32]
+//   bnb8   codes: the int8 CB bytes, row-major [N, K]; scales: f32 SCB [N]; outlier_threshold:
+//          the LLM.int8 matmul's t (transformers' llm_int8_threshold; 0 disables the outlier
+//          decomposition; negative, NaN and infinite values are refused); K <= llm_int8_max_cols
 struct weights_view {
     config cfg{};
     std::int64_t rows = 0, cols = 0;
@@ -32,7 +35,11 @@ struct weights_view {
     const float* nested_map = nullptr;     // double quant: 256 values (nested_quant_map)
     const float* nested_absmax = nullptr;  // double quant: [ceil(blocks / 256)]
     float nested_offset = 0.0f;            // double quant: added after the nested product
+    float outlier_threshold = 6.0f;        // bnb8: LLM.int8 outlier threshold (run time)
 };
+
+// |CB * XA| <= 128 * 128, so the LLM.int8 int32 sums are exact up to this K (as ref::int8_matmul).
+inline constexpr std::int64_t llm_int8_max_cols = 2147483647 / (128 * 128);
 
 // Owning storage behind a weights_view (see kernels/pack.hpp for building one).
 struct packed_weights {
@@ -44,6 +51,7 @@ struct packed_weights {
     std::vector<float> nested_map;
     std::vector<float> nested_absmax;
     float nested_offset = 0.0f;
+    float outlier_threshold = 6.0f;
 
     weights_view view() const {
         return {cfg,
@@ -54,7 +62,8 @@ struct packed_weights {
                 code_table.empty() ? nullptr : code_table.data(),
                 nested_map.empty() ? nullptr : nested_map.data(),
                 nested_absmax.empty() ? nullptr : nested_absmax.data(),
-                nested_offset};
+                nested_offset,
+                outlier_threshold};
     }
     // Bytes a matmul reads per pass over W: codes + scales + nested absmax (tables excluded).
     std::size_t weight_bytes() const {

@@ -19,6 +19,11 @@
 
 namespace qforge::kernels::vnni_gemm {
 
+// The formats it serves: 4-bit codes with one level per code (not zero points per group).
+template <class P, class A>
+inline constexpr bool applies = simd::has_vnni<A> && P::act == compute::i8 && P::bits == 4 &&
+                                P::type != dtype::int_asym;
+
 inline constexpr int panel_rows = 32;        // two zmm of int32 lanes
 inline constexpr int max_mr = 6;             // X rows per register tile
 inline constexpr std::int64_t k_slice = 4096;  // K per panel: 32 x 4096 bytes of levels stay in L2

@@ -9,6 +9,7 @@
 #include <qforge/kernels/impl/format_mx.hpp>
 #include <qforge/kernels/impl/i8.hpp>
 #include <qforge/kernels/impl/i8_gemm_vnni.hpp>
+#include <qforge/kernels/impl/llm_int8.hpp>  // overloads for bnb8: before the callers below
 #include <qforge/kernels/kernels.hpp>
 #include <qforge/registry.hpp>
 
@@ -261,7 +262,7 @@ void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bi
           std::int64_t n1) {
     check_kernel_policy<P>();
     if constexpr (P::act == compute::f32 || P::act == compute::bf16) gemm_f32<P, A>(w, x, m, bias, y, n0, n1);
-    else if constexpr (P::act == compute::i8 && simd::has_vnni<A>) gemm_i8_vnni<P, A>(w, x, m, bias, y, n0, n1);
+    else if constexpr (vnni_gemm::applies<P, A>) gemm_i8_vnni<P, A>(w, x, m, bias, y, n0, n1);
     else if constexpr (P::act == compute::i8) gemm_i8<P, A>(w, x, m, bias, y, n0, n1);
     else static_assert(no_compute_path<P>, "qforge: the f16 compute path has no kernels yet");
 }
