@@ -86,14 +86,26 @@ namespace {
 [[noreturn]] void wrong_op(const kernel& k, op called) {
     throw std::logic_error("qforge: " + k.full_name() + " called as " + std::string(to_string(called)));
 }
+
+void check_dequantize(const kernel& k, const weights_view& w, std::int64_t n0, std::int64_t n1, const void* out) {
+    if (k.kind != op::dequantize) wrong_op(k, op::dequantize);
+    detail::check_weights(k.cfg, w);
+    detail::check_rows(w, n0, n1);
+    detail::check_pointer(out, "output");
+}
 }  // namespace
 
 void kernel::dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) const {
-    if (kind != op::dequantize) wrong_op(*this, op::dequantize);
-    detail::check_weights(cfg, w);
-    detail::check_rows(w, n0, n1);
-    detail::check_pointer(out, "output");
-    dequantize_ptr(w, n0, n1, out);
+    check_dequantize(*this, w, n0, n1, out);
+    dequantize_ptr(w, n0, n1, out, element::f32);
+}
+void kernel::dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, bf16* out) const {
+    check_dequantize(*this, w, n0, n1, out);
+    dequantize_ptr(w, n0, n1, out, element::bf16);
+}
+void kernel::dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, f16* out) const {
+    check_dequantize(*this, w, n0, n1, out);
+    dequantize_ptr(w, n0, n1, out, element::f16);
 }
 
 void kernel::gemv(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0,

@@ -361,6 +361,29 @@ TEST_CASE("registry: lookup picks the active ISA; errors name the problem") {
     CHECK_THROWS_AS(registry().add(renamed), std::logic_error);
 }
 
+// The bf16 / f16 outputs of rows [n0, n1): the reference rounding (qforge::to_bf16 / to_f16) of the
+// exact f32 values w, and the other rows untouched.
+void check_half_outputs(const kernel& k, const weights_view& v, std::int64_t n0, std::int64_t n1,
+                        const std::vector<float>& w) {
+    const std::size_t first = static_cast<std::size_t>(n0 * v.cols), last = static_cast<std::size_t>(n1 * v.cols);
+    std::vector<bf16> b(w.size(), bf16{0xDEAD});
+    std::vector<f16> h(w.size(), f16{0xDEAD});
+    k.dequantize(v, n0, n1, b.data());
+    k.dequantize(v, n0, n1, h.data());
+    std::size_t bad_b = 0, bad_h = 0, first_bad = w.size();
+    for (std::size_t i = 0; i < w.size(); ++i) {
+        const bool inside = i >= first && i < last;
+        const bool ok_b = b[i] == (inside ? to_bf16(w[i]) : bf16{0xDEAD});
+        const bool ok_h = h[i] == (inside ? to_f16(w[i]) : f16{0xDEAD});
+        bad_b += !ok_b;
+        bad_h += !ok_h;
+        if ((!ok_b || !ok_h) && first_bad == w.size()) first_bad = i;
+    }
+    INFO(k.full_name() << " rows [" << n0 << ", " << n1 << "), first mismatch at " << first_bad);
+    CHECK(bad_b == 0);
+    CHECK(bad_h == 0);
+}
+
 TEST_CASE("dequantize is bit-exact with the reference, on row ranges and every ISA") {
     if (!isa_under_test_runs()) return;
     for (const auto& l : kernel_list) {
@@ -372,6 +395,7 @@ TEST_CASE("dequantize is bit-exact with the reference, on row ranges and every I
             std::vector<float> out(d.w.size(), sentinel);
             k->dequantize(d.packed.view(), 0, n, out.data());
             CHECK(std::memcmp(out.data(), d.w.data(), out.size() * sizeof(float)) == 0);
+            check_half_outputs(*k, d.packed.view(), n > 2 ? 1 : 0, n, d.w);
             // a row range writes exactly its rows
             if (n >= 3) {
                 std::vector<float> part(d.w.size(), sentinel);
@@ -578,6 +602,7 @@ TEST_CASE("fp8 and mx dequantize decode every code and scale as the reference, N
             std::vector<float> out(expected.size(), sentinel);
             k->dequantize(p.view(), 0, p.rows, out.data());
             CHECK(std::memcmp(out.data(), expected.data(), out.size() * sizeof(float)) == 0);
+            check_half_outputs(*k, p.view(), 0, p.rows, expected);  // NaN, Inf, subnormals, f16 overflow
         }
     }
     CHECK(std::isnan(ref::dequantize(ref::quantized(f))[0x7F]));  // the NaN codes are really tested

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <qforge/config/config.hpp>
+#include <qforge/format/float.hpp>
 #include <qforge/isa.hpp>
 #include <qforge/kernels/weights.hpp>
 
@@ -37,6 +38,8 @@ struct kernel {
     // the pointers and the row range are validated, then the kernel runs. They throw
     // std::invalid_argument, or std::logic_error when called for another op than `kind`.
     void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) const;
+    void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, bf16* out) const;  // RNE of f32
+    void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, f16* out) const;   // RNE of f32
     void gemv(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0,
               std::int64_t n1) const;
     void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <qforge/config/config.hpp>
+#include <qforge/format/float.hpp>
 #include <qforge/isa.hpp>
 #include <qforge/kernels/arch.hpp>
 #include <qforge/kernels/weights.hpp>
@@ -21,7 +22,7 @@
 namespace qforge::kernels {
 
 template <class P, class A>
-void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out);
+void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, void* out, element type);
 template <class P, class A>
 void gemv(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1);
 template <class P, class A>
@@ -35,7 +36,7 @@ void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bi
     }
 
 #define QFORGE_EXTERN_KERNELS_FOR(P, A)                                                                   \
-    extern template void dequantize<P, A>(const weights_view&, std::int64_t, std::int64_t, float*);       \
+    extern template void dequantize<P, A>(const weights_view&, std::int64_t, std::int64_t, void*, element); \
     extern template void gemv<P, A>(const weights_view&, const float*, const float*, float*, std::int64_t, \
                                     std::int64_t);                                                        \
     extern template void gemm<P, A>(const weights_view&, const float*, std::int64_t, const float*, float*, \
@@ -118,14 +119,30 @@ void with_active_arch(F&& f) {
     }
 }
 
+namespace detail {
+template <class P>
+void dequantize_as(const weights_view& w, std::int64_t n0, std::int64_t n1, void* out, element type) {
+    kernels::require_built<P>();
+    check_weights(P::cfg, w);
+    check_rows(w, n0, n1);
+    check_pointer(out, "output");
+    with_active_arch<P>([&](auto a) { kernels::dequantize<P, decltype(a)>(w, n0, n1, out, type); });
+}
+}  // namespace detail
+
 // Run the kernel of policy P for the active ISA (see isa.hpp), without the registry.
 template <class P>
 void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) {
-    kernels::require_built<P>();
-    detail::check_weights(P::cfg, w);
-    detail::check_rows(w, n0, n1);
-    detail::check_pointer(out, "output");
-    with_active_arch<P>([&](auto a) { kernels::dequantize<P, decltype(a)>(w, n0, n1, out); });
+    detail::dequantize_as<P>(w, n0, n1, out, element::f32);
+}
+// ... rounded to bf16 / f16 (RNE, as qforge::to_bf16 / to_f16)
+template <class P>
+void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, bf16* out) {
+    detail::dequantize_as<P>(w, n0, n1, out, element::bf16);
+}
+template <class P>
+void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, f16* out) {
+    detail::dequantize_as<P>(w, n0, n1, out, element::f16);
 }
 
 template <class P>

@@ -82,8 +82,13 @@ constexpr std::string_view to_string(op o) {
     return "?";
 }
 
-// out[n*K + k] = W[n, k] for n in [n0, n1), bit-exact with the scalar reference.
-using dequantize_fn = void (*)(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out);
+// Element type of a dequantized output: f32, or its RNE rounding to bf16 / f16 (as qforge::to_bf16 /
+// to_f16, i.e. the reference's dequantize_bf16 / dequantize_f16).
+enum class element : std::uint8_t { f32, bf16, f16 };
+
+// out[n*K + k] = W[n, k] for n in [n0, n1), bit-exact with the scalar reference; out holds
+// elements of `type` (float, or the 16-bit patterns of qforge::bf16 / qforge::f16).
+using dequantize_fn = void (*)(const weights_view& w, std::int64_t n0, std::int64_t n1, void* out, element type);
 // y[n] = sum_k W[n, k] x[k] (+ bias[n]) for n in [n0, n1); x has K elements, y and bias N.
 using gemv_fn = void (*)(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0,
                          std::int64_t n1);

@@ -38,17 +38,27 @@ inline void with_tile(int mr, int nr, F&& f) {
 template <class T>
 inline T smaller(T a, T b) { return a < b ? a : b; }
 
+// Rows [n0, n1) of W in f32; out points at row n0 (format overloads follow the same contract).
 template <class P, class A>
 void dequantize_rows(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) {
     const auto table = value_table<P, A>(w);
     const std::int64_t blocks = w.cols / P::group;
-    for (std::int64_t n = n0; n < n1; ++n) dequantize_blocks<P, A>(w, table, n, 0, blocks, out + n * w.cols);
+    for (std::int64_t n = n0; n < n1; ++n) dequantize_blocks<P, A>(w, table, n, 0, blocks, out + (n - n0) * w.cols);
 }
 
+// The same for every compute path; bf16 / f16 outputs are rounded from the exact f32 row.
 template <class P, class A>
-void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) {
+void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, void* out, element type) {
     check_kernel_policy<P>();
-    dequantize_rows<P, A>(w, n0, n1, out);  // the same for every compute path
+    const std::int64_t k = w.cols;
+    if (type == element::f32) return dequantize_rows<P, A>(w, n0, n1, static_cast<float*>(out) + n0 * k);
+    auto* row = static_cast<float*>(simd::scratch<A, 3>::get(static_cast<std::size_t>(k) * sizeof(float)));
+    auto* half = static_cast<std::uint16_t*>(out);
+    for (std::int64_t n = n0; n < n1; ++n) {
+        dequantize_rows<P, A>(w, n, n + 1, row);
+        if (type == element::bf16) simd::to_bf16<A>(row, k, half + n * k);
+        else simd::to_f16<A>(row, k, half + n * k);
+    }
 }
 
 // ---- GEMV ----------------------------------------------------------------------------------
@@ -293,7 +303,7 @@ void register_policy(registry& r, std::string_view name) {
 // Explicit instantiation of the three kernels of one policy for one arch (generated TUs).
 #define QFORGE_INSTANTIATE_KERNELS(P, A)                                                                    \
     template void qforge::kernels::dequantize<P, A>(const qforge::weights_view&, std::int64_t, std::int64_t, \
-                                                    float*);                                                \
+                                                    void*, qforge::element);                                \
     template void qforge::kernels::gemv<P, A>(const qforge::weights_view&, const float*, const float*, float*, \
                                               std::int64_t, std::int64_t);                                  \
     template void qforge::kernels::gemm<P, A>(const qforge::weights_view&, const float*, std::int64_t,       \

@@ -287,7 +287,7 @@ inline constexpr std::int64_t gemm_panel = 16;  // rows of W kept in cache while
 
 }  // namespace llm_int8
 
-// out[n*K + k] = (f32(CB[n,k]) * SCB[n]) * f32(1/127), as ref::dequantize_int8row.
+// out[(n - n0)*K + k] = (f32(CB[n,k]) * SCB[n]) * f32(1/127), as ref::dequantize_int8row.
 template <class P, class A>
     requires bnb8_policy<P>
 void dequantize_rows(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) {
@@ -298,7 +298,7 @@ void dequantize_rows(const weights_view& w, std::int64_t n0, std::int64_t n1, fl
     for (std::int64_t n = n0; n < n1; ++n) {
         const auto* cb = reinterpret_cast<const std::uint8_t*>(llm_int8::row_of<A>(w, n));
         const float scb = llm_int8::scb_of<A>(w, n);
-        float* o = out + n * k;
+        float* o = out + (n - n0) * k;
         std::int64_t c = 0;
         for (; c < full; c += lanes) {
             const I code = I(simd::load_u8_as_i32<A>(cb + c) << 24) >> 24;  // sign-extended

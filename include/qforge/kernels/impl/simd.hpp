@@ -10,6 +10,7 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -444,6 +445,56 @@ inline float round_bf16(float v) {
     std::memcpy(&v, &bits, sizeof bits);
     return v;
 }
+
+// f32 -> bf16 / f16 bit patterns, RNE, exactly as qforge::to_bf16 / to_f16 (format/float.hpp):
+// overflow to infinity, subnormal results kept, NaN -> sign + the default quiet NaN.
+template <class A>
+inline std::uint16_t bf16_bits(float v) {
+    const std::uint32_t bits = std::bit_cast<std::uint32_t>(v);
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<std::uint16_t>(((bits >> 16) & 0x8000u) | 0x7FC0u);
+    return static_cast<std::uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+template <class A>
+inline std::uint16_t f16_bits(float v) {
+    const std::uint32_t bits = std::bit_cast<std::uint32_t>(v);
+    const std::uint32_t sign = (bits >> 16) & 0x8000u, a = bits & 0x7FFFFFFFu;
+    if (a > 0x7F800000u) return static_cast<std::uint16_t>(sign | 0x7E00u);   // NaN
+    if (a >= 0x477FF000u) return static_cast<std::uint16_t>(sign | 0x7C00u);  // >= 65520 rounds to Inf
+    if (a < 0x38800000u)  // below 2^-14: a multiple of the subnormal quantum 2^-24, RNE by the FPU
+        return static_cast<std::uint16_t>(sign | static_cast<std::uint32_t>(__builtin_nearbyintf(std::bit_cast<float>(a) * 16777216.0f)));
+    const std::uint32_t r = a - 0x38000000u;  // rebias the exponent (127 - 15), then RNE of 13 bits
+    return static_cast<std::uint16_t>(sign | ((r + 0xFFFu + ((r >> 13) & 1u)) >> 13));
+}
+
+namespace ext {
+template <class A>
+inline void to_f16(const float* in, std::int64_t n, std::uint16_t* out, requires_arch<xsimd::generic>) {
+    for (std::int64_t i = 0; i < n; ++i) out[i] = f16_bits<A>(in[i]);
+}
+#if XSIMD_WITH_AVX2
+// F16C rounds as f16_bits does (MXCSR: no DAZ/FTZ), but keeps NaN payloads: NaNs go the scalar way.
+template <class A>
+inline void to_f16(const float* in, std::int64_t n, std::uint16_t* out, requires_arch<xsimd::avx2>) {
+    std::int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(in + i);
+        if (_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0) {
+            for (int j = 0; j < 8; ++j) out[i + j] = f16_bits<A>(in[i + j]);
+            continue;
+        }
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    }
+    for (; i < n; ++i) out[i] = f16_bits<A>(in[i]);
+}
+#endif
+}  // namespace ext
+
+template <class A>
+inline void to_bf16(const float* in, std::int64_t n, std::uint16_t* out) {
+    for (std::int64_t i = 0; i < n; ++i) out[i] = bf16_bits<A>(in[i]);  // vectorized by the compiler
+}
+template <class A>
+inline void to_f16(const float* in, std::int64_t n, std::uint16_t* out) { ext::to_f16<A>(in, n, out, A{}); }
 
 // A 16-byte table replicated into every 128-bit lane of a register (for lut16).
 template <class A>
