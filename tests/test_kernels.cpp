@@ -688,6 +688,17 @@ TEST_CASE("LLM.int8: a hand-computed example, with and without the outlier decom
             CHECK(std::bit_cast<std::uint32_t>(y) == std::bit_cast<std::uint32_t>(y_ref[0]));
         }
     }
+    // SCA so small that 127 / SCA overflows: the reference quantizes with (x / SCA) * 127
+    const std::vector<float> tiny = {3e-38f, -1e-38f, 2e-39f};
+    p.outlier_threshold = 6.0f;
+    const std::vector<float> y_ref = ref::int8_matmul(t, tiny, 1, 6.0f);
+    CHECK(y_ref[0] != 0.0f);
+    for (const kernel* k : llm_int8_kernels(op::gemv)) {
+        INFO(k->full_name() << " tiny activations");
+        float y = sentinel;
+        k->gemv(p.view(), tiny.data(), nullptr, &y, 0, 1);
+        CHECK(std::bit_cast<std::uint32_t>(y) == std::bit_cast<std::uint32_t>(y_ref[0]));
+    }
 }
 
 TEST_CASE("LLM.int8: gemv, gemm and dequantize equal the reference bit for bit on every ISA") {
