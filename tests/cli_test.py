@@ -961,6 +961,8 @@ class CliTest(unittest.TestCase):
         write_safetensors(self.path("odd.safetensors"), [(P + ".weight", "F32", [40, K], pack("f", [0.5] * (40 * K)))])
         self.fails(1, [P + ".weight", "multiples of 32"], "quantize", "--config", cfg, "--calibration", good,
                    self.path("odd.safetensors"), out, output=out)
+        self.fails(1, [P + ".weight", "F64 cannot be quantized"], "quantize", "--config", cfg, "--calibration", good,
+                   self.f64_file(), out, output=out)
         # --calibration needs a GPTQ config: a usage error
         nf4 = self.config("nf4.json", {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"})
         self.fails(2, ["--calibration", "gptq"], "quantize", "--config", nf4, "--calibration", good, src, out, output=out)

@@ -168,11 +168,14 @@ void accumulate(std::optional<gptq::hessian>& h, std::string_view module, const 
         throw io_error("calibration '" + file.string() + "': module '" + std::string(module) + "': " + c.shape_text() +
                        " has K = " + std::to_string(k) + ", but earlier calibration data of the module has K = " +
                        std::to_string(h->cols()));
-    if (!h) h.emplace(k);
     if (c.hessian) {
         const std::vector<float> stored = rows_as_f32(*c.hessian, k, 0, k, file);
-        h->merge(gptq::hessian(k, stored, c.nsamples));
+        if (h)
+            h->merge(gptq::hessian(k, stored, c.nsamples));
+        else
+            h.emplace(k, stored, c.nsamples);
     }
+    if (!h) h.emplace(k);
     if (c.inputs) {
         const std::int64_t rows = c.inputs->numel() / k;
         for (std::int64_t r0 = 0; r0 < rows; r0 += input_slice_rows) {
@@ -182,21 +185,32 @@ void accumulate(std::optional<gptq::hessian>& h, std::string_view module, const 
     }
 }
 
-gptq::hessian stored_form(const gptq::hessian& h) { return gptq::hessian(h.cols(), h.to_f32(), h.nsamples()); }
-
 // ---- one calibrated weight -----------------------------------------------------------------
 
 checkpoint::quantized_weight quantize_calibrated(const safetensors::tensor_view& weight, std::string_view module,
-                                                 const gptq::hessian& h, const loaded_config& cfg, int threads) {
+                                                 const module_calibration& c, const fs::path& file,
+                                                 const loaded_config& cfg, int threads) {
     const auto& g = std::get<hf_gptq>(cfg.hf.fields);
     const std::int64_t rows = weight.shape[0], cols = weight.shape[1];
     const auto where = [&] { return "checkpoint '" + std::string(weight.file) + "': tensor '" + std::string(weight.name) + "': "; };
-    // Shapes the checkpoint cannot hold are refused before the expensive part.
+    // What the checkpoint cannot hold is refused before the expensive part.
+    if (weight.type != sdt::F32 && weight.type != sdt::BF16 && weight.type != sdt::F16)
+        throw io_error(where() + "dtype " + std::string(safetensors::to_string(weight.type)) +
+                       " cannot be quantized (F32, BF16 and F16 can)");
     if (rows % 32 != 0 || cols % 32 != 0)
         throw io_error(where() + "shape " + shape_string(weight.shape) + ": GPTQ needs N and K to be multiples of 32");
     if (g.group_size > 0 && cols % g.group_size != 0)
         throw io_error(where() + "K = " + std::to_string(cols) + " is not divisible by the group size " +
                        std::to_string(g.group_size));
+
+    const auto t0 = std::chrono::steady_clock::now();
+    std::optional<gptq::hessian> accumulated;
+    accumulate(accumulated, module, c, file, threads);
+    // A stored Hessian alone is already in the stored form.
+    const gptq::hessian h = c.inputs ? gptq::hessian(accumulated->cols(), accumulated->to_f32(), accumulated->nsamples())
+                                     : std::move(*accumulated);
+    accumulated.reset();
+    const double hessian_seconds = since(t0);
 
     gptq::options opt = gptq::options_from(cfg.cfg);
     opt.desc_act = g.desc_act;
@@ -208,17 +222,15 @@ checkpoint::quantized_weight quantize_calibrated(const safetensors::tensor_view&
     auto bar = std::make_shared<layer_bar>(module, rows, cols);
     opt.progress = [bar](std::string_view stage, std::int64_t done, std::int64_t total) { (*bar)(stage, done, total); };
 
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto t1 = std::chrono::steady_clock::now();
     gptq::result r;
-    switch (weight.type) {
-        case sdt::F32: r = gptq::quantize_layer(weight.to_vector<float>(), rows, cols, h, opt); break;
-        case sdt::BF16: r = gptq::quantize_layer(weight.to_vector<bf16>(), rows, cols, h, opt); break;
-        case sdt::F16: r = gptq::quantize_layer(weight.to_vector<f16>(), rows, cols, h, opt); break;
-        default:
-            throw io_error(where() + "dtype " + std::string(safetensors::to_string(weight.type)) +
-                           " cannot be quantized (F32, BF16 and F16 can)");
-    }
-    const double elapsed = since(t0);
+    if (weight.type == sdt::F32)
+        r = gptq::quantize_layer(weight.to_vector<float>(), rows, cols, h, opt);
+    else if (weight.type == sdt::BF16)
+        r = gptq::quantize_layer(weight.to_vector<bf16>(), rows, cols, h, opt);
+    else
+        r = gptq::quantize_layer(weight.to_vector<f16>(), rows, cols, h, opt);
+    const double gptq_seconds = since(t1);
     opt.progress = nullptr;
     bar.reset();  // erases the bar before the lines below
 
@@ -226,9 +238,10 @@ checkpoint::quantized_weight quantize_calibrated(const safetensors::tensor_view&
     std::string notes;
     if (r.dead_columns > 0) notes += ", " + std::to_string(r.dead_columns) + " dead columns (zero weights)";
     if (r.f64_factorization) notes += ", factorized in f64";
-    std::fprintf(stderr, "qforge: gptq '%.*s' %s: %s, %lld calibration rows, damping %g%s\n",
-                 static_cast<int>(module.size()), module.data(), shape_string(weight.shape).c_str(), seconds(elapsed).c_str(),
-                 static_cast<long long>(h.nsamples()), r.damp, notes.c_str());
+    std::fprintf(stderr, "qforge: gptq '%.*s' %s: Hessian %s, GPTQ %s; %lld calibration rows, damping %g%s\n",
+                 static_cast<int>(module.size()), module.data(), shape_string(weight.shape).c_str(),
+                 seconds(hessian_seconds).c_str(), seconds(gptq_seconds).c_str(), static_cast<long long>(h.nsamples()),
+                 r.damp, notes.c_str());
 
     checkpoint::quantized_weight q;
     q.name = std::string(weight.name);

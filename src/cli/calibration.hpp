@@ -54,16 +54,15 @@ private:
 void accumulate(std::optional<gptq::hessian>& h, std::string_view module, const module_calibration& c,
                 const std::filesystem::path& file, int threads);
 
-// H as a hessian file stores it (f32): quantizing from inputs goes through this too, so that it
-// gives the same bytes as quantizing from the hessian file `qforge hessian` makes of them.
-gptq::hessian stored_form(const gptq::hessian& h);
-
 // GPTQ of one checkpoint weight `<module>.weight` (F32 / BF16 / F16, [N, K]) with the Hessian of
-// its inputs, into the layout of the GPTQ config `cfg` (bits, group_size, sym, desc_act,
-// act_group_aware, static_groups, damp_percent, checkpoint_format). Draws a progress bar on a
-// terminal; writes one line per layer (time, damping, warnings) to stderr.
+// its calibration data `c` (of `file`), into the layout of the GPTQ config `cfg` (bits,
+// group_size, sym, desc_act, act_group_aware, static_groups, damp_percent, checkpoint_format).
+// H goes through the f32 form a hessian file stores, so quantizing from inputs gives the bytes
+// quantizing from the hessian file `qforge hessian` makes of them gives. Draws a progress bar on
+// a terminal; writes one line per layer (times, damping) and the algorithm's warnings to stderr.
 checkpoint::quantized_weight quantize_calibrated(const safetensors::tensor_view& weight, std::string_view module,
-                                                 const gptq::hessian& h, const loaded_config& cfg, int threads);
+                                                 const module_calibration& c, const std::filesystem::path& file,
+                                                 const loaded_config& cfg, int threads);
 
 void add_hessian(CLI::App& app);  // `qforge hessian`
 

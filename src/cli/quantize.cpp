@@ -203,10 +203,8 @@ void add_quantize(CLI::App& app) {
             if (it == calibrated.end()) {
                 checkpoint::export_weight(out.writer, out.keep.emplace_back(checkpoint::quantize_tensor(v, cfg.cfg, settings)));
             } else {
-                std::optional<gptq::hessian> h;
-                accumulate(h, it->first, *it->second, calib->path(), opt->threads);
                 checkpoint::export_weight(out.writer, out.keep.emplace_back(quantize_calibrated(
-                                                          v, it->first, stored_form(*h), cfg, opt->threads)));
+                                                          v, it->first, *it->second, calib->path(), cfg, opt->threads)));
                 ++n_calibrated;
             }
             ++n.replaced;
