@@ -950,9 +950,10 @@ class CliTest(unittest.TestCase):
                 if what != "K mismatch" and what != "K mismatch hessian":
                     self.fails(1, needles, "hessian", calib, "-o", out, output=out)
                 os.remove(calib)
-        self.fails(1, ["truncated.safetensors", "beyond the data section"], "quantize", "--config", cfg,
+        self.fails(1, ["truncated.safetensors", P + ".inputs", "beyond the data section"], "quantize", "--config", cfg,
                    "--calibration", self.path("truncated.safetensors"), src, out, output=out)
-        self.fails(1, ["truncated.safetensors"], "hessian", self.path("truncated.safetensors"), "-o", out, output=out)
+        self.fails(1, ["truncated.safetensors", P + ".inputs"], "hessian", self.path("truncated.safetensors"), "-o", out,
+                   output=out)
         # K differing between two files of one module
         other = self.calibration("other.safetensors", [(P + ".inputs", "F32", [2, 128], pack("f", [0.5] * 256))])
         self.fails(1, ["other.safetensors", "module '%s'" % P, "K = 128", "K = 256"], "hessian", good, other, "-o", out,
