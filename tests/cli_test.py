@@ -817,6 +817,31 @@ class CliTest(unittest.TestCase):
             ref = gptq_sym_int4_v1([w[P + ".weight"][n * K + c] for n in range(N) for c in cols], N, 128, 128)["values"]
             self.assertEqual([values[n * K + c] for n in range(N) for c in cols], ref)
 
+    def test_gptq_calibration_of_a_sharded_model(self):
+        # the two calibrated weights sit in different shards; with a diagonal H every output file
+        # equals round-to-nearest's
+        tensors, _ = model_tensors("BF16")
+        shards = {"model-00001-of-00002.safetensors": tensors[:1], "model-00002-of-00002.safetensors": tensors[1:]}
+        for name, ts in shards.items():
+            write_safetensors(self.path(name), ts, {"format": "pt"})
+        index = {"metadata": {"total_size": sum(len(t[3]) for t in tensors)},
+                 "weight_map": {t[0]: name for name, ts in shards.items() for t in ts}}
+        with open(self.path("model.safetensors.index.json"), "w") as f:
+            json.dump(index, f)
+        h, _ = diagonal_hessian(K)
+        calib = self.calibration("diag.safetensors", [
+            (m + s, dtype, shape, raw) for m in (P, Q) for s, dtype, shape, raw in
+            ((".hessian", "F32", [K, K], pack("f", h)), (".nsamples", "I32", [], pack("i", [64])))])
+        cfg = self.gptq_config("cfg.json")
+        self.ok("quantize", "--config", cfg, self.path("model.safetensors.index.json"), self.path("rtn"))
+        _, err = self.ok("quantize", "--config", cfg, "--calibration", calib, self.path("model.safetensors.index.json"),
+                         self.path("gptq"))
+        self.assertIn("qforge: gptq '%s'" % P, err)
+        self.assertIn("qforge: gptq '%s'" % Q, err)
+        for name in list(shards) + ["model.safetensors.index.json"]:
+            with open(os.path.join(self.path("rtn"), name), "rb") as a, open(os.path.join(self.path("gptq"), name), "rb") as b:
+                self.assertEqual(a.read(), b.read(), name)
+
     def correlated_model(self):
         """An F32 model, inputs for P only (512 rows), and junk calibration for modules not quantized."""
         src, _, w = self.model(dtype="F32")
