@@ -277,12 +277,20 @@ TEST_CASE("unknown keys are accepted and reported, then dropped on write") {
     const char* autogptq =
         R"({"bits": 4, "damp_percent": 0.1, "desc_act": true, "group_size": 128, "model_file_base_name": "model", "model_name_or_path": null, "quant_method": "gptq", "static_groups": false, "sym": true, "true_sequential": true})";
     const hf_quant_config q = parse(autogptq);
-    CHECK(q.unknown_keys == std::vector<std::string>{"model_file_base_name", "model_name_or_path", "static_groups"});
+    CHECK(q.unknown_keys == std::vector<std::string>{"model_file_base_name", "model_name_or_path"});
     const auto& g = std::get<hf_gptq>(q.fields);
     CHECK(g.desc_act);
     CHECK_FALSE(g.act_group_aware);  // transformers turns it off with desc_act
-    CHECK_FALSE(to_json(q).contains("static_groups"));
+    CHECK_FALSE(g.static_groups);
+    CHECK_FALSE(to_json(q).contains("static_groups"));  // false: transformers' field set
     require_round_trip(autogptq);
+    // static_groups (AutoGPTQ / GPTQModel) is read, and written when true
+    const hf_quant_config st = parse(R"({"quant_method": "gptq", "bits": 4, "static_groups": true})");
+    CHECK(st.unknown_keys.empty());
+    CHECK(std::get<hf_gptq>(st.fields).static_groups);
+    CHECK(to_json(st)["static_groups"] == true);
+    CHECK(parse(to_json(st).dump().c_str()) == st);
+    require_rejected(R"({"quant_method": "gptq", "bits": 4, "static_groups": 1})", "static_groups");
 
     const hf_quant_config fp8 = parse(R"({"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": [128, 128]})");
     CHECK(fp8.unknown_keys.empty());

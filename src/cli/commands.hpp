@@ -10,5 +10,6 @@ void add_quantize(CLI::App& app);    // quantize.cpp
 void add_dequantize(CLI::App& app);  // quantize.cpp
 void add_convert(CLI::App& app);     // quantize.cpp
 void add_inspect(CLI::App& app);     // inspect.cpp
+void add_hessian(CLI::App& app);     // calibration.cpp
 
 }  // namespace qforge::cli

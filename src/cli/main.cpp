@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
     qforge::cli::add_dequantize(app);
     qforge::cli::add_convert(app);
     qforge::cli::add_inspect(app);
+    qforge::cli::add_hessian(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

@@ -1,5 +1,6 @@
 // `qforge quantize`, `qforge dequantize` and `qforge convert`: a model rewritten tensor by tensor
 // (model_files.hpp), every quantized weight in its method's checkpoint layout (io/checkpoint.hpp).
+#include "calibration.hpp"
 #include "commands.hpp"
 #include "model_files.hpp"
 
@@ -9,6 +10,8 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 
@@ -117,16 +120,66 @@ void add_common(CLI::App* cmd, common_options& o, const char* config_help) {
         ->required();
 }
 
+// The calibration data of the modules `quantize` replaces, checked against their weights before
+// any work: K must agree (error naming the module and both shapes). Data for modules that are not
+// quantized is ignored with a warning rather than refused, so that one calibration file of a
+// whole model serves configs that exclude some modules (lm_head, modules_to_not_convert,
+// modules_in_block_to_quantize); a misspelt module still shows, in the round-to-nearest warning
+// of the module that lacks the data.
+std::map<std::string, const module_calibration*, std::less<>> match_calibration(const input_model& in,
+                                                                                const hf_module_filter& filter,
+                                                                                const calibration_file& calib) {
+    std::map<std::string, const module_calibration*, std::less<>> matched;
+    std::set<std::string, std::less<>> quantized;
+    for (const safetensors::tensor_view* v : in.tensors.all()) {
+        if (!to_quantize(*v, filter)) continue;
+        const std::string module(v->name.substr(0, v->name.size() - std::string_view(".weight").size()));
+        quantized.insert(module);
+        const auto it = calib.modules().find(module);
+        if (it == calib.modules().end()) {
+            std::fprintf(stderr, "qforge: warning: module '%s' has no calibration data in '%s': round-to-nearest\n",
+                         module.c_str(), calib.path().c_str());
+            continue;
+        }
+        if (it->second.cols() != v->shape[1])
+            throw io_error("calibration '" + calib.path().string() + "': module '" + module + "': " + it->second.shape_text() +
+                           " has K = " + std::to_string(it->second.cols()) + ", but its weight '" + std::string(v->name) +
+                           "' is [" + std::to_string(v->shape[0]) + ", " + std::to_string(v->shape[1]) + "]");
+        matched.emplace(module, &it->second);
+    }
+    for (const auto& [module, c] : calib.modules())
+        if (!quantized.contains(module))
+            std::fprintf(stderr,
+                         "qforge: warning: calibration '%s': '%s' matches no module this config quantizes (ignored)\n",
+                         calib.path().c_str(), module.c_str());
+    return matched;
+}
+
 }  // namespace
 
 void add_quantize(CLI::App& app) {
-    auto opt = std::make_shared<common_options>();
+    struct options : common_options {
+        std::string calibration;
+        int threads = 0;
+    };
+    auto opt = std::make_shared<options>();
     CLI::App* cmd = app.add_subcommand(
-        "quantize", "round-to-nearest quantization of every Linear weight into the config's checkpoint layout");
+        "quantize",
+        "quantization of every Linear weight into the config's checkpoint layout: round-to-nearest, or GPTQ with --calibration");
     add_common(cmd, *opt, "quantization_config JSON (the object, or a whole config.json)");
     cmd->add_option("--config-out", opt->config_out, "also write the normalized quantization_config here");
+    cmd->add_option("--calibration", opt->calibration,
+                    "GPTQ calibration file (gptq configs): per module <module>.inputs [tokens, K] activations, or "
+                    "<module>.hessian [K, K] + <module>.nsamples from `qforge hessian`; modules without data are "
+                    "rounded to nearest");
+    cmd->add_option("--threads", opt->threads, "worker threads of GPTQ calibration (default 0: one per hardware thread)")
+        ->check(CLI::NonNegativeNumber);
     cmd->callback([opt] {
         const loaded_config cfg = load_config(opt->config);
+        if (!opt->calibration.empty() && cfg.hf.method() != hf_method::gptq)
+            throw CLI::ValidationError("--calibration", "calibration is GPTQ's: the config '" + opt->config + "' is " +
+                                                            std::string(quant_method_name(cfg.hf.method())) +
+                                                            ", not quant_method gptq");
         const input_model in = open_model(opt->in);
         const checkpoint::detection d = detect_checked(in);
         if (!d.weights.empty())
@@ -134,12 +187,26 @@ void add_quantize(CLI::App& app) {
                            std::string(checkpoint::to_string(d.weights.front().kind)) + " (dequantize it first)");
         const hf_module_filter filter(cfg.hf);
         const checkpoint::quantize_settings settings = checkpoint::settings_of(cfg.hf);
+        std::optional<calibration_file> calib;
+        std::map<std::string, const module_calibration*, std::less<>> calibrated;
+        if (!opt->calibration.empty()) {
+            calib.emplace(opt->calibration);
+            calibrated = match_calibration(in, filter, *calib);
+        }
         counts n;
+        std::size_t n_calibrated = 0;
         tensor_rewrite rewrite;
         rewrite.replace = [&](const safetensors::tensor_view& v, shard_output& out) {
             ++n.total;
             if (!to_quantize(v, filter)) return false;
-            checkpoint::export_weight(out.writer, out.keep.emplace_back(checkpoint::quantize_tensor(v, cfg.cfg, settings)));
+            const auto it = calibrated.find(v.name.substr(0, v.name.size() - std::string_view(".weight").size()));
+            if (it == calibrated.end()) {
+                checkpoint::export_weight(out.writer, out.keep.emplace_back(checkpoint::quantize_tensor(v, cfg.cfg, settings)));
+            } else {
+                checkpoint::export_weight(out.writer, out.keep.emplace_back(quantize_calibrated(
+                                                          v, it->first, *it->second, calib->path(), cfg, opt->threads)));
+                ++n_calibrated;
+            }
             ++n.replaced;
             return true;
         };
@@ -147,7 +214,9 @@ void add_quantize(CLI::App& app) {
         rewrite_model(in, opt->out, "quantize", rewrite, files);
         if (!opt->config_out.empty()) files.stage_text(opt->config_out, json_text(to_json(cfg.hf)));
         files.commit();
-        print_summary("quantized", n.replaced, canonical_name(cfg.cfg), n.copied(), opt->out);
+        std::string what = canonical_name(cfg.cfg);
+        if (calib) what += ", " + std::to_string(n_calibrated) + " calibrated with GPTQ";
+        print_summary("quantized", n.replaced, what, n.copied(), opt->out);
     });
 }
 

@@ -268,6 +268,7 @@ hf_gptq parse_gptq(object_reader& r) {
     g.act_group_aware = r.boolean("act_group_aware", true) && !g.desc_act;  // transformers disables it with desc_act
     g.sym = r.boolean("sym", true);
     g.true_sequential = r.boolean("true_sequential", true);
+    g.static_groups = r.boolean("static_groups", false);
     g.checkpoint_format = lower(r.string("checkpoint_format", "gptq"));
     // AutoGPTQ <= 0.7.1 said is_marlin_format: true instead of checkpoint_format "marlin".
     if (r.optional_boolean("is_marlin_format").value_or(false)) g.checkpoint_format = "marlin";
@@ -493,6 +494,7 @@ json to_json(const hf_quant_config& q) {
                 out["act_group_aware"] = f.act_group_aware;
                 out["sym"] = f.sym;
                 out["true_sequential"] = f.true_sequential;
+                if (f.static_groups) out["static_groups"] = true;  // not a GPTQConfig field
                 out["checkpoint_format"] = f.checkpoint_format;
                 out["meta"] = f.meta;
                 out["backend"] = f.backend;

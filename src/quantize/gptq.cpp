@@ -266,7 +266,9 @@ double quantize_rows(const layer_job& job, std::int64_t r0, std::int64_t nr, res
                     lo = lo.cwiseMin(wc.middleCols(i2, col + gs - i2).rowwise().minCoeff());
                     hi = hi.cwiseMax(wc.middleCols(i2, col + gs - i2).rowwise().maxCoeff());
                 }
-                const std::int64_t g = col / gs;
+                // The run of gs positions from here is one group (desc_act: a run of the
+                // permutation; act_group_aware: one contiguous original group).
+                const std::int64_t g = res.g_idx[job.order[col]];
                 for (std::int64_t r = 0; r < nr; ++r) {
                     current[r] = make_row_params(job, lo[r], hi[r], r0 + r, g);
                     res.scales[g * n + r0 + r] = current[r].p.scale;
@@ -293,6 +295,27 @@ double quantize_rows(const layer_job& job, std::int64_t r0, std::int64_t nr, res
         if (i2 < k) wc.rightCols(k - i2).noalias() -= err1.leftCols(count) * u.block(i1, i2, count, k - i2);
     }
     return loss;
+}
+
+// GAR's order (options::act_group_aware): within each group of gs contiguous columns, decreasing
+// diag(H); the groups by decreasing maximum of diag(H). Both sorts are stable (ties keep the
+// column order), as GPTQModel's global sort is.
+std::vector<std::int32_t> group_aware_order(const std::vector<double>& diag, std::int64_t gs) {
+    const auto k = static_cast<std::int64_t>(diag.size());
+    const std::int64_t groups = k / gs;
+    std::vector<std::int32_t> local(static_cast<std::size_t>(k));
+    std::iota(local.begin(), local.end(), 0);
+    const auto by_diag = [&](std::int32_t a, std::int32_t b) { return diag[a] > diag[b]; };
+    for (std::int64_t g = 0; g < groups; ++g) std::stable_sort(local.begin() + g * gs, local.begin() + (g + 1) * gs, by_diag);
+    std::vector<std::int32_t> group_order(static_cast<std::size_t>(groups));
+    std::iota(group_order.begin(), group_order.end(), 0);
+    // local[g * gs] is the group's largest diag(H).
+    std::stable_sort(group_order.begin(), group_order.end(),
+                     [&](std::int32_t a, std::int32_t b) { return diag[local[a * gs]] > diag[local[b * gs]]; });
+    std::vector<std::int32_t> order;
+    order.reserve(static_cast<std::size_t>(k));
+    for (const std::int32_t g : group_order) order.insert(order.end(), local.begin() + g * gs, local.begin() + (g + 1) * gs);
+    return order;
 }
 
 // Copies the lower triangle of a square matrix onto its upper triangle, tile by tile (a plain
@@ -451,6 +474,9 @@ result quantize_layer(std::span<const float> w, std::int64_t rows, std::int64_t 
     std::iota(order.begin(), order.end(), 0);
     if (opt.desc_act) {
         std::stable_sort(order.begin(), order.end(), [&](std::int32_t a, std::int32_t b) { return diag[a] > diag[b]; });
+        res.perm = order;
+    } else if (opt.act_group_aware) {
+        order = group_aware_order(diag, gs);
         res.perm = order;
     }
     res.g_idx.resize(static_cast<std::size_t>(k));

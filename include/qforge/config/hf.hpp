@@ -64,6 +64,9 @@ struct hf_gptq {
     bool act_group_aware = true;  // forced false when desc_act is true, as transformers does
     bool sym = true;
     bool true_sequential = true;
+    // AutoGPTQ / GPTQModel's static_groups (default false there; transformers' GPTQConfig lacks it):
+    // group parameters from the unpermuted weights. Written only when true.
+    bool static_groups = false;
     std::string checkpoint_format = "gptq";  // lower-cased; "gptq" (v1) | "gptq_v2" | others qforge refuses
     nlohmann::json meta;                     // null or an object (free-form tool metadata)
     std::string backend = "auto";            // lower-cased; null -> "auto"

@@ -60,6 +60,12 @@ struct options {
     std::int32_t group_size = 128;  // > 0 and dividing K, or -1 (one group per row)
     bool sym = true;                // zero point 2^(bits-1); false: one learned zero per group
     bool desc_act = false;          // act-order: quantize columns by decreasing diag(H)
+    // GPTQModel's group-aware reordering (GAR, "act_group_aware"; ignored with desc_act): the
+    // columns of each group by decreasing diag(H), the groups by decreasing max diag(H). Groups
+    // stay the contiguous k / gs (g_idx needs no act-order support from a kernel); their
+    // parameters are found from the current weights when the group's first position comes.
+    // group_size -1 is one group of all columns: the order is then act-order's, g_idx all 0.
+    bool act_group_aware = false;
     bool static_groups = false;     // group parameters from the unpermuted weights, up front
     double damp_percent = 0.1;      // 0 < damp < 1: damp * mean(diag(H)) added to the diagonal
     std::int32_t block_size = 128;  // columns per lazy-update block
@@ -86,7 +92,7 @@ struct result {
     std::vector<float> scales;        // [G, N], f32; the checkpoint stores fp16(scale)
     std::vector<std::uint8_t> zeros;  // [G, N], the integer zero point z
     std::vector<std::int32_t> g_idx;  // [K], group of each column
-    std::vector<std::int32_t> perm;   // act-order permutation (position -> column), empty without
+    std::vector<std::int32_t> perm;   // desc_act / act_group_aware order (position -> column), else empty
     double damp = 0.0;                // absolute damping finally added to diag(H)
     int damp_retries = 0;             // how many times the damping was multiplied by 10
     bool f64_factorization = false;   // f32 failed and H + damping was factorized in f64
