@@ -1,0 +1,141 @@
+"""Result records shared by peers.py and plot.py (Python 3 stdlib).
+
+A record is a dict with: source ("qforge", "ggml", "onnxruntime", or "membw"), kernel (qforge's
+canonical name or a peer name such as "ggml_q4_0_repack"), op ("gemv", "gemm", "membw"), K, N, M,
+threads, mode ("cold"/"hot"), bytes_per_second (weight bytes: codes + scales + zeros), GFLOPS
+(2 M N K / time) and, once merged, membw_bytes_per_second and frac_membw. Its name follows
+bench_kernels: <op>/<kernel>/K<k>xN<n>/M<m>/t<threads>/<mode>.
+"""
+import re
+
+NAME = re.compile(r"^(gemv|gemm)/([^/]+)/K(\d+)xN(\d+)/M(\d+)/t(\d+)/(cold|hot)$")
+MEMBW = re.compile(r"^membw/read/t(\d+)$")
+
+# Weight bytes per block of weights, for the peers' formats (the GB/s denominators):
+# ggml q4_0: f16 scale + 32 4-bit codes; q4_K: f16 d, f16 dmin, 12 bytes of 6-bit scales/mins and
+# 256 4-bit codes; mxfp4: E8M0 scale + 32 4-bit codes.
+GGML_BLOCK = {"q4_0": (32, 18), "q4_K": (256, 144), "mxfp4": (32, 17)}
+
+
+def ggml_weight_bytes(type_name, k, n):
+    weights, nbytes = GGML_BLOCK[type_name]
+    if k % weights:
+        raise ValueError(f"ggml {type_name}: K={k} is not a multiple of {weights}")
+    return n * (k // weights) * nbytes
+
+
+def matmulnbits_weight_bytes(k, n, block):
+    """onnxruntime MatMulNBits int4: K/2 bytes of codes per row plus an f32 scale per block (no zero points)."""
+    return n * k // 2 + n * (k // block) * 4
+
+
+def case_name(op, kernel, k, n, m, threads, mode):
+    return f"{op}/{kernel}/K{k}xN{n}/M{m}/t{threads}/{mode}"
+
+
+def make_record(source, kernel, op, k, n, m, threads, mode, bytes_per_second, gflops, **extra):
+    rec = dict(source=source, kernel=kernel, op=op, K=k, N=n, M=m, threads=threads, mode=mode,
+               name=case_name(op, kernel, k, n, m, threads, mode),
+               bytes_per_second=bytes_per_second, GFLOPS=gflops)
+    rec.update(extra)
+    return rec
+
+
+def records_from_gbench(doc, group=None):
+    """Records from Google Benchmark JSON (bench_kernels --benchmark_format=json): the median
+    aggregate of each benchmark when repetitions ran, else its single run. membw/read/t<n> gives
+    records with source "membw"."""
+    entries = doc.get("benchmarks", [])
+    has_median = {e.get("run_name") for e in entries if e.get("aggregate_name") == "median"}
+    records = []
+    for e in entries:
+        run_name = e.get("run_name", e.get("name"))
+        if run_name in has_median:
+            if e.get("aggregate_name") != "median":
+                continue
+        elif e.get("run_type", "iteration") != "iteration":
+            continue
+        if "error_occurred" in e and e["error_occurred"]:
+            continue
+        m = NAME.match(run_name)
+        extra = {"group": group} if group is not None else {}
+        if m:
+            op, kernel, k, n, mm, t, mode = m.groups()
+            records.append(make_record("qforge", kernel, op, int(k), int(n), int(mm), int(t), mode,
+                                       e.get("bytes_per_second"), e.get("GFLOPS"), label=e.get("label"), **extra))
+        elif MEMBW.match(run_name):
+            t = int(MEMBW.match(run_name).group(1))
+            records.append(dict(source="membw", kernel="membw", op="membw", threads=t, name=run_name,
+                                bytes_per_second=e.get("bytes_per_second"), **extra))
+    return records
+
+
+def attach_membw(records):
+    """Sets membw_bytes_per_second / frac_membw on every kernel record: the read bandwidth measured
+    in the same group (same bench_kernels process) when there is one, else the median over the run
+    for that thread count."""
+    by_group, by_threads = {}, {}
+    for r in records:
+        if r["source"] == "membw" and r.get("bytes_per_second"):
+            by_group[(r.get("group"), r["threads"])] = r["bytes_per_second"]
+            by_threads.setdefault(r["threads"], []).append(r["bytes_per_second"])
+    for r in records:
+        if r["source"] == "membw" or not r.get("bytes_per_second"):
+            continue
+        bw = by_group.get((r.get("group"), r["threads"]))
+        if bw is None and by_threads.get(r["threads"]):
+            bw = median(by_threads[r["threads"]])
+        if bw:
+            r["membw_bytes_per_second"] = bw
+            r["frac_membw"] = r["bytes_per_second"] / bw
+    return records
+
+
+def median(values):
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else 0.5 * (v[mid - 1] + v[mid])
+
+
+def case_key(r):
+    return (r["op"], r["K"], r["N"], r["M"], r["threads"], r["mode"])
+
+
+def table(records):
+    """Rows (case name, GB/s, fraction of membw, GFLOP/s, ratio to the best peer of the same shape,
+    M, threads and mode): ratios compare GB/s, which for one shape is the same as comparing time per
+    pass only when weight bytes agree, so the ratio is taken on time per pass (GFLOP/s), which does
+    not depend on the format's byte count."""
+    kernels = [r for r in records if r["source"] != "membw" and r.get("bytes_per_second")]
+    best_peer = {}
+    for r in kernels:
+        if r["source"] != "qforge" and r.get("GFLOPS"):
+            best_peer[case_key(r)] = max(best_peer.get(case_key(r), 0.0), r["GFLOPS"])
+    rows = []
+    for r in sorted(kernels, key=lambda r: (r["op"], r["K"], r["N"], r["M"], r["threads"], r["mode"],
+                                            r["source"] != "qforge", -r["bytes_per_second"])):
+        best = best_peer.get(case_key(r))
+        rows.append((r["name"], r["bytes_per_second"] / 1e9, r.get("frac_membw"), r.get("GFLOPS"),
+                     r["GFLOPS"] / best if best and r.get("GFLOPS") else None))
+    return rows
+
+
+def format_table(records):
+    def num(v, fmt):
+        return format(v, fmt) if v is not None else "-"
+    rows = table(records)
+    width = max([len("case")] + [len(r[0]) for r in rows])
+    lines = [f"{'case':<{width}}  {'GB/s':>7}  {'membw':>6}  {'GFLOP/s':>8}  {'vs best peer':>12}"]
+    previous = None
+    for name, gbs, frac, gflops, ratio in rows:
+        group = NAME.match(name).groups()[2:] if NAME.match(name) else None
+        if previous is not None and group != previous:
+            lines.append("")
+        previous = group
+        lines.append(f"{name:<{width}}  {gbs:7.2f}  {num(frac, '6.0%')}  {num(gflops, '8.1f')}  {num(ratio, '12.2f')}")
+    bws = sorted({(r["threads"], r["bytes_per_second"]) for r in records if r["source"] == "membw"})
+    for t in sorted({t for t, _ in bws}):
+        vals = [b / 1e9 for tt, b in bws if tt == t]
+        lines.append(f"membw/read/t{t}: median {median(vals):.2f} GB/s over {len(vals)} measurement(s), "
+                     f"range {min(vals):.2f}-{max(vals):.2f}")
+    return "\n".join(lines)
