@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 DEBIAN_PACKAGES = ["python3-onnx", "python3-numpy", "python3-matplotlib", "gcc", "git"]
@@ -19,12 +20,13 @@ GGML_SOURCE_PACKAGE = "node-llama-cpp@3.22.1"  # ships llama/gitRelease.bundle, 
 
 
 def log(msg):
-    print(f"[peers] {msg}", file=sys.stderr, flush=True)
+    print(f"[peers {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def run(cmd, cwd=None, env=None):
     log("$ " + " ".join(str(c) for c in cmd))
-    subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, check=True)
+    # Their output goes to stderr: stdout carries only the results table.
+    subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, check=True, stdout=sys.stderr)
 
 
 def missing_debian_packages(packages=DEBIAN_PACKAGES):

@@ -92,7 +92,7 @@ def run_qforge(exe, kernels, k, n, m, threads, modes, args, group):
     op = "gemv" if m == 1 else "gemm"
     regex = (f"^(membw/read/t{threads}|{op}/({'|'.join(kernels)})/K{k}xN{n}/M{m}/t{threads}/({'|'.join(modes)}))$")
     cmd = [str(exe), f"--benchmark_filter={regex}", f"--benchmark_repetitions={args.reps}",
-           "--benchmark_report_aggregates_only=true", f"--benchmark_min_time={args.min_time}",
+           f"--benchmark_min_time={args.min_time}",  # every repetition is in the JSON, then the aggregates
            "--benchmark_format=json"]
     install.log("$ " + " ".join(cmd))
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -135,10 +135,18 @@ def run_ggml(exe, scratch, type_name, layout, k, n, m, threads, modes, args, gro
         records.append(results.make_record(
             "ggml", ggml_kernel_name(type_name, layout), "gemv" if m == 1 else "gemm", k, n, m, threads, raw["mode"],
             raw["bytes_per_second"], raw["GFLOPS"], median_seconds=raw["median_seconds"], weight_bytes=expected,
+            **best_rates(raw.get("best_seconds"), expected, m, n, k),
             copies=raw["copies"], weight_buffer=raw["weight_buffer"], group=group,
             ggml_notes=sorted({l.split(" with ")[-1] if l.startswith("repack:") else Path(l.split()[-1]).name
                                for l in notes})))
     return records
+
+
+def best_rates(best_seconds, weight_bytes, m, n, k):
+    if not best_seconds:
+        return {}
+    return dict(best_seconds=best_seconds, best_bytes_per_second=weight_bytes / best_seconds,
+                best_GFLOPS=2e-9 * m * n * k / best_seconds)
 
 
 # ---- onnxruntime ---------------------------------------------------------------------------
@@ -184,6 +192,7 @@ def run_ort(scratch, models, block, level, k, n, m, threads, mode, args, group):
     return [results.make_record(
         "onnxruntime", ort_kernel_name(block, level), "gemv" if m == 1 else "gemm", k, n, m, threads, mode,
         nbytes / seconds, 2e-9 * m * n * k / seconds, median_seconds=seconds, weight_bytes=nbytes,
+        **best_rates(raw.get("best_seconds"), nbytes, m, n, k),
         copies=nodes, ort_version=raw.get("ort_version"), group=group)]
 
 

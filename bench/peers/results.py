@@ -43,10 +43,17 @@ def make_record(source, kernel, op, k, n, m, threads, mode, bytes_per_second, gf
 
 def records_from_gbench(doc, group=None):
     """Records from Google Benchmark JSON (bench_kernels --benchmark_format=json): the median
-    aggregate of each benchmark when repetitions ran, else its single run. membw/read/t<n> gives
-    records with source "membw"."""
+    aggregate of each benchmark when repetitions ran, else its single run; best_bytes_per_second and
+    best_GFLOPS from the fastest repetition when the repetitions are in the file. membw/read/t<n>
+    gives records with source "membw"."""
     entries = doc.get("benchmarks", [])
     has_median = {e.get("run_name") for e in entries if e.get("aggregate_name") == "median"}
+    best = {}
+    for e in entries:
+        if e.get("run_type", "iteration") == "iteration" and e.get("bytes_per_second") and not e.get("error_occurred"):
+            name = e.get("run_name", e.get("name"))
+            if e["bytes_per_second"] > best.get(name, {}).get("bytes_per_second", 0.0):
+                best[name] = e
     records = []
     for e in entries:
         run_name = e.get("run_name", e.get("name"))
@@ -59,6 +66,10 @@ def records_from_gbench(doc, group=None):
             continue
         m = NAME.match(run_name)
         extra = {"group": group} if group is not None else {}
+        if run_name in best:
+            extra.update(best_bytes_per_second=best[run_name]["bytes_per_second"])
+            if best[run_name].get("GFLOPS"):
+                extra.update(best_GFLOPS=best[run_name]["GFLOPS"])
         if m:
             op, kernel, k, n, mm, t, mode = m.groups()
             records.append(make_record("qforge", kernel, op, int(k), int(n), int(mm), int(t), mode,
@@ -102,10 +113,9 @@ def case_key(r):
 
 
 def table(records):
-    """Rows (case name, GB/s, fraction of membw, GFLOP/s, ratio to the best peer of the same shape,
-    M, threads and mode): ratios compare GB/s, which for one shape is the same as comparing time per
-    pass only when weight bytes agree, so the ratio is taken on time per pass (GFLOP/s), which does
-    not depend on the format's byte count."""
+    """Rows (case name, median GB/s, fraction of membw, median GFLOP/s, ratio to the best peer of
+    the same shape, M, threads and mode, GB/s of the fastest repetition). The ratio is taken on time
+    per pass (GFLOP/s), not GB/s: the formats store different bytes per weight (4.25 to 5 bits)."""
     kernels = [r for r in records if r["source"] != "membw" and r.get("bytes_per_second")]
     best_peer = {}
     for r in kernels:
@@ -115,24 +125,25 @@ def table(records):
     for r in sorted(kernels, key=lambda r: (r["op"], r["K"], r["N"], r["M"], r["threads"], r["mode"],
                                             r["source"] != "qforge", -r["bytes_per_second"])):
         best = best_peer.get(case_key(r))
+        best_bw = r.get("best_bytes_per_second")
         rows.append((r["name"], r["bytes_per_second"] / 1e9, r.get("frac_membw"), r.get("GFLOPS"),
-                     r["GFLOPS"] / best if best and r.get("GFLOPS") else None))
+                     r["GFLOPS"] / best if best and r.get("GFLOPS") else None, best_bw / 1e9 if best_bw else None))
     return rows
 
 
 def format_table(records):
     def num(v, fmt):
-        return format(v, fmt) if v is not None else "-"
+        return format(v, fmt) if v is not None else "-".rjust(int(re.match(r"\d+", fmt).group()))
     rows = table(records)
     width = max([len("case")] + [len(r[0]) for r in rows])
-    lines = [f"{'case':<{width}}  {'GB/s':>7}  {'membw':>6}  {'GFLOP/s':>8}  {'vs best peer':>12}"]
+    lines = [f"{'case (medians)':<{width}}  {'GB/s':>7}  {'membw':>6}  {'GFLOP/s':>8}  {'vs best peer':>12}  {'best GB/s':>9}"]
     previous = None
-    for name, gbs, frac, gflops, ratio in rows:
+    for name, gbs, frac, gflops, ratio, best_gbs in rows:
         group = NAME.match(name).groups()[2:] if NAME.match(name) else None
         if previous is not None and group != previous:
             lines.append("")
         previous = group
-        lines.append(f"{name:<{width}}  {gbs:7.2f}  {num(frac, '6.0%')}  {num(gflops, '8.1f')}  {num(ratio, '12.2f')}")
+        lines.append(f"{name:<{width}}  {gbs:7.2f}  {num(frac, '6.0%')}  {num(gflops, '8.1f')}  {num(ratio, '12.2f')}  {num(best_gbs, '9.2f')}")
     bws = sorted({(r["threads"], r["bytes_per_second"]) for r in records if r["source"] == "membw"})
     for t in sorted({t for t, _ in bws}):
         vals = [b / 1e9 for tt, b in bws if tt == t]
