@@ -208,6 +208,8 @@ def parse_args(argv):
     p.add_argument("--peers", default="qforge,ggml,onnxruntime", help="what to run (default: %(default)s)")
     p.add_argument("--kernels", default=",".join(QFORGE_KERNELS), help="qforge kernels (default: %(default)s)")
     p.add_argument("--reps", type=int, default=5, help="repetitions; medians are reported (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run each shape/M/threads group this many times in turn; medians over the rounds (default: %(default)s)")
     p.add_argument("--min-time", type=float, default=0.2, help="seconds per repetition (default: %(default)s)")
     p.add_argument("--build-dir", default=str(REPO / "build"), help="qforge's meson build dir (default: %(default)s)")
     p.add_argument("--scratch", default=str(REPO / "build-peers"), help="scratch folder for the peers (default: %(default)s)")
@@ -239,14 +241,14 @@ def main(argv=None):
     started = time.time()
     meta = dict(command=" ".join([sys.executable] + sys.argv), started=datetime.datetime.utcnow().isoformat() + "Z",
                 load_average_before=load_average(), machine=platform.node(), cpu=cpu_model(),
-                cold_bytes=COLD_BYTES, reps=args.reps, min_time=args.min_time)
+                cold_bytes=COLD_BYTES, reps=args.reps, rounds=args.rounds, min_time=args.min_time)
     records = []
     for k, n in args.shape_list:
         models = ort_models(scratch, k, n, args.mode_list) if "onnxruntime" in args.peer_set else {}
         try:
             for threads in args.thread_list:
-                for m in args.m_list:
-                    group = f"K{k}xN{n}/M{m}/t{threads}"
+                for m, rnd in ((m, rnd) for m in args.m_list for rnd in range(args.rounds)):
+                    group = f"K{k}xN{n}/M{m}/t{threads}" + (f"/round{rnd + 1}" if args.rounds > 1 else "")
                     install.log(f"== {group} (load {load_average()[0]:.1f})")
                     if kernels:
                         records += run_qforge(exe, kernels, k, n, m, threads, args.mode_list, args, group)
@@ -258,7 +260,7 @@ def main(argv=None):
                             records += run_ort(scratch, models, block, level, k, n, m, threads, mode, args, group)
         finally:
             remove_models(models)  # hundreds of MiB per shape
-    results.attach_membw(records)
+    records = results.merge_rounds(results.attach_membw(records))
     meta.update(load_average_after=load_average(), seconds=round(time.time() - started, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(meta=meta, records=records), indent=1) + "\n")

@@ -102,6 +102,45 @@ def attach_membw(records):
     return records
 
 
+def merge_rounds(records):
+    """One record per case when the driver ran several rounds (the same case at several times, so a
+    load spike hits every case alike): medians over the rounds' medians (GB/s, GFLOP/s, fraction of
+    membw), the best of all repetitions, and the per-round GB/s in rounds_bytes_per_second.
+    Call after attach_membw, so each round is measured against its own membw."""
+    merged, order = {}, []
+    for r in records:
+        if r["source"] == "membw":
+            order.append(r)
+            continue
+        key = (r["source"], r["name"])
+        if key not in merged:
+            merged[key] = []
+            order.append(key)
+        merged[key].append(r)
+    out = []
+    for item in order:
+        if isinstance(item, dict):
+            out.append(item)
+            continue
+        runs = merged[item]
+        if len(runs) == 1:
+            out.append(runs[0])
+            continue
+        rec = dict(runs[0])
+        for field in ("bytes_per_second", "GFLOPS", "frac_membw", "membw_bytes_per_second", "median_seconds"):
+            values = [x[field] for x in runs if x.get(field) is not None]
+            if values:
+                rec[field] = median(values)
+        for field in ("best_bytes_per_second", "best_GFLOPS"):
+            values = [x[field] for x in runs if x.get(field) is not None]
+            if values:
+                rec[field] = max(values)
+        rec["rounds_bytes_per_second"] = [x["bytes_per_second"] for x in runs]
+        rec.pop("group", None)
+        out.append(rec)
+    return out
+
+
 def median(values):
     v = sorted(values)
     mid = len(v) // 2

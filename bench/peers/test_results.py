@@ -76,5 +76,24 @@ class Records(unittest.TestCase):
         self.assertIn("gemv/a/K64xN64/M1/t1/cold", results.format_table(recs))
 
 
+class Rounds(unittest.TestCase):
+    def test_medians_over_rounds_each_against_its_own_membw(self):
+        recs = []
+        for rnd, (bw, membw, best) in enumerate([(10e9, 20e9, 11e9), (4e9, 5e9, 6e9), (12e9, 30e9, 13e9)]):
+            group = f"g/round{rnd + 1}"
+            recs.append(dict(source="membw", kernel="membw", op="membw", threads=1, name="membw/read/t1",
+                             bytes_per_second=membw, group=group))
+            recs.append(results.make_record("ggml", "p", "gemv", 64, 64, 1, 1, "cold", bw, bw / 1e9,
+                                            best_bytes_per_second=best, group=group))
+        merged = results.merge_rounds(results.attach_membw(recs))
+        kernel = [r for r in merged if r["source"] == "ggml"]
+        self.assertEqual(len(kernel), 1)
+        self.assertEqual(kernel[0]["bytes_per_second"], 10e9)
+        self.assertAlmostEqual(kernel[0]["frac_membw"], 0.5)  # median of 10/20, 4/5, 12/30
+        self.assertEqual(kernel[0]["best_bytes_per_second"], 13e9)
+        self.assertEqual(kernel[0]["rounds_bytes_per_second"], [10e9, 4e9, 12e9])
+        self.assertEqual(sum(r["source"] == "membw" for r in merged), 3)
+
+
 if __name__ == "__main__":
     unittest.main()
