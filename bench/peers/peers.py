@@ -93,6 +93,8 @@ def run_qforge(exe, kernels, k, n, m, threads, modes, args, group):
     regex = (f"^(membw/read/t{threads}|{op}/({'|'.join(kernels)})/K{k}xN{n}/M{m}/t{threads}/({'|'.join(modes)}))$")
     cmd = [str(exe), f"--benchmark_filter={regex}", f"--benchmark_repetitions={args.reps}",
            f"--benchmark_min_time={args.min_time}",  # every repetition is in the JSON, then the aggregates
+           # repetitions of all cases (and membw) in random order, so a load spike hits them alike
+           "--benchmark_enable_random_interleaving=true",
            "--benchmark_format=json"]
     install.log("$ " + " ".join(cmd))
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
