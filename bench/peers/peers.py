@@ -243,7 +243,7 @@ def main(argv=None):
     started = time.time()
     meta = dict(command=" ".join([sys.executable] + sys.argv), started=datetime.datetime.utcnow().isoformat() + "Z",
                 load_average_before=load_average(), machine=platform.node(), cpu=cpu_model(),
-                cold_bytes=COLD_BYTES, reps=args.reps, rounds=args.rounds, min_time=args.min_time)
+                cold_bytes=COLD_BYTES, reps=args.reps, rounds=args.rounds, min_time=args.min_time, groups=[])
     records = []
     for k, n in args.shape_list:
         models = ort_models(scratch, k, n, args.mode_list) if "onnxruntime" in args.peer_set else {}
@@ -252,6 +252,7 @@ def main(argv=None):
                 for m, rnd in ((m, rnd) for m in args.m_list for rnd in range(args.rounds)):
                     group = f"K{k}xN{n}/M{m}/t{threads}" + (f"/round{rnd + 1}" if args.rounds > 1 else "")
                     install.log(f"== {group} (load {load_average()[0]:.1f})")
+                    meta["groups"].append(dict(group=group, started=time.strftime("%H:%M:%S"), load_average=load_average()))
                     if kernels:
                         records += run_qforge(exe, kernels, k, n, m, threads, args.mode_list, args, group)
                     if ggml_exe:
@@ -260,15 +261,21 @@ def main(argv=None):
                     for block, level in ORT_PEERS if models else []:
                         for mode in args.mode_list:
                             records += run_ort(scratch, models, block, level, k, n, m, threads, mode, args, group)
+                    write_results(out, meta, records)  # after every group: a crash keeps what ran
         finally:
             remove_models(models)  # hundreds of MiB per shape
-    records = results.merge_rounds(results.attach_membw(records))
     meta.update(load_average_after=load_average(), seconds=round(time.time() - started, 1))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(meta=meta, records=records), indent=1) + "\n")
+    records = write_results(out, meta, records)
     print(results.format_table(records))
     print(f"load average before {fmt_load(meta['load_average_before'])}, after {fmt_load(meta['load_average_after'])}; "
           f"{meta['seconds']} s; written {out}")
+
+
+def write_results(out, meta, records):
+    merged = results.merge_rounds(results.attach_membw([dict(r) for r in records]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(meta=meta, records=merged), indent=1) + "\n")
+    return merged
 
 
 def fmt_load(avg):
