@@ -21,6 +21,7 @@
 #include <exception>
 #include <fstream>
 #include <string>
+#include <variant>
 #include <vector>
 
 namespace {
@@ -64,10 +65,14 @@ int main(int argc, char** argv) {
     }
     try {
         ck::import_options options;
+        float outlier_threshold = 6.0f;  // LLM.int8: transformers' default llm_int8_threshold
         if (argc == 3) {
             std::ifstream in(argv[2]);
             if (!in) throw std::runtime_error(std::string("cannot open ") + argv[2]);
-            options.expected = qforge::to_config(qforge::parse_hf_quant_config(nlohmann::json::parse(in)));
+            const qforge::hf_quant_config hf = qforge::parse_hf_quant_config(nlohmann::json::parse(in));
+            options.expected = qforge::to_config(hf);
+            if (const auto* bnb = std::get_if<qforge::hf_bnb>(&hf.fields))
+                outlier_threshold = static_cast<float>(bnb->llm_int8_threshold);
         }
         const qforge::safetensors::reader file(argv[1]);
         const ck::tensor_set tensors(file);
@@ -89,7 +94,8 @@ int main(int argc, char** argv) {
             for (const qforge::config& kcfg : kernel_configs(q.cfg)) {
                 try {
                     const qforge::kernel& k = qforge::registry::global().find(kcfg, qforge::op::gemv);
-                    const qforge::packed_weights packed = qforge::pack_weights(kcfg, q.data, q.name);  // repacked once
+                    qforge::packed_weights packed = qforge::pack_weights(kcfg, q.data, q.name);  // repacked once
+                    packed.outlier_threshold = outlier_threshold;
                     k.gemv(packed.view(), x.data(), bias.empty() ? nullptr : bias.data(), y.data(), 0, rows);
                     path = "kernel " + k.full_name();
                     break;
