@@ -8,7 +8,7 @@ import itertools
 from vocabulary import Config
 
 AXES = {
-    "type": ["nf4", "fp4", "int_sym", "fp8_e4m3", "e2m1"],
+    "type": ["nf4", "fp4", "int_sym", "fp8_e4m3", "e2m1", "int_asym"],
     "bits": [4, 8],
     "group": [32, 64, 128],
     "double_quant": [False, True],
@@ -26,12 +26,17 @@ def has_kernel(c: Config) -> bool:
       with and without double quantization;
     - symmetric int4 in qforge's repacked layout (GPTQ is repacked into it), groups 32 (the
       smallest K granularity) and 128 (the common one);
+    - asymmetric int4 (GPTQ sym=False, AWQ; zero point per (row, group)) in the same qforge layout,
+      groups 32 and 128, f32 and i8 paths;
     - FineGrainedFP8 E4M3 with 128x128 tiles (DeepSeek / transformers), f32 path;
     - OCP MXFP4 (E2M1, E8M0 scale per 32), f32 and i8 paths (E2M1 levels times 2 are exact).
     """
     if c.type in ("nf4", "fp4"):
         return c.storage == "bnb4" and c.bits == 4 and c.group == 64 and c.act in ("f32", "bf16", "i8")
     if c.type == "int_sym":
+        return (c.storage == "qforge" and c.bits == 4 and not c.double_quant and c.group in (32, 128)
+                and c.act in ("f32", "i8"))
+    if c.type == "int_asym":
         return (c.storage == "qforge" and c.bits == 4 and not c.double_quant and c.group in (32, 128)
                 and c.act in ("f32", "i8"))
     if c.type == "fp8_e4m3":

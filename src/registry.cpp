@@ -53,6 +53,7 @@ void check_weights(const config& kernel_cfg, const weights_view& w) {
         fail("K = " + std::to_string(w.cols) + " is not a multiple of the group size " +
              std::to_string(kernel_cfg.group) + " (the kernels need whole groups per row)");
     if (w.codes == nullptr || w.scales == nullptr) fail("the weights have no codes or no scales");
+    if (kernel_cfg.type == dtype::int_asym && w.zeros == nullptr) fail("asymmetric integers need zero points (zeros)");
     if (is_table_type(kernel_cfg.type) && w.code_table == nullptr) fail("the weights have no code table (quant_map)");
     if (kernel_cfg.double_quant && (w.nested_map == nullptr || w.nested_absmax == nullptr))
         fail("double quantization needs nested_map and nested_absmax");

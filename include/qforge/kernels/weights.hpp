@@ -23,6 +23,11 @@ namespace qforge {
 //          group x group tile, row-major [ceil(N/group), K/group]
 //   mx     codes: per row K/2 bytes, element 2i in the HIGH nibble (the checkpoint's nibbles
 //          swapped by pack_weights); scales: one E8M0 byte per (row, block of 32), [N, K/32]
+// Integer layouts (qforge) may also carry
+//   zeros  (dtype int_asym) one zero point byte per (row, group), row-major [N, K/group]:
+//          W[n, k] = scale * (code - zero), the integer difference first (formats.md §3, §4)
+//   perm   (act-order, GPTQ desc_act) int32 [K]: the columns are stored sorted by group (stable),
+//          stored column j is column perm[j] of W; null when the columns are in their own order
 struct weights_view {
     config cfg{};
     std::int64_t rows = 0, cols = 0;
@@ -32,6 +37,8 @@ struct weights_view {
     const float* nested_map = nullptr;     // double quant: 256 values (nested_quant_map)
     const float* nested_absmax = nullptr;  // double quant: [ceil(blocks / 256)]
     float nested_offset = 0.0f;            // double quant: added after the nested product
+    const std::uint8_t* zeros = nullptr;   // int_asym: zero point per (row, group)
+    const std::int32_t* perm = nullptr;    // act-order: stored column -> column of W
 };
 
 // Owning storage behind a weights_view (see kernels/pack.hpp for building one).
@@ -44,6 +51,8 @@ struct packed_weights {
     std::vector<float> nested_map;
     std::vector<float> nested_absmax;
     float nested_offset = 0.0f;
+    std::vector<std::uint8_t> zeros;
+    std::vector<std::int32_t> perm;
 
     weights_view view() const {
         return {cfg,
@@ -54,11 +63,15 @@ struct packed_weights {
                 code_table.empty() ? nullptr : code_table.data(),
                 nested_map.empty() ? nullptr : nested_map.data(),
                 nested_absmax.empty() ? nullptr : nested_absmax.data(),
-                nested_offset};
+                nested_offset,
+                zeros.empty() ? nullptr : zeros.data(),
+                perm.empty() ? nullptr : perm.data()};
     }
-    // Bytes a matmul reads per pass over W: codes + scales + nested absmax (tables excluded).
+    // Bytes a matmul reads per pass over W: codes + scales + nested absmax + zero points + the
+    // act-order permutation (tables excluded).
     std::size_t weight_bytes() const {
-        return codes.size() + scales.size() + nested_absmax.size() * sizeof(float);
+        return codes.size() + scales.size() + nested_absmax.size() * sizeof(float) + zeros.size() +
+               perm.size() * sizeof(std::int32_t);
     }
 };
 

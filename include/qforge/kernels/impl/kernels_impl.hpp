@@ -39,7 +39,25 @@ template <class P, class A>
 void dequantize_rows(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) {
     const auto table = value_table<P, A>(w);
     const std::int64_t blocks = w.cols / P::group;
+    if (w.perm != nullptr) {  // act-order: stored column j is column perm[j] of W
+        auto* row = static_cast<float*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(w.cols) * sizeof(float)));
+        for (std::int64_t n = n0; n < n1; ++n) {
+            dequantize_blocks<P, A>(w, table, n, 0, blocks, row);
+            for (std::int64_t j = 0; j < w.cols; ++j) out[n * w.cols + w.perm[j]] = row[j];
+        }
+        return;
+    }
     for (std::int64_t n = n0; n < n1; ++n) dequantize_blocks<P, A>(w, table, n, 0, blocks, out + n * w.cols);
+}
+
+// X (m rows of K) in the stored column order of the weights (act-order), or X itself.
+template <class A, int Slot>
+const float* gather_columns(const weights_view& w, const float* x, std::int64_t m) {
+    if (w.perm == nullptr) return x;
+    auto* g = static_cast<float*>(simd::scratch<A, Slot>::get(static_cast<std::size_t>(m * w.cols) * sizeof(float)));
+    for (std::int64_t i = 0; i < m; ++i)
+        for (std::int64_t j = 0; j < w.cols; ++j) g[i * w.cols + j] = x[i * w.cols + w.perm[j]];
+    return g;
 }
 
 template <class P, class A>
@@ -55,7 +73,7 @@ void gemv_f32(const weights_view& w, const float* x, const float* bias, float* y
     constexpr int NR = gemv_rows<A>;
     const window_shape<P, A> s(w.cols);
     auto* xp = static_cast<float*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(w.cols) * sizeof(float)));
-    permute_for_f32<P, A>(s, x, xp);
+    permute_for_f32<P, A>(s, x, w.perm, xp);
     alignas(64) float values[16];
     code_traits<P::type>::template values<A>(w, values);
     const auto table = simd::make_table16<A>(values);
@@ -73,7 +91,7 @@ void gemv_i8(const weights_view& w, const float* x, const float* bias, float* y,
     constexpr int NR = gemv_rows<A>;
     const i8_shape<P, A> s(w.cols);
     const i8_levels<P, A> levels(w);
-    const i8_row xq = quantize_activations<P, A>(s, x, simd::scratch<A, 0>::get(s.bytes));
+    const i8_row xq = quantize_activations<P, A>(s, gather_columns<A, 1>(w, x, 1), simd::scratch<A, 0>::get(s.bytes));
     for (std::int64_t n = n0; n < n1; n += NR) {
         with_tile<1, NR>(1, static_cast<int>(smaller<std::int64_t>(NR, n1 - n)), [&](auto, auto nr) {
             float out[1][nr] = {};
@@ -123,6 +141,7 @@ void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float
     auto* panel = static_cast<float*>(
         simd::scratch<A, 0>::get(static_cast<std::size_t>(gemm_row_panel * k_slice) * sizeof(float)));
     const auto table = value_table<P, A>(w);
+    x = gather_columns<A, 2>(w, x, m);
     if constexpr (bf16_operands<P>) {  // X rounded to bf16 once
         auto* xb = static_cast<float*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m * k) * sizeof(float)));
         for (std::int64_t i = 0; i < m * k; ++i) xb[i] = simd::round_bf16<A>(x[i]);
@@ -166,6 +185,7 @@ void gemm_i8(const weights_view& w, const float* x, std::int64_t m, const float*
     const i8_levels<P, A> levels(w);
     auto* mem = static_cast<std::uint8_t*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(m) * s.bytes));
     auto* rows = static_cast<i8_row*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m) * sizeof(i8_row)));
+    x = gather_columns<A, 2>(w, x, m);
     for (std::int64_t i = 0; i < m; ++i) rows[i] = quantize_activations<P, A>(s, x + i * k, mem + i * s.bytes);
 
     for (std::int64_t s0 = 0; s0 < s.steps; s0 += slice_steps) {
