@@ -96,7 +96,7 @@ enum class source { gptq, gptq_act_order, awq };
 
 std::vector<source> sources_for(const config& cfg) {
     if (cfg.storage != layout::qforge) return {source::gptq};
-    if (cfg.type == dtype::int_asym) return {source::gptq, source::gptq_act_order, source::awq};
+    if (cfg.type == dtype::int_asym && cfg.bits == 4) return {source::gptq, source::gptq_act_order, source::awq};
     return {source::gptq, source::gptq_act_order};
 }
 
@@ -158,7 +158,7 @@ case_data make_case(const config& cfg, std::int64_t n, std::int64_t k, std::uint
     if (ref_rows != n) {  // rows are contiguous in the kernel layout: keep the first n
         const std::size_t scale_bytes = d.packed.scales.size() / static_cast<std::size_t>(ref_rows);
         d.packed.rows = n;
-        d.packed.codes.resize(static_cast<std::size_t>(n * k / 2));
+        d.packed.codes.resize(d.packed.codes.size() / static_cast<std::size_t>(ref_rows) * static_cast<std::size_t>(n));
         d.packed.scales.resize(scale_bytes * static_cast<std::size_t>(n));
         d.packed.zeros.resize(d.packed.zeros.size() / static_cast<std::size_t>(ref_rows) * static_cast<std::size_t>(n));
         d.w.resize(static_cast<std::size_t>(n * k));
@@ -199,12 +199,12 @@ struct shifted {
 
 // ---- per-block facts the i8 bounds need, read from the reference tensors -------------------
 
-std::int64_t group_of(const config& c) { return c.group; }
+std::int64_t group_of(const config& c, std::int64_t k) { return c.group == per_channel ? k : c.group; }
 
 // The f32 block scale s_b of (row n, block b): absmax (reconstructed for double quant, as
 // formats.md §1 specifies) or the f16 GPTQ scale.
 float block_scale(const case_data& d, const config& cfg, std::int64_t n, std::int64_t b) {
-    const std::int64_t k = d.packed.cols, blocks_per_row = k / cfg.group;
+    const std::int64_t k = d.packed.cols, blocks_per_row = k / group_of(cfg, k);
     if (const auto* t = std::get_if<ref::bnb4_tensor>(&d.q)) {
         const std::int64_t flat = n * blocks_per_row + b;
         if (!t->nested) return t->absmax[static_cast<std::size_t>(flat)];
@@ -234,22 +234,25 @@ std::uint8_t code_of(const case_data& d, std::int64_t n, std::int64_t k) {
         return static_cast<std::uint8_t>(
             awq_code(static_cast<std::uint32_t>(t->qweight[static_cast<std::size_t>(k * (t->rows / 8) + n / 8)]), static_cast<int>(n % 8)));
     const auto& g = std::get<ref::gptq_tensor>(d.q);
-    std::uint32_t words[4];
-    for (int i = 0; i < 4; ++i)
-        words[i] = static_cast<std::uint32_t>(g.qweight[static_cast<std::size_t>(((k / 32) * 4 + i) * g.rows + n)]);
-    return static_cast<std::uint8_t>(gptq_code(4, words, static_cast<int>(k % 32)));
+    std::uint32_t words[8];
+    for (int i = 0; i < g.bits; ++i)
+        words[i] = static_cast<std::uint32_t>(g.qweight[static_cast<std::size_t>(((k / 32) * g.bits + i) * g.rows + n)]);
+    return static_cast<std::uint8_t>(gptq_code(g.bits, words, static_cast<int>(k % 32)));
 }
 
-// The zero point of (row n, group b) of an integer checkpoint (0 for the other formats, whose
-// code values are signed already).
-int zero_of(const config& cfg, const case_data& d, std::int64_t n, std::int64_t b) {
-    if (cfg.type != dtype::int_asym) return 0;
+bool is_integer_type(const config& c) { return c.type == dtype::int_sym || c.type == dtype::int_asym; }
+
+// The zero point of (row n, group b) of an integer checkpoint, read from its qzeros.
+int zero_of(const case_data& d, std::int64_t n, std::int64_t b) {
     if (const auto* t = std::get_if<ref::awq_tensor>(&d.q))
         return static_cast<int>(
             awq_code(static_cast<std::uint32_t>(t->qzeros[static_cast<std::size_t>(b * (t->rows / 8) + n / 8)]), static_cast<int>(n % 8)));
     const auto& g = std::get<ref::gptq_tensor>(d.q);
-    const auto word = static_cast<std::uint32_t>(g.qzeros[static_cast<std::size_t>(b * (g.rows * 4 / 32) + n / 8)]);
-    return gptq_zero_from_field(4, (word >> (4 * (n % 8))) & 0xFu, g.v2);
+    std::uint32_t words[8];
+    const std::int64_t zero_words = g.rows * g.bits / 32;
+    for (int i = 0; i < g.bits; ++i)
+        words[i] = static_cast<std::uint32_t>(g.qzeros[static_cast<std::size_t>(b * zero_words + (n / 32) * g.bits + i)]);
+    return gptq_zero_from_field(g.bits, gptq_code(g.bits, words, static_cast<int>(n % 32)), g.v2);
 }
 
 // The i8 path's weight approximation: value(c) ~ level(c) / i8_scale (kernels/impl/format.hpp).
@@ -258,7 +261,7 @@ double i8_scale(dtype t) { return t == dtype::nf4 ? 127.0 : t == dtype::fp4 ? 12
 std::array<double, 16> code_values(const config& cfg, const case_data& d) {
     std::array<double, 16> v{};
     for (int c = 0; c < 16; ++c)
-        v[c] = cfg.type == dtype::int_sym    ? c - 8
+        v[c] = cfg.type == dtype::int_sym    ? c - (1 << (cfg.bits - 1))
                : cfg.type == dtype::int_asym ? c  // minus the block's zero point (zero_of)
                : cfg.type == dtype::e2m1  ? e2m1_table[static_cast<std::size_t>(c)]
                                           : static_cast<double>(d.packed.code_table[static_cast<std::size_t>(c)]);
@@ -299,12 +302,21 @@ activation_blocks quantize_x(const float* x, std::int64_t k, std::int64_t group)
     return a;
 }
 
+// The integer i8 paths do not sum (code - zero) xq: the 4-bit offset form sums code * xq in the
+// lanes and adds -zero * sum(xq) (kernels/impl/i8.hpp), the 8-bit path sums (code - 128) xq and
+// adds (128 - zero) * sum(xq) (format_int8.hpp). Exact integers, but f32 rounds the per-lane
+// partial sums, whose size is bounded by these weights times |xq| (>= |code - zero|).
+double integer_lane_weight(const config& cfg, int code, int zero) {
+    if (cfg.bits == 8) return std::abs(code - 128) + std::abs(128 - zero);
+    return code + zero;
+}
+
 // ---- the checks ----------------------------------------------------------------------------
 
 // y (one output of a kernel) against the reference, as the header of this file says.
 void check_output(const config& cfg, const case_data& d, const float* x, std::int64_t n, const float* bias,
                   double y_ref, float y, const std::string& where) {
-    const std::int64_t k = d.packed.cols, group = group_of(cfg);
+    const std::int64_t k = d.packed.cols, group = group_of(cfg, k);
     const float* wrow = d.w.data() + n * k;
     const double b = bias ? bias[n] : 0.0;
     double abs_sum = std::abs(b);
@@ -339,14 +351,18 @@ void check_output(const config& cfg, const case_data& d, const float* x, std::in
     double bound = 0.0, slack_terms = std::abs(b), emulated = b;
     for (std::int64_t blk = 0; blk < k / group; ++blk) {
         const double s = block_scale(d, cfg, n, blk), xs = a.scale[static_cast<std::size_t>(blk)];
-        const int zero = zero_of(cfg, d, n, blk);
+        const int zero = is_integer_type(cfg) ? zero_of(d, n, blk) : 0;
         std::int64_t dot = 0;
         for (std::int64_t i = blk * group; i < (blk + 1) * group; ++i) {
             const std::int64_t col = column(i);
             const double wabs = std::abs(static_cast<double>(wrow[col]));
+            const int code = code_of(d, n, col);  // integers: the checkpoint's code minus its zero point
             bound += delta * std::abs(s) * std::abs(x[col]) + (wabs + delta * std::abs(s)) * xs / 2;
-            slack_terms += (wabs + delta * std::abs(s)) * (std::abs(x[col]) + xs / 2);
-            dot += static_cast<std::int64_t>(levels[code_of(d, n, col)] - zero) * a.q[static_cast<std::size_t>(i)];
+            slack_terms += (is_integer_type(cfg) ? std::abs(s) * integer_lane_weight(cfg, code, zero)
+                                                 : wabs + delta * std::abs(s)) *
+                           (std::abs(x[col]) + xs / 2);
+            dot += static_cast<std::int64_t>(is_integer_type(cfg) ? code - zero : levels[static_cast<std::size_t>(code)]) *
+                   a.q[static_cast<std::size_t>(i)];
         }
         emulated += s * xs / lambda * static_cast<double>(dot);
     }
@@ -359,7 +375,7 @@ void check_output(const config& cfg, const case_data& d, const float* x, std::in
 // Shapes per config: the smallest K the layout allows, windows that do not fill a register, and
 // a realistic K; odd N everywhere.
 std::vector<std::pair<std::int64_t, std::int64_t>> shapes_for(const config& cfg) {
-    const std::int64_t g = cfg.group;
+    const std::int64_t g = cfg.group == per_channel ? 32 : cfg.group;  // per channel: K down to 32
     return {{1, g}, {3, 3 * g}, {7, std::max<std::int64_t>(g, 160) / g * g + g}, {5, 1024}, {9, 4096}};
 }
 

@@ -104,32 +104,33 @@ inline std::vector<std::int32_t> act_order_perm(const ref::gptq_tensor& t, std::
     return perm;
 }
 
-// The integer kernel config and the checkpoint must agree on bits and group.
+// The integer kernel config and the checkpoint must agree on bits and group (per_channel: K).
 inline void check_int_config(const config& cfg, int bits, std::int64_t group, std::int64_t k, const char* method,
                              std::string_view tensor) {
-    if (bits != 4 || cfg.bits != 4 || (cfg.type != dtype::int_sym && cfg.type != dtype::int_asym))
-        pack_error(tensor, "the qforge layout holds 4-bit integers; got " + std::to_string(bits) + "-bit " + method +
-                               " for " + canonical_name(cfg));
-    if (group != cfg.group || k % group != 0)
+    if (bits != cfg.bits || !gptq_bits_supported(bits) || (cfg.type != dtype::int_sym && cfg.type != dtype::int_asym))
+        pack_error(tensor, "the qforge layout holds 2, 3, 4 or 8-bit integers of the config's width; got " +
+                               std::to_string(bits) + "-bit " + method + " for " + canonical_name(cfg));
+    if (group != (cfg.group == per_channel ? k : cfg.group) || k % group != 0)
         pack_error(tensor, std::string(method) + " group " + std::to_string(group) + " with K = " + std::to_string(k) +
                                " does not fit the kernel config " + canonical_name(cfg));
 }
 
 // zeros [N, G] (row-major, as the kernels read them) for int_asym; for int_sym every zero point
-// must be 2^(b-1) = 8 and nothing is stored.
+// must be 2^(b-1) and nothing is stored.
 inline void store_zeros(const config& cfg, const std::vector<std::uint8_t>& zeros_nG, packed_weights& p,
-                        std::string_view tensor) {
-    const std::int64_t n = p.rows, groups = p.cols / cfg.group;
+                        std::int64_t groups, std::string_view tensor) {
+    const std::int64_t n = p.rows;
     if (cfg.type == dtype::int_asym) {
         p.zeros = zeros_nG;
         return;
     }
+    const int sym_zero = 1 << (cfg.bits - 1);
     for (std::int64_t c = 0; c < n; ++c)
         for (std::int64_t g = 0; g < groups; ++g)
-            if (const int z = zeros_nG[static_cast<std::size_t>(c * groups + g)]; z != 8)
+            if (const int z = zeros_nG[static_cast<std::size_t>(c * groups + g)]; z != sym_zero)
                 pack_error(tensor, "zero point " + std::to_string(z) + " at group " + std::to_string(g) + ", column " +
-                                       std::to_string(c) + ": the qforge int_sym layout is symmetric (zero 8); use " +
-                                       "the int_asym kernels");
+                                       std::to_string(c) + ": the qforge int_sym layout is symmetric (zero " +
+                                       std::to_string(sym_zero) + "); use the int_asym kernels");
 }
 
 // f16 scales [G, N] (checkpoint) -> [N, G] (kernels).
@@ -143,11 +144,15 @@ inline void store_scales(const std::vector<f16>& scales_gN, packed_weights& p, s
 }
 
 // GPTQ (v1 or v2, any zero points, act-order or not) -> qforge layout, repacked once. int_sym
-// configs refuse zero points other than 8; int_asym configs store them. Act-order columns are
-// stored sorted by group with the permutation (weights.hpp).
+// configs refuse zero points other than 2^(b-1); int_asym configs store them. Act-order columns
+// are stored sorted by group with the permutation (weights.hpp). Codes: 8 bits one byte each
+// (row-major); 4 bits the nibble layout; 2 and 3 bits widened into the 4-bit nibble layout, code
+// values unchanged (correct, but reading 4 bits per weight: not bandwidth-optimal for 2/3 bits).
 inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_tensor& t, std::string_view tensor) {
     const std::int64_t n = t.rows, k = t.cols;
-    check_int_config(cfg, t.bits, t.group, k, "GPTQ", tensor);
+    const int bits = t.bits;
+    check_int_config(cfg, bits, t.group, k, "GPTQ", tensor);
+    if (k % 32 != 0) pack_error(tensor, "K = " + std::to_string(k) + " is not a multiple of 32");
     const std::int64_t groups = k / t.group;
     packed_weights p;
     p.cfg = cfg;
@@ -155,24 +160,27 @@ inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_ten
     p.cols = k;
     p.perm = act_order_perm(t, tensor);
 
-    const std::int64_t zero_words = n * 4 / 32;  // per group row of qzeros
+    const std::int64_t zero_words = n * bits / 32;  // per group row of qzeros
     std::vector<std::uint8_t> fields(static_cast<std::size_t>(n)), zeros(static_cast<std::size_t>(n * groups));
     for (std::int64_t g = 0; g < groups; ++g) {
-        unpack_gptq_line(4, t.qzeros, static_cast<std::size_t>(g * zero_words), 1, fields);
+        unpack_gptq_line(bits, t.qzeros, static_cast<std::size_t>(g * zero_words), 1, fields);
         for (std::int64_t c = 0; c < n; ++c)
             zeros[static_cast<std::size_t>(c * groups + g)] =
-                static_cast<std::uint8_t>(gptq_zero_from_field(4, fields[static_cast<std::size_t>(c)], t.v2));
+                static_cast<std::uint8_t>(gptq_zero_from_field(bits, fields[static_cast<std::size_t>(c)], t.v2));
     }
-    store_zeros(cfg, zeros, p, tensor);
+    store_zeros(cfg, zeros, p, groups, tensor);
 
-    p.codes.assign(static_cast<std::size_t>(n * k / 2), 0);
+    const std::int64_t row_bytes = bits == 8 ? k : k / 2;
+    p.codes.assign(static_cast<std::size_t>(n * row_bytes), 0);
     std::vector<std::uint8_t> column(static_cast<std::size_t>(k)), sorted(static_cast<std::size_t>(k));
     for (std::int64_t c = 0; c < n; ++c) {  // output row c is column c of qweight
-        unpack_gptq_line(4, t.qweight, static_cast<std::size_t>(c), static_cast<std::size_t>(n), column);
-        if (!p.perm.empty())
-            for (std::int64_t j = 0; j < k; ++j)
-                sorted[static_cast<std::size_t>(j)] = column[static_cast<std::size_t>(p.perm[static_cast<std::size_t>(j)])];
-        put_qforge_int4_row(p.perm.empty() ? column.data() : sorted.data(), k, p.codes.data() + c * (k / 2));
+        unpack_gptq_line(bits, t.qweight, static_cast<std::size_t>(c), static_cast<std::size_t>(n), column);
+        for (std::int64_t j = 0; j < k; ++j)
+            sorted[static_cast<std::size_t>(j)] =
+                column[static_cast<std::size_t>(p.perm.empty() ? j : p.perm[static_cast<std::size_t>(j)])];
+        std::uint8_t* row = p.codes.data() + c * row_bytes;
+        if (bits == 8) std::memcpy(row, sorted.data(), sorted.size());
+        else put_qforge_int4_row(sorted.data(), k, row);
     }
     store_scales(t.scales, p, groups);
     return p;
@@ -198,7 +206,7 @@ inline packed_weights pack_awq_to_qforge(const config& cfg, const ref::awq_tenso
     std::vector<std::uint8_t> zeros(static_cast<std::size_t>(n * groups));
     for (std::int64_t c = 0; c < n; ++c)
         for (std::int64_t g = 0; g < groups; ++g) zeros[static_cast<std::size_t>(c * groups + g)] = code(t.qzeros, g, c);
-    store_zeros(cfg, zeros, p, tensor);
+    store_zeros(cfg, zeros, p, groups, tensor);
 
     // 32 rows of K at a time: their packed words are L2-resident while every output row takes
     // its 16-byte span

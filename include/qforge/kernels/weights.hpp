@@ -23,6 +23,8 @@ namespace qforge {
 //          group x group tile, row-major [ceil(N/group), K/group]
 //   mx     codes: per row K/2 bytes, element 2i in the HIGH nibble (the checkpoint's nibbles
 //          swapped by pack_weights); scales: one E8M0 byte per (row, block of 32), [N, K/32]
+//   qforge 8-bit: codes one byte per weight (the GPTQ code), row-major [N, K]; scales as above
+//          (per_channel: one per row). 2/3-bit: widened into the 4-bit layout above (pack.hpp)
 // Integer layouts (qforge) may also carry
 //   zeros  (dtype int_asym) one zero point byte per (row, group), row-major [N, K/group]:
 //          W[n, k] = scale * (code - zero), the integer difference first (formats.md §3, §4)

@@ -39,7 +39,8 @@ inline constexpr int windows_per_block = P::group / 32;
 
 template <class P>
 constexpr void check_kernel_policy() {
-    static_assert(P::bits == 4, "qforge 4-bit kernels: bits must be 4");
+    // 2- and 3-bit integers are stored widened into the 4-bit layout (pack.hpp)
+    static_assert(P::bits == 4 || (P::storage == layout::qforge && P::bits < 4), "qforge 4-bit kernels: bits must be 4");
     static_assert(P::group >= 32 && P::group % 32 == 0, "qforge 4-bit kernels: group must be a multiple of 32");
 }
 
@@ -91,6 +92,16 @@ void dequantize_blocks(const weights_view& w, const simd::table16<A>& table, std
             });
         }
     }
+}
+
+// X (m rows of K) in the stored column order of the weights (act-order), or X itself.
+template <class A, int Slot>
+const float* gather_columns(const weights_view& w, const float* x, std::int64_t m) {
+    if (w.perm == nullptr) return x;
+    auto* g = static_cast<float*>(simd::scratch<A, Slot>::get(static_cast<std::size_t>(m * w.cols) * sizeof(float)));
+    for (std::int64_t i = 0; i < m; ++i)
+        for (std::int64_t j = 0; j < w.cols; ++j) g[i * w.cols + j] = x[i * w.cols + w.perm[j]];
+    return g;
 }
 
 }  // namespace qforge::kernels

@@ -48,15 +48,15 @@ template <>
 struct code_traits<dtype::fp4> : table_code_traits<dtype::fp4> {
     static constexpr float i8_scale = 120.0f;
 };
-// Symmetric integers: value = code - 2^(bits-1), exact in both paths.
+// Symmetric integers: value = code - 2^(bits-1), exact in both paths (2- and 3-bit codes sit in
+// the 4-bit layout as they are: codes 16 - 2^bits .. 15 never occur).
 template <>
 struct code_traits<dtype::int_sym> {
     static constexpr bool from_table = false;
-    static constexpr int zero_point = 8;  // 4-bit
     static constexpr float i8_scale = 1.0f;
     template <class A>
-    static void values(const weights_view&, float* out) {
-        for (int i = 0; i < 16; ++i) out[i] = static_cast<float>(i - zero_point);
+    static void values(const weights_view& w, float* out) {
+        for (int i = 0; i < 16; ++i) out[i] = static_cast<float>(i - (1 << (w.cfg.bits - 1)));
     }
 };
 

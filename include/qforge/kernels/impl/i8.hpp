@@ -33,7 +33,8 @@ struct i8_shape : window_shape<P, A> {
     using base::lanes, base::group;
     static constexpr bool table = code_traits<P::type>::from_table;
     static constexpr bool offset_form = simd::has_vnni<A> || !table;
-    static constexpr int offset = has_zeros<P> ? 1 : table ? 128 : 8;  // int_asym: times the zero later
+    // int_sym: the zero point 2^(bits-1); int_asym: 1, times the row's zero later
+    static constexpr int offset = has_zeros<P> ? 1 : table ? 128 : 1 << (P::bits - 1);
     static_assert(table || offset_form, "integer formats always use the offset form");
     static_assert(offset_form ? (simd::has_vnni<A> || 2 * 15 * 127 <= 32767) : 2 * 127 * 127 <= 32767,
                   "pmaddubsw pair sums must not saturate");

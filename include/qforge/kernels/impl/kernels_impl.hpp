@@ -5,6 +5,7 @@
 
 #include <qforge/kernels/impl/f32.hpp>
 #include <qforge/kernels/impl/format_fp8.hpp>  // overloads: before the callers below
+#include <qforge/kernels/impl/format_int8.hpp>
 #include <qforge/kernels/impl/format_mx.hpp>
 #include <qforge/kernels/impl/i8.hpp>
 #include <qforge/kernels/kernels.hpp>
@@ -50,15 +51,6 @@ void dequantize_rows(const weights_view& w, std::int64_t n0, std::int64_t n1, fl
     for (std::int64_t n = n0; n < n1; ++n) dequantize_blocks<P, A>(w, table, n, 0, blocks, out + n * w.cols);
 }
 
-// X (m rows of K) in the stored column order of the weights (act-order), or X itself.
-template <class A, int Slot>
-const float* gather_columns(const weights_view& w, const float* x, std::int64_t m) {
-    if (w.perm == nullptr) return x;
-    auto* g = static_cast<float*>(simd::scratch<A, Slot>::get(static_cast<std::size_t>(m * w.cols) * sizeof(float)));
-    for (std::int64_t i = 0; i < m; ++i)
-        for (std::int64_t j = 0; j < w.cols; ++j) g[i * w.cols + j] = x[i * w.cols + w.perm[j]];
-    return g;
-}
 
 template <class P, class A>
 void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) {
