@@ -3,9 +3,10 @@
 //
 //   <op>/<canonical name>/K<k>xN<n>/M<m>/t<threads>/<hot|cold>
 //   membw/read/t<threads>                     512 MiB read with 512-bit (or 256-bit) loads
-//   repack/int4sym_g128_gptq_to_qf/K<k>xN<n>  the one-time GPTQ -> qforge layout repack
+//   repack/<int4sym|int4asym>_g128_<gptq|gptq_actorder|awq>_to_qf/K<k>xN<n>
+//                                             the one-time checkpoint -> qforge layout repack
 //
-// Counters, from the wall clock: bytes_per_second (weight bytes: codes + scales + nested absmax,
+// Counters, from the wall clock: bytes_per_second (weight bytes: codes + scales + nested absmax + zeros,
 // per pass over W), GFLOPS (2 M N K), and frac_membw (bytes_per_second / membw/read of the same
 // thread count, when that benchmark ran earlier in the same process). "cold" rotates over copies of the
 // weights totalling more than 256 MiB, so each pass streams W from DRAM; "hot" reuses one copy.
@@ -20,6 +21,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -81,9 +83,10 @@ packed_weights random_weights(const config& cfg, std::int64_t n, std::int64_t k,
     p.cfg = cfg;
     p.rows = n;
     p.cols = k;
-    p.codes.resize(static_cast<std::size_t>(n * k * cfg.bits / 8));
+    const int stored_bits = cfg.storage == layout::qforge && cfg.bits < 4 ? 4 : cfg.bits;  // 2/3 bits widened
+    p.codes.resize(static_cast<std::size_t>(n * k * stored_bits / 8));
     fill_random(p.codes, rng);
-    const std::size_t blocks = static_cast<std::size_t>(n * (k / cfg.group));
+    const std::size_t blocks = static_cast<std::size_t>(n * (k / (cfg.group == per_channel ? k : cfg.group)));
     if (cfg.storage == layout::bnb4) {
         p.code_table.assign(cfg.type == dtype::nf4 ? nf4_table.begin() : fp4_table.begin(),
                             cfg.type == dtype::nf4 ? nf4_table.end() : fp4_table.end());
@@ -118,6 +121,10 @@ packed_weights random_weights(const config& cfg, std::int64_t n, std::int64_t k,
         for (auto& s : scales) s = static_cast<std::uint16_t>(0x2000 + rng.next() % 0x400);
         p.scales.resize(blocks * sizeof(std::uint16_t));
         std::memcpy(p.scales.data(), scales.data(), p.scales.size());
+        if (cfg.type == dtype::int_asym) {  // zero points around the middle
+            p.zeros.resize(blocks);
+            for (auto& z : p.zeros) z = static_cast<std::uint8_t>(6 + rng.next() % 4);
+        }
     }
     return p;
 }
@@ -210,8 +217,21 @@ void run_kernel(benchmark::State& state, const config cfg, op kind, shape s, std
     state.SetLabel(k.full_name());
 }
 
-// The one-time repack of a GPTQ v1 int4 g128 checkpoint tensor into the qforge layout.
-void repack_gptq(benchmark::State& state, shape s) {
+void time_repack(benchmark::State& state, const config& cfg, const ref::quantized& q, shape s) {
+    const auto start = std::chrono::steady_clock::now();
+    for (auto _ : state) {
+        packed_weights p = pack_weights(cfg, q);
+        benchmark::DoNotOptimize(p.codes.data());
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    set_wall_clock_rates(state, static_cast<double>(state.iterations()) * static_cast<double>(s.k * s.n / 2) / seconds, 0.0, 0);
+}
+
+// The one-time repack of a GPTQ int4 g128 checkpoint tensor into the qforge layout: v1
+// symmetric; asymmetric (random zero points); asymmetric with a random act-order g_idx.
+enum class gptq_kind { sym, asym, asym_act_order };
+
+void repack_gptq(benchmark::State& state, shape s, gptq_kind kind) {
     ref::gptq_tensor t;
     t.rows = s.n;
     t.cols = s.k;
@@ -222,19 +242,31 @@ void repack_gptq(benchmark::State& state, shape s) {
     t.qweight.resize(static_cast<std::size_t>(s.k / 8 * s.n));
     for (auto& w : t.qweight) w = static_cast<std::int32_t>(rng.next());
     t.qzeros.assign(static_cast<std::size_t>(groups * s.n / 8), 0x77777777);  // v1 symmetric
+    if (kind != gptq_kind::sym)
+        for (auto& z : t.qzeros) z = static_cast<std::int32_t>(rng.next());
     t.scales.resize(static_cast<std::size_t>(groups * s.n));
     for (auto& sc : t.scales) sc = f16{static_cast<std::uint16_t>(0x2000 + rng.next() % 0x400)};
     t.g_idx.resize(static_cast<std::size_t>(s.k));
     for (std::int64_t i = 0; i < s.k; ++i) t.g_idx[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i / 128);
-    const ref::quantized q = t;
-    const config cfg{dtype::int_sym, 4, 128, false, layout::qforge, compute::f32};
-    const auto start = std::chrono::steady_clock::now();
-    for (auto _ : state) {
-        packed_weights p = pack_weights(cfg, q);
-        benchmark::DoNotOptimize(p.codes.data());
-    }
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    set_wall_clock_rates(state, static_cast<double>(state.iterations()) * static_cast<double>(s.k * s.n / 2) / seconds, 0.0, 0);
+    if (kind == gptq_kind::asym_act_order) std::shuffle(t.g_idx.begin(), t.g_idx.end(), std::mt19937_64(9));
+    const config cfg{kind == gptq_kind::sym ? dtype::int_sym : dtype::int_asym, 4, 128, false, layout::qforge, compute::f32};
+    time_repack(state, cfg, t, s);
+}
+
+// The one-time repack of an AWQ gemm int4 g128 checkpoint tensor (packed along N) into the qforge layout.
+void repack_awq(benchmark::State& state, shape s) {
+    ref::awq_tensor t;
+    t.rows = s.n;
+    t.cols = s.k;
+    t.group = 128;
+    xorshift rng{6};
+    t.qweight.resize(static_cast<std::size_t>(s.k * s.n / 8));
+    for (auto& w : t.qweight) w = static_cast<std::int32_t>(rng.next());
+    t.qzeros.resize(static_cast<std::size_t>(s.k / 128 * s.n / 8));
+    for (auto& w : t.qzeros) w = static_cast<std::int32_t>(rng.next());
+    t.scales.resize(static_cast<std::size_t>(s.k / 128 * s.n));
+    for (auto& sc : t.scales) sc = f16{static_cast<std::uint16_t>(0x2000 + rng.next() % 0x400)};
+    time_repack(state, config{dtype::int_asym, 4, 128, false, layout::qforge, compute::f32}, t, s);
 }
 
 std::string shape_name(shape s) { return "K" + std::to_string(s.k) + "xN" + std::to_string(s.n); }
@@ -258,7 +290,16 @@ void register_all() {
                                 ->Unit(benchmark::kMicrosecond);
                         }
     }
-    benchmark::RegisterBenchmark("repack/int4sym_g128_gptq_to_qf/K4096xN11008", repack_gptq, shape{4096, 11008})
+    benchmark::RegisterBenchmark("repack/int4sym_g128_gptq_to_qf/K4096xN11008", repack_gptq, shape{4096, 11008},
+                                 gptq_kind::sym)
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark("repack/int4asym_g128_gptq_to_qf/K4096xN11008", repack_gptq, shape{4096, 11008},
+                                 gptq_kind::asym)
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark("repack/int4asym_g128_gptq_actorder_to_qf/K4096xN11008", repack_gptq,
+                                 shape{4096, 11008}, gptq_kind::asym_act_order)
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark("repack/int4asym_g128_awq_to_qf/K4096xN11008", repack_awq, shape{4096, 11008})
         ->Unit(benchmark::kMillisecond);
 }
 

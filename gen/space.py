@@ -8,8 +8,8 @@ import itertools
 from vocabulary import PER_CHANNEL, Config
 
 AXES = {
-    "type": ["nf4", "fp4", "int_sym", "fp8_e4m3", "e2m1", "int8_row"],
-    "bits": [4, 8],
+    "type": ["nf4", "fp4", "int_sym", "fp8_e4m3", "e2m1", "int8_row", "int_asym"],
+    "bits": [4, 8, 2, 3],
     "group": [32, 64, 128, PER_CHANNEL],
     "double_quant": [False, True],
     "storage": ["bnb4", "qforge", "fp8_block", "mx", "bnb8"],
@@ -26,6 +26,12 @@ def has_kernel(c: Config) -> bool:
       with and without double quantization;
     - symmetric int4 in qforge's repacked layout (GPTQ is repacked into it), groups 32 (the
       smallest K granularity) and 128 (the common one);
+    - asymmetric int4 (GPTQ sym=False, AWQ; zero point per (row, group)) in the same qforge layout,
+      groups 32 and 128, f32 and i8 paths;
+    - 8-bit GPTQ integers, sym and asym, one byte per weight in the qforge layout, group 128 and
+      per channel (GPTQ group_size -1), f32 and i8 paths;
+    - 2- and 3-bit GPTQ integers, sym and asym, group 128, widened into the 4-bit qforge layout
+      (correct, not bandwidth-optimal), f32 and i8 paths;
     - FineGrainedFP8 E4M3 with 128x128 tiles (DeepSeek / transformers), f32 path;
     - OCP MXFP4 (E2M1, E8M0 scale per 32), f32 and i8 paths (E2M1 levels times 2 are exact);
     - LLM.int8() (bitsandbytes load_in_8bit): int8 rows with one absmax each, the outlier-threshold
@@ -33,9 +39,9 @@ def has_kernel(c: Config) -> bool:
     """
     if c.type in ("nf4", "fp4"):
         return c.storage == "bnb4" and c.bits == 4 and c.group == 64 and c.act in ("f32", "bf16", "i8")
-    if c.type == "int_sym":
-        return (c.storage == "qforge" and c.bits == 4 and not c.double_quant and c.group in (32, 128)
-                and c.act in ("f32", "i8"))
+    if c.type in ("int_sym", "int_asym"):
+        groups = {4: (32, 128), 8: (128, PER_CHANNEL), 2: (128,), 3: (128,)}[c.bits]
+        return (c.storage == "qforge" and not c.double_quant and c.group in groups and c.act in ("f32", "i8"))
     if c.type == "fp8_e4m3":
         return c.storage == "fp8_block" and c.bits == 8 and c.group == 128 and not c.double_quant and c.act == "f32"
     if c.type == "e2m1":

@@ -50,10 +50,14 @@ void check_weights(const config& kernel_cfg, const weights_view& w) {
         fail("the weights are " + canonical_name(w.cfg) + " (type, bits, group, double quant and storage must match)");
     if (w.rows <= 0 || w.cols <= 0)
         fail("weights shape [" + std::to_string(w.rows) + ", " + std::to_string(w.cols) + "] is empty");
-    if (kernel_cfg.group != per_channel && (kernel_cfg.group <= 0 || w.cols % kernel_cfg.group != 0))
+    if (kernel_cfg.group == per_channel) {  // LLM.int8 takes any K; the integer layouts whole 32-element runs
+        if (kernel_cfg.storage != layout::bnb8 && w.cols % 32 != 0)
+            fail("K = " + std::to_string(w.cols) + " is not a multiple of 32 (per-channel kernels)");
+    } else if (kernel_cfg.group <= 0 || w.cols % kernel_cfg.group != 0)
         fail("K = " + std::to_string(w.cols) + " is not a multiple of the group size " +
              std::to_string(kernel_cfg.group) + " (the kernels need whole groups per row)");
     if (w.codes == nullptr || w.scales == nullptr) fail("the weights have no codes or no scales");
+    if (kernel_cfg.type == dtype::int_asym && w.zeros == nullptr) fail("asymmetric integers need zero points (zeros)");
     if (is_table_type(kernel_cfg.type) && w.code_table == nullptr) fail("the weights have no code table (quant_map)");
     if (kernel_cfg.double_quant && (w.nested_map == nullptr || w.nested_absmax == nullptr))
         fail("double quantization needs nested_map and nested_absmax");

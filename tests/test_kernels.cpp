@@ -95,7 +95,50 @@ struct case_data {
     std::int64_t rows = 0, ref_rows = 0;
 };
 
-case_data make_case(const config& cfg, std::int64_t n, std::int64_t k, std::uint64_t seed) {
+// Which checkpoint a qforge-layout case is packed from: GPTQ v1 with g_idx = k / group; GPTQ v2
+// with a random act-order g_idx; AWQ gemm (int_asym only). Other layouts: their own checkpoint.
+enum class source { gptq, gptq_act_order, awq };
+
+std::vector<source> sources_for(const config& cfg) {
+    if (cfg.storage != layout::qforge) return {source::gptq};
+    if (cfg.type == dtype::int_asym && cfg.bits == 4) return {source::gptq, source::gptq_act_order, source::awq};
+    return {source::gptq, source::gptq_act_order};
+}
+
+const char* to_string(source s) {
+    return s == source::gptq ? "gptq" : s == source::gptq_act_order ? "gptq2 act-order" : "awq";
+}
+
+// A valid GPTQ act-order checkpoint of the same weights: the columns quantized in a random order
+// perm (quantization position j holds column perm[j]) and stored in their own order with
+// g_idx[k] = invperm[k] / group (formats.md §3).
+ref::gptq_tensor act_order_checkpoint(const config& cfg, const std::vector<float>& src, std::int64_t rows,
+                                      std::int64_t k, std::uint64_t seed) {
+    std::vector<std::int32_t> perm(static_cast<std::size_t>(k));
+    for (std::int64_t j = 0; j < k; ++j) perm[static_cast<std::size_t>(j)] = static_cast<std::int32_t>(j);
+    std::mt19937_64 rng(seed);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    std::vector<float> permuted(src.size());
+    for (std::int64_t n = 0; n < rows; ++n)
+        for (std::int64_t j = 0; j < k; ++j)
+            permuted[static_cast<std::size_t>(n * k + j)] = src[static_cast<std::size_t>(n * k + perm[static_cast<std::size_t>(j)])];
+    config c = cfg;
+    c.storage = layout::gptq_v2;
+    auto t = std::get<ref::gptq_tensor>(ref::quantize(c, std::span<const float>(permuted), rows, k));
+    const auto b = static_cast<std::size_t>(t.bits);
+    std::vector<std::uint8_t> line(static_cast<std::size_t>(k)), back(static_cast<std::size_t>(k));
+    for (std::int64_t n = 0; n < rows; ++n) {  // stored column perm[j] <- quantization position j
+        unpack_gptq_line(t.bits, t.qweight, static_cast<std::size_t>(n), static_cast<std::size_t>(rows), line);
+        for (std::int64_t j = 0; j < k; ++j) back[static_cast<std::size_t>(perm[static_cast<std::size_t>(j)])] = line[static_cast<std::size_t>(j)];
+        pack_gptq_line(t.bits, back, t.qweight, static_cast<std::size_t>(n), static_cast<std::size_t>(rows));
+    }
+    for (std::int64_t j = 0; j < k; ++j)
+        t.g_idx[static_cast<std::size_t>(perm[static_cast<std::size_t>(j)])] = static_cast<std::int32_t>(j / t.group);
+    (void)b;
+    return t;
+}
+
+case_data make_case(const config& cfg, std::int64_t n, std::int64_t k, std::uint64_t seed, source from = source::gptq) {
     const std::int64_t ref_rows = cfg.storage == layout::qforge ? (n + 31) / 32 * 32 : n;
     synthetic_spec spec;
     spec.rows = ref_rows;
@@ -104,7 +147,15 @@ case_data make_case(const config& cfg, std::int64_t n, std::int64_t k, std::uint
     spec.outlier_rate = 1.0 / 256;
     const std::vector<float> src = synthetic_weights(spec);
     case_data d;
-    d.q = ref::quantize(reference_config(cfg), std::span<const float>(src), ref_rows, k);
+    if (from == source::gptq_act_order) {
+        d.q = act_order_checkpoint(cfg, src, ref_rows, k, seed + 7);
+    } else if (from == source::awq) {
+        config c = cfg;
+        c.storage = layout::awq_gemm;
+        d.q = ref::quantize(c, std::span<const float>(src), ref_rows, k);
+    } else {
+        d.q = ref::quantize(reference_config(cfg), std::span<const float>(src), ref_rows, k);
+    }
     d.packed = pack_weights(cfg, d.q);
     d.w = ref::dequantize(d.q);
     d.rows = n;
@@ -112,8 +163,9 @@ case_data make_case(const config& cfg, std::int64_t n, std::int64_t k, std::uint
     if (ref_rows != n) {  // rows are contiguous in the kernel layout: keep the first n
         const std::size_t scale_bytes = d.packed.scales.size() / static_cast<std::size_t>(ref_rows);
         d.packed.rows = n;
-        d.packed.codes.resize(static_cast<std::size_t>(n * k / 2));
+        d.packed.codes.resize(d.packed.codes.size() / static_cast<std::size_t>(ref_rows) * static_cast<std::size_t>(n));
         d.packed.scales.resize(scale_bytes * static_cast<std::size_t>(n));
+        d.packed.zeros.resize(d.packed.zeros.size() / static_cast<std::size_t>(ref_rows) * static_cast<std::size_t>(n));
         d.w.resize(static_cast<std::size_t>(n * k));
     }
     return d;
@@ -152,12 +204,12 @@ struct shifted {
 
 // ---- per-block facts the i8 bounds need, read from the reference tensors -------------------
 
-std::int64_t group_of(const config& c) { return c.group; }
+std::int64_t group_of(const config& c, std::int64_t k) { return c.group == per_channel ? k : c.group; }
 
 // The f32 block scale s_b of (row n, block b): absmax (reconstructed for double quant, as
 // formats.md §1 specifies) or the f16 GPTQ scale.
 float block_scale(const case_data& d, const config& cfg, std::int64_t n, std::int64_t b) {
-    const std::int64_t k = d.packed.cols, blocks_per_row = k / cfg.group;
+    const std::int64_t k = d.packed.cols, blocks_per_row = k / group_of(cfg, k);
     if (const auto* t = std::get_if<ref::bnb4_tensor>(&d.q)) {
         const std::int64_t flat = n * blocks_per_row + b;
         if (!t->nested) return t->absmax[static_cast<std::size_t>(flat)];
@@ -167,6 +219,7 @@ float block_scale(const case_data& d, const config& cfg, std::int64_t n, std::in
     }
     if (const auto* t = std::get_if<ref::mx_tensor>(&d.q))
         return e8m0_to_float(t->scales[static_cast<std::size_t>(n * blocks_per_row + b)]);
+    if (const auto* t = std::get_if<ref::awq_tensor>(&d.q)) return to_float(t->scales[static_cast<std::size_t>(b * t->rows + n)]);
     const auto& g = std::get<ref::gptq_tensor>(d.q);
     return to_float(g.scales[static_cast<std::size_t>(b * g.rows + n)]);
 }
@@ -182,11 +235,29 @@ std::uint8_t code_of(const case_data& d, std::int64_t n, std::int64_t k) {
         const std::uint8_t byte = t->blocks[static_cast<std::size_t>(flat / 2)];
         return flat % 2 == 0 ? static_cast<std::uint8_t>(byte & 0xF) : static_cast<std::uint8_t>(byte >> 4);
     }
+    if (const auto* t = std::get_if<ref::awq_tensor>(&d.q))
+        return static_cast<std::uint8_t>(
+            awq_code(static_cast<std::uint32_t>(t->qweight[static_cast<std::size_t>(k * (t->rows / 8) + n / 8)]), static_cast<int>(n % 8)));
     const auto& g = std::get<ref::gptq_tensor>(d.q);
-    std::uint32_t words[4];
-    for (int i = 0; i < 4; ++i)
-        words[i] = static_cast<std::uint32_t>(g.qweight[static_cast<std::size_t>(((k / 32) * 4 + i) * g.rows + n)]);
-    return static_cast<std::uint8_t>(gptq_code(4, words, static_cast<int>(k % 32)));
+    std::uint32_t words[8];
+    for (int i = 0; i < g.bits; ++i)
+        words[i] = static_cast<std::uint32_t>(g.qweight[static_cast<std::size_t>(((k / 32) * g.bits + i) * g.rows + n)]);
+    return static_cast<std::uint8_t>(gptq_code(g.bits, words, static_cast<int>(k % 32)));
+}
+
+bool is_integer_type(const config& c) { return c.type == dtype::int_sym || c.type == dtype::int_asym; }
+
+// The zero point of (row n, group b) of an integer checkpoint, read from its qzeros.
+int zero_of(const case_data& d, std::int64_t n, std::int64_t b) {
+    if (const auto* t = std::get_if<ref::awq_tensor>(&d.q))
+        return static_cast<int>(
+            awq_code(static_cast<std::uint32_t>(t->qzeros[static_cast<std::size_t>(b * (t->rows / 8) + n / 8)]), static_cast<int>(n % 8)));
+    const auto& g = std::get<ref::gptq_tensor>(d.q);
+    std::uint32_t words[8];
+    const std::int64_t zero_words = g.rows * g.bits / 32;
+    for (int i = 0; i < g.bits; ++i)
+        words[i] = static_cast<std::uint32_t>(g.qzeros[static_cast<std::size_t>(b * zero_words + (n / 32) * g.bits + i)]);
+    return gptq_zero_from_field(g.bits, gptq_code(g.bits, words, static_cast<int>(n % 32)), g.v2);
 }
 
 // The i8 path's weight approximation: value(c) ~ level(c) / i8_scale (kernels/impl/format.hpp).
@@ -195,7 +266,8 @@ double i8_scale(dtype t) { return t == dtype::nf4 ? 127.0 : t == dtype::fp4 ? 12
 std::array<double, 16> code_values(const config& cfg, const case_data& d) {
     std::array<double, 16> v{};
     for (int c = 0; c < 16; ++c)
-        v[c] = cfg.type == dtype::int_sym ? c - 8
+        v[c] = cfg.type == dtype::int_sym    ? c - (1 << (cfg.bits - 1))
+               : cfg.type == dtype::int_asym ? c  // minus the block's zero point (zero_of)
                : cfg.type == dtype::e2m1  ? e2m1_table[static_cast<std::size_t>(c)]
                                           : static_cast<double>(d.packed.code_table[static_cast<std::size_t>(c)]);
     return v;
@@ -235,12 +307,21 @@ activation_blocks quantize_x(const float* x, std::int64_t k, std::int64_t group)
     return a;
 }
 
+// The integer i8 paths do not sum (code - zero) xq: the 4-bit offset form sums code * xq in the
+// lanes and adds -zero * sum(xq) (kernels/impl/i8.hpp), the 8-bit path sums (code - 128) xq and
+// adds (128 - zero) * sum(xq) (format_int8.hpp). Exact integers, but f32 rounds the per-lane
+// partial sums, whose size is bounded by these weights times |xq| (>= |code - zero|).
+double integer_lane_weight(const config& cfg, int code, int zero) {
+    if (cfg.bits == 8) return std::abs(code - 128) + std::abs(128 - zero);
+    return code + zero;
+}
+
 // ---- the checks ----------------------------------------------------------------------------
 
 // y (one output of a kernel) against the reference, as the header of this file says.
 void check_output(const config& cfg, const case_data& d, const float* x, std::int64_t n, const float* bias,
                   double y_ref, float y, const std::string& where) {
-    const std::int64_t k = d.packed.cols, group = group_of(cfg);
+    const std::int64_t k = d.packed.cols, group = group_of(cfg, k);
     const float* wrow = d.w.data() + n * k;
     const double b = bias ? bias[n] : 0.0;
     double abs_sum = std::abs(b);
@@ -274,18 +355,29 @@ void check_output(const config& cfg, const case_data& d, const float* x, std::in
         CHECK(std::abs(y - y_ref) <= (2 * ub + ub * ub) * abs_sum + f32_slack);
         return;
     }
-    const activation_blocks a = quantize_x(x, k, group);
+    // the i8 path quantizes x per group of the stored column order (act-order: sorted by group)
+    const auto& perm = d.packed.perm;
+    const auto column = [&](std::int64_t i) { return perm.empty() ? i : static_cast<std::int64_t>(perm[static_cast<std::size_t>(i)]); };
+    std::vector<float> xg(static_cast<std::size_t>(k));
+    for (std::int64_t i = 0; i < k; ++i) xg[static_cast<std::size_t>(i)] = x[column(i)];
+    const activation_blocks a = quantize_x(xg.data(), k, group);
     const double delta = level_error(cfg, d), lambda = i8_scale(cfg.type);
     const auto levels = i8_levels(cfg, d);
     double bound = 0.0, slack_terms = std::abs(b), emulated = b;
     for (std::int64_t blk = 0; blk < k / group; ++blk) {
         const double s = block_scale(d, cfg, n, blk), xs = a.scale[static_cast<std::size_t>(blk)];
+        const int zero = is_integer_type(cfg) ? zero_of(d, n, blk) : 0;
         std::int64_t dot = 0;
         for (std::int64_t i = blk * group; i < (blk + 1) * group; ++i) {
-            const double wabs = std::abs(static_cast<double>(wrow[i]));
-            bound += delta * std::abs(s) * std::abs(x[i]) + (wabs + delta * std::abs(s)) * xs / 2;
-            slack_terms += (wabs + delta * std::abs(s)) * (std::abs(x[i]) + xs / 2);
-            dot += static_cast<std::int64_t>(levels[code_of(d, n, i)]) * a.q[static_cast<std::size_t>(i)];
+            const std::int64_t col = column(i);
+            const double wabs = std::abs(static_cast<double>(wrow[col]));
+            const int code = code_of(d, n, col);  // integers: the checkpoint's code minus its zero point
+            bound += delta * std::abs(s) * std::abs(x[col]) + (wabs + delta * std::abs(s)) * xs / 2;
+            slack_terms += (is_integer_type(cfg) ? std::abs(s) * integer_lane_weight(cfg, code, zero)
+                                                 : wabs + delta * std::abs(s)) *
+                           (std::abs(x[col]) + xs / 2);
+            dot += static_cast<std::int64_t>(is_integer_type(cfg) ? code - zero : levels[static_cast<std::size_t>(code)]) *
+                   a.q[static_cast<std::size_t>(i)];
         }
         emulated += s * xs / lambda * static_cast<double>(dot);
     }
@@ -298,7 +390,8 @@ void check_output(const config& cfg, const case_data& d, const float* x, std::in
 // Shapes per config: the smallest K the layout allows, windows that do not fill a register, and
 // a realistic K; odd N everywhere.
 std::vector<std::pair<std::int64_t, std::int64_t>> shapes_for(const config& cfg) {
-    const std::int64_t g = cfg.group > 0 ? cfg.group : 1;  // per channel: any K
+    // per channel: LLM.int8 takes any K, the integer layouts whole runs of 32
+    const std::int64_t g = cfg.group > 0 ? cfg.group : cfg.storage == layout::bnb8 ? 1 : 32;
     // the last: two GEMM row panels (32 rows), the second partial, and two K slices (4096)
     return {{1, g}, {3, 3 * g}, {7, std::max<std::int64_t>(g, 160) / g * g + g}, {5, 1024}, {9, 4096}, {37, 4096 + 3 * g}};
 }
@@ -389,9 +482,10 @@ TEST_CASE("dequantize is bit-exact with the reference, on row ranges and every I
     for (const auto& l : kernel_list) {
         const kernel* k = registered(l.cfg, op::dequantize);
         if (k == nullptr) continue;
+        for (const source from : sources_for(l.cfg))
         for (auto [n, kk] : shapes_for(l.cfg)) {
-            const case_data d = make_case(l.cfg, n, kk, 17 + static_cast<std::uint64_t>(n * kk));
-            INFO(k->full_name() << " N=" << n << " K=" << kk);
+            const case_data d = make_case(l.cfg, n, kk, 17 + static_cast<std::uint64_t>(n * kk), from);
+            INFO(k->full_name() << " from " << to_string(from) << " N=" << n << " K=" << kk);
             std::vector<float> out(d.w.size(), sentinel);
             k->dequantize(d.packed.view(), 0, n, out.data());
             CHECK(std::memcmp(out.data(), d.w.data(), out.size() * sizeof(float)) == 0);
@@ -424,9 +518,11 @@ TEST_CASE("gemv matches the reference within the stated bounds, with bias, unali
     for (const auto& l : kernel_list) {
         const kernel* k = registered(l.cfg, op::gemv);
         if (k == nullptr) continue;
+        for (const source from : sources_for(l.cfg))
         for (auto [n, kk] : shapes_for(l.cfg)) {
             const std::uint64_t seed = 5 + static_cast<std::uint64_t>(n * kk);
-            const case_data d = make_case(l.cfg, n, kk, seed);
+            const case_data d = make_case(l.cfg, n, kk, seed, from);
+            INFO("from " << to_string(from));
             const std::vector<float> x = random_vector(static_cast<std::size_t>(kk), seed + 1);
             const std::vector<float> bias = random_vector(static_cast<std::size_t>(n), seed + 2, 0.1f);
             const std::vector<double> y_ref = reference_gemm(d, x, 1, bias);
@@ -463,11 +559,13 @@ TEST_CASE("gemm matches the reference for M >= 2 and equals gemv row by row in i
     for (const auto& l : kernel_list) {
         const kernel* k = registered(l.cfg, op::gemm);
         if (k == nullptr) continue;
+        for (const source from : sources_for(l.cfg))
         for (auto [n, kk] : shapes_for(l.cfg)) {
             for (std::int64_t m : {2, 3, 5, 17}) {
                 if (kk > 1024 && m > 2) continue;  // K slices of the cache blocking: once is enough
                 const std::uint64_t seed = 11 + static_cast<std::uint64_t>(n * kk + m);
-                const case_data d = make_case(l.cfg, n, kk, seed);
+                const case_data d = make_case(l.cfg, n, kk, seed, from);
+                INFO("from " << to_string(from));
                 const std::vector<float> x = random_vector(static_cast<std::size_t>(m * kk), seed + 1);
                 const std::vector<float> bias = random_vector(static_cast<std::size_t>(n), seed + 2, 0.1f);
                 const std::vector<double> y_ref = reference_gemm(d, x, m, bias);
@@ -566,10 +664,28 @@ TEST_CASE("pack_weights refuses GPTQ checkpoints the qforge layout cannot hold")
     auto& g = std::get<ref::gptq_tensor>(q);
     ref::quantized act_order = q;
     std::swap(std::get<ref::gptq_tensor>(act_order).g_idx[0], std::get<ref::gptq_tensor>(act_order).g_idx[40]);
+    const packed_weights sorted = pack_weights(kernel_cfg, act_order);  // a valid act-order g_idx
+    REQUIRE(sorted.perm.size() == 64);
+    CHECK(sorted.perm[0] == 1);   // group 0 now is columns 1..31 and 40
+    CHECK(sorted.perm[31] == 40);
+    CHECK(sorted.perm[32] == 0);  // group 1: column 0 first (stable), then 32..39, 41..63
+    CHECK(sorted.perm[33] == 32);
+    CHECK(sorted.weight_bytes() == 32 * 64 / 2 + 32 * 2 * 2 + 64 * 4);
+    std::get<ref::gptq_tensor>(act_order).g_idx[1] = 1;  // group 0: 31 columns, group 1: 33
     CHECK_THROWS_WITH(pack_weights(kernel_cfg, act_order, "model.layers.0.mlp.up_proj"),
-                      Catch::Contains("model.layers.0.mlp.up_proj") && Catch::Contains("act-order"));
+                      Catch::Contains("model.layers.0.mlp.up_proj") && Catch::Contains("act-order") &&
+                          Catch::Contains("group 0 31 columns"));
     g.qzeros[0] = 0x77777776;  // v1 field 6: zero point 7 in column 0
     CHECK_THROWS_WITH(pack_weights(kernel_cfg, q), Catch::Contains("zero point 7"));
+    // the asymmetric kernels keep it: one zero byte per (row, group) more
+    config asym = kernel_cfg;
+    asym.type = dtype::int_asym;
+    const packed_weights z = pack_weights(asym, q);
+    REQUIRE(z.zeros.size() == 32 * 2);
+    CHECK(z.zeros[0] == 7);
+    CHECK(z.zeros[1] == 8);  // row 0, group 1
+    CHECK(z.zeros[2] == 8);  // row 1, group 0
+    CHECK(z.weight_bytes() == 32 * 64 / 2 + 32 * 2 * 2 + 32 * 2);
     CHECK_THROWS_WITH(pack_weights(config{dtype::int_sym, 4, 32, false, layout::qforge, compute::f32},
                                    ref::quantize(config{dtype::nf4, 4, 64, false, layout::bnb4, compute::f32},
                                                  std::span<const float>(w), 32, 64)),

@@ -1,8 +1,11 @@
 // From checkpoint-shaped tensors (qforge::ref) to the kernel layouts (kernels/weights.hpp).
 //
 //   bnb4_tensor -> layout::bnb4    the bitsandbytes bytes as they are (no repacking needed)
-//   gptq_tensor -> layout::qforge  4-bit symmetric GPTQ (v1 or v2) repacked once: rows along K,
-//                                  16-byte spans of 32 elements, f16 scales per (row, group)
+//   gptq_tensor -> layout::qforge  4-bit GPTQ (v1 or v2) repacked once: rows along K, 16-byte
+//                                  spans of 32 elements, f16 scales per (row, group); int_asym
+//                                  also zero points per (row, group); act-order g_idx: columns
+//                                  sorted by group and the permutation (weights.hpp)
+//   awq_tensor  -> layout::qforge  AWQ gemm (N-interleaved) repacked once into the same layout
 //   fp8_tensor  -> layout::fp8_block   E4M3 codes and f32 scale_inv as they are (K whole tiles)
 //   mx_tensor   -> layout::mx          MXFP4 blocks with the nibbles of each byte swapped
 //                                      (element 2i high, as bnb4), E8M0 scale bytes as they are
@@ -23,6 +26,7 @@
 #include <string>
 #include <string_view>
 #include <variant>
+#include <vector>
 
 namespace qforge {
 
@@ -64,53 +68,159 @@ inline packed_weights pack_bnb4(const config& cfg, const ref::bnb4_tensor& t, st
     return p;
 }
 
-// GPTQ -> qforge layout. Refuses what the qforge int4 kernels cannot express: other bit widths,
-// zero points other than 2^(b-1) (asymmetric), and act-order g_idx (not k / group).
+// ---- integer checkpoints -> the qforge layout ----------------------------------------------
+
+// One row of K 4-bit codes (natural order) in the qforge layout: in the 16-byte span s, byte j
+// holds element 32s+j in its low nibble and element 32s+16+j in its high nibble.
+inline void put_qforge_int4_row(const std::uint8_t* codes, std::int64_t k, std::uint8_t* row) {
+    for (std::int64_t s = 0; s < k / 32; ++s)
+        for (std::int64_t j = 0; j < 16; ++j)
+            row[s * 16 + j] = static_cast<std::uint8_t>((codes[s * 32 + j] & 0xF) | (codes[s * 32 + 16 + j] << 4));
+}
+
+// The act-order permutation of a GPTQ g_idx: the columns sorted by group (stable), so that every
+// group is `group` consecutive stored columns; empty when g_idx is k / group already. Refuses a
+// g_idx that does not give every group exactly `group` columns (GPTQ's desc_act always does).
+inline std::vector<std::int32_t> act_order_perm(const ref::gptq_tensor& t, std::string_view tensor) {
+    const std::int64_t k = t.cols, groups = k / t.group;
+    bool natural = true;
+    std::vector<std::int64_t> count(static_cast<std::size_t>(groups), 0);
+    for (std::int64_t i = 0; i < k; ++i) {
+        const std::int32_t g = t.g_idx[static_cast<std::size_t>(i)];
+        if (g < 0 || g >= groups)
+            pack_error(tensor, "g_idx[" + std::to_string(i) + "] = " + std::to_string(g) + " is outside [0, " +
+                                   std::to_string(groups) + ")");
+        natural = natural && g == i / t.group;
+        ++count[static_cast<std::size_t>(g)];
+    }
+    if (natural) return {};
+    for (std::int64_t g = 0; g < groups; ++g)
+        if (count[static_cast<std::size_t>(g)] != t.group)
+            pack_error(tensor, "g_idx gives group " + std::to_string(g) + " " + std::to_string(count[static_cast<std::size_t>(g)]) +
+                                   " columns, not " + std::to_string(t.group) + ": not a GPTQ act-order (desc_act) g_idx");
+    std::vector<std::int32_t> perm(static_cast<std::size_t>(k));
+    std::vector<std::int64_t> next(static_cast<std::size_t>(groups));
+    for (std::int64_t g = 0; g < groups; ++g) next[static_cast<std::size_t>(g)] = g * t.group;
+    for (std::int64_t i = 0; i < k; ++i)
+        perm[static_cast<std::size_t>(next[static_cast<std::size_t>(t.g_idx[static_cast<std::size_t>(i)])]++)] =
+            static_cast<std::int32_t>(i);
+    return perm;
+}
+
+// The integer kernel config and the checkpoint must agree on bits and group (per_channel: K).
+inline void check_int_config(const config& cfg, int bits, std::int64_t group, std::int64_t k, const char* method,
+                             std::string_view tensor) {
+    if (bits != cfg.bits || !gptq_bits_supported(bits) || (cfg.type != dtype::int_sym && cfg.type != dtype::int_asym))
+        pack_error(tensor, "the qforge layout holds 2, 3, 4 or 8-bit integers of the config's width; got " +
+                               std::to_string(bits) + "-bit " + method + " for " + canonical_name(cfg));
+    if (group != (cfg.group == per_channel ? k : cfg.group) || k % group != 0)
+        pack_error(tensor, std::string(method) + " group " + std::to_string(group) + " with K = " + std::to_string(k) +
+                               " does not fit the kernel config " + canonical_name(cfg));
+}
+
+// zeros [N, G] (row-major, as the kernels read them) for int_asym; for int_sym every zero point
+// must be 2^(b-1) and nothing is stored.
+inline void store_zeros(const config& cfg, const std::vector<std::uint8_t>& zeros_nG, packed_weights& p,
+                        std::int64_t groups, std::string_view tensor) {
+    const std::int64_t n = p.rows;
+    if (cfg.type == dtype::int_asym) {
+        p.zeros = zeros_nG;
+        return;
+    }
+    const int sym_zero = 1 << (cfg.bits - 1);
+    for (std::int64_t c = 0; c < n; ++c)
+        for (std::int64_t g = 0; g < groups; ++g)
+            if (const int z = zeros_nG[static_cast<std::size_t>(c * groups + g)]; z != sym_zero)
+                pack_error(tensor, "zero point " + std::to_string(z) + " at group " + std::to_string(g) + ", column " +
+                                       std::to_string(c) + ": the qforge int_sym layout is symmetric (zero " +
+                                       std::to_string(sym_zero) + "); use the int_asym kernels");
+}
+
+// f16 scales [G, N] (checkpoint) -> [N, G] (kernels).
+inline void store_scales(const std::vector<f16>& scales_gN, packed_weights& p, std::int64_t groups) {
+    const std::int64_t n = p.rows;
+    std::vector<std::uint16_t> scales(static_cast<std::size_t>(n * groups));
+    for (std::int64_t g = 0; g < groups; ++g)
+        for (std::int64_t c = 0; c < n; ++c)
+            scales[static_cast<std::size_t>(c * groups + g)] = scales_gN[static_cast<std::size_t>(g * n + c)].bits;
+    append_bytes(p.scales, scales);
+}
+
+// GPTQ (v1 or v2, any zero points, act-order or not) -> qforge layout, repacked once. int_sym
+// configs refuse zero points other than 2^(b-1); int_asym configs store them. Act-order columns
+// are stored sorted by group with the permutation (weights.hpp). Codes: 8 bits one byte each
+// (row-major); 4 bits the nibble layout; 2 and 3 bits widened into the 4-bit nibble layout, code
+// values unchanged (correct, but reading 4 bits per weight: not bandwidth-optimal for 2/3 bits).
 inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_tensor& t, std::string_view tensor) {
     const std::int64_t n = t.rows, k = t.cols;
-    if (t.bits != 4 || cfg.bits != 4 || cfg.type != dtype::int_sym)
-        pack_error(tensor, "the qforge layout holds 4-bit symmetric integers; got " + std::to_string(t.bits) +
-                               "-bit GPTQ for " + canonical_name(cfg));
-    if (t.group != cfg.group || k % t.group != 0)
-        pack_error(tensor, "GPTQ group " + std::to_string(t.group) + " with K = " + std::to_string(k) +
-                               " does not fit the kernel config " + canonical_name(cfg));
+    const int bits = t.bits;
+    check_int_config(cfg, bits, t.group, k, "GPTQ", tensor);
+    if (k % 32 != 0) pack_error(tensor, "K = " + std::to_string(k) + " is not a multiple of 32");
     const std::int64_t groups = k / t.group;
-    for (std::int64_t i = 0; i < k; ++i)
-        if (t.g_idx[static_cast<std::size_t>(i)] != i / t.group)
-            pack_error(tensor, "g_idx[" + std::to_string(i) + "] = " + std::to_string(t.g_idx[static_cast<std::size_t>(i)]) +
-                                   " is not k / group: act-order (desc_act) checkpoints are not supported by the qforge layout yet");
-    const std::int64_t zero_words = n * 4 / 32;  // per group row of qzeros
-    for (std::int64_t g = 0; g < groups; ++g)
-        for (std::int64_t c = 0; c < n; ++c) {
-            const auto word = static_cast<std::uint32_t>(t.qzeros[static_cast<std::size_t>(g * zero_words + c / 8)]);
-            const int z = gptq_zero_from_field(4, (word >> (4 * (c % 8))) & 0xFu, t.v2);
-            if (z != 8)
-                pack_error(tensor, "zero point " + std::to_string(z) + " at group " + std::to_string(g) + ", column " +
-                                       std::to_string(c) + ": the qforge int4 layout is symmetric (zero 8)");
-        }
-
     packed_weights p;
     p.cfg = cfg;
     p.rows = n;
     p.cols = k;
-    p.codes.assign(static_cast<std::size_t>(n * k / 2), 0);
-    for (std::int64_t kk = 0; kk < k; ++kk) {
-        const std::int64_t run = kk / 32, in_run = kk % 32;
-        const std::int64_t byte_in_row = run * 16 + in_run % 16;  // qforge span: element j and j + 16
-        const int shift = in_run >= 16 ? 4 : 0;
-        for (std::int64_t c = 0; c < n; ++c) {
-            std::uint32_t words[4];
-            for (int w = 0; w < 4; ++w)
-                words[w] = static_cast<std::uint32_t>(t.qweight[static_cast<std::size_t>((run * 4 + w) * n + c)]);
-            const std::uint32_t code = gptq_code(4, words, static_cast<int>(in_run));
-            p.codes[static_cast<std::size_t>(c * (k / 2) + byte_in_row)] |= static_cast<std::uint8_t>(code << shift);
-        }
-    }
-    std::vector<std::uint16_t> scales(static_cast<std::size_t>(n * groups));
-    for (std::int64_t g = 0; g < groups; ++g)
+    p.perm = act_order_perm(t, tensor);
+
+    const std::int64_t zero_words = n * bits / 32;  // per group row of qzeros
+    std::vector<std::uint8_t> fields(static_cast<std::size_t>(n)), zeros(static_cast<std::size_t>(n * groups));
+    for (std::int64_t g = 0; g < groups; ++g) {
+        unpack_gptq_line(bits, t.qzeros, static_cast<std::size_t>(g * zero_words), 1, fields);
         for (std::int64_t c = 0; c < n; ++c)
-            scales[static_cast<std::size_t>(c * groups + g)] = t.scales[static_cast<std::size_t>(g * n + c)].bits;
-    append_bytes(p.scales, scales);
+            zeros[static_cast<std::size_t>(c * groups + g)] =
+                static_cast<std::uint8_t>(gptq_zero_from_field(bits, fields[static_cast<std::size_t>(c)], t.v2));
+    }
+    store_zeros(cfg, zeros, p, groups, tensor);
+
+    const std::int64_t row_bytes = bits == 8 ? k : k / 2;
+    p.codes.assign(static_cast<std::size_t>(n * row_bytes), 0);
+    std::vector<std::uint8_t> column(static_cast<std::size_t>(k)), sorted(static_cast<std::size_t>(k));
+    for (std::int64_t c = 0; c < n; ++c) {  // output row c is column c of qweight
+        unpack_gptq_line(bits, t.qweight, static_cast<std::size_t>(c), static_cast<std::size_t>(n), column);
+        for (std::int64_t j = 0; j < k; ++j)
+            sorted[static_cast<std::size_t>(j)] =
+                column[static_cast<std::size_t>(p.perm.empty() ? j : p.perm[static_cast<std::size_t>(j)])];
+        std::uint8_t* row = p.codes.data() + c * row_bytes;
+        if (bits == 8) std::memcpy(row, sorted.data(), sorted.size());
+        else put_qforge_int4_row(sorted.data(), k, row);
+    }
+    store_scales(t.scales, p, groups);
+    return p;
+}
+
+// AWQ gemm (codes and zeros packed along N in AWQ's nibble order) -> qforge layout, repacked once.
+inline packed_weights pack_awq_to_qforge(const config& cfg, const ref::awq_tensor& t, std::string_view tensor) {
+    const std::int64_t n = t.rows, k = t.cols;
+    check_int_config(cfg, 4, t.group, k, "AWQ", tensor);
+    if (n % awq_pack_codes != 0 || k % 32 != 0)
+        pack_error(tensor, "AWQ shape [" + std::to_string(n) + ", " + std::to_string(k) +
+                               "] needs N a multiple of 8 and K of 32");
+    const std::int64_t groups = k / t.group, words_per_row = n / awq_pack_codes;
+    const auto code = [&](const std::vector<std::int32_t>& words, std::int64_t row, std::int64_t c) {
+        return static_cast<std::uint8_t>(awq_code(
+            static_cast<std::uint32_t>(words[static_cast<std::size_t>(row * words_per_row + c / awq_pack_codes)]),
+            static_cast<int>(c % awq_pack_codes)));
+    };
+    packed_weights p;
+    p.cfg = cfg;
+    p.rows = n;
+    p.cols = k;
+    std::vector<std::uint8_t> zeros(static_cast<std::size_t>(n * groups));
+    for (std::int64_t c = 0; c < n; ++c)
+        for (std::int64_t g = 0; g < groups; ++g) zeros[static_cast<std::size_t>(c * groups + g)] = code(t.qzeros, g, c);
+    store_zeros(cfg, zeros, p, groups, tensor);
+
+    // 32 rows of K at a time: their packed words are L2-resident while every output row takes
+    // its 16-byte span
+    p.codes.assign(static_cast<std::size_t>(n * k / 2), 0);
+    std::uint8_t span_codes[32];
+    for (std::int64_t s = 0; s < k / 32; ++s)
+        for (std::int64_t c = 0; c < n; ++c) {
+            for (std::int64_t i = 0; i < 32; ++i) span_codes[i] = code(t.qweight, s * 32 + i, c);
+            put_qforge_int4_row(span_codes, 32, p.codes.data() + c * (k / 2) + s * 16);
+        }
+    store_scales(t.scales, p, groups);
     return p;
 }
 
@@ -176,6 +286,12 @@ inline packed_weights pack_weights(const config& kernel_cfg, const ref::quantize
             detail::pack_error(tensor, "GPTQ weights are repacked into the qforge layout (storage qf), not for " +
                                            canonical_name(kernel_cfg));
         return detail::pack_gptq_to_qforge(kernel_cfg, *t, tensor);
+    }
+    if (const auto* t = std::get_if<ref::awq_tensor>(&q)) {
+        if (kernel_cfg.storage != layout::qforge)
+            detail::pack_error(tensor, "AWQ weights are repacked into the qforge layout (storage qf), not for " +
+                                           canonical_name(kernel_cfg));
+        return detail::pack_awq_to_qforge(kernel_cfg, *t, tensor);
     }
     if (const auto* t = std::get_if<ref::fp8_tensor>(&q)) {
         if (kernel_cfg.storage != layout::fp8_block)

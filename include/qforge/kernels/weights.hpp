@@ -26,6 +26,13 @@ namespace qforge {
 //   bnb8   codes: the int8 CB bytes, row-major [N, K]; scales: f32 SCB [N]; outlier_threshold:
 //          the LLM.int8 matmul's t (transformers' llm_int8_threshold; 0 disables the outlier
 //          decomposition; negative, NaN and infinite values are refused); K <= llm_int8_max_cols
+//   qforge 8-bit: codes one byte per weight (the GPTQ code), row-major [N, K]; scales as above
+//          (per_channel: one per row). 2/3-bit: widened into the 4-bit layout above (pack.hpp)
+// Integer layouts (qforge) may also carry
+//   zeros  (dtype int_asym) one zero point byte per (row, group), row-major [N, K/group]:
+//          W[n, k] = scale * (code - zero), the integer difference first (formats.md §3, §4)
+//   perm   (act-order, GPTQ desc_act) int32 [K]: the columns are stored sorted by group (stable),
+//          stored column j is column perm[j] of W; null when the columns are in their own order
 struct weights_view {
     config cfg{};
     std::int64_t rows = 0, cols = 0;
@@ -36,6 +43,8 @@ struct weights_view {
     const float* nested_absmax = nullptr;  // double quant: [ceil(blocks / 256)]
     float nested_offset = 0.0f;            // double quant: added after the nested product
     float outlier_threshold = 6.0f;        // bnb8: LLM.int8 outlier threshold (run time)
+    const std::uint8_t* zeros = nullptr;   // int_asym: zero point per (row, group)
+    const std::int32_t* perm = nullptr;    // act-order: stored column -> column of W
 };
 
 // |CB * XA| <= 128 * 128, so the LLM.int8 int32 sums are exact up to this K (as ref::int8_matmul).
@@ -52,6 +61,8 @@ struct packed_weights {
     std::vector<float> nested_absmax;
     float nested_offset = 0.0f;
     float outlier_threshold = 6.0f;
+    std::vector<std::uint8_t> zeros;
+    std::vector<std::int32_t> perm;
 
     weights_view view() const {
         return {cfg,
@@ -63,11 +74,15 @@ struct packed_weights {
                 nested_map.empty() ? nullptr : nested_map.data(),
                 nested_absmax.empty() ? nullptr : nested_absmax.data(),
                 nested_offset,
-                outlier_threshold};
+                outlier_threshold,
+                zeros.empty() ? nullptr : zeros.data(),
+                perm.empty() ? nullptr : perm.data()};
     }
-    // Bytes a matmul reads per pass over W: codes + scales + nested absmax (tables excluded).
+    // Bytes a matmul reads per pass over W: codes + scales + nested absmax + zero points + the
+    // act-order permutation (tables excluded).
     std::size_t weight_bytes() const {
-        return codes.size() + scales.size() + nested_absmax.size() * sizeof(float);
+        return codes.size() + scales.size() + nested_absmax.size() * sizeof(float) + zeros.size() +
+               perm.size() * sizeof(std::int32_t);
     }
 };
 

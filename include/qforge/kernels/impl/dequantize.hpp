@@ -39,7 +39,8 @@ inline constexpr int windows_per_block = P::group / 32;
 
 template <class P>
 constexpr void check_kernel_policy() {
-    static_assert(P::bits == 4, "qforge 4-bit kernels: bits must be 4");
+    // 2- and 3-bit integers are stored widened into the 4-bit layout (pack.hpp)
+    static_assert(P::bits == 4 || (P::storage == layout::qforge && P::bits < 4), "qforge 4-bit kernels: bits must be 4");
     static_assert(P::group >= 32 && P::group % 32 == 0, "qforge 4-bit kernels: group must be a multiple of 32");
 }
 
@@ -62,12 +63,16 @@ void dequantize_blocks(const weights_view& w, const simd::table16<A>& table, std
     constexpr int chunks = 16 / lanes;  // registers per half window
     constexpr int wpb = windows_per_block<P>;
     const std::uint8_t* codes = row_codes<A>(w, n);
-    float buf[scale_chunk];
+    float buf[scale_chunk], zbuf[has_zeros<P> ? scale_chunk : 1];
     for (std::int64_t c0 = b0; c0 < b1; c0 += scale_chunk) {
         const int nb = static_cast<int>(b1 - c0 < scale_chunk ? b1 - c0 : scale_chunk);
         const float* scales = L::template row_scales<P, A>(w, n, c0, nb, buf);
+        const float* zeros = has_zeros<P> ? row_zeros<P, A>(w, n, c0, nb, zbuf) : nullptr;
         for (int i = 0; i < nb; ++i) {
             const F scale(scales[i]);
+            const F zero(has_zeros<P> ? zeros[i] : 0.0f);
+            // (code - zero) * scale: the exact integer difference, then one rounding (int_asym)
+            const auto value = [&](const F& v) { return has_zeros<P> ? (v - zero) * scale : v * scale; };
             const std::int64_t first_window = (c0 + i) * wpb;
             simd::unroll<wpb>([&](auto wi) {
                 const std::int64_t window = first_window + wi;
@@ -75,8 +80,8 @@ void dequantize_blocks(const weights_view& w, const simd::table16<A>& table, std
                 float* o = out + (window - b0 * wpb) * 32;
                 simd::unroll<chunks>([&](auto ci) {
                     const auto idx = simd::load_u8_as_i32<A>(c + ci * lanes);
-                    const F lo = simd::lookup<A>(table, idx) * scale;
-                    const F hi = simd::lookup<A>(table, idx >> 4) * scale;
+                    const F lo = value(simd::lookup<A>(table, idx));
+                    const F hi = value(simd::lookup<A>(table, idx >> 4));
                     if constexpr (L::interleaved) {
                         simd::store_interleaved<A>(o + 2 * ci * lanes, hi, lo);  // high nibble = even element
                     } else {
@@ -87,6 +92,16 @@ void dequantize_blocks(const weights_view& w, const simd::table16<A>& table, std
             });
         }
     }
+}
+
+// X (m rows of K) in the stored column order of the weights (act-order), or X itself.
+template <class A, int Slot>
+const float* gather_columns(const weights_view& w, const float* x, std::int64_t m) {
+    if (w.perm == nullptr) return x;
+    auto* g = static_cast<float*>(simd::scratch<A, Slot>::get(static_cast<std::size_t>(m * w.cols) * sizeof(float)));
+    for (std::int64_t i = 0; i < m; ++i)
+        for (std::int64_t j = 0; j < w.cols; ++j) g[i * w.cols + j] = x[i * w.cols + w.perm[j]];
+    return g;
 }
 
 }  // namespace qforge::kernels

@@ -42,16 +42,18 @@ inline simd::f32v<A> operand(const simd::f32v<A>& v) {
     else return v;
 }
 
+// perm (act-order, weights.hpp): stored column k multiplies x[perm[k]], gathered here too.
 template <class P, class A>
-void permute_for_f32(const window_shape<P, A>& s, const float* x, float* xp) {
+void permute_for_f32(const window_shape<P, A>& s, const float* x, const std::int32_t* perm, float* xp) {
     using S = window_shape<P, A>;
     using L = layout_traits<P::storage>;
+    const auto at = [&](std::int64_t k) { return operand<P, A>(perm ? x[perm[k]] : x[k]); };
     const std::int64_t full = s.steps * S::step_elems;
     for (std::int64_t w0 = 0; w0 < full; w0 += S::W)
         for (int i = 0; i < 8; ++i)
             for (int j = 0; j < S::lanes; ++j)
-                xp[w0 + i * S::lanes + j] = operand<P, A>(x[w0 + L::element_of(4 * j + i / 2, i % 2 == 1)]);
-    for (std::int64_t k = full; k < s.k; ++k) xp[k] = operand<P, A>(x[k]);
+                xp[w0 + i * S::lanes + j] = at(w0 + L::element_of(4 * j + i / 2, i % 2 == 1));
+    for (std::int64_t k = full; k < s.k; ++k) xp[k] = at(k);
 }
 
 // out[r] = sum_k W[n + r, k] x[k] for r < NR, from the permuted xp.
@@ -71,17 +73,25 @@ void gemv_f32_rows(const weights_view& w, const window_shape<P, A>& s, const sim
     for (int r = 0; r < NR; ++r) acc[r] = F(0.0f);
     float buf[NR][scale_chunk];
     const float* scales[NR];
+    constexpr int zero_chunk = has_zeros<P> ? scale_chunk : 1;
+    float zbuf[NR][zero_chunk];
+    const float* zeros[NR] = {};
 
     for (std::int64_t c0 = 0; c0 < s.steps; c0 += steps_per_chunk) {
         const std::int64_t c1 = s.steps - c0 < steps_per_chunk ? s.steps : c0 + steps_per_chunk;
         const int nb = static_cast<int>((c1 - c0) * bpw);
         for (int r = 0; r < NR; ++r) scales[r] = L::template row_scales<P, A>(w, n + r, c0 * bpw, nb, buf[r]);
+        if constexpr (has_zeros<P>)
+            for (int r = 0; r < NR; ++r) zeros[r] = row_zeros<P, A>(w, n + r, c0 * bpw, nb, zbuf[r]);
         for (std::int64_t step = c0; step < c1; ++step) {
             F even[NR], odd[NR];  // two chains per row: FMA latency
             for (int r = 0; r < NR; ++r) even[r] = odd[r] = F(0.0f);
             const std::int64_t local = (step - c0) * bpw;
             F step_scale[NR];
+            [[maybe_unused]] F step_zero[NR];
             simd::unroll<NR>([&](auto r) { step_scale[r] = simd::expand_scales<bpw, A>(scales[r] + local); });
+            if constexpr (has_zeros<P>)
+                simd::unroll<NR>([&](auto r) { step_zero[r] = simd::expand_scales<bpw, A>(zeros[r] + local); });
             simd::unroll<S::windows_per_step>([&](auto wi) {
                 const std::int64_t window = step * S::windows_per_step + wi;
                 const float* xw = xp + window * S::W;
@@ -94,6 +104,7 @@ void gemv_f32_rows(const weights_view& w, const window_shape<P, A>& s, const sim
                     simd::unroll<NR>([&](auto r) {
                         // a table lookup is 1 op: cheaper than (code & 15) - zero converted, also for integers
                         F v = simd::lookup<A>(table, i == 0 ? c[r] : I(c[r] >> (4 * i)));
+                        if constexpr (has_zeros<P>) v = v - step_zero[r];  // exact: code - zero
                         if constexpr (bf16_operands<P>) v = simd::round_bf16<A>(v * step_scale[r]);
                         if constexpr (i % 2 == 0) even[r] = simd::fma<A>(v, xv, even[r]);
                         else odd[r] = simd::fma<A>(v, xv, odd[r]);
@@ -112,12 +123,14 @@ void gemv_f32_rows(const weights_view& w, const window_shape<P, A>& s, const sim
     const std::int64_t b0 = s.blocks - s.tail_blocks;
     for (int r = 0; r < NR; ++r) {
         const float* sc = L::template row_scales<P, A>(w, n + r, b0, static_cast<int>(s.tail_blocks), buf[0]);
+        const float* zr = has_zeros<P> ? row_zeros<P, A>(w, n + r, b0, static_cast<int>(s.tail_blocks), zbuf[0]) : nullptr;
         const std::uint8_t* row = row_codes<A>(w, n + r);
         float tail = 0.0f;
         for (std::int64_t b = b0; b < s.blocks; ++b) {
             float part = 0.0f;
             for (std::int64_t k = b * S::group; k < (b + 1) * S::group; ++k) {
-                const float v = values[L::template code_at<A>(row, k)];
+                float v = values[L::template code_at<A>(row, k)];
+                if constexpr (has_zeros<P>) v -= zr[b - b0];
                 if constexpr (bf16_operands<P>) part += operand<P, A>(v * sc[b - b0]) * xp[k];
                 else part += v * xp[k];
             }

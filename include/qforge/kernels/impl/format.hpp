@@ -48,17 +48,41 @@ template <>
 struct code_traits<dtype::fp4> : table_code_traits<dtype::fp4> {
     static constexpr float i8_scale = 120.0f;
 };
-// Symmetric integers: value = code - 2^(bits-1), exact in both paths.
+// Symmetric integers: value = code - 2^(bits-1), exact in both paths (2- and 3-bit codes sit in
+// the 4-bit layout as they are: codes 16 - 2^bits .. 15 never occur).
 template <>
 struct code_traits<dtype::int_sym> {
     static constexpr bool from_table = false;
-    static constexpr int zero_point = 8;  // 4-bit
+    static constexpr float i8_scale = 1.0f;
+    template <class A>
+    static void values(const weights_view& w, float* out) {
+        for (int i = 0; i < 16; ++i) out[i] = static_cast<float>(i - (1 << (w.cfg.bits - 1)));
+    }
+};
+
+// Asymmetric integers (GPTQ sym=False, AWQ): value = code - zero with one zero point per (row,
+// group) in weights_view::zeros. The table yields the code; the kernels subtract the block's zero,
+// an exact small-integer difference in f32, as the reference's integer q - z.
+template <>
+struct code_traits<dtype::int_asym> {
+    static constexpr bool from_table = false;
     static constexpr float i8_scale = 1.0f;
     template <class A>
     static void values(const weights_view&, float* out) {
-        for (int i = 0; i < 16; ++i) out[i] = static_cast<float>(i - zero_point);
+        for (int i = 0; i < 16; ++i) out[i] = static_cast<float>(i);
     }
 };
+
+template <class P>
+inline constexpr bool has_zeros = P::type == dtype::int_asym;
+
+// f32 zero points of blocks [b0, b0+nb) of row n (int_asym).
+template <class P, class A>
+inline const float* row_zeros(const weights_view& w, std::int64_t n, std::int64_t b0, int nb, float* buf) {
+    const std::uint8_t* z = w.zeros + n * (w.cols / P::group) + b0;
+    for (int i = 0; i < nb; ++i) buf[i] = static_cast<float>(z[i]);
+    return buf;
+}
 
 // ---- layout_traits ---------------------------------------------------------------------------
 // element_of(byte, high):  element index, relative to a 16-byte-aligned window start, of the

@@ -15,6 +15,9 @@
 // activations, minus offset * sum(xq) per block (precomputed with the activations). Without VNNI,
 // pmaddubsw: integer formats use the same offset form (u <= 15 cannot saturate 16-bit pair sums);
 // table formats use |level| times the activation with the level's sign (2 * 127 * 127 < 2^15).
+// Asymmetric integers (int_asym): u = code, and the offset is the block's zero point, a weight-row
+// value: the prepared row holds -sum(xq) per block, and the tile adds zero * that to the exact
+// integer dot in f32 (|zero * sum| <= 15 * 127 * group < 2^24: exact).
 #pragma once
 
 #include <qforge/kernels/impl/dequantize.hpp>
@@ -30,7 +33,8 @@ struct i8_shape : window_shape<P, A> {
     using base::lanes, base::group;
     static constexpr bool table = code_traits<P::type>::from_table;
     static constexpr bool offset_form = simd::has_vnni<A> || !table;
-    static constexpr int offset = table ? 128 : 8;
+    // int_sym: the zero point 2^(bits-1); int_asym: 1, times the row's zero later
+    static constexpr int offset = has_zeros<P> ? 1 : table ? 128 : 1 << (P::bits - 1);
     static_assert(table || offset_form, "integer formats always use the offset form");
     static_assert(offset_form ? (simd::has_vnni<A> || 2 * 15 * 127 <= 32767) : 2 * 127 * 127 <= 32767,
                   "pmaddubsw pair sums must not saturate");
@@ -164,11 +168,16 @@ void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x, 
         for (int r = 0; r < NR; ++r) acc[i][r] = F(0.0f);
     float buf[NR][scale_chunk];
     const float* scales[NR];
+    constexpr int zero_chunk = has_zeros<P> ? scale_chunk : 1;
+    float zbuf[NR][zero_chunk];
+    const float* zeros[NR] = {};
 
     for (std::int64_t c0 = s0; c0 < s1; c0 += steps_per_chunk) {
         const std::int64_t c1 = s1 - c0 < steps_per_chunk ? s1 : c0 + steps_per_chunk;
         const int nb = static_cast<int>((c1 - c0) * bpw);
         for (int r = 0; r < NR; ++r) scales[r] = L::template row_scales<P, A>(w, n + r, c0 * bpw, nb, buf[r]);
+        if constexpr (has_zeros<P>)
+            for (int r = 0; r < NR; ++r) zeros[r] = row_zeros<P, A>(w, n + r, c0 * bpw, nb, zbuf[r]);
         if constexpr (MR == 1) {  // GEMV: weight scale x activation scale once per block, not per step
             const float* xs = x[0].xs_block + c0 * bpw;
             for (int r = 0; r < NR; ++r) {
@@ -179,7 +188,7 @@ void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x, 
         for (std::int64_t step = c0; step < c1; ++step) {
             I dots[MR][NR];
             simd::unroll<MR>([&](auto i) {
-                const I init = S::offset_form ? I::load_aligned(x[i].corr + step * S::lanes) : I(0);
+                const I init = S::offset_form && !has_zeros<P> ? I::load_aligned(x[i].corr + step * S::lanes) : I(0);
                 for (int r = 0; r < NR; ++r) dots[i][r] = init;
             });
             simd::unroll<S::windows_per_step>([&](auto wi) {
@@ -215,12 +224,17 @@ void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x, 
             const std::int64_t local = (step - c0) * bpw;  // first block of the step within the chunk
             simd::unroll<NR>([&](auto r) {
                 const F ws = simd::expand_scales<bpw, A>(scales[r] + local);
+                [[maybe_unused]] F zs{};
+                if constexpr (has_zeros<P>) zs = simd::expand_scales<bpw, A>(zeros[r] + local);
                 simd::unroll<MR>([&](auto i) {
+                    F dot = xsimd::to_float(dots[i][r]);
+                    if constexpr (has_zeros<P>)  // + zero * (-sum(xq)), exact
+                        dot = simd::fma<A>(zs, xsimd::to_float(I::load_aligned(x[i].corr + step * S::lanes)), dot);
                     if constexpr (MR == 1) {  // ws already holds the product
-                        acc[i][r] = simd::fma<A>(xsimd::to_float(dots[i][r]), ws, acc[i][r]);
+                        acc[i][r] = simd::fma<A>(dot, ws, acc[i][r]);
                     } else {
                         const F xs = F::load_aligned(x[i].xs + step * S::lanes);
-                        acc[i][r] = simd::fma<A>(xsimd::to_float(dots[i][r]), ws * xs, acc[i][r]);
+                        acc[i][r] = simd::fma<A>(dot, ws * xs, acc[i][r]);
                     }
                 });
             });
@@ -244,9 +258,10 @@ float i8_tail(const weights_view& w, const i8_shape<P, A>& s, const i8_levels<P,
     const std::uint8_t* codes = row_codes<A>(w, n);
     float total = 0.0f;
     for (std::int64_t b = b0; b < s.blocks; ++b) {
+        const std::int32_t zero = has_zeros<P> ? w.zeros[n * s.blocks + b] : 0;
         std::int32_t dot = 0;
         for (std::int64_t k = b * S::group; k < (b + 1) * S::group; ++k)
-            dot += lv.level[L::template code_at<A>(codes, k)] * x.q[k];
+            dot += (lv.level[L::template code_at<A>(codes, k)] - zero) * x.q[k];
         total += static_cast<float>(dot) * (scales[b - b0] * x.xs_block[b]);
     }
     return total / code_traits<P::type>::i8_scale;

@@ -6,6 +6,7 @@
 #include <qforge/kernels/impl/bf16.hpp>
 #include <qforge/kernels/impl/f32.hpp>
 #include <qforge/kernels/impl/format_fp8.hpp>  // overloads: before the callers below
+#include <qforge/kernels/impl/format_int8.hpp>
 #include <qforge/kernels/impl/format_mx.hpp>
 #include <qforge/kernels/impl/i8.hpp>
 #include <qforge/kernels/impl/i8_gemm_vnni.hpp>
@@ -43,6 +44,14 @@ template <class P, class A>
 void dequantize_rows(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) {
     const auto table = value_table<P, A>(w);
     const std::int64_t blocks = w.cols / P::group;
+    if (w.perm != nullptr) {  // act-order: stored column j is column perm[j] of W
+        auto* row = static_cast<float*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(w.cols) * sizeof(float)));
+        for (std::int64_t n = n0; n < n1; ++n) {
+            dequantize_blocks<P, A>(w, table, n, 0, blocks, row);
+            for (std::int64_t j = 0; j < w.cols; ++j) out[(n - n0) * w.cols + w.perm[j]] = row[j];
+        }
+        return;
+    }
     for (std::int64_t n = n0; n < n1; ++n) dequantize_blocks<P, A>(w, table, n, 0, blocks, out + (n - n0) * w.cols);
 }
 
@@ -68,7 +77,7 @@ void gemv_f32(const weights_view& w, const float* x, const float* bias, float* y
     constexpr int NR = gemv_rows<A>;
     const window_shape<P, A> s(w.cols);
     auto* xp = static_cast<float*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(w.cols) * sizeof(float)));
-    permute_for_f32<P, A>(s, x, xp);
+    permute_for_f32<P, A>(s, x, w.perm, xp);
     alignas(64) float values[16];
     code_traits<P::type>::template values<A>(w, values);
     const auto table = simd::make_table16<A>(values);
@@ -86,7 +95,7 @@ void gemv_i8(const weights_view& w, const float* x, const float* bias, float* y,
     constexpr int NR = gemv_rows<A>;
     const i8_shape<P, A> s(w.cols);
     const i8_levels<P, A> levels(w);
-    const i8_row xq = quantize_activations<P, A>(s, x, simd::scratch<A, 0>::get(s.bytes));
+    const i8_row xq = quantize_activations<P, A>(s, gather_columns<A, 1>(w, x, 1), simd::scratch<A, 0>::get(s.bytes));
     for (std::int64_t n = n0; n < n1; n += NR) {
         with_tile<1, NR>(1, static_cast<int>(smaller<std::int64_t>(NR, n1 - n)), [&](auto, auto nr) {
             float out[1][nr] = {};
@@ -141,6 +150,7 @@ void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float
     auto* panel =
         static_cast<E*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(gemm_row_panel * k_slice) * sizeof(E)));
     const auto table = value_table<P, A>(w);
+    x = gather_columns<A, 2>(w, x, m);  // act-order: X in the stored column order
     const E* xe = nullptr;
     if constexpr (native) {
         auto* xb = static_cast<std::uint16_t*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m * k) * sizeof(E)));
@@ -160,7 +170,7 @@ void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float
             for (std::int64_t r = 0; r < pc; ++r) {
                 E* row = panel + r * k_slice;
                 if constexpr (native) {
-                    auto* exact = static_cast<float*>(simd::scratch<A, 2>::get(k_slice * sizeof(float)));
+                    auto* exact = static_cast<float*>(simd::scratch<A, 3>::get(k_slice * sizeof(float)));
                     dequantize_blocks<P, A>(w, table, p0 + r, k0 / group, (k0 + kc) / group, exact);
                     bf16::to_bf16<A>(exact, kc, row);
                 } else {
@@ -200,6 +210,7 @@ void gemm_i8(const weights_view& w, const float* x, std::int64_t m, const float*
     const i8_levels<P, A> levels(w);
     auto* mem = static_cast<std::uint8_t*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(m) * s.bytes));
     auto* rows = static_cast<i8_row*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m) * sizeof(i8_row)));
+    x = gather_columns<A, 2>(w, x, m);
     for (std::int64_t i = 0; i < m; ++i) rows[i] = quantize_activations<P, A>(s, x + i * k, mem + i * s.bytes);
 
     for (std::int64_t s0 = 0; s0 < s.steps; s0 += slice_steps) {
@@ -232,6 +243,7 @@ void gemm_i8_vnni(const weights_view& w, const float* x, std::int64_t m, const f
     const std::int64_t k = w.cols, ldy = w.rows, blocks = k / P::group;
     init_output<P, A>(bias, y, m, ldy, n0, n1);
     const i8_levels<P, A> levels(w);
+    x = gather_columns<A, 3>(w, x, m);  // act-order: X in the stored column order
     auto* xq = static_cast<std::int8_t*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(m * k)));
     auto* xmeta = static_cast<std::uint8_t*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m * blocks) * 8));
     auto* xs = reinterpret_cast<float*>(xmeta);
