@@ -142,23 +142,29 @@ template <class P, class A, int MR>
 void tile(const std::uint8_t* panel, const float* wscales, const x_row* x, std::int64_t blocks,
           float (&out)[MR][panel_rows]) {
     constexpr int quads = P::group / 4;
+    constexpr int unrolled_quads = 8;
+    static_assert(quads % unrolled_quads == 0, "groups are multiples of 32");
     __m512 acc[MR][2];
     for (auto& a : acc) a[0] = a[1] = _mm512_setzero_ps();
     for (std::int64_t b = 0; b < blocks; ++b) {
         __m512i dots[MR][2];
         simd::unroll<MR>([&](auto i) { dots[i][0] = dots[i][1] = _mm512_set1_epi32(x[i].corr[b]); });
-        const std::uint8_t* wb = panel + b * quads * panel_rows * 4;
-        simd::unroll<quads>([&](auto q) {
-            const __m512i w0 = _mm512_loadu_si512(wb + q * panel_rows * 4);
-            const __m512i w1 = _mm512_loadu_si512(wb + q * panel_rows * 4 + 64);
-            simd::unroll<MR>([&](auto i) {
-                std::int32_t quad;
-                std::memcpy(&quad, x[i].q + b * P::group + 4 * q, sizeof quad);
-                const __m512i xv = _mm512_set1_epi32(quad);
-                dots[i][0] = _mm512_dpbusd_epi32(dots[i][0], w0, xv);
-                dots[i][1] = _mm512_dpbusd_epi32(dots[i][1], w1, xv);
+        // 8 quads unrolled (32 K): a whole group 128 unrolled measured 2.7x slower (code size)
+        for (int q0 = 0; q0 < quads; q0 += unrolled_quads) {
+            const std::uint8_t* wb = panel + (b * quads + q0) * panel_rows * 4;
+            const std::int64_t xk = b * P::group + 4 * q0;
+            simd::unroll<unrolled_quads>([&](auto q) {
+                const __m512i w0 = _mm512_loadu_si512(wb + q * panel_rows * 4);
+                const __m512i w1 = _mm512_loadu_si512(wb + q * panel_rows * 4 + 64);
+                simd::unroll<MR>([&](auto i) {
+                    std::int32_t quad;
+                    std::memcpy(&quad, x[i].q + xk + 4 * q, sizeof quad);
+                    const __m512i xv = _mm512_set1_epi32(quad);
+                    dots[i][0] = _mm512_dpbusd_epi32(dots[i][0], w0, xv);
+                    dots[i][1] = _mm512_dpbusd_epi32(dots[i][1], w1, xv);
+                });
             });
-        });
+        }
         const __m512 ws0 = _mm512_loadu_ps(wscales + b * panel_rows), ws1 = _mm512_loadu_ps(wscales + b * panel_rows + 16);
         simd::unroll<MR>([&](auto i) {
             const __m512 xs = _mm512_set1_ps(x[i].xs[b]);
