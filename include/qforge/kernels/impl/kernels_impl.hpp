@@ -51,7 +51,6 @@ void dequantize_rows(const weights_view& w, std::int64_t n0, std::int64_t n1, fl
     for (std::int64_t n = n0; n < n1; ++n) dequantize_blocks<P, A>(w, table, n, 0, blocks, out + n * w.cols);
 }
 
-
 template <class P, class A>
 void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) {
     check_kernel_policy<P>();
