@@ -52,9 +52,9 @@ struct row {
     std::optional<gemv_speed> speed;  // when a GEMV kernel exists for the config
 };
 
-// GPTQ checkpoints run on qforge's repacked layout; every other layout runs as stored.
+// GPTQ and AWQ checkpoints run on qforge's repacked layout; every other layout runs as stored.
 config kernel_config(config c) {
-    if (is_gptq(c.storage)) c.storage = layout::qforge;
+    if (is_gptq(c.storage) || c.storage == layout::awq_gemm) c.storage = layout::qforge;
     return c;
 }
 
@@ -70,7 +70,7 @@ std::optional<gemv_speed> measure_speed(const config& cfg, const ref::quantized&
     try {
         return measure_gemv_cold(*k, pack_weights(kcfg, q), threads);
     } catch (const std::invalid_argument&) {
-        return std::nullopt;  // e.g. an asymmetric GPTQ tensor the int4 sym layout cannot hold
+        return std::nullopt;  // e.g. a checkpoint the kernel layout cannot hold
     }
 }
 

@@ -21,6 +21,7 @@
 #include <qforge/kernels/weights.hpp>
 #include <qforge/reference/reference.hpp>
 
+#include <array>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -175,12 +176,26 @@ inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_ten
 
     const std::int64_t row_bytes = bits == 8 ? k : k / 2;
     p.codes.assign(static_cast<std::size_t>(n * row_bytes), 0);
+    if (p.perm.empty()) {  // run by run: the `bits` word rows of 32 values of K are read in order
+        std::array<std::uint32_t, 8> run{};
+        std::array<std::uint8_t, gptq_run_codes> codes{};
+        for (std::int64_t r = 0; r < k / gptq_run_codes; ++r)
+            for (std::int64_t c = 0; c < n; ++c) {
+                for (int w = 0; w < bits; ++w)
+                    run[static_cast<std::size_t>(w)] = static_cast<std::uint32_t>(t.qweight[static_cast<std::size_t>((r * bits + w) * n + c)]);
+                unpack_gptq_run(bits, std::span<const std::uint32_t>(run).first(static_cast<std::size_t>(bits)), codes);
+                std::uint8_t* row = p.codes.data() + c * row_bytes;
+                if (bits == 8) std::memcpy(row + r * gptq_run_codes, codes.data(), codes.size());
+                else put_qforge_int4_row(codes.data(), gptq_run_codes, row + r * 16);
+            }
+        store_scales(t.scales, p, groups);
+        return p;
+    }
     std::vector<std::uint8_t> column(static_cast<std::size_t>(k)), sorted(static_cast<std::size_t>(k));
-    for (std::int64_t c = 0; c < n; ++c) {  // output row c is column c of qweight
+    for (std::int64_t c = 0; c < n; ++c) {  // act-order: output row c is column c of qweight, gathered
         unpack_gptq_line(bits, t.qweight, static_cast<std::size_t>(c), static_cast<std::size_t>(n), column);
         for (std::int64_t j = 0; j < k; ++j)
-            sorted[static_cast<std::size_t>(j)] =
-                column[static_cast<std::size_t>(p.perm.empty() ? j : p.perm[static_cast<std::size_t>(j)])];
+            sorted[static_cast<std::size_t>(j)] = column[static_cast<std::size_t>(p.perm[static_cast<std::size_t>(j)])];
         std::uint8_t* row = p.codes.data() + c * row_bytes;
         if (bits == 8) std::memcpy(row, sorted.data(), sorted.size());
         else put_qforge_int4_row(sorted.data(), k, row);
