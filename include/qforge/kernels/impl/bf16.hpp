@@ -101,9 +101,10 @@ float row_windows(const weights_view& w, const __m512& values, const std::uint16
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
 }
 
-// Row-major f32 [rows, len] -> bf16 words (len a multiple of 16).
+// GEMM operands f32 -> bf16 words with vcvtneps2bf16 (len a multiple of 16). Unlike
+// simd::to_bf16 (dequantize outputs, exact to_bf16) it flushes subnormals, as vdpbf16ps does anyway.
 template <class A>
-void to_bf16(const float* in, std::int64_t len, std::uint16_t* out) {
+void operands(const float* in, std::int64_t len, std::uint16_t* out) {
     for (std::int64_t i = 0; i < len; i += 16) {
         const __m256bh b = _mm512_cvtneps_pbh(_mm512_loadu_ps(in + i));
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), reinterpret_cast<const __m256i&>(b));

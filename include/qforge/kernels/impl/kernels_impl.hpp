@@ -151,10 +151,12 @@ void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float
         static_cast<E*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(gemm_row_panel * k_slice) * sizeof(E)));
     const auto table = value_table<P, A>(w);
     x = gather_columns<A, 2>(w, x, m);  // act-order: X in the stored column order
+    [[maybe_unused]] float* exact = nullptr;  // native: one dequantized row before its rounding to bf16
+    if constexpr (native) exact = static_cast<float*>(simd::scratch<A, 3>::get(k_slice * sizeof(float)));
     const E* xe = nullptr;
     if constexpr (native) {
         auto* xb = static_cast<std::uint16_t*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m * k) * sizeof(E)));
-        bf16::to_bf16<A>(x, m * k, xb);
+        bf16::operands<A>(x, m * k, xb);
         xe = xb;
     } else if constexpr (bf16_operands<P>) {  // X rounded to bf16 once
         auto* xb = static_cast<float*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m * k) * sizeof(float)));
@@ -170,9 +172,8 @@ void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float
             for (std::int64_t r = 0; r < pc; ++r) {
                 E* row = panel + r * k_slice;
                 if constexpr (native) {
-                    auto* exact = static_cast<float*>(simd::scratch<A, 3>::get(k_slice * sizeof(float)));
                     dequantize_blocks<P, A>(w, table, p0 + r, k0 / group, (k0 + kc) / group, exact);
-                    bf16::to_bf16<A>(exact, kc, row);
+                    bf16::operands<A>(exact, kc, row);
                 } else {
                     dequantize_blocks<P, A>(w, table, p0 + r, k0 / group, (k0 + kc) / group, row);
                     if constexpr (bf16_operands<P>)
