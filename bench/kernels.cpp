@@ -2,7 +2,8 @@
 // on LLM shapes, with the read bandwidth of the same run as the yardstick.
 //
 //   <op>/<canonical name>/K<k>xN<n>/M<m>/t<threads>/<hot|cold>
-//   membw/read/t<threads>                     512 MiB read with 512-bit (or 256-bit) loads
+//   membw/read/t<threads>                     512 MiB read with 512-bit (or 256-bit) loads, from memory
+//                                             allocated as the weights are (huge pages, memory.hpp)
 //   repack/<int4sym|int4asym>_g128_<gptq|gptq_actorder|awq>_to_qf/K<k>xN<n>
 //                                             the one-time checkpoint -> qforge layout repack
 //
@@ -68,7 +69,7 @@ struct xorshift {
     float uniform(float lo, float hi) { return lo + (hi - lo) * static_cast<float>(next() >> 40) / static_cast<float>(1 << 24); }
 };
 
-void fill_random(std::vector<std::uint8_t>& v, xorshift& rng) {
+void fill_random(weight_buffer& v, xorshift& rng) {
     std::size_t i = 0;
     for (; i + 8 <= v.size(); i += 8) {
         const std::uint64_t r = rng.next();
@@ -155,20 +156,15 @@ void set_wall_clock_rates(benchmark::State& state, double bytes_per_second, doub
 
 // ---- membw/read ---------------------------------------------------------------------------
 
-struct aligned_free {
-    void operator()(std::uint8_t* p) const { ::operator delete(p, std::align_val_t{64}); }
-};
-
 void membw_read(benchmark::State& state, int threads) {
-    std::unique_ptr<std::uint8_t, aligned_free> buf(static_cast<std::uint8_t*>(::operator new(membw_bytes, std::align_val_t{64})));
-    std::memset(buf.get(), 1, membw_bytes);  // touch every page
+    const weight_buffer buf(membw_bytes, 1);  // allocated as the weights are (huge pages), every page touched
     thread_pool pool(threads);
     const std::size_t per_thread = membw_bytes / static_cast<std::size_t>(threads);
     std::vector<std::uint64_t> sink(static_cast<std::size_t>(threads));
     const auto start = std::chrono::steady_clock::now();
     for (auto _ : state) {
         pool.run([&](int t) {
-            const std::uint8_t* p = buf.get() + static_cast<std::size_t>(t) * per_thread;
+            const std::uint8_t* p = buf.data() + static_cast<std::size_t>(t) * per_thread;
             sink[static_cast<std::size_t>(t)] = read_pass(p, per_thread);
         });
         benchmark::DoNotOptimize(sink.data());

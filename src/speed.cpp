@@ -70,17 +70,14 @@ std::uint64_t read_pass(const std::uint8_t* p, std::size_t bytes) {
 
 double read_bandwidth(int threads, std::size_t bytes, int passes) {
     bytes = bytes / (256 * static_cast<std::size_t>(threads)) * 256 * static_cast<std::size_t>(threads);
-    const auto deleter = [](std::uint8_t* p) { ::operator delete(p, std::align_val_t{64}); };
-    std::unique_ptr<std::uint8_t, decltype(deleter)> buf(static_cast<std::uint8_t*>(::operator new(bytes, std::align_val_t{64})),
-                                                         deleter);
-    std::memset(buf.get(), 1, bytes);  // touch every page before timing
+    const weight_buffer buf(bytes, 1);  // allocated as the weights are (huge pages), every page touched
     thread_pool pool(threads);
     const std::size_t per_thread = bytes / static_cast<std::size_t>(threads);
     std::vector<std::uint64_t> sink(static_cast<std::size_t>(threads));
     std::vector<double> rates;
     for (int pass = 0; pass < passes; ++pass) {
         const auto start = clock_type::now();
-        pool.run([&](int t) { sink[static_cast<std::size_t>(t)] = read_pass(buf.get() + static_cast<std::size_t>(t) * per_thread, per_thread); });
+        pool.run([&](int t) { sink[static_cast<std::size_t>(t)] = read_pass(buf.data() + static_cast<std::size_t>(t) * per_thread, per_thread); });
         const std::chrono::duration<double> s = clock_type::now() - start;
         rates.push_back(static_cast<double>(bytes) / s.count());
     }

@@ -196,7 +196,8 @@ template <class T>
 struct shifted {
     std::vector<T> storage;
     T* data;
-    shifted(const std::vector<T>& v, std::size_t shift) : storage(v.size() + shift + 1) {
+    template <class Vector>
+    shifted(const Vector& v, std::size_t shift) : storage(v.size() + shift + 1) {
         data = storage.data() + shift;
         std::copy(v.begin(), v.end(), data);
     }
@@ -399,6 +400,19 @@ std::vector<std::pair<std::int64_t, std::int64_t>> shapes_for(const config& cfg)
 constexpr float sentinel = -12345.0f;
 
 }  // namespace
+
+TEST_CASE("weight memory: huge-page aligned from 2 MiB up, 64-byte aligned below") {
+    const auto aligned = [](const weight_buffer& b, std::uintptr_t to) { return reinterpret_cast<std::uintptr_t>(b.data()) % to == 0; };
+    const weight_buffer small(100, 7), edge(huge_page_bytes - 1, 7), big(huge_page_bytes + 1, 7);
+    CHECK(aligned(small, 64));
+    CHECK(aligned(edge, 64));
+    CHECK(aligned(big, huge_page_bytes));
+    CHECK((big.front() == 7 && big.back() == 7 && small.back() == 7));
+    weight_buffer grown(small);
+    grown.resize(3 * huge_page_bytes, 1);  // reallocation moves it to huge pages, contents kept
+    CHECK(aligned(grown, huge_page_bytes));
+    CHECK((grown[99] == 7 && grown[100] == 1));
+}
 
 TEST_CASE("the generated list names each config by qforge::canonical_name") {
     REQUIRE_FALSE(kernel_list.empty());

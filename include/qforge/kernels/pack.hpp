@@ -38,7 +38,7 @@ namespace detail {
 }
 
 template <class T>
-void append_bytes(std::vector<std::uint8_t>& out, const std::vector<T>& v) {
+void append_bytes(weight_buffer& out, const std::vector<T>& v) {
     const std::size_t at = out.size();
     out.resize(at + v.size() * sizeof(T));
     if (!v.empty()) std::memcpy(out.data() + at, v.data(), v.size() * sizeof(T));
@@ -56,9 +56,9 @@ inline packed_weights pack_bnb4(const config& cfg, const ref::bnb4_tensor& t, st
     p.cfg = cfg;
     p.rows = t.rows;
     p.cols = t.cols;
-    p.codes = t.packed;
+    p.codes.assign(t.packed.begin(), t.packed.end());
     if (t.nested) {
-        p.scales = t.absmax_codes;
+        p.scales.assign(t.absmax_codes.begin(), t.absmax_codes.end());
         p.nested_map.assign(t.nested_quant_map.begin(), t.nested_quant_map.end());
         p.nested_absmax = t.nested_absmax;
         p.nested_offset = t.nested_offset;
@@ -125,7 +125,7 @@ inline void store_zeros(const config& cfg, const std::vector<std::uint8_t>& zero
                         std::int64_t groups, std::string_view tensor) {
     const std::int64_t n = p.rows;
     if (cfg.type == dtype::int_asym) {
-        p.zeros = zeros_nG;
+        p.zeros.assign(zeros_nG.begin(), zeros_nG.end());
         return;
     }
     const int sym_zero = 1 << (cfg.bits - 1);
@@ -250,7 +250,7 @@ inline packed_weights pack_fp8(const config& cfg, const ref::fp8_tensor& t, std:
     p.cfg = cfg;
     p.rows = t.rows;
     p.cols = t.cols;
-    p.codes = t.codes;
+    p.codes.assign(t.codes.begin(), t.codes.end());
     append_bytes(p.scales, t.scale_inv);
     return p;
 }
@@ -265,7 +265,7 @@ inline packed_weights pack_mx(const config& cfg, const ref::mx_tensor& t, std::s
     p.codes.resize(t.blocks.size());
     for (std::size_t i = 0; i < t.blocks.size(); ++i)
         p.codes[i] = static_cast<std::uint8_t>((t.blocks[i] << 4) | (t.blocks[i] >> 4));
-    p.scales = t.scales;
+    p.scales.assign(t.scales.begin(), t.scales.end());
     return p;
 }
 

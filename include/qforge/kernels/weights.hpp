@@ -6,6 +6,7 @@
 #pragma once
 
 #include <qforge/config/config.hpp>
+#include <qforge/memory.hpp>
 
 #include <cstdint>
 #include <string_view>
@@ -54,14 +55,15 @@ inline constexpr std::int64_t llm_int8_max_cols = 2147483647 / (128 * 128);
 struct packed_weights {
     config cfg{};
     std::int64_t rows = 0, cols = 0;
-    std::vector<std::uint8_t> codes;
-    std::vector<std::uint8_t> scales;  // raw bytes of the scales (f32, u8 or f16 per layout)
+    // codes, scales and zeros are streamed by every matmul: huge pages (memory.hpp)
+    weight_buffer codes;
+    weight_buffer scales;  // raw bytes of the scales (f32, u8 or f16 per layout)
     std::vector<float> code_table;
     std::vector<float> nested_map;
     std::vector<float> nested_absmax;
     float nested_offset = 0.0f;
     float outlier_threshold = 6.0f;
-    std::vector<std::uint8_t> zeros;
+    weight_buffer zeros;
     std::vector<std::int32_t> perm;
 
     weights_view view() const {
