@@ -17,17 +17,15 @@
 
 namespace qforge::kernels {
 
-// Rows of W a GEMV tile handles at once. One: the GEMV then reads W as a single sequential
-// stream, which the hardware prefetchers follow at full DRAM bandwidth. Measured on this
-// machine's Zen 5 (1 thread, 512 MiB): one stream 33 GB/s; four interleaved 2 KiB row streams
-// (sharing the x loads) 11 GB/s, 22-23 GB/s with software prefetch of the next tile; software
-// prefetch on top of one stream lowers it to 24-27 GB/s. x loads are L1 hits either way.
-template <class A>
-inline constexpr int gemv_rows = 1;
-
+// The GEMV walks W one row at a time: it then reads W as a single sequential stream, which the
+// hardware prefetchers follow at full DRAM bandwidth. Measured on this machine's Zen 5 (1 thread,
+// 512 MiB): one stream 33 GB/s; four interleaved 2 KiB row streams (sharing the x loads) 11 GB/s,
+// 22-23 GB/s with software prefetch of the next tile. x loads are L1 hits either way.
+//
 // GEMV decodes one register of codes (a window, dequantize.hpp) with eight table lookups: lookup
 // i takes the 4 bits at offset 4i of each 32-bit lane, i.e. in lane j the code of byte 4j + i/2,
 // low nibble for even i. x is permuted once per call into that order (tail blocks: natural).
+
 template <class P>
 inline constexpr bool bf16_operands = P::act == compute::bf16;
 
@@ -56,10 +54,10 @@ void permute_for_f32(const window_shape<P, A>& s, const float* x, const std::int
     for (std::int64_t k = full; k < s.k; ++k) xp[k] = at(k);
 }
 
-// out[r] = sum_k W[n + r, k] x[k] for r < NR, from the permuted xp.
-template <class P, class A, int NR>
-void gemv_f32_rows(const weights_view& w, const window_shape<P, A>& s, const simd::table16<A>& table,
-                   const float* values, const float* xp, std::int64_t n, float* out) {
+// sum_k W[n, k] x[k] from the permuted xp.
+template <class P, class A>
+float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const simd::table16<A>& table,
+                   const float* values, const float* xp, std::int64_t n) {
     using S = window_shape<P, A>;
     using L = layout_traits<P::storage>;
     using F = simd::f32v<A>;
@@ -67,77 +65,57 @@ void gemv_f32_rows(const weights_view& w, const window_shape<P, A>& s, const sim
     constexpr int bpw = S::blocks_per_window;
     constexpr int steps_per_chunk = scale_chunk / bpw;
 
-    const std::uint8_t* codes[NR];
-    for (int r = 0; r < NR; ++r) codes[r] = row_codes<A>(w, n + r);
-    F acc[NR];
-    for (int r = 0; r < NR; ++r) acc[r] = F(0.0f);
-    float buf[NR][scale_chunk];
-    const float* scales[NR];
-    constexpr int zero_chunk = has_zeros<P> ? scale_chunk : 1;
-    float zbuf[NR][zero_chunk];
-    const float* zeros[NR] = {};
-
+    const std::uint8_t* codes = row_codes<A>(w, n);
+    F acc(0.0f);
+    float buf[scale_chunk];
+    [[maybe_unused]] float zbuf[has_zeros<P> ? scale_chunk : 1];
     for (std::int64_t c0 = 0; c0 < s.steps; c0 += steps_per_chunk) {
         const std::int64_t c1 = s.steps - c0 < steps_per_chunk ? s.steps : c0 + steps_per_chunk;
         const int nb = static_cast<int>((c1 - c0) * bpw);
-        for (int r = 0; r < NR; ++r) scales[r] = L::template row_scales<P, A>(w, n + r, c0 * bpw, nb, buf[r]);
-        if constexpr (has_zeros<P>)
-            for (int r = 0; r < NR; ++r) zeros[r] = row_zeros<P, A>(w, n + r, c0 * bpw, nb, zbuf[r]);
+        const float* scales = L::template row_scales<P, A>(w, n, c0 * bpw, nb, buf);
+        [[maybe_unused]] const float* zeros = has_zeros<P> ? row_zeros<P, A>(w, n, c0 * bpw, nb, zbuf) : nullptr;
         for (std::int64_t step = c0; step < c1; ++step) {
-            F even[NR], odd[NR];  // two chains per row: FMA latency
-            for (int r = 0; r < NR; ++r) even[r] = odd[r] = F(0.0f);
+            F even(0.0f), odd(0.0f);  // two chains: FMA latency
             const std::int64_t local = (step - c0) * bpw;
-            F step_scale[NR];
-            [[maybe_unused]] F step_zero[NR];
-            simd::unroll<NR>([&](auto r) { step_scale[r] = simd::expand_scales<bpw, A>(scales[r] + local); });
-            if constexpr (has_zeros<P>)
-                simd::unroll<NR>([&](auto r) { step_zero[r] = simd::expand_scales<bpw, A>(zeros[r] + local); });
+            const F step_scale = simd::expand_scales<bpw, A>(scales + local);
+            [[maybe_unused]] F step_zero;
+            if constexpr (has_zeros<P>) step_zero = simd::expand_scales<bpw, A>(zeros + local);
             simd::unroll<S::windows_per_step>([&](auto wi) {
-                const std::int64_t window = step * S::windows_per_step + wi;
-                const float* xw = xp + window * S::W;
-                I c[NR];
-                simd::unroll<NR>([&](auto r) {
-                    c[r] = I::load_unaligned(reinterpret_cast<const std::int32_t*>(codes[r] + window * S::V));
-                });
+                const std::uint8_t* c = codes + (step * S::windows_per_step + wi) * S::V;
+                simd::prefetch_ahead(c);
+                const float* xw = xp + (step * S::windows_per_step + wi) * S::W;
+                const I c8 = I::load_unaligned(reinterpret_cast<const std::int32_t*>(c));
                 simd::unroll<8>([&](auto i) {
+                    // a table lookup is 1 op: cheaper than (code & 15) - zero converted, also for integers
+                    F v = simd::lookup<A>(table, i == 0 ? c8 : I(c8 >> (4 * i)));
+                    if constexpr (has_zeros<P>) v = v - step_zero;  // exact: code - zero
+                    if constexpr (bf16_operands<P>) v = simd::round_bf16<A>(v * step_scale);
                     const F xv = F::load_unaligned(xw + i * S::lanes);
-                    simd::unroll<NR>([&](auto r) {
-                        // a table lookup is 1 op: cheaper than (code & 15) - zero converted, also for integers
-                        F v = simd::lookup<A>(table, i == 0 ? c[r] : I(c[r] >> (4 * i)));
-                        if constexpr (has_zeros<P>) v = v - step_zero[r];  // exact: code - zero
-                        if constexpr (bf16_operands<P>) v = simd::round_bf16<A>(v * step_scale[r]);
-                        if constexpr (i % 2 == 0) even[r] = simd::fma<A>(v, xv, even[r]);
-                        else odd[r] = simd::fma<A>(v, xv, odd[r]);
-                    });
+                    if constexpr (i % 2 == 0) even = simd::fma<A>(v, xv, even);
+                    else odd = simd::fma<A>(v, xv, odd);
                 });
             });
-            simd::unroll<NR>([&](auto r) {
-                if constexpr (bf16_operands<P>) acc[r] = acc[r] + (even[r] + odd[r]);
-                else acc[r] = simd::fma<A>(even[r] + odd[r], step_scale[r], acc[r]);
-            });
+            if constexpr (bf16_operands<P>) acc = acc + (even + odd);
+            else acc = simd::fma<A>(even + odd, step_scale, acc);
         }
     }
-    for (int r = 0; r < NR; ++r) out[r] = xsimd::hadd(acc[r]);
-    if (s.tail_blocks == 0) return;
+    float out = xsimd::hadd(acc);
+    if (s.tail_blocks == 0) return out;
     // the blocks after the last full window, in scalar code
     const std::int64_t b0 = s.blocks - s.tail_blocks;
-    for (int r = 0; r < NR; ++r) {
-        const float* sc = L::template row_scales<P, A>(w, n + r, b0, static_cast<int>(s.tail_blocks), buf[0]);
-        const float* zr = has_zeros<P> ? row_zeros<P, A>(w, n + r, b0, static_cast<int>(s.tail_blocks), zbuf[0]) : nullptr;
-        const std::uint8_t* row = row_codes<A>(w, n + r);
-        float tail = 0.0f;
-        for (std::int64_t b = b0; b < s.blocks; ++b) {
-            float part = 0.0f;
-            for (std::int64_t k = b * S::group; k < (b + 1) * S::group; ++k) {
-                float v = values[L::template code_at<A>(row, k)];
-                if constexpr (has_zeros<P>) v -= zr[b - b0];
-                if constexpr (bf16_operands<P>) part += operand<P, A>(v * sc[b - b0]) * xp[k];
-                else part += v * xp[k];
-            }
-            tail += bf16_operands<P> ? part : part * sc[b - b0];
+    const float* sc = L::template row_scales<P, A>(w, n, b0, static_cast<int>(s.tail_blocks), buf);
+    const float* zr = has_zeros<P> ? row_zeros<P, A>(w, n, b0, static_cast<int>(s.tail_blocks), zbuf) : nullptr;
+    for (std::int64_t b = b0; b < s.blocks; ++b) {
+        float part = 0.0f;
+        for (std::int64_t k = b * S::group; k < (b + 1) * S::group; ++k) {
+            float v = values[L::template code_at<A>(codes, k)];
+            if constexpr (has_zeros<P>) v -= zr[b - b0];
+            if constexpr (bf16_operands<P>) part += operand<P, A>(v * sc[b - b0]) * xp[k];
+            else part += v * xp[k];
         }
-        out[r] += tail;
+        out += bf16_operands<P> ? part : part * sc[b - b0];
     }
+    return out;
 }
 
 // Tile shape of the f32 GEMM dot products: MR rows of X times NR rows of the W panel, with

@@ -116,7 +116,7 @@ void dequantize_blocks(const weights_view& w, const simd::table16<A>&, std::int6
 }
 
 // y[n] = sum_t scale[n, t] * sum_{k in tile t} decode(code) x[k] (+ bias): one row at a time, so
-// W is read as one sequential stream (see gemv_rows in f32.hpp). Same error bound as f32.hpp.
+// W is read as one sequential stream (see f32.hpp). Same error bound as f32.hpp.
 // With F16C the decode factor 2^8 moves into the tile scale: the same result (products with
 // values 2^8 smaller round alike unless they underflow), one multiply less per register. On SSE
 // values 2^120 smaller would underflow: there they are decoded in full.

@@ -40,7 +40,7 @@ struct i8_shape : window_shape<P, A> {
                   "pmaddubsw pair sums must not saturate");
 
     // byte offsets of the parts of one prepared row
-    std::size_t q_off = 0, xs_off = 0, corr_off = 0, xsb_off = 0, bytes = 0;
+    std::size_t q_off = 0, xs_off = 0, corr_off = 0, xsb_off = 0, qsum_off = 0, bytes = 0;
 
     explicit i8_shape(std::int64_t cols) : base(cols) {
         const std::int64_t k = this->k, steps = this->steps, blocks = this->blocks;
@@ -48,7 +48,8 @@ struct i8_shape : window_shape<P, A> {
         xs_off = align(static_cast<std::size_t>(k));
         corr_off = xs_off + align(static_cast<std::size_t>(steps * lanes) * sizeof(float));
         xsb_off = corr_off + align(static_cast<std::size_t>(steps * lanes) * sizeof(std::int32_t));
-        bytes = xsb_off + align(static_cast<std::size_t>(blocks) * sizeof(float));
+        qsum_off = xsb_off + align(static_cast<std::size_t>(blocks) * sizeof(float));
+        bytes = qsum_off + align(static_cast<std::size_t>(blocks) * sizeof(float));
     }
 };
 
@@ -58,6 +59,7 @@ struct i8_row {
     const float* xs;            // per step, one register of block scales (spread per block)
     const std::int32_t* corr;   // per step, one register: -offset * sum(xq) of each block in its first lane
     const float* xs_block;      // per block
+    const float* qsum;          // per block: sum(xq), exact in f32 (|sum| <= 127 * group < 2^24)
 };
 
 // One block of x (P::group elements) as int8 levels in qi (64-byte aligned, int32 lanes):
@@ -85,6 +87,7 @@ i8_row quantize_activations(const i8_shape<P, A>& s, const float* x, void* mem) 
     auto* xs = reinterpret_cast<float*>(base + s.xs_off);
     auto* corr = reinterpret_cast<std::int32_t*>(base + s.corr_off);
     auto* xs_block = reinterpret_cast<float*>(base + s.xsb_off);
+    auto* qsum = reinterpret_cast<float*>(base + s.qsum_off);
 
     alignas(64) std::int8_t natural[S::step_elems];
     alignas(64) std::int32_t qi[S::group];
@@ -98,6 +101,7 @@ i8_row quantize_activations(const i8_shape<P, A>& s, const float* x, void* mem) 
             sum += qi[i];
             natural[in_step + i] = static_cast<std::int8_t>(qi[i]);
         }
+        qsum[b] = static_cast<float>(sum);
         const std::int64_t step_start = b * S::group - in_step;
         if (step_start >= full) {  // tail (only when a window spans several blocks): natural order
             for (int i = 0; i < S::group; ++i) q[b * S::group + i] = natural[in_step + i];
@@ -119,7 +123,7 @@ i8_row quantize_activations(const i8_shape<P, A>& s, const float* x, void* mem) 
             corr[step * S::lanes + l] = (S::offset_form && l % seg == 0) ? -S::offset * sums[blk] : 0;
         }
     }
-    return {q, xs, corr, xs_block};
+    return {q, xs, corr, xs_block, qsum};
 }
 
 // The weight side of the i8 path: int8 levels of the 16 codes in the registers the dot needs.
@@ -242,6 +246,88 @@ void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x, 
     }
     for (int i = 0; i < MR; ++i)
         for (int r = 0; r < NR; ++r) out[i][r] += xsimd::hadd(acc[i][r]) / code_traits<P::type>::i8_scale;
+}
+
+// One GEMV row over the full steps (the GEMV's own loop: i8_tile serves the GEMM):
+//   y[n] = sum_b cs_b (dot_b - off_b qsum_b) / i8_scale,   cs_b = scale[n, b] * xs_b
+// where dot_b is the integer dot of the unsigned (offset form) or signed weights with xq and
+// off_b the offset the unsigned weights carry (the zero point for int_asym, none in the sign
+// form). The block scales are multiplied once per row, the offsets leave the inner loop as one
+// short dot over the blocks, two accumulators alternate steps, and the codes are prefetched.
+template <class P, class A>
+float i8_gemv_row(const weights_view& w, const i8_shape<P, A>& s, const i8_levels<P, A>& lv, const i8_row& x,
+                  std::int64_t n) {
+    using S = i8_shape<P, A>;
+    using L = layout_traits<P::storage>;
+    using F = simd::f32v<A>;
+    using I = simd::i32v<A>;
+    using U = simd::u8v<A>;
+    constexpr int bpw = S::blocks_per_window, wps = S::windows_per_step, lanes = S::lanes;
+    constexpr int steps_per_chunk = scale_chunk / bpw;
+    constexpr bool offsets = S::offset_form;  // else the sign form: signed levels, no offset
+
+    const std::uint8_t* codes = row_codes<A>(w, n);
+    // the integer dot of one step, as f32 (exact: |dot| <= 255 * 127 * group < 2^24)
+    const auto step_dot = [&](std::int64_t step) {
+        I dot(0);
+        simd::prefetch_ahead(codes + step * wps * S::V);
+        simd::unroll<wps>([&](auto wi) {
+            const std::int64_t window = step * wps + wi;
+            const auto* q = reinterpret_cast<const std::uint8_t*>(x.q + window * S::W);
+            U lo, hi;
+            simd::split_nibbles<A>(U::load_unaligned(codes + window * S::V), lo, hi);
+            if constexpr (offsets) {
+                if constexpr (S::table) {
+                    lo = simd::lut16<A>(lv.offset_lut, lo);
+                    hi = simd::lut16<A>(lv.offset_lut, hi);
+                }
+                dot = simd::dot_u8s8<A>(dot, lo, U::load_aligned(q));
+                dot = simd::dot_u8s8<A>(dot, hi, U::load_aligned(q + S::V));
+            } else {
+                dot = simd::dot_u8s8<A>(dot, simd::lut16<A>(lv.abs_lut, lo),
+                                        simd::apply_sign<A>(U::load_aligned(q), simd::lut16<A>(lv.sign_lut, lo)));
+                dot = simd::dot_u8s8<A>(dot, simd::lut16<A>(lv.abs_lut, hi),
+                                        simd::apply_sign<A>(U::load_aligned(q + S::V), simd::lut16<A>(lv.sign_lut, hi)));
+            }
+        });
+        return xsimd::to_float(dot);
+    };
+
+    alignas(64) float cs[scale_chunk];
+    [[maybe_unused]] float zbuf[has_zeros<P> ? scale_chunk : 1];
+    F acc0(0.0f), acc1(0.0f), off(0.0f);
+    float off_tail = 0.0f;
+    for (std::int64_t c0 = 0; c0 < s.steps; c0 += steps_per_chunk) {
+        const std::int64_t c1 = s.steps - c0 < steps_per_chunk ? s.steps : c0 + steps_per_chunk;
+        const std::int64_t b0 = c0 * bpw;
+        const int nb = static_cast<int>((c1 - c0) * bpw);
+        const float* ws = L::template row_scales<P, A>(w, n, b0, nb, cs);
+        [[maybe_unused]] const float* zeros = has_zeros<P> ? row_zeros<P, A>(w, n, b0, nb, zbuf) : nullptr;
+        const float* xs = x.xs_block + b0;
+        const float* qs = x.qsum + b0;
+        int b = 0;
+        for (; b + lanes <= nb; b += lanes) {
+            const F c = F::load_unaligned(ws + b) * F::load_unaligned(xs + b);
+            c.store_aligned(cs + b);
+            if constexpr (has_zeros<P>) off = simd::fma<A>(c, F::load_unaligned(zeros + b) * F::load_unaligned(qs + b), off);
+            else if constexpr (offsets) off = simd::fma<A>(c, F::load_unaligned(qs + b), off);
+        }
+        for (; b < nb; ++b) {
+            cs[b] = ws[b] * xs[b];
+            if constexpr (has_zeros<P>) off_tail += cs[b] * (zeros[b] * qs[b]);
+            else if constexpr (offsets) off_tail += cs[b] * qs[b];
+        }
+        std::int64_t step = c0;
+        for (; step + 2 <= c1; step += 2) {
+            acc0 = simd::fma<A>(step_dot(step), simd::expand_scales<bpw, A>(cs + (step - c0) * bpw), acc0);
+            acc1 = simd::fma<A>(step_dot(step + 1), simd::expand_scales<bpw, A>(cs + (step + 1 - c0) * bpw), acc1);
+        }
+        if (step < c1) acc0 = simd::fma<A>(step_dot(step), simd::expand_scales<bpw, A>(cs + (step - c0) * bpw), acc0);
+    }
+    // int_asym: off_b is the block's zero (1 * zero); integer formats and VNNI tables: S::offset
+    constexpr float offset = has_zeros<P> ? 1.0f : static_cast<float>(S::offset);
+    const float dots = xsimd::hadd(acc0 + acc1);
+    return (dots - offset * (xsimd::hadd(off) + off_tail)) / code_traits<P::type>::i8_scale;
 }
 
 // The blocks after the last full window (only when a register spans several blocks and K is not

@@ -74,37 +74,26 @@ void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, void* o
 
 template <class P, class A>
 void gemv_f32(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
-    constexpr int NR = gemv_rows<A>;
     const window_shape<P, A> s(w.cols);
     auto* xp = static_cast<float*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(w.cols) * sizeof(float)));
     permute_for_f32<P, A>(s, x, w.perm, xp);
     alignas(64) float values[16];
     code_traits<P::type>::template values<A>(w, values);
     const auto table = simd::make_table16<A>(values);
-    for (std::int64_t n = n0; n < n1; n += NR) {
-        with_tile<1, NR>(1, static_cast<int>(smaller<std::int64_t>(NR, n1 - n)), [&](auto, auto nr) {
-            float out[nr];
-            gemv_f32_rows<P, A, nr>(w, s, table, values, xp, n, out);
-            for (int r = 0; r < nr; ++r) y[n + r] = bias ? out[r] + bias[n + r] : out[r];
-        });
+    for (std::int64_t n = n0; n < n1; ++n) {
+        const float v = gemv_f32_row<P, A>(w, s, table, values, xp, n);
+        y[n] = bias ? v + bias[n] : v;
     }
 }
 
 template <class P, class A>
 void gemv_i8(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
-    constexpr int NR = gemv_rows<A>;
     const i8_shape<P, A> s(w.cols);
     const i8_levels<P, A> levels(w);
     const i8_row xq = quantize_activations<P, A>(s, gather_columns<A, 1>(w, x, 1), simd::scratch<A, 0>::get(s.bytes));
-    for (std::int64_t n = n0; n < n1; n += NR) {
-        with_tile<1, NR>(1, static_cast<int>(smaller<std::int64_t>(NR, n1 - n)), [&](auto, auto nr) {
-            float out[1][nr] = {};
-            i8_tile<P, A, 1, nr>(w, levels, &xq, n, 0, s.steps, out);
-            for (int r = 0; r < nr; ++r) {
-                const float v = out[0][r] + i8_tail<P, A>(w, s, levels, xq, n + r);
-                y[n + r] = bias ? v + bias[n + r] : v;
-            }
-        });
+    for (std::int64_t n = n0; n < n1; ++n) {
+        const float v = i8_gemv_row<P, A>(w, s, levels, xq, n) + i8_tail<P, A>(w, s, levels, xq, n);
+        y[n] = bias ? v + bias[n] : v;
     }
 }
 

@@ -308,7 +308,7 @@ void dequantize_rows(const weights_view& w, std::int64_t n0, std::int64_t n1, fl
     }
 }
 
-// y = W x (+ bias): W streamed one row at a time (one sequential stream, see f32.hpp gemv_rows).
+// y = W x (+ bias): W streamed one row at a time (one sequential stream, see f32.hpp).
 template <class P, class A>
     requires bnb8_policy<P>
 void gemv_i8(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {

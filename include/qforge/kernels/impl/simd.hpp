@@ -43,6 +43,15 @@ inline void unroll(F&& f) {
     }(std::make_integer_sequence<int, N>{});
 }
 
+// Software prefetch of streamed weights this many bytes ahead of the ones in use. With the
+// weights on huge pages (memory.hpp) it keeps enough DRAM reads in flight for one core: a 4-bit
+// GEMV loop on this machine's Zen 5 went from 0.70 to 0.88 of the read bandwidth (distances of
+// 1-32 KiB tried; 4-8 KiB best). The address may lie past the buffer: prefetches never fault.
+inline constexpr std::uintptr_t prefetch_distance = 4096;
+inline void prefetch_ahead(const void* p) {
+    __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(p) + prefetch_distance), 0, 3);
+}
+
 // 16-entry f32 lookup table in the representation each arch looks up fastest.
 template <class A, class = void>
 struct table16 {
