@@ -24,6 +24,6 @@ void* allocate_weight_memory(std::size_t bytes) {
     return p;
 }
 
-void free_weight_memory(void* p, std::size_t bytes) noexcept { ::operator delete(p, rounded(bytes), alignment(bytes)); }
+void free_weight_memory(void* p, std::size_t bytes) noexcept { ::operator delete(p, alignment(bytes)); }
 
 }  // namespace qforge
