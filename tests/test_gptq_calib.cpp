@@ -66,6 +66,14 @@ gptq::hessian hessian_of(const std::vector<float>& x, std::int64_t k) {
     return h;
 }
 
+// A diagonal Hessian [k, k] with diag(H)_i = 1 + (53 i mod 97): varied, with ties. Nothing is
+// propagated with it, so GPTQ's codes are round-to-nearest whatever the column order.
+std::vector<float> diagonal_hessian(std::int64_t k) {
+    std::vector<float> h(static_cast<std::size_t>(k * k), 0.0f);
+    for (std::int64_t i = 0; i < k; ++i) h[i * k + i] = 1.0f + static_cast<float>((i * 53) % 97);
+    return h;
+}
+
 // ---- independent oracles -----------------------------------------------------------------
 
 // Round-to-nearest of formats.md §3, written out from the text, for columns `cols` of one row.
@@ -320,8 +328,7 @@ TEST_CASE("with a diagonal Hessian GPTQ is round-to-nearest, act-order groups by
     // act-order the groups are runs of columns in decreasing diag(H), which this test builds itself.
     const std::int64_t n = 160, k = 256, gs = 64;
     const auto w = layer_weights(n, k, 3);
-    std::vector<float> h(static_cast<std::size_t>(k * k), 0.0f);
-    for (std::int64_t i = 0; i < k; ++i) h[i * k + i] = 1.0f + static_cast<float>((i * 53) % 97);  // ties too
+    const std::vector<float> h = diagonal_hessian(k);
     const gptq::hessian hess(k, h, 100);
 
     for (const bool sym : {true, false}) {
@@ -370,8 +377,7 @@ TEST_CASE("act_group_aware keeps groups contiguous and quantizes in GAR's order"
     // columns by decreasing diag(H), the groups by decreasing max diag(H), ties in column order.
     const std::int64_t n = 96, k = 256, gs = 64;
     const auto w = layer_weights(n, k, 30);
-    std::vector<float> h(static_cast<std::size_t>(k * k), 0.0f);
-    for (std::int64_t i = 0; i < k; ++i) h[i * k + i] = 1.0f + static_cast<float>((i * 53) % 97);  // ties too
+    const std::vector<float> h = diagonal_hessian(k);
     const gptq::hessian hess(k, h, 100);
     const auto diag = [&](std::int64_t c) { return h[c * k + c]; };
     const auto gar_order = [&](std::int64_t group) {

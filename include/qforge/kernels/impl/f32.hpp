@@ -25,7 +25,7 @@ namespace qforge::kernels {
 // GEMV decodes one register of codes (a window, dequantize.hpp) with eight table lookups: lookup
 // i takes the 4 bits at offset 4i of each 32-bit lane, i.e. in lane j the code of byte 4j + i/2,
 // low nibble for even i. x is permuted once per call into that order (tail blocks: natural).
-
+// bf16 operands (bitsandbytes' compute dtype bfloat16): see the header of this file.
 template <class P>
 inline constexpr bool bf16_operands = P::act == compute::bf16;
 

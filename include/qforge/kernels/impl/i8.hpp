@@ -182,7 +182,7 @@ void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x, 
         for (int r = 0; r < NR; ++r) scales[r] = L::template row_scales<P, A>(w, n + r, c0 * bpw, nb, buf[r]);
         if constexpr (has_zeros<P>)
             for (int r = 0; r < NR; ++r) zeros[r] = row_zeros<P, A>(w, n + r, c0 * bpw, nb, zbuf[r]);
-        if constexpr (MR == 1) {  // GEMV: weight scale x activation scale once per block, not per step
+        if constexpr (MR == 1) {  // one X row: weight scale x activation scale once per block, not per step
             const float* xs = x[0].xs_block + c0 * bpw;
             for (int r = 0; r < NR; ++r) {
                 for (int b = 0; b < nb; ++b) buf[r][b] = scales[r][b] * xs[b];
