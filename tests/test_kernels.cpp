@@ -706,6 +706,33 @@ TEST_CASE("pack_weights refuses GPTQ checkpoints the qforge layout cannot hold")
                       Catch::Contains("need a bnb kernel config"));
 }
 
+TEST_CASE("2-bit GPTQ codes are packed four per byte in the documented span order") {
+    // weights.hpp: per row K/4 bytes; byte j of 16-byte span s holds element 64s + 16p + j in bits [2p, 2p+2)
+    const config cfg{dtype::int_sym, 2, 128, false, layout::qforge, compute::f32};
+    const std::int64_t n = 32, k = 256;  // GPTQ packs N and K in runs of 32
+    const std::vector<float> w = random_vector(static_cast<std::size_t>(n * k), 41);
+    case_data d;
+    d.q = ref::quantize(reference_config(cfg), std::span<const float>(w), n, k);
+    const packed_weights p = pack_weights(cfg, d.q);
+    REQUIRE(p.codes.size() == static_cast<std::size_t>(n * k / 4));
+    CHECK(p.weight_bytes() == static_cast<std::size_t>(n * k / 4 + n * (k / 128) * 2));
+    bool seen[4] = {};
+    for (std::int64_t r = 0; r < n; ++r)
+        for (std::int64_t e = 0; e < k; ++e) {
+            const std::int64_t s = e / 64, part = e % 64 / 16, j = e % 16;
+            const std::uint8_t byte = p.codes[static_cast<std::size_t>(r * k / 4 + s * 16 + j)];
+            INFO("row " << r << " element " << e);
+            REQUIRE(((byte >> (2 * part)) & 3) == code_of(d, r, e));
+            seen[code_of(d, r, e)] = true;
+        }
+    CHECK((seen[0] && seen[1] && seen[2] && seen[3]));  // every code occurs: a wrong bit position shows
+    // a K that is no whole number of 64-element spans is refused, naming the tensor
+    const config g32{dtype::int_sym, 2, 32, false, layout::qforge, compute::f32};
+    const std::vector<float> w96 = random_vector(32 * 96, 42);
+    CHECK_THROWS_WITH(pack_weights(g32, ref::quantize(reference_config(g32), std::span<const float>(w96), 32, 96), "blk.0.q"),
+                      Catch::Contains("blk.0.q") && Catch::Contains("multiple of 64"));
+}
+
 TEST_CASE("fp8 and mx dequantize decode every code and scale as the reference, NaN and subnormals included") {
     if (!isa_under_test_runs()) return;
     // every E4M3 code, both signs, in two column tiles with different scales

@@ -71,12 +71,29 @@ inline packed_weights pack_bnb4(const config& cfg, const ref::bnb4_tensor& t, st
 
 // ---- integer checkpoints -> the qforge layout ----------------------------------------------
 
-// One row of K 4-bit codes (natural order) in the qforge layout: in the 16-byte span s, byte j
-// holds element 32s+j in its low nibble and element 32s+16+j in its high nibble.
-inline void put_qforge_int4_row(const std::uint8_t* codes, std::int64_t k, std::uint8_t* row) {
-    for (std::int64_t s = 0; s < k / 32; ++s)
-        for (std::int64_t j = 0; j < 16; ++j)
-            row[s * 16 + j] = static_cast<std::uint8_t>((codes[s * 32 + j] & 0xF) | (codes[s * 32 + 16 + j] << 4));
+// Bits per code in the qforge layout: 2-bit codes four per byte, 3-bit ones widened to nibbles.
+inline int qforge_code_bits(int bits) { return bits == 8 ? 8 : bits == 2 ? 2 : 4; }
+
+// Elements [first, first + count) of a row, codes in natural order, into the qforge layout of
+// Bits-wide codes: in the 16-byte span s (128 / Bits elements), byte j holds element
+// s * 128 / Bits + 16 p + j in bits [Bits p, Bits p + Bits). first and count are whole spans.
+template <int Bits>
+inline void put_qforge_codes(const std::uint8_t* codes, std::int64_t first, std::int64_t count, std::uint8_t* row) {
+    constexpr std::int64_t span = 128 / Bits;
+    for (std::int64_t s = 0; s < count / span; ++s) {
+        const std::uint8_t* c = codes + s * span;
+        std::uint8_t* bytes = row + (first / span + s) * 16;
+        for (int j = 0; j < 16; ++j) {
+            std::uint8_t b = 0;
+            for (int p = 0; p < 8 / Bits; ++p) b = static_cast<std::uint8_t>(b | c[16 * p + j] << (Bits * p));
+            bytes[j] = b;
+        }
+    }
+}
+inline void put_qforge_codes(int bits, const std::uint8_t* codes, std::int64_t first, std::int64_t count,
+                             std::uint8_t* row) {
+    if (qforge_code_bits(bits) == 2) put_qforge_codes<2>(codes, first, count, row);
+    else put_qforge_codes<4>(codes, first, count, row);
 }
 
 // The act-order permutation of a GPTQ g_idx: the columns sorted by group (stable), so that every
@@ -150,13 +167,17 @@ inline void store_scales(const std::vector<f16>& scales_gN, packed_weights& p, s
 // GPTQ (v1 or v2, any zero points, act-order or not) -> qforge layout, repacked once. int_sym
 // configs refuse zero points other than 2^(b-1); int_asym configs store them. Act-order columns
 // are stored sorted by group with the permutation (weights.hpp). Codes: 8 bits one byte each
-// (row-major); 4 bits the nibble layout; 2 and 3 bits widened into the 4-bit nibble layout, code
-// values unchanged (correct, but reading 4 bits per weight: not bandwidth-optimal for 2/3 bits).
+// (row-major); 4 bits the nibble layout; 2 bits four per byte in the same span order; 3 bits
+// widened into the nibble layout, code values unchanged (correct, but 4 bits read per weight).
 inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_tensor& t, std::string_view tensor) {
     const std::int64_t n = t.rows, k = t.cols;
     const int bits = t.bits;
     check_int_config(cfg, bits, t.group, k, "GPTQ", tensor);
-    if (k % 32 != 0) pack_error(tensor, "K = " + std::to_string(k) + " is not a multiple of 32");
+    const int code_bits = qforge_code_bits(bits);
+    if (const int span = code_bits == 2 ? 64 : 32; k % span != 0)
+        pack_error(tensor, "K = " + std::to_string(k) + " is not a multiple of " + std::to_string(span) +
+                               " (the qforge layout stores " + std::to_string(bits) + "-bit codes in spans of " +
+                               std::to_string(span) + ")");
     const std::int64_t groups = k / t.group;
     packed_weights p;
     p.cfg = cfg;
@@ -174,19 +195,24 @@ inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_ten
     }
     store_zeros(cfg, zeros, p, groups, tensor);
 
-    const std::int64_t row_bytes = bits == 8 ? k : k / 2;
+    const std::int64_t row_bytes = k * code_bits / 8;
     p.codes.assign(static_cast<std::size_t>(n * row_bytes), 0);
     if (p.perm.empty()) {  // run by run: the `bits` word rows of 32 values of K are read in order
+        // runs per call: one span of the layout (2 for 2-bit codes), one run for 8 bits
+        const std::int64_t runs = code_bits == 2 ? 2 : 1;
         std::array<std::uint32_t, 8> run{};
-        std::array<std::uint8_t, gptq_run_codes> codes{};
-        for (std::int64_t r = 0; r < k / gptq_run_codes; ++r)
+        std::array<std::uint8_t, 2 * gptq_run_codes> codes{};
+        for (std::int64_t r0 = 0; r0 < k / gptq_run_codes; r0 += runs)
             for (std::int64_t c = 0; c < n; ++c) {
-                for (int w = 0; w < bits; ++w)
-                    run[static_cast<std::size_t>(w)] = static_cast<std::uint32_t>(t.qweight[static_cast<std::size_t>((r * bits + w) * n + c)]);
-                unpack_gptq_run(bits, std::span<const std::uint32_t>(run).first(static_cast<std::size_t>(bits)), codes);
+                for (std::int64_t r = r0; r < r0 + runs; ++r) {
+                    for (int w = 0; w < bits; ++w)
+                        run[static_cast<std::size_t>(w)] = static_cast<std::uint32_t>(t.qweight[static_cast<std::size_t>((r * bits + w) * n + c)]);
+                    unpack_gptq_run(bits, std::span<const std::uint32_t>(run).first(static_cast<std::size_t>(bits)),
+                                    std::span(codes).subspan(static_cast<std::size_t>((r - r0) * gptq_run_codes)).first<gptq_run_codes>());
+                }
                 std::uint8_t* row = p.codes.data() + c * row_bytes;
-                if (bits == 8) std::memcpy(row + r * gptq_run_codes, codes.data(), codes.size());
-                else put_qforge_int4_row(codes.data(), gptq_run_codes, row + r * 16);
+                if (bits == 8) std::memcpy(row + r0 * gptq_run_codes, codes.data(), gptq_run_codes);
+                else put_qforge_codes(bits, codes.data(), r0 * gptq_run_codes, runs * gptq_run_codes, row);
             }
         store_scales(t.scales, p, groups);
         return p;
@@ -198,7 +224,7 @@ inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_ten
             sorted[static_cast<std::size_t>(j)] = column[static_cast<std::size_t>(p.perm[static_cast<std::size_t>(j)])];
         std::uint8_t* row = p.codes.data() + c * row_bytes;
         if (bits == 8) std::memcpy(row, sorted.data(), sorted.size());
-        else put_qforge_int4_row(sorted.data(), k, row);
+        else put_qforge_codes(bits, sorted.data(), 0, k, row);
     }
     store_scales(t.scales, p, groups);
     return p;
@@ -233,7 +259,7 @@ inline packed_weights pack_awq_to_qforge(const config& cfg, const ref::awq_tenso
     for (std::int64_t s = 0; s < k / 32; ++s)
         for (std::int64_t c = 0; c < n; ++c) {
             for (std::int64_t i = 0; i < 32; ++i) span_codes[i] = code(t.qweight, s * 32 + i, c);
-            put_qforge_int4_row(span_codes, 32, p.codes.data() + c * (k / 2) + s * 16);
+            put_qforge_codes<4>(span_codes, s * 32, 32, p.codes.data() + c * (k / 2));
         }
     store_scales(t.scales, p, groups);
     return p;

@@ -28,7 +28,9 @@ namespace qforge {
 //          the LLM.int8 matmul's t (transformers' llm_int8_threshold; 0 disables the outlier
 //          decomposition; negative, NaN and infinite values are refused); K <= llm_int8_max_cols
 //   qforge 8-bit: codes one byte per weight (the GPTQ code), row-major [N, K]; scales as above
-//          (per_channel: one per row). 2/3-bit: widened into the 4-bit layout above (pack.hpp)
+//          (per_channel: one per row). 2-bit: per row K/4 bytes, in every 16-byte span s byte j
+//          holds element 64s+16p+j in bits [2p, 2p+2) (p = 0..3). 3-bit: widened into the 4-bit
+//          layout above (pack.hpp)
 // Integer layouts (qforge) may also carry
 //   zeros  (dtype int_asym) one zero point byte per (row, group), row-major [N, K/group]:
 //          W[n, k] = scale * (code - zero), the integer difference first (formats.md §3, §4)

@@ -35,7 +35,7 @@ inline constexpr int lookups = 4;
 // Element (relative to the window) of lookup q in word w.
 template <class P>
 constexpr int element(int q, int w) {
-    return layout_traits<P::storage>::element_of(2 * w + q / 2, q % 2 == 1);
+    return layout_traits<P::storage>::element_of(2 * w + q / 2, q % 2);
 }
 
 // x rounded to bf16 in lookup order, window after window: xb[(window * 4 + q) * 32 + w].
@@ -66,7 +66,7 @@ float row_windows(const weights_view& w, const __m512& values, const std::uint16
                                                         0x0010001000100010, 0, 0, 0, 0)
                                      : _mm512_setzero_si512();
     const __m512i nibble = _mm512_set1_epi16(0x000F);
-    const std::uint8_t* codes = row_codes<A>(w, n);
+    const std::uint8_t* codes = row_codes<P, A>(w, n);
     __m512 acc[lookups];
     for (auto& a : acc) a = _mm512_setzero_ps();
     float buf[scale_chunk];
@@ -161,7 +161,7 @@ void gemv_bf16(const weights_view& w, const float* x, const float* bias, float* 
         float v = windows > 0 ? bf16::row_windows<P, A>(w, value_vector, xb, n, windows) : 0.0f;
         if (tail_blocks > 0) {
             float buf[scale_chunk];
-            const std::uint8_t* row = row_codes<A>(w, n);
+            const std::uint8_t* row = row_codes<P, A>(w, n);
             const float* sc = L::template row_scales<P, A>(w, n, tail0 / P::group, static_cast<int>(tail_blocks), buf);
             for (std::int64_t k = tail0; k < w.cols; ++k)
                 v += simd::round_bf16<A>(values[L::template code_at<A>(row, k)] * sc[(k - tail0) / P::group]) *

@@ -1,4 +1,4 @@
-// Exact dequantization of 4-bit codes to f32: value[code] * scale, one f32 multiply per weight,
+// Exact dequantization of 4-bit (and packed 2-bit) codes to f32: value[code] * scale, one f32 multiply per weight,
 // as the scalar reference does. Also the panel producer of the f32 GEMM.
 #pragma once
 
@@ -11,15 +11,18 @@ namespace qforge::kernels {
 // Scales are decoded in chunks of this many blocks (bounded stack buffers for any K).
 inline constexpr int scale_chunk = 256;
 
-// How the GEMV / GEMM paths walk a row: one "window" is one register of codes (V bytes, 2V
-// elements). A step is a window when a window holds several blocks (their scales are spread over
-// the register's lanes: lanes [i*lanes/NB, (i+1)*lanes/NB) belong to block i, because byte j of a
-// window belongs to block j / (group/2) in both layouts), else a block of several windows. K
-// need not be a multiple of the window: the blocks after the last full window are the "tail".
+// How the GEMV / GEMM paths walk a row: one "window" is one register of codes (V bytes, V * parts
+// elements, parts = codes per byte). A step is a window when a window holds several blocks (their
+// scales are spread over the register's lanes: lanes [i*lanes/NB, (i+1)*lanes/NB) belong to block
+// i, because byte j of a window belongs to block j / (group/parts) in both layouts), else a block
+// of several windows. K need not be a multiple of the window: the blocks after the last full
+// window are the "tail".
 template <class P, class A>
 struct window_shape {
+    static constexpr int bits = code_bits<P>;
+    static constexpr int parts = codes_per_byte<P>;
     static constexpr int V = simd::vbytes<A>;
-    static constexpr int W = 2 * V;
+    static constexpr int W = parts * V;
     static constexpr int lanes = simd::lanes<A>;
     static constexpr int group = P::group;
     static constexpr int blocks_per_window = W > group ? W / group : 1;
@@ -33,15 +36,18 @@ struct window_shape {
     }
 };
 
-// A 16-byte window of codes holds 32 elements; a block (group) holds group/32 windows.
+// A 16-byte window of codes holds 16 * parts elements; a block (group) holds group / that windows.
 template <class P>
-inline constexpr int windows_per_block = P::group / 32;
+inline constexpr int span_elems = 16 * codes_per_byte<P>;
+template <class P>
+inline constexpr int windows_per_block = P::group / span_elems<P>;
 
 template <class P>
 constexpr void check_kernel_policy() {
-    // 2- and 3-bit integers are stored widened into the 4-bit layout (pack.hpp)
+    // 3-bit integers are stored widened into the 4-bit layout, 2-bit ones four per byte (pack.hpp)
     static_assert(P::bits == 4 || (P::storage == layout::qforge && P::bits < 4), "qforge 4-bit kernels: bits must be 4");
-    static_assert(P::group >= 32 && P::group % 32 == 0, "qforge 4-bit kernels: group must be a multiple of 32");
+    static_assert(P::group >= span_elems<P> && P::group % span_elems<P> == 0,
+                  "qforge packed kernels: group must be a multiple of a 16-byte span of codes");
 }
 
 // The f32 code values of P in A's lookup-table representation.
@@ -60,9 +66,9 @@ void dequantize_blocks(const weights_view& w, const simd::table16<A>& table, std
     using L = layout_traits<P::storage>;
     using F = simd::f32v<A>;
     constexpr int lanes = simd::lanes<A>;
-    constexpr int chunks = 16 / lanes;  // registers per half window
-    constexpr int wpb = windows_per_block<P>;
-    const std::uint8_t* codes = row_codes<A>(w, n);
+    constexpr int chunks = 16 / lanes;  // registers per code of the window's bytes
+    constexpr int wpb = windows_per_block<P>, bits = code_bits<P>, parts = codes_per_byte<P>;
+    const std::uint8_t* codes = row_codes<P, A>(w, n);
     float buf[scale_chunk], zbuf[has_zeros<P> ? scale_chunk : 1];
     for (std::int64_t c0 = b0; c0 < b1; c0 += scale_chunk) {
         const int nb = static_cast<int>(b1 - c0 < scale_chunk ? b1 - c0 : scale_chunk);
@@ -77,16 +83,16 @@ void dequantize_blocks(const weights_view& w, const simd::table16<A>& table, std
             simd::unroll<wpb>([&](auto wi) {
                 const std::int64_t window = first_window + wi;
                 const std::uint8_t* c = codes + window * 16;
-                float* o = out + (window - b0 * wpb) * 32;
+                float* o = out + (window - b0 * wpb) * span_elems<P>;
                 simd::unroll<chunks>([&](auto ci) {
                     const auto idx = simd::load_u8_as_i32<A>(c + ci * lanes);
-                    const F lo = value(simd::lookup<A>(table, idx));
-                    const F hi = value(simd::lookup<A>(table, idx >> 4));
-                    if constexpr (L::interleaved) {
-                        simd::store_interleaved<A>(o + 2 * ci * lanes, hi, lo);  // high nibble = even element
-                    } else {
-                        lo.store_unaligned(o + ci * lanes);
-                        hi.store_unaligned(o + 16 + ci * lanes);
+                    if constexpr (L::interleaved) {  // nibbles; the high one is the even element
+                        const F lo = value(simd::lookup<A>(table, idx));
+                        simd::store_interleaved<A>(o + 2 * ci * lanes, value(simd::lookup<A>(table, idx >> 4)), lo);
+                    } else {  // the table ignores the bits above a code (format.hpp)
+                        simd::unroll<parts>([&](auto p) {
+                            value(simd::lookup<A>(table, p == 0 ? idx : idx >> (bits * p))).store_unaligned(o + 16 * p + ci * lanes);
+                        });
                     }
                 });
             });

@@ -22,9 +22,11 @@ namespace qforge::kernels {
 // 512 MiB): one stream 33 GB/s; four interleaved 2 KiB row streams (sharing the x loads) 11 GB/s,
 // 22-23 GB/s with software prefetch of the next tile. x loads are L1 hits either way.
 //
-// GEMV decodes one register of codes (a window, dequantize.hpp) with eight table lookups: lookup
-// i takes the 4 bits at offset 4i of each 32-bit lane, i.e. in lane j the code of byte 4j + i/2,
-// low nibble for even i. x is permuted once per call into that order (tail blocks: natural).
+// GEMV decodes one register of codes (a window, dequantize.hpp) with 32 / bits table lookups:
+// lookup i takes the code at bit offset bits * i of each 32-bit lane, i.e. in lane j code
+// i % parts of byte 4j + i / parts (for nibbles: 8 lookups, the low nibble for even i). The table
+// ignores the index bits above a 2-bit code (format.hpp). x is permuted once per call into that
+// order (tail blocks: natural).
 // bf16 operands (bitsandbytes' compute dtype bfloat16): see the header of this file.
 template <class P>
 inline constexpr bool bf16_operands = P::act == compute::bf16;
@@ -48,9 +50,9 @@ void permute_for_f32(const window_shape<P, A>& s, const float* x, const std::int
     const auto at = [&](std::int64_t k) { return operand<P, A>(perm ? x[perm[k]] : x[k]); };
     const std::int64_t full = s.steps * S::step_elems;
     for (std::int64_t w0 = 0; w0 < full; w0 += S::W)
-        for (int i = 0; i < 8; ++i)
+        for (int i = 0; i < 32 / S::bits; ++i)
             for (int j = 0; j < S::lanes; ++j)
-                xp[w0 + i * S::lanes + j] = at(w0 + L::element_of(4 * j + i / 2, i % 2 == 1));
+                xp[w0 + i * S::lanes + j] = at(w0 + L::template element_of<S::bits>(4 * j + i / S::parts, i % S::parts));
     for (std::int64_t k = full; k < s.k; ++k) xp[k] = at(k);
 }
 
@@ -65,7 +67,7 @@ float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const sim
     constexpr int bpw = S::blocks_per_window;
     constexpr int steps_per_chunk = scale_chunk / bpw;
 
-    const std::uint8_t* codes = row_codes<A>(w, n);
+    const std::uint8_t* codes = row_codes<P, A>(w, n);
     F acc(0.0f);
     float buf[scale_chunk];
     [[maybe_unused]] float zbuf[has_zeros<P> ? scale_chunk : 1];
@@ -85,9 +87,9 @@ float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const sim
                 simd::prefetch_ahead(c);
                 const float* xw = xp + (step * S::windows_per_step + wi) * S::W;
                 const I c8 = I::load_unaligned(reinterpret_cast<const std::int32_t*>(c));
-                simd::unroll<8>([&](auto i) {
+                simd::unroll<32 / S::bits>([&](auto i) {
                     // a table lookup is 1 op: cheaper than (code & 15) - zero converted, also for integers
-                    F v = simd::lookup<A>(table, i == 0 ? c8 : I(c8 >> (4 * i)));
+                    F v = simd::lookup<A>(table, i == 0 ? c8 : I(c8 >> (S::bits * i)));
                     if constexpr (has_zeros<P>) v = v - step_zero;  // exact: code - zero
                     if constexpr (bf16_operands<P>) v = simd::round_bf16<A>(v * step_scale);
                     const F xv = F::load_unaligned(xw + i * S::lanes);
@@ -108,7 +110,7 @@ float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const sim
     for (std::int64_t b = b0; b < s.blocks; ++b) {
         float part = 0.0f;
         for (std::int64_t k = b * S::group; k < (b + 1) * S::group; ++k) {
-            float v = values[L::template code_at<A>(codes, k)];
+            float v = values[L::template code_at<A, S::bits>(codes, k)];
             if constexpr (has_zeros<P>) v -= zr[b - b0];
             if constexpr (bf16_operands<P>) part += operand<P, A>(v * sc[b - b0]) * xp[k];
             else part += v * xp[k];

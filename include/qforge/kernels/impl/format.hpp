@@ -48,15 +48,19 @@ template <>
 struct code_traits<dtype::fp4> : table_code_traits<dtype::fp4> {
     static constexpr float i8_scale = 120.0f;
 };
-// Symmetric integers: value = code - 2^(bits-1), exact in both paths (2- and 3-bit codes sit in
-// the 4-bit layout as they are: codes 16 - 2^bits .. 15 never occur).
+// The code of table index i (0..15) of a bits-wide integer: its low bits. The f32 lookups index
+// by 4 bits; with 2-bit fields the upper two are the next field's, so the table repeats.
+inline int integer_code(int i, int bits) { return bits < 4 ? i & ((1 << bits) - 1) : i; }
+
+// Symmetric integers: value = code - 2^(bits-1), exact in both paths (3-bit codes sit in the 4-bit
+// layout as they are: codes 8 .. 15 never occur).
 template <>
 struct code_traits<dtype::int_sym> {
     static constexpr bool from_table = false;
     static constexpr float i8_scale = 1.0f;
     template <class A>
     static void values(const weights_view& w, float* out) {
-        for (int i = 0; i < 16; ++i) out[i] = static_cast<float>(i - (1 << (w.cfg.bits - 1)));
+        for (int i = 0; i < 16; ++i) out[i] = static_cast<float>(integer_code(i, w.cfg.bits) - (1 << (w.cfg.bits - 1)));
     }
 };
 
@@ -68,8 +72,8 @@ struct code_traits<dtype::int_asym> {
     static constexpr bool from_table = false;
     static constexpr float i8_scale = 1.0f;
     template <class A>
-    static void values(const weights_view&, float* out) {
-        for (int i = 0; i < 16; ++i) out[i] = static_cast<float>(i);
+    static void values(const weights_view& w, float* out) {
+        for (int i = 0; i < 16; ++i) out[i] = static_cast<float>(integer_code(i, w.cfg.bits));
     }
 };
 
@@ -85,11 +89,13 @@ inline const float* row_zeros(const weights_view& w, std::int64_t n, std::int64_
 }
 
 // ---- layout_traits ---------------------------------------------------------------------------
-// element_of(byte, high):  element index, relative to a 16-byte-aligned window start, of the
-//                          low/high nibble of byte `byte` of the window (window = 32 elements
-//                          per 16 bytes; also valid for any multiple of 16 bytes)
-// interleaved:             low/high nibbles hold neighbouring elements (else: half windows)
-// code_at(row, k):         the code of element k of a row
+// Codes are Bits wide: 4 (a nibble), or 2 for 2-bit integers in the qforge layout (code_bits).
+// element_of<Bits>(byte, part):  element index, relative to a 16-byte-aligned window start, of
+//                          code `part` (bits [Bits part, Bits part + Bits)) of byte `byte` of the
+//                          window (16 bytes hold 128 / Bits elements; also valid for any multiple
+//                          of 16 bytes)
+// interleaved:             the codes of a byte are neighbouring elements (else: 16 apart)
+// code_at<A, Bits>(row, k): the code of element k of a row
 // row_scales(w, n, b0, nb, buf): f32 scales of blocks [b0, b0+nb) of row n (pointer into w or buf)
 template <layout L>
 struct layout_traits {
@@ -99,9 +105,14 @@ struct layout_traits {
 template <>
 struct layout_traits<layout::bnb4> {
     static constexpr bool interleaved = true;  // byte j: element 2j high nibble, 2j+1 low nibble
-    static constexpr int element_of(int byte, bool high) { return 2 * byte + (high ? 0 : 1); }
-    template <class A>
+    template <int Bits = 4>
+    static constexpr int element_of(int byte, int part) {
+        static_assert(Bits == 4, "bitsandbytes codes are nibbles");
+        return 2 * byte + 1 - part;
+    }
+    template <class A, int Bits = 4>
     static std::uint8_t code_at(const std::uint8_t* row, std::int64_t k) {
+        static_assert(Bits == 4, "bitsandbytes codes are nibbles");
         const std::uint8_t b = row[k / 2];
         return (k % 2 == 0) ? static_cast<std::uint8_t>(b >> 4) : static_cast<std::uint8_t>(b & 0x0F);
     }
@@ -126,13 +137,18 @@ struct layout_traits<layout::bnb4> {
 
 template <>
 struct layout_traits<layout::qforge> {
-    static constexpr bool interleaved = false;  // 16-byte span: low nibbles elements 0-15, high 16-31
-    static constexpr int element_of(int byte, bool high) { return (byte / 16) * 32 + byte % 16 + (high ? 16 : 0); }
-    template <class A>
+    // 16-byte span: code p of byte j is element 16 p + j (nibbles: low 0-15, high 16-31)
+    static constexpr bool interleaved = false;
+    template <int Bits = 4>
+    static constexpr int element_of(int byte, int part) {
+        return (byte / 16) * (128 / Bits) + 16 * part + byte % 16;
+    }
+    template <class A, int Bits = 4>
     static std::uint8_t code_at(const std::uint8_t* row, std::int64_t k) {
-        const std::int64_t within = k % 32;
-        const std::uint8_t b = row[(k / 32) * 16 + within % 16];
-        return within >= 16 ? static_cast<std::uint8_t>(b >> 4) : static_cast<std::uint8_t>(b & 0x0F);
+        constexpr int span = 128 / Bits;
+        const std::int64_t within = k % span;
+        const std::uint8_t b = row[(k / span) * 16 + within % 16];
+        return static_cast<std::uint8_t>((b >> (Bits * (within / 16))) & ((1 << Bits) - 1));
     }
     template <class P, class A>
     static const float* row_scales(const weights_view& w, std::int64_t n, std::int64_t b0, int nb, float* buf) {
@@ -142,8 +158,17 @@ struct layout_traits<layout::qforge> {
     }
 };
 
-// The packed codes of row n (both layouts keep rows contiguous, K/2 bytes each).
-template <class A>
-inline const std::uint8_t* row_codes(const weights_view& w, std::int64_t n) { return w.codes + n * (w.cols / 2); }
+// Bits per code in the kernel layout: 2-bit integers are packed four per byte (qforge layout),
+// 3-bit integers widened into nibbles (pack.hpp); every other format here has 4-bit codes.
+template <class P>
+inline constexpr int code_bits = P::storage == layout::qforge && P::bits == 2 ? 2 : 4;
+template <class P>
+inline constexpr int codes_per_byte = 8 / code_bits<P>;
+
+// The packed codes of row n (both layouts keep rows contiguous, K * code_bits / 8 bytes each).
+template <class P, class A>
+inline const std::uint8_t* row_codes(const weights_view& w, std::int64_t n) {
+    return w.codes + n * (w.cols / codes_per_byte<P>);
+}
 
 }  // namespace qforge::kernels

@@ -111,10 +111,10 @@ i8_row quantize_activations(const i8_shape<P, A>& s, const float* x, void* mem) 
         if (in_step + S::group < S::step_elems) continue;  // the step has more blocks
         // The step is complete: permute its windows, spread its scales and corrections.
         for (int wi = 0; wi < S::step_elems / S::W; ++wi)
-            for (int j = 0; j < S::V; ++j) {
-                q[step_start + wi * S::W + j] = natural[wi * S::W + L::element_of(j, false)];
-                q[step_start + wi * S::W + S::V + j] = natural[wi * S::W + L::element_of(j, true)];
-            }
+            for (int p = 0; p < S::parts; ++p)
+                for (int j = 0; j < S::V; ++j)
+                    q[step_start + wi * S::W + p * S::V + j] =
+                        natural[wi * S::W + L::template element_of<S::bits>(j, p)];
         const std::int64_t step = step_start / S::step_elems;
         constexpr int seg = S::lanes / S::blocks_per_window;
         for (int l = 0; l < S::lanes; ++l) {
@@ -166,7 +166,7 @@ void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x, 
     constexpr int steps_per_chunk = scale_chunk / bpw;
 
     const std::uint8_t* codes[NR];
-    for (int r = 0; r < NR; ++r) codes[r] = row_codes<A>(w, n + r);
+    for (int r = 0; r < NR; ++r) codes[r] = row_codes<P, A>(w, n + r);
     F acc[MR][NR];
     for (int i = 0; i < MR; ++i)
         for (int r = 0; r < NR; ++r) acc[i][r] = F(0.0f);
@@ -197,32 +197,25 @@ void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x, 
             });
             simd::unroll<S::windows_per_step>([&](auto wi) {
                 const std::int64_t window = step * S::windows_per_step + wi;
-                U xl[MR], xh[MR];
+                U xp[MR][S::parts];
                 simd::unroll<MR>([&](auto i) {
                     const auto* q = reinterpret_cast<const std::uint8_t*>(x[i].q + window * S::W);
-                    xl[i] = U::load_aligned(q);
-                    xh[i] = U::load_aligned(q + S::V);
+                    simd::unroll<S::parts>([&](auto p) { xp[i][p] = U::load_aligned(q + p * S::V); });
                 });
                 simd::unroll<NR>([&](auto r) {
-                    U lo, hi;
-                    simd::split_nibbles<A>(U::load_unaligned(codes[r] + window * S::V), lo, hi);
-                    if constexpr (S::offset_form) {
-                        if constexpr (S::table) {
-                            lo = simd::lut16<A>(lv.offset_lut, lo);
-                            hi = simd::lut16<A>(lv.offset_lut, hi);
+                    const U c = U::load_unaligned(codes[r] + window * S::V);
+                    simd::unroll<S::parts>([&](auto p) {
+                        const U code = simd::code_field<S::bits * p, S::bits, A>(c);
+                        if constexpr (S::offset_form) {
+                            const U u = S::table ? simd::lut16<A>(lv.offset_lut, code) : code;
+                            simd::unroll<MR>([&](auto i) { dots[i][r] = simd::dot_u8s8<A>(dots[i][r], u, xp[i][p]); });
+                        } else {
+                            const U abs = simd::lut16<A>(lv.abs_lut, code), sign = simd::lut16<A>(lv.sign_lut, code);
+                            simd::unroll<MR>([&](auto i) {
+                                dots[i][r] = simd::dot_u8s8<A>(dots[i][r], abs, simd::apply_sign<A>(xp[i][p], sign));
+                            });
                         }
-                        simd::unroll<MR>([&](auto i) {
-                            dots[i][r] = simd::dot_u8s8<A>(dots[i][r], lo, xl[i]);
-                            dots[i][r] = simd::dot_u8s8<A>(dots[i][r], hi, xh[i]);
-                        });
-                    } else {
-                        const U lo_abs = simd::lut16<A>(lv.abs_lut, lo), lo_sign = simd::lut16<A>(lv.sign_lut, lo);
-                        const U hi_abs = simd::lut16<A>(lv.abs_lut, hi), hi_sign = simd::lut16<A>(lv.sign_lut, hi);
-                        simd::unroll<MR>([&](auto i) {
-                            dots[i][r] = simd::dot_u8s8<A>(dots[i][r], lo_abs, simd::apply_sign<A>(xl[i], lo_sign));
-                            dots[i][r] = simd::dot_u8s8<A>(dots[i][r], hi_abs, simd::apply_sign<A>(xh[i], hi_sign));
-                        });
-                    }
+                    });
                 });
             });
             const std::int64_t local = (step - c0) * bpw;  // first block of the step within the chunk
@@ -266,7 +259,7 @@ float i8_gemv_row(const weights_view& w, const i8_shape<P, A>& s, const i8_level
     constexpr int steps_per_chunk = scale_chunk / bpw;
     constexpr bool offsets = S::offset_form;  // else the sign form: signed levels, no offset
 
-    const std::uint8_t* codes = row_codes<A>(w, n);
+    const std::uint8_t* codes = row_codes<P, A>(w, n);
     // the integer dot of one step, as f32 (exact: |dot| <= 255 * 127 * group < 2^24)
     const auto step_dot = [&](std::int64_t step) {
         I dot(0);
@@ -274,21 +267,16 @@ float i8_gemv_row(const weights_view& w, const i8_shape<P, A>& s, const i8_level
         simd::unroll<wps>([&](auto wi) {
             const std::int64_t window = step * wps + wi;
             const auto* q = reinterpret_cast<const std::uint8_t*>(x.q + window * S::W);
-            U lo, hi;
-            simd::split_nibbles<A>(U::load_unaligned(codes + window * S::V), lo, hi);
-            if constexpr (offsets) {
-                if constexpr (S::table) {
-                    lo = simd::lut16<A>(lv.offset_lut, lo);
-                    hi = simd::lut16<A>(lv.offset_lut, hi);
-                }
-                dot = simd::dot_u8s8<A>(dot, lo, U::load_aligned(q));
-                dot = simd::dot_u8s8<A>(dot, hi, U::load_aligned(q + S::V));
-            } else {
-                dot = simd::dot_u8s8<A>(dot, simd::lut16<A>(lv.abs_lut, lo),
-                                        simd::apply_sign<A>(U::load_aligned(q), simd::lut16<A>(lv.sign_lut, lo)));
-                dot = simd::dot_u8s8<A>(dot, simd::lut16<A>(lv.abs_lut, hi),
-                                        simd::apply_sign<A>(U::load_aligned(q + S::V), simd::lut16<A>(lv.sign_lut, hi)));
-            }
+            const U c = U::load_unaligned(codes + window * S::V);
+            simd::unroll<S::parts>([&](auto p) {
+                const U code = simd::code_field<S::bits * p, S::bits, A>(c);
+                const U xq = U::load_aligned(q + p * S::V);
+                if constexpr (offsets)
+                    dot = simd::dot_u8s8<A>(dot, S::table ? simd::lut16<A>(lv.offset_lut, code) : code, xq);
+                else
+                    dot = simd::dot_u8s8<A>(dot, simd::lut16<A>(lv.abs_lut, code),
+                                            simd::apply_sign<A>(xq, simd::lut16<A>(lv.sign_lut, code)));
+            });
         });
         return xsimd::to_float(dot);
     };
@@ -341,13 +329,13 @@ float i8_tail(const weights_view& w, const i8_shape<P, A>& s, const i8_levels<P,
     const std::int64_t b0 = s.blocks - s.tail_blocks;
     float buf[scale_chunk];  // tail_blocks < blocks_per_window; sized for the vector converters
     const float* scales = L::template row_scales<P, A>(w, n, b0, static_cast<int>(s.tail_blocks), buf);
-    const std::uint8_t* codes = row_codes<A>(w, n);
+    const std::uint8_t* codes = row_codes<P, A>(w, n);
     float total = 0.0f;
     for (std::int64_t b = b0; b < s.blocks; ++b) {
         const std::int32_t zero = has_zeros<P> ? w.zeros[n * s.blocks + b] : 0;
         std::int32_t dot = 0;
         for (std::int64_t k = b * S::group; k < (b + 1) * S::group; ++k)
-            dot += (lv.level[L::template code_at<A>(codes, k)] - zero) * x.q[k];
+            dot += (lv.level[L::template code_at<A, S::bits>(codes, k)] - zero) * x.q[k];
         total += static_cast<float>(dot) * (scales[b - b0] * x.xs_block[b]);
     }
     return total / code_traits<P::type>::i8_scale;

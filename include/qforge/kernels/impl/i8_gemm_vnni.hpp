@@ -79,7 +79,7 @@ void decode_row(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t n
     for (int c = 0; c < 16; ++c) lut_bytes[c] = static_cast<std::uint8_t>(lv.level[c] + 128);
     const __m128i lut = _mm_load_si128(reinterpret_cast<const __m128i*>(lut_bytes));
     const __m128i low4 = _mm_set1_epi8(0x0F);
-    const std::uint8_t* codes = row_codes<A>(w, n) + k0 / 2;
+    const std::uint8_t* codes = row_codes<P, A>(w, n) + k0 / 2;
     for (std::int64_t c = 0; c < len / 32; ++c) {  // 16 code bytes: 32 elements in both layouts
         const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16 * c));
         const __m128i lo = _mm_shuffle_epi8(lut, _mm_and_si128(v, low4));
