@@ -23,6 +23,7 @@
 #include <qforge/kernels/impl/dequantize.hpp>
 
 #include <cstdint>
+#include <cstring>
 
 namespace qforge::kernels {
 
@@ -62,19 +63,28 @@ struct i8_row {
     const float* qsum;          // per block: sum(xq), exact in f32 (|sum| <= 127 * group < 2^24)
 };
 
-// One block of x (P::group elements) as int8 levels in qi (64-byte aligned, int32 lanes):
-// xq = RNE(x * (127 / amax)); returns the block's activation scale amax / 127.
+// One block of x (P::group elements) as int8 levels out[0 .. group) in natural order:
+// xq = RNE(x * (127 / amax)); sum receives sum(xq); returns the block's activation scale amax / 127.
 template <class P, class A>
-float quantize_block(const float* xb, std::int32_t* qi) {
-    float amax = 0.0f;
-    for (int i = 0; i < P::group; ++i) {
-        const float a = __builtin_fabsf(xb[i]);
-        amax = a > amax ? a : amax;
-    }
-    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+float quantize_block(const float* xb, std::int8_t* out, std::int32_t& sum) {
     using F = simd::f32v<A>;
-    for (int i = 0; i < P::group; i += simd::lanes<A>)
-        xsimd::nearbyint_as_int(F::load_unaligned(xb + i) * F(inv)).store_aligned(qi + i);
+    using I = simd::i32v<A>;
+    constexpr int lanes = simd::lanes<A>;
+    F m(0.0f);
+    // max(|x|, m) keeps m where |x| is NaN (maxps returns its second operand), as `a > m ? a : m`
+    for (int i = 0; i < P::group; i += lanes) m = xsimd::max(xsimd::abs(F::load_unaligned(xb + i)), m);
+    alignas(64) float lane_max[lanes];
+    m.store_aligned(lane_max);
+    float amax = 0.0f;
+    for (const float a : lane_max) amax = a > amax ? a : amax;
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    I total(0);
+    for (int i = 0; i < P::group; i += lanes) {
+        const I q = xsimd::nearbyint_as_int(F::load_unaligned(xb + i) * F(inv));
+        total = total + q;
+        simd::store_i8<A>(q, out + i);
+    }
+    sum = xsimd::hadd(total);
     return amax / 127.0f;
 }
 
@@ -90,31 +100,31 @@ i8_row quantize_activations(const i8_shape<P, A>& s, const float* x, void* mem) 
     auto* qsum = reinterpret_cast<float*>(base + s.qsum_off);
 
     alignas(64) std::int8_t natural[S::step_elems];
-    alignas(64) std::int32_t qi[S::group];
     std::int32_t sums[S::blocks_per_window];
     const std::int64_t full = s.steps * S::step_elems;  // elements in full steps
     for (std::int64_t b = 0; b < s.blocks; ++b) {
-        xs_block[b] = quantize_block<P, A>(x + b * S::group, qi);
-        std::int32_t sum = 0;
         const std::int64_t in_step = (b * S::group) % S::step_elems;
-        for (int i = 0; i < S::group; ++i) {
-            sum += qi[i];
-            natural[in_step + i] = static_cast<std::int8_t>(qi[i]);
-        }
-        qsum[b] = static_cast<float>(sum);
         const std::int64_t step_start = b * S::group - in_step;
-        if (step_start >= full) {  // tail (only when a window spans several blocks): natural order
-            for (int i = 0; i < S::group; ++i) q[b * S::group + i] = natural[in_step + i];
-            continue;
-        }
+        const bool tail = step_start >= full;  // only when a window spans several blocks: natural order
+        std::int32_t sum = 0;
+        xs_block[b] = quantize_block<P, A>(x + b * S::group, tail ? q + b * S::group : natural + in_step, sum);
+        qsum[b] = static_cast<float>(sum);
+        if (tail) continue;
         sums[in_step / S::group] = sum;
         if (in_step + S::group < S::step_elems) continue;  // the step has more blocks
         // The step is complete: permute its windows, spread its scales and corrections.
-        for (int wi = 0; wi < S::step_elems / S::W; ++wi)
-            for (int p = 0; p < S::parts; ++p)
-                for (int j = 0; j < S::V; ++j)
-                    q[step_start + wi * S::W + p * S::V + j] =
-                        natural[wi * S::W + L::template element_of<S::bits>(j, p)];
+        for (int wi = 0; wi < S::step_elems / S::W; ++wi) {
+            std::int8_t* out = q + step_start + wi * S::W;
+            const std::int8_t* in = natural + wi * S::W;
+            if constexpr (L::interleaved) {
+                for (int p = 0; p < S::parts; ++p)
+                    for (int j = 0; j < S::V; ++j) out[p * S::V + j] = in[L::template element_of<S::bits>(j, p)];
+            } else {  // code p of the bytes [16c, 16c + 16) is the 16 elements from element_of(16c, p) on
+                for (int p = 0; p < S::parts; ++p)
+                    for (int c = 0; c < S::V / 16; ++c)
+                        std::memcpy(out + p * S::V + 16 * c, in + L::template element_of<S::bits>(16 * c, p), 16);
+            }
+        }
         const std::int64_t step = step_start / S::step_elems;
         constexpr int seg = S::lanes / S::blocks_per_window;
         for (int l = 0; l < S::lanes; ++l) {

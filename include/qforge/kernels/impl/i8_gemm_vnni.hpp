@@ -58,14 +58,9 @@ inline void transpose16(__m512i (&t)[16]) {
 // One X row: int8 levels in natural order, per block the activation scale and -128 * sum.
 template <class P, class A>
 void quantize_row(const float* x, std::int64_t k, std::int8_t* q, float* xs, std::int32_t* corr) {
-    alignas(64) std::int32_t qi[P::group];
     for (std::int64_t b = 0; b < k / P::group; ++b) {
-        xs[b] = quantize_block<P, A>(x + b * P::group, qi);
         std::int32_t sum = 0;
-        for (int i = 0; i < P::group; ++i) {
-            sum += qi[i];
-            q[b * P::group + i] = static_cast<std::int8_t>(qi[i]);
-        }
+        xs[b] = quantize_block<P, A>(x + b * P::group, q + b * P::group, sum);
         corr[b] = -128 * sum;
     }
 }

@@ -180,6 +180,13 @@ inline void nested_absmax(const std::uint8_t* q, int n, std::int64_t first, cons
         out[i] = product + offset;
     }
 }
+// the int32 lanes of v (each within [-128, 127]) as bytes out[0 .. lanes)
+template <class A>
+inline void store_i8(const i32v<A>& v, std::int8_t* out, requires_arch<xsimd::generic>) {
+    alignas(64) std::int32_t t[lanes<A>];
+    v.store_aligned(t);
+    for (int i = 0; i < lanes<A>; ++i) out[i] = static_cast<std::int8_t>(t[i]);
+}
 // IEEE binary16 bits to f32, exact
 template <class A>
 inline void f16_to_f32(const std::uint16_t* h, int n, float* out, requires_arch<xsimd::generic>) {
@@ -211,6 +218,12 @@ inline i32v<A> load_u8_as_i32(const std::uint8_t* p, requires_arch<xsimd::sse4_1
     return _mm_cvtepu8_epi32(_mm_cvtsi32_si128(v));
 }
 template <class A>
+inline void store_i8(const i32v<A>& v, std::int8_t* out, requires_arch<xsimd::sse4_1>) {
+    const __m128i w = _mm_packs_epi32(v, v);
+    const std::int32_t bytes = _mm_cvtsi128_si32(_mm_packs_epi16(w, w));
+    std::memcpy(out, &bytes, sizeof bytes);
+}
+template <class A>
 inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& odd, requires_arch<xsimd::sse2>) {
     _mm_storeu_ps(out, _mm_unpacklo_ps(even, odd));
     _mm_storeu_ps(out + 4, _mm_unpackhi_ps(even, odd));
@@ -239,6 +252,11 @@ inline u8v<A> apply_sign(const u8v<A>& x, const u8v<A>& w, requires_arch<xsimd::
 template <class A>
 inline i32v<A> load_u8_as_i32(const std::uint8_t* p, requires_arch<xsimd::avx2>) {
     return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+}
+template <class A>
+inline void store_i8(const i32v<A>& v, std::int8_t* out, requires_arch<xsimd::avx2>) {
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packs_epi16(w, w));
 }
 template <class A>
 inline table16<A> make_table16(const float* v, requires_arch<xsimd::avx2>) {
@@ -303,6 +321,10 @@ inline void f16_to_f32(const std::uint16_t* h, int n, float* out, requires_arch<
 template <class A>
 inline i32v<A> load_u8_as_i32(const std::uint8_t* p, requires_arch<xsimd::avx512f>) {
     return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+template <class A>
+inline void store_i8(const i32v<A>& v, std::int8_t* out, requires_arch<xsimd::avx512f>) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtepi32_epi8(v));
 }
 template <class A>
 inline table16<A> make_table16(const float* v, requires_arch<xsimd::avx512f>) {
@@ -403,6 +425,8 @@ inline i32v<A> dot_u8s8(const i32v<A>& acc, const u8v<A>& u, const u8v<A>& s, re
 // ---- the entry points: dispatch to the most specific overload for A ----
 template <class A>
 inline i32v<A> load_u8_as_i32(const std::uint8_t* p) { return ext::load_u8_as_i32<A>(p, A{}); }
+template <class A>
+inline void store_i8(const i32v<A>& v, std::int8_t* out) { ext::store_i8<A>(v, out, A{}); }
 template <class A>
 inline table16<A> make_table16(const float* v) { return ext::make_table16<A>(v, A{}); }
 template <class A>
