@@ -17,7 +17,9 @@ inline constexpr std::size_t mib = std::size_t{1} << 20;
 std::uint64_t read_pass(const std::uint8_t* p, std::size_t bytes);
 
 // Reads a 64-byte aligned buffer of `bytes` (split over the threads of `pool_threads`) with the
-// widest loads this CPU has; returns the median bytes/s of `passes` passes.
+// widest loads this CPU has; returns the bytes/s of the fastest of `passes` passes: what the
+// machine attains, since a shared machine's noise only ever slows a pass down (the median of a
+// noisy moment made GEMV fractions above 1).
 double read_bandwidth(int threads, std::size_t bytes = 512 * mib, int passes = 5);
 
 struct gemv_speed {
