@@ -7,6 +7,8 @@
 // products for 16 output rows, and a block's integer sums end up in registers indexed by output
 // row: the per-block f32 work (convert, scale, FMA) is 1 op per 16 rows instead of per row.
 // The +128 of the weights is removed with -128 * sum(xq) per (X row, block), as in i8.hpp.
+// Asymmetric integers (levels = codes) also subtract zero * sum(xq) per (row, block) in f32, exact
+// as in i8.hpp, with the zero points of the panel's rows spread over lanes as the scales are.
 // MR rows of X times 32 rows of W per register tile (12 int32 + 12 f32 accumulators).
 #pragma once
 
@@ -19,10 +21,11 @@
 
 namespace qforge::kernels::vnni_gemm {
 
-// The formats it serves: 4-bit codes with one level per code (not zero points per group).
+// The formats it serves: the 4-bit framework's codes (nibbles, packed 2-bit and widened 3-bit
+// integers, symmetric or with zero points).
 template <class P, class A>
-inline constexpr bool applies = simd::has_vnni<A> && P::act == compute::i8 && P::bits == 4 &&
-                                P::type != dtype::int_asym;
+inline constexpr bool applies = simd::has_vnni<A> && P::act == compute::i8 &&
+                                (P::bits == 4 || (P::storage == layout::qforge && P::bits < 4));
 
 inline constexpr int panel_rows = 32;        // two zmm of int32 lanes
 inline constexpr int max_mr = 6;             // X rows per register tile
@@ -73,30 +76,33 @@ void decode_row(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t n
     alignas(16) std::uint8_t lut_bytes[16];
     for (int c = 0; c < 16; ++c) lut_bytes[c] = static_cast<std::uint8_t>(lv.level[c] + 128);
     const __m128i lut = _mm_load_si128(reinterpret_cast<const __m128i*>(lut_bytes));
-    const __m128i low4 = _mm_set1_epi8(0x0F);
-    const std::uint8_t* codes = row_codes<P, A>(w, n) + k0 / 2;
-    for (std::int64_t c = 0; c < len / 32; ++c) {  // 16 code bytes: 32 elements in both layouts
+    constexpr int bits = code_bits<P>, parts = codes_per_byte<P>, span = span_elems<P>;
+    const __m128i mask = _mm_set1_epi8((1 << bits) - 1);
+    const std::uint8_t* codes = row_codes<P, A>(w, n) + k0 / parts;
+    for (std::int64_t c = 0; c < len / span; ++c) {  // 16 code bytes: one span of elements
         const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16 * c));
-        const __m128i lo = _mm_shuffle_epi8(lut, _mm_and_si128(v, low4));
-        const __m128i hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(v, 4), low4));
-        __m128i first = lo, second = hi;  // qforge: low nibbles are elements 0-15
-        if constexpr (L::interleaved) {   // element 2j in the high nibble of byte j
-            first = _mm_unpacklo_epi8(hi, lo);
-            second = _mm_unpackhi_epi8(hi, lo);
+        __m128i level[parts];  // qforge: code p of the 16 bytes is elements 16p .. 16p + 15
+        simd::unroll<parts>([&](auto p) {
+            level[p] = _mm_shuffle_epi8(lut, _mm_and_si128(p == 0 ? v : _mm_srli_epi16(v, bits * p), mask));
+        });
+        if constexpr (L::interleaved) {  // element 2j in the high nibble of byte j
+            const __m128i even_first = _mm_unpacklo_epi8(level[1], level[0]);
+            level[1] = _mm_unpackhi_epi8(level[1], level[0]);
+            level[0] = even_first;
         }
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 32 * c), first);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 32 * c + 16), second);
+        for (int p = 0; p < parts; ++p) _mm_storeu_si128(reinterpret_cast<__m128i*>(out + span * c + 16 * p), level[p]);
     }
 }
 
 // The panel of rows [p0, p0 + rows) and K slice [k0, k0 + len): levels interleaved by quad
-// (panel[(quad * 32 + row) * 4 + byte]) and f32 weight scales per block (scales[block * 32 + row]).
-// Rows past the end are level 0 with scale 0. natural: 32 rows of stride(len) bytes of scratch.
+// (panel[(quad * 32 + row) * 4 + byte]) and f32 weight scales per block (scales[block * 32 + row]),
+// int_asym also the zero points (zeros, the same layout). Rows past the end are level 0 with scale
+// 0. natural: 32 rows of stride(len) bytes of scratch.
 inline std::int64_t stride(std::int64_t len) { return (len + 63) / 64 * 64; }  // whole 16-quad runs
 
 template <class P, class A>
 void decode_panel(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t p0, int rows, std::int64_t k0,
-                  std::int64_t len, std::uint8_t* natural, std::uint8_t* panel, float* scales) {
+                  std::int64_t len, std::uint8_t* natural, std::uint8_t* panel, float* scales, float* zeros) {
     using L = layout_traits<P::storage>;
     const std::int64_t blocks = len / P::group, ld = stride(len);
     float buf[scale_chunk];
@@ -108,10 +114,16 @@ void decode_panel(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t
                 const int nb = static_cast<int>(blocks - b0 < scale_chunk ? blocks - b0 : scale_chunk);
                 const float* s = L::template row_scales<P, A>(w, p0 + r, k0 / P::group + b0, nb, buf);
                 for (int b = 0; b < nb; ++b) scales[(b0 + b) * panel_rows + r] = s[b];
+                if constexpr (has_zeros<P>) {
+                    const float* z = row_zeros<P, A>(w, p0 + r, k0 / P::group + b0, nb, buf);
+                    for (int b = 0; b < nb; ++b) zeros[(b0 + b) * panel_rows + r] = z[b];
+                }
             }
         } else {
             std::memset(row, 128, static_cast<std::size_t>(ld));
             for (std::int64_t b = 0; b < blocks; ++b) scales[b * panel_rows + r] = 0.0f;
+            if constexpr (has_zeros<P>)
+                for (std::int64_t b = 0; b < blocks; ++b) zeros[b * panel_rows + r] = 0.0f;
         }
     }
     // 16 x 16 dword transposes: 16 rows of 16 quads -> 16 quads of 16 rows
@@ -134,8 +146,8 @@ struct x_row {
 
 // out[i][r] = sum over the blocks of the slice of the panel's row r against X row i.
 template <class P, class A, int MR>
-void tile(const std::uint8_t* panel, const float* wscales, const x_row* x, std::int64_t blocks,
-          float (&out)[MR][panel_rows]) {
+void tile(const std::uint8_t* panel, const float* wscales, [[maybe_unused]] const float* wzeros, const x_row* x,
+          std::int64_t blocks, float (&out)[MR][panel_rows]) {
     constexpr int quads = P::group / 4;
     constexpr int unrolled_quads = 8;
     static_assert(quads % unrolled_quads == 0, "groups are multiples of 32");
@@ -161,10 +173,21 @@ void tile(const std::uint8_t* panel, const float* wscales, const x_row* x, std::
             });
         }
         const __m512 ws0 = _mm512_loadu_ps(wscales + b * panel_rows), ws1 = _mm512_loadu_ps(wscales + b * panel_rows + 16);
+        [[maybe_unused]] __m512 zs0, zs1;
+        if constexpr (has_zeros<P>) {
+            zs0 = _mm512_loadu_ps(wzeros + b * panel_rows);
+            zs1 = _mm512_loadu_ps(wzeros + b * panel_rows + 16);
+        }
         simd::unroll<MR>([&](auto i) {
             const __m512 xs = _mm512_set1_ps(x[i].xs[b]);
-            acc[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots[i][0]), _mm512_mul_ps(ws0, xs), acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots[i][1]), _mm512_mul_ps(ws1, xs), acc[i][1]);
+            __m512 d0 = _mm512_cvtepi32_ps(dots[i][0]), d1 = _mm512_cvtepi32_ps(dots[i][1]);
+            if constexpr (has_zeros<P>) {  // + zero * (-sum(xq)): exact integers in f32
+                const __m512 neg_sum = _mm512_set1_ps(static_cast<float>(x[i].corr[b] / 128));
+                d0 = _mm512_fmadd_ps(zs0, neg_sum, d0);
+                d1 = _mm512_fmadd_ps(zs1, neg_sum, d1);
+            }
+            acc[i][0] = _mm512_fmadd_ps(d0, _mm512_mul_ps(ws0, xs), acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(d1, _mm512_mul_ps(ws1, xs), acc[i][1]);
         });
     }
     const __m512 inv = _mm512_set1_ps(code_traits<P::type>::i8_scale);

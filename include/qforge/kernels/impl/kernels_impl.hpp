@@ -243,16 +243,18 @@ void gemm_i8_vnni(const weights_view& w, const float* x, std::int64_t m, const f
 
     constexpr std::int64_t slice = k_slice / P::group * P::group;
     const std::int64_t ld = stride(slice < k ? slice : k);
-    auto* mem = static_cast<std::uint8_t*>(simd::scratch<A, 2>::get(static_cast<std::size_t>(
-        2 * panel_rows * ld + (ld / P::group + 1) * panel_rows * sizeof(float))));
+    const std::size_t per_block = static_cast<std::size_t>((ld / P::group + 1) * panel_rows) * sizeof(float);
+    auto* mem = static_cast<std::uint8_t*>(simd::scratch<A, 2>::get(
+        static_cast<std::size_t>(2 * panel_rows * ld) + (has_zeros<P> ? 2 : 1) * per_block));
     std::uint8_t* natural = mem;
     std::uint8_t* panel = mem + panel_rows * ld;
     auto* wscales = reinterpret_cast<float*>(mem + 2 * panel_rows * ld);
+    float* wzeros = has_zeros<P> ? reinterpret_cast<float*>(mem + 2 * panel_rows * ld + per_block) : nullptr;
     for (std::int64_t k0 = 0; k0 < k; k0 += slice) {
         const std::int64_t len = smaller(slice, k - k0), b0 = k0 / P::group;
         for (std::int64_t p0 = n0; p0 < n1; p0 += panel_rows) {
             const int rows = static_cast<int>(smaller<std::int64_t>(panel_rows, n1 - p0));
-            decode_panel<P, A>(w, levels, p0, rows, k0, len, natural, panel, wscales);
+            decode_panel<P, A>(w, levels, p0, rows, k0, len, natural, panel, wscales, wzeros);
             for (std::int64_t i0 = 0; i0 < m; i0 += max_mr) {
                 const int mr = static_cast<int>(smaller<std::int64_t>(max_mr, m - i0));
                 with_tile<max_mr, 1>(mr, 1, [&](auto mt, auto) {
@@ -260,7 +262,7 @@ void gemm_i8_vnni(const weights_view& w, const float* x, std::int64_t m, const f
                     for (int i = 0; i < mt; ++i)
                         rows_x[i] = {xq + (i0 + i) * k + k0, xs + (i0 + i) * blocks + b0, corr + (i0 + i) * blocks + b0};
                     float out[mt][panel_rows];
-                    tile<P, A, mt>(panel, wscales, rows_x, len / P::group, out);
+                    tile<P, A, mt>(panel, wscales, wzeros, rows_x, len / P::group, out);
                     for (int i = 0; i < mt; ++i)
                         for (int r = 0; r < rows; ++r) y[(i0 + i) * ldy + p0 + r] += out[i][r];
                 });
