@@ -729,8 +729,8 @@ TEST_CASE("2-bit GPTQ codes are packed four per byte in the documented span orde
     // a K that is no whole number of 64-element spans is refused, naming the tensor
     const config g32{dtype::int_sym, 2, 32, false, layout::qforge, compute::f32};
     const std::vector<float> w96 = random_vector(32 * 96, 42);
-    CHECK_THROWS_WITH(pack_weights(g32, ref::quantize(reference_config(g32), std::span<const float>(w96), 32, 96), "blk.0.q"),
-                      Catch::Contains("blk.0.q") && Catch::Contains("multiple of 64"));
+    const ref::quantized q96 = ref::quantize(reference_config(g32), std::span<const float>(w96), 32, 96);
+    CHECK_THROWS_WITH(pack_weights(g32, q96, "blk.0.q"), Catch::Contains("blk.0.q") && Catch::Contains("multiple of 64"));
 }
 
 TEST_CASE("fp8 and mx dequantize decode every code and scale as the reference, NaN and subnormals included") {

@@ -206,9 +206,11 @@ inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_ten
             for (std::int64_t c = 0; c < n; ++c) {
                 for (std::int64_t r = r0; r < r0 + runs; ++r) {
                     for (int w = 0; w < bits; ++w)
-                        run[static_cast<std::size_t>(w)] = static_cast<std::uint32_t>(t.qweight[static_cast<std::size_t>((r * bits + w) * n + c)]);
+                        run[static_cast<std::size_t>(w)] =
+                            static_cast<std::uint32_t>(t.qweight[static_cast<std::size_t>((r * bits + w) * n + c)]);
+                    const auto out = std::span(codes).subspan(static_cast<std::size_t>((r - r0) * gptq_run_codes));
                     unpack_gptq_run(bits, std::span<const std::uint32_t>(run).first(static_cast<std::size_t>(bits)),
-                                    std::span(codes).subspan(static_cast<std::size_t>((r - r0) * gptq_run_codes)).first<gptq_run_codes>());
+                                    out.first<gptq_run_codes>());
                 }
                 std::uint8_t* row = p.codes.data() + c * row_bytes;
                 if (bits == 8) std::memcpy(row + r0 * gptq_run_codes, codes.data(), gptq_run_codes);

@@ -1,5 +1,5 @@
-// Exact dequantization of 4-bit (and packed 2-bit) codes to f32: value[code] * scale, one f32 multiply per weight,
-// as the scalar reference does. Also the panel producer of the f32 GEMM.
+// Exact dequantization of 4-bit (and packed 2-bit) codes to f32: value[code] * scale, one f32
+// multiply per weight, as the scalar reference does. Also the panel producer of the f32 GEMM.
 #pragma once
 
 #include <qforge/kernels/impl/format.hpp>
@@ -91,7 +91,8 @@ void dequantize_blocks(const weights_view& w, const simd::table16<A>& table, std
                         simd::store_interleaved<A>(o + 2 * ci * lanes, value(simd::lookup<A>(table, idx >> 4)), lo);
                     } else {  // the table ignores the bits above a code (format.hpp)
                         simd::unroll<parts>([&](auto p) {
-                            value(simd::lookup<A>(table, p == 0 ? idx : idx >> (bits * p))).store_unaligned(o + 16 * p + ci * lanes);
+                            const F v = value(simd::lookup<A>(table, p == 0 ? idx : idx >> (bits * p)));
+                            v.store_unaligned(o + 16 * p + ci * lanes);
                         });
                     }
                 });

@@ -52,7 +52,8 @@ void permute_for_f32(const window_shape<P, A>& s, const float* x, const std::int
     for (std::int64_t w0 = 0; w0 < full; w0 += S::W)
         for (int i = 0; i < 32 / S::bits; ++i)
             for (int j = 0; j < S::lanes; ++j)
-                xp[w0 + i * S::lanes + j] = at(w0 + L::template element_of<S::bits>(4 * j + i / S::parts, i % S::parts));
+                xp[w0 + i * S::lanes + j] =
+                    at(w0 + L::template element_of<S::bits>(4 * j + i / S::parts, i % S::parts));
     for (std::int64_t k = full; k < s.k; ++k) xp[k] = at(k);
 }
 

@@ -207,10 +207,10 @@ void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x, 
             });
             simd::unroll<S::windows_per_step>([&](auto wi) {
                 const std::int64_t window = step * S::windows_per_step + wi;
-                U xp[MR][S::parts];
+                U xq[MR][S::parts];  // the activations each code of a byte multiplies
                 simd::unroll<MR>([&](auto i) {
                     const auto* q = reinterpret_cast<const std::uint8_t*>(x[i].q + window * S::W);
-                    simd::unroll<S::parts>([&](auto p) { xp[i][p] = U::load_aligned(q + p * S::V); });
+                    simd::unroll<S::parts>([&](auto p) { xq[i][p] = U::load_aligned(q + p * S::V); });
                 });
                 simd::unroll<NR>([&](auto r) {
                     const U c = U::load_unaligned(codes[r] + window * S::V);
@@ -218,11 +218,11 @@ void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x, 
                         const U code = simd::code_field<S::bits * p, S::bits, A>(c);
                         if constexpr (S::offset_form) {
                             const U u = S::table ? simd::lut16<A>(lv.offset_lut, code) : code;
-                            simd::unroll<MR>([&](auto i) { dots[i][r] = simd::dot_u8s8<A>(dots[i][r], u, xp[i][p]); });
+                            simd::unroll<MR>([&](auto i) { dots[i][r] = simd::dot_u8s8<A>(dots[i][r], u, xq[i][p]); });
                         } else {
                             const U abs = simd::lut16<A>(lv.abs_lut, code), sign = simd::lut16<A>(lv.sign_lut, code);
                             simd::unroll<MR>([&](auto i) {
-                                dots[i][r] = simd::dot_u8s8<A>(dots[i][r], abs, simd::apply_sign<A>(xp[i][p], sign));
+                                dots[i][r] = simd::dot_u8s8<A>(dots[i][r], abs, simd::apply_sign<A>(xq[i][p], sign));
                             });
                         }
                     });
