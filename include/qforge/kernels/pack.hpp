@@ -198,7 +198,7 @@ inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_ten
     const std::int64_t row_bytes = k * code_bits / 8;
     p.codes.assign(static_cast<std::size_t>(n * row_bytes), 0);
     if (p.perm.empty()) {  // run by run: the `bits` word rows of 32 values of K are read in order
-        // runs per call: one span of the layout (2 for 2-bit codes), one run for 8 bits
+        // GPTQ runs of 32 codes per put_qforge_codes call: a whole span (two runs for 2-bit codes)
         const std::int64_t runs = code_bits == 2 ? 2 : 1;
         std::array<std::uint32_t, 8> run{};
         std::array<std::uint8_t, 2 * gptq_run_codes> codes{};
