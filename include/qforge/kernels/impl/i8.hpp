@@ -16,8 +16,8 @@
 // pmaddubsw: integer formats use the same offset form (u <= 15 cannot saturate 16-bit pair sums);
 // table formats use |level| times the activation with the level's sign (2 * 127 * 127 < 2^15).
 // Asymmetric integers (int_asym): u = code, and the offset is the block's zero point, a weight-row
-// value: the prepared row holds -sum(xq) per block, and the tile adds zero * that to the exact
-// integer dot in f32 (|zero * sum| <= 15 * 127 * group < 2^24: exact).
+// value. The offset terms offset_b * sum(xq)_b are one short f32 dot over the blocks per output,
+// outside the integer loops (sum(xq) is exact in f32: |sum| <= 127 * group < 2^24).
 #pragma once
 
 #include <qforge/kernels/impl/dequantize.hpp>
@@ -41,25 +41,20 @@ struct i8_shape : window_shape<P, A> {
                   "pmaddubsw pair sums must not saturate");
 
     // byte offsets of the parts of one prepared row
-    std::size_t q_off = 0, xs_off = 0, corr_off = 0, xsb_off = 0, qsum_off = 0, bytes = 0;
+    std::size_t xsb_off = 0, qsum_off = 0, bytes = 0;
 
     explicit i8_shape(std::int64_t cols) : base(cols) {
-        const std::int64_t k = this->k, steps = this->steps, blocks = this->blocks;
         auto align = [](std::size_t b) { return (b + 63) / 64 * 64; };
-        xs_off = align(static_cast<std::size_t>(k));
-        corr_off = xs_off + align(static_cast<std::size_t>(steps * lanes) * sizeof(float));
-        xsb_off = corr_off + align(static_cast<std::size_t>(steps * lanes) * sizeof(std::int32_t));
-        qsum_off = xsb_off + align(static_cast<std::size_t>(blocks) * sizeof(float));
-        bytes = qsum_off + align(static_cast<std::size_t>(blocks) * sizeof(float));
+        xsb_off = align(static_cast<std::size_t>(this->k));
+        qsum_off = xsb_off + align(static_cast<std::size_t>(this->blocks) * sizeof(float));
+        bytes = qsum_off + align(static_cast<std::size_t>(this->blocks) * sizeof(float));
     }
 };
 
 // One prepared activation row.
 struct i8_row {
     const std::int8_t* q;       // full windows permuted to the code registers' order, tail natural
-    const float* xs;            // per step, one register of block scales (spread per block)
-    const std::int32_t* corr;   // per step, one register: -offset * sum(xq) of each block in its first lane
-    const float* xs_block;      // per block
+    const float* xs_block;      // per block: the activation scale amax / 127
     const float* qsum;          // per block: sum(xq), exact in f32 (|sum| <= 127 * group < 2^24)
 };
 
@@ -94,13 +89,10 @@ i8_row quantize_activations(const i8_shape<P, A>& s, const float* x, void* mem) 
     using L = layout_traits<P::storage>;
     auto* base = static_cast<std::uint8_t*>(mem);
     auto* q = reinterpret_cast<std::int8_t*>(base);
-    auto* xs = reinterpret_cast<float*>(base + s.xs_off);
-    auto* corr = reinterpret_cast<std::int32_t*>(base + s.corr_off);
     auto* xs_block = reinterpret_cast<float*>(base + s.xsb_off);
     auto* qsum = reinterpret_cast<float*>(base + s.qsum_off);
 
     alignas(64) std::int8_t natural[S::step_elems];
-    std::int32_t sums[S::blocks_per_window];
     const std::int64_t full = s.steps * S::step_elems;  // elements in full steps
     for (std::int64_t b = 0; b < s.blocks; ++b) {
         const std::int64_t in_step = (b * S::group) % S::step_elems;
@@ -109,10 +101,8 @@ i8_row quantize_activations(const i8_shape<P, A>& s, const float* x, void* mem) 
         std::int32_t sum = 0;
         xs_block[b] = quantize_block<P, A>(x + b * S::group, tail ? q + b * S::group : natural + in_step, sum);
         qsum[b] = static_cast<float>(sum);
-        if (tail) continue;
-        sums[in_step / S::group] = sum;
-        if (in_step + S::group < S::step_elems) continue;  // the step has more blocks
-        // The step is complete: permute its windows, spread its scales and corrections.
+        if (tail || in_step + S::group < S::step_elems) continue;  // or the step has more blocks
+        // The step is complete: permute its windows.
         for (int wi = 0; wi < S::step_elems / S::W; ++wi) {
             std::int8_t* out = q + step_start + wi * S::W;
             const std::int8_t* in = natural + wi * S::W;
@@ -125,15 +115,8 @@ i8_row quantize_activations(const i8_shape<P, A>& s, const float* x, void* mem) 
                         std::memcpy(out + p * S::V + 16 * c, in + L::template element_of<S::bits>(16 * c, p), 16);
             }
         }
-        const std::int64_t step = step_start / S::step_elems;
-        constexpr int seg = S::lanes / S::blocks_per_window;
-        for (int l = 0; l < S::lanes; ++l) {
-            const int blk = l / seg;
-            xs[step * S::lanes + l] = xs_block[b - (S::blocks_per_window - 1) + blk];
-            corr[step * S::lanes + l] = (S::offset_form && l % seg == 0) ? -S::offset * sums[blk] : 0;
-        }
     }
-    return {q, xs, corr, xs_block, qsum};
+    return {q, xs_block, qsum};
 }
 
 // The weight side of the i8 path: int8 levels of the 16 codes in the registers the dot needs.
@@ -163,7 +146,40 @@ struct i8_levels {
     }
 };
 
-// out[i][r] += sum over steps [s0, s1) of row n + r of W against activation row x[i].
+// dots[i] += the integer dots of one window of codes c (one weight row) with the activations
+// xq[i][p] (X row i, code p of each byte): the decode of the GEMV row and of the GEMM tile.
+template <class P, class A, int MR>
+inline void add_window_dots(const i8_levels<P, A>& lv, const simd::u8v<A>& c,
+                            const simd::u8v<A> (&xq)[MR][i8_shape<P, A>::parts], simd::i32v<A> (&dots)[MR]) {
+    using S = i8_shape<P, A>;
+    using U = simd::u8v<A>;
+    simd::unroll<S::parts>([&](auto p) {
+        const U code = simd::code_field<S::bits * p, S::bits, A>(c);
+        if constexpr (S::offset_form) {
+            const U u = S::table ? simd::lut16<A>(lv.offset_lut, code) : code;
+            simd::unroll<MR>([&](auto i) { dots[i] = simd::dot_u8s8<A>(dots[i], u, xq[i][p]); });
+        } else {  // the sign form
+            const U abs = simd::lut16<A>(lv.abs_lut, code), sign = simd::lut16<A>(lv.sign_lut, code);
+            simd::unroll<MR>([&](auto i) { dots[i] = simd::dot_u8s8<A>(dots[i], abs, simd::apply_sign<A>(xq[i][p], sign)); });
+        }
+    });
+}
+
+// The activations of window `window` of X row x, one register per code of a byte.
+template <class P, class A>
+inline void load_window_acts(const i8_row& x, std::int64_t window, simd::u8v<A> (&xq)[i8_shape<P, A>::parts]) {
+    using S = i8_shape<P, A>;
+    const auto* q = reinterpret_cast<const std::uint8_t*>(x.q + window * S::W);
+    simd::unroll<S::parts>([&](auto p) { xq[p] = simd::u8v<A>::load_aligned(q + p * S::V); });
+}
+
+// The offset the unsigned weights of the offset form carry, per block: the zero point for
+// int_asym (times the row's zero), S::offset otherwise; 0 in the sign form.
+template <class P, class A>
+inline constexpr float weight_offset = i8_shape<P, A>::offset_form ? static_cast<float>(i8_shape<P, A>::offset) : 0.0f;
+
+// out[i][r] += sum over steps [s0, s1) of row n + r of W against activation row x[i]: per block
+// cs = scale * xs times (dot - offset * sum(xq)), the offsets as one short dot over the blocks.
 template <class P, class A, int MR, int NR>
 void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x, std::int64_t n, std::int64_t s0,
              std::int64_t s1, float (&out)[MR][NR]) {
@@ -177,9 +193,10 @@ void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x, 
 
     const std::uint8_t* codes[NR];
     for (int r = 0; r < NR; ++r) codes[r] = row_codes<P, A>(w, n + r);
-    F acc[MR][NR];
+    F acc[MR][NR], off[MR][NR];  // off: cs * sum(xq) (times the zero), lanes over blocks
+    float off_tail[MR][NR] = {};
     for (int i = 0; i < MR; ++i)
-        for (int r = 0; r < NR; ++r) acc[i][r] = F(0.0f);
+        for (int r = 0; r < NR; ++r) acc[i][r] = off[i][r] = F(0.0f);
     float buf[NR][scale_chunk];
     const float* scales[NR];
     constexpr int zero_chunk = has_zeros<P> ? scale_chunk : 1;
@@ -188,67 +205,51 @@ void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x, 
 
     for (std::int64_t c0 = s0; c0 < s1; c0 += steps_per_chunk) {
         const std::int64_t c1 = s1 - c0 < steps_per_chunk ? s1 : c0 + steps_per_chunk;
+        const std::int64_t b0 = c0 * bpw;
         const int nb = static_cast<int>((c1 - c0) * bpw);
-        for (int r = 0; r < NR; ++r) scales[r] = L::template row_scales<P, A>(w, n + r, c0 * bpw, nb, buf[r]);
+        for (int r = 0; r < NR; ++r) scales[r] = L::template row_scales<P, A>(w, n + r, b0, nb, buf[r]);
         if constexpr (has_zeros<P>)
-            for (int r = 0; r < NR; ++r) zeros[r] = row_zeros<P, A>(w, n + r, c0 * bpw, nb, zbuf[r]);
-        if constexpr (MR == 1) {  // one X row: weight scale x activation scale once per block, not per step
-            const float* xs = x[0].xs_block + c0 * bpw;
-            for (int r = 0; r < NR; ++r) {
-                for (int b = 0; b < nb; ++b) buf[r][b] = scales[r][b] * xs[b];
-                scales[r] = buf[r];
-            }
-        }
+            for (int r = 0; r < NR; ++r) zeros[r] = row_zeros<P, A>(w, n + r, b0, nb, zbuf[r]);
+        if constexpr (weight_offset<P, A> != 0.0f)
+            for (int i = 0; i < MR; ++i)
+                for (int r = 0; r < NR; ++r) {
+                    const float* xs = x[i].xs_block + b0;
+                    const float* qs = x[i].qsum + b0;
+                    int b = 0;
+                    for (; b + S::lanes <= nb; b += S::lanes) {
+                        F sum = F::load_unaligned(qs + b);
+                        if constexpr (has_zeros<P>) sum = sum * F::load_unaligned(zeros[r] + b);
+                        off[i][r] = simd::fma<A>(F::load_unaligned(scales[r] + b) * F::load_unaligned(xs + b), sum, off[i][r]);
+                    }
+                    for (; b < nb; ++b)
+                        off_tail[i][r] += scales[r][b] * xs[b] * (qs[b] * (has_zeros<P> ? zeros[r][b] : 1.0f));
+                }
         for (std::int64_t step = c0; step < c1; ++step) {
-            I dots[MR][NR];
-            simd::unroll<MR>([&](auto i) {
-                const I init = S::offset_form && !has_zeros<P> ? I::load_aligned(x[i].corr + step * S::lanes) : I(0);
-                for (int r = 0; r < NR; ++r) dots[i][r] = init;
-            });
+            I dots[NR][MR];
+            for (auto& d : dots)
+                for (I& v : d) v = I(0);
             simd::unroll<S::windows_per_step>([&](auto wi) {
                 const std::int64_t window = step * S::windows_per_step + wi;
-                U xq[MR][S::parts];  // the activations each code of a byte multiplies
-                simd::unroll<MR>([&](auto i) {
-                    const auto* q = reinterpret_cast<const std::uint8_t*>(x[i].q + window * S::W);
-                    simd::unroll<S::parts>([&](auto p) { xq[i][p] = U::load_aligned(q + p * S::V); });
-                });
+                U xq[MR][S::parts];
+                simd::unroll<MR>([&](auto i) { load_window_acts<P, A>(x[i], window, xq[i]); });
                 simd::unroll<NR>([&](auto r) {
-                    const U c = U::load_unaligned(codes[r] + window * S::V);
-                    simd::unroll<S::parts>([&](auto p) {
-                        const U code = simd::code_field<S::bits * p, S::bits, A>(c);
-                        if constexpr (S::offset_form) {
-                            const U u = S::table ? simd::lut16<A>(lv.offset_lut, code) : code;
-                            simd::unroll<MR>([&](auto i) { dots[i][r] = simd::dot_u8s8<A>(dots[i][r], u, xq[i][p]); });
-                        } else {
-                            const U abs = simd::lut16<A>(lv.abs_lut, code), sign = simd::lut16<A>(lv.sign_lut, code);
-                            simd::unroll<MR>([&](auto i) {
-                                dots[i][r] = simd::dot_u8s8<A>(dots[i][r], abs, simd::apply_sign<A>(xq[i][p], sign));
-                            });
-                        }
-                    });
+                    add_window_dots<P, A, MR>(lv, U::load_unaligned(codes[r] + window * S::V), xq, dots[r]);
                 });
             });
             const std::int64_t local = (step - c0) * bpw;  // first block of the step within the chunk
             simd::unroll<NR>([&](auto r) {
                 const F ws = simd::expand_scales<bpw, A>(scales[r] + local);
-                [[maybe_unused]] F zs{};
-                if constexpr (has_zeros<P>) zs = simd::expand_scales<bpw, A>(zeros[r] + local);
                 simd::unroll<MR>([&](auto i) {
-                    F dot = xsimd::to_float(dots[i][r]);
-                    if constexpr (has_zeros<P>)  // + zero * (-sum(xq)), exact
-                        dot = simd::fma<A>(zs, xsimd::to_float(I::load_aligned(x[i].corr + step * S::lanes)), dot);
-                    if constexpr (MR == 1) {  // ws already holds the product
-                        acc[i][r] = simd::fma<A>(dot, ws, acc[i][r]);
-                    } else {
-                        const F xs = F::load_aligned(x[i].xs + step * S::lanes);
-                        acc[i][r] = simd::fma<A>(dot, ws * xs, acc[i][r]);
-                    }
+                    const F xs = simd::expand_scales<bpw, A>(x[i].xs_block + step * bpw);
+                    acc[i][r] = simd::fma<A>(xsimd::to_float(dots[r][i]), ws * xs, acc[i][r]);
                 });
             });
         }
     }
     for (int i = 0; i < MR; ++i)
-        for (int r = 0; r < NR; ++r) out[i][r] += xsimd::hadd(acc[i][r]) / code_traits<P::type>::i8_scale;
+        for (int r = 0; r < NR; ++r)
+            out[i][r] += (xsimd::hadd(acc[i][r]) - weight_offset<P, A> * (xsimd::hadd(off[i][r]) + off_tail[i][r])) /
+                         code_traits<P::type>::i8_scale;
 }
 
 // One GEMV row over the full steps (the GEMV's own loop: i8_tile serves the GEMM):
@@ -267,28 +268,20 @@ float i8_gemv_row(const weights_view& w, const i8_shape<P, A>& s, const i8_level
     using U = simd::u8v<A>;
     constexpr int bpw = S::blocks_per_window, wps = S::windows_per_step, lanes = S::lanes;
     constexpr int steps_per_chunk = scale_chunk / bpw;
-    constexpr bool offsets = S::offset_form;  // else the sign form: signed levels, no offset
+    constexpr bool offsets = weight_offset<P, A> != 0.0f;
 
     const std::uint8_t* codes = row_codes<P, A>(w, n);
     // the integer dot of one step, as f32 (exact: |dot| <= 255 * 127 * group < 2^24)
     const auto step_dot = [&](std::int64_t step) {
-        I dot(0);
+        I dot[1] = {I(0)};
         simd::prefetch_ahead(codes + step * wps * S::V);
         simd::unroll<wps>([&](auto wi) {
             const std::int64_t window = step * wps + wi;
-            const auto* q = reinterpret_cast<const std::uint8_t*>(x.q + window * S::W);
-            const U c = U::load_unaligned(codes + window * S::V);
-            simd::unroll<S::parts>([&](auto p) {
-                const U code = simd::code_field<S::bits * p, S::bits, A>(c);
-                const U xq = U::load_aligned(q + p * S::V);
-                if constexpr (offsets)
-                    dot = simd::dot_u8s8<A>(dot, S::table ? simd::lut16<A>(lv.offset_lut, code) : code, xq);
-                else
-                    dot = simd::dot_u8s8<A>(dot, simd::lut16<A>(lv.abs_lut, code),
-                                            simd::apply_sign<A>(xq, simd::lut16<A>(lv.sign_lut, code)));
-            });
+            U xq[1][S::parts];
+            load_window_acts<P, A>(x, window, xq[0]);
+            add_window_dots<P, A, 1>(lv, U::load_unaligned(codes + window * S::V), xq, dot);
         });
-        return xsimd::to_float(dot);
+        return xsimd::to_float(dot[0]);
     };
 
     alignas(64) float cs[scale_chunk];
@@ -322,10 +315,8 @@ float i8_gemv_row(const weights_view& w, const i8_shape<P, A>& s, const i8_level
         }
         if (step < c1) acc0 = simd::fma<A>(step_dot(step), simd::expand_scales<bpw, A>(cs + (step - c0) * bpw), acc0);
     }
-    // int_asym: off_b is the block's zero (1 * zero); integer formats and VNNI tables: S::offset
-    constexpr float offset = has_zeros<P> ? 1.0f : static_cast<float>(S::offset);
     const float dots = xsimd::hadd(acc0 + acc1);
-    return (dots - offset * (xsimd::hadd(off) + off_tail)) / code_traits<P::type>::i8_scale;
+    return (dots - weight_offset<P, A> * (xsimd::hadd(off) + off_tail)) / code_traits<P::type>::i8_scale;
 }
 
 // The blocks after the last full window (only when a register spans several blocks and K is not
