@@ -84,8 +84,7 @@ packed_weights random_weights(const config& cfg, std::int64_t n, std::int64_t k,
     p.cfg = cfg;
     p.rows = n;
     p.cols = k;
-    const int stored_bits = cfg.storage == layout::qforge && cfg.bits == 3 ? 4 : cfg.bits;  // 3 bits widened
-    p.codes.resize(static_cast<std::size_t>(n * k * stored_bits / 8));
+    p.codes.resize(static_cast<std::size_t>(n * k * cfg.bits / 8));
     fill_random(p.codes, rng);
     const std::size_t blocks = static_cast<std::size_t>(n * (k / (cfg.group == per_channel ? k : cfg.group)));
     if (cfg.storage == layout::bnb4) {

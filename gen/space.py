@@ -31,7 +31,7 @@ def has_kernel(c: Config) -> bool:
     - 8-bit GPTQ integers, sym and asym, one byte per weight in the qforge layout, group 128 and
       per channel (GPTQ group_size -1), f32 and i8 paths;
     - 2- and 3-bit GPTQ integers, sym and asym, group 128, f32 and i8 paths: 2-bit codes four per
-      byte, 3-bit ones widened into the 4-bit qforge layout (correct, not bandwidth-optimal);
+      byte, 3-bit ones as 2-bit codes plus a plane of third bits (kernels/weights.hpp);
     - FineGrainedFP8 E4M3 with 128x128 tiles (DeepSeek / transformers), f32 path;
     - OCP MXFP4 (E2M1, E8M0 scale per 32), f32 and i8 paths (E2M1 levels times 2 are exact);
     - LLM.int8() (bitsandbytes load_in_8bit): int8 rows with one absmax each, the outlier-threshold

@@ -733,6 +733,35 @@ TEST_CASE("2-bit GPTQ codes are packed four per byte in the documented span orde
     CHECK_THROWS_WITH(pack_weights(g32, q96, "blk.0.q"), Catch::Contains("blk.0.q") && Catch::Contains("multiple of 64"));
 }
 
+TEST_CASE("3-bit GPTQ codes are packed in units of a 2-bit span layout and a plane of third bits") {
+    // weights.hpp (split3): per row 3K/8 bytes in units of 256 elements, the last one shorter
+    const config cfg{dtype::int_sym, 3, 128, false, layout::qforge, compute::f32};
+    const std::int64_t n = 32, k = 384;  // a whole unit (r = 4 spans) and a short one (r = 2)
+    const std::vector<float> w = random_vector(static_cast<std::size_t>(n * k), 43);
+    case_data d;
+    d.q = ref::quantize(reference_config(cfg), std::span<const float>(w), n, k);
+    const packed_weights p = pack_weights(cfg, d.q);
+    REQUIRE(p.codes.size() == static_cast<std::size_t>(n * k * 3 / 8));
+    CHECK(p.weight_bytes() == static_cast<std::size_t>(n * k * 3 / 8 + n * (k / 128) * 2));
+    bool seen[8] = {};
+    for (std::int64_t row = 0; row < n; ++row)
+        for (std::int64_t e = 0; e < k; ++e) {
+            const std::int64_t u = e / 256, within = e % 256, r = std::min<std::int64_t>(4, k / 64 - 4 * u);
+            const std::int64_t part = within % 64 / 16, b = within / 64 * 16 + within % 16;
+            const std::uint8_t* unit = p.codes.data() + row * k * 3 / 8 + u * 96;
+            const int low = (unit[b] >> (2 * part)) & 3, third = (unit[16 * r + 2 * r * part + b / 8] >> (b % 8)) & 1;
+            INFO("row " << row << " element " << e);
+            REQUIRE((low | third << 2) == code_of(d, row, e));
+            seen[code_of(d, row, e)] = true;
+        }
+    CHECK(std::all_of(std::begin(seen), std::end(seen), [](bool b) { return b; }));  // every code occurs
+    // a K that is no whole number of 64-element spans is refused, naming the tensor
+    const config g32{dtype::int_sym, 3, 32, false, layout::qforge, compute::f32};
+    const std::vector<float> w96 = random_vector(32 * 96, 44);
+    const ref::quantized q96 = ref::quantize(reference_config(g32), std::span<const float>(w96), 32, 96);
+    CHECK_THROWS_WITH(pack_weights(g32, q96, "blk.0.v"), Catch::Contains("blk.0.v") && Catch::Contains("multiple of 64"));
+}
+
 TEST_CASE("fp8 and mx dequantize decode every code and scale as the reference, NaN and subnormals included") {
     if (!isa_under_test_runs()) return;
     // every E4M3 code, both signs, in two column tiles with different scales

@@ -1,8 +1,8 @@
 // From checkpoint-shaped tensors (qforge::ref) to the kernel layouts (kernels/weights.hpp).
 //
 //   bnb4_tensor -> layout::bnb4    the bitsandbytes bytes as they are (no repacking needed)
-//   gptq_tensor -> layout::qforge  4-bit GPTQ (v1 or v2) repacked once: rows along K, 16-byte
-//                                  spans of 32 elements, f16 scales per (row, group); int_asym
+//   gptq_tensor -> layout::qforge  GPTQ (v1 or v2) repacked once: rows along K, 16-byte spans
+//                                  (2-, 3-, 4-bit codes: weights.hpp), f16 scales per (row, group); int_asym
 //                                  also zero points per (row, group); act-order g_idx: columns
 //                                  sorted by group and the permutation (weights.hpp)
 //   awq_tensor  -> layout::qforge  AWQ gemm (N-interleaved) repacked once into the same layout
@@ -71,29 +71,52 @@ inline packed_weights pack_bnb4(const config& cfg, const ref::bnb4_tensor& t, st
 
 // ---- integer checkpoints -> the qforge layout ----------------------------------------------
 
-// Bits per code in the qforge layout: 2-bit codes four per byte, 3-bit ones widened to nibbles.
-inline int qforge_code_bits(int bits) { return bits == 8 ? 8 : bits == 2 ? 2 : 4; }
+// Bits per code in the qforge layout: 2-bit codes four per byte, 3-bit ones in split3 units.
+inline int qforge_code_bits(int bits) { return bits == 8 ? 8 : bits < 4 ? bits : 4; }
 
 // Elements [first, first + count) of a row, codes in natural order, into the qforge layout of
-// Bits-wide codes: in the 16-byte span s (128 / Bits elements), byte j holds element
-// s * 128 / Bits + 16 p + j in bits [Bits p, Bits p + Bits). first and count are whole spans.
+// Bits-wide codes (weights.hpp). 2 and 4 bits: in the 16-byte span s (128 / Bits elements), byte j
+// holds element s * 128 / Bits + 16 p + j in bits [Bits p, Bits p + Bits); first and count are
+// whole spans. 3 bits: one split3 unit, first a multiple of 256 and count its 64 r elements.
 template <int Bits>
 inline void put_qforge_codes(const std::uint8_t* codes, std::int64_t first, std::int64_t count, std::uint8_t* row) {
-    constexpr std::int64_t span = 128 / Bits;
-    for (std::int64_t s = 0; s < count / span; ++s) {
-        const std::uint8_t* c = codes + s * span;
-        std::uint8_t* bytes = row + (first / span + s) * 16;
-        for (int j = 0; j < 16; ++j) {
-            std::uint8_t b = 0;
-            for (int p = 0; p < 8 / Bits; ++p) b = static_cast<std::uint8_t>(b | c[16 * p + j] << (Bits * p));
-            bytes[j] = b;
+    if constexpr (Bits == 3) {
+        const std::int64_t r = count / 64;
+        std::array<std::uint8_t, split3::unit_bytes> unit{};
+        for (std::int64_t s = 0; s < r; ++s)
+            for (int p = 0; p < 4; ++p)
+                for (int j = 0; j < 16; ++j) {
+                    const int c = codes[64 * s + 16 * p + j], b = static_cast<int>(16 * s) + j;
+                    unit[static_cast<std::size_t>(b)] |= static_cast<std::uint8_t>((c & 3) << (2 * p));
+                    unit[static_cast<std::size_t>(16 * r + 2 * r * p + b / 8)] |= static_cast<std::uint8_t>((c >> 2 & 1) << (b % 8));
+                }
+        std::memcpy(row + first / split3::unit_elems * split3::unit_bytes, unit.data(), static_cast<std::size_t>(24 * r));
+    } else {
+        constexpr std::int64_t span = 128 / Bits;
+        for (std::int64_t s = 0; s < count / span; ++s) {
+            const std::uint8_t* c = codes + s * span;
+            std::uint8_t* bytes = row + (first / span + s) * 16;
+            for (int j = 0; j < 16; ++j) {
+                std::uint8_t b = 0;
+                for (int p = 0; p < 8 / Bits; ++p) b = static_cast<std::uint8_t>(b | c[16 * p + j] << (Bits * p));
+                bytes[j] = b;
+            }
         }
     }
 }
+// Any whole spans (3 bits: whole units; the row's last unit may be short).
 inline void put_qforge_codes(int bits, const std::uint8_t* codes, std::int64_t first, std::int64_t count,
                              std::uint8_t* row) {
-    if (qforge_code_bits(bits) == 2) put_qforge_codes<2>(codes, first, count, row);
-    else put_qforge_codes<4>(codes, first, count, row);
+    switch (qforge_code_bits(bits)) {
+        case 2: put_qforge_codes<2>(codes, first, count, row); break;
+        case 3:
+            for (std::int64_t u = first; u < first + count; u += split3::unit_elems) {
+                const std::int64_t n = first + count - u < split3::unit_elems ? first + count - u : split3::unit_elems;
+                put_qforge_codes<3>(codes + (u - first), u, n, row);
+            }
+            break;
+        default: put_qforge_codes<4>(codes, first, count, row);
+    }
 }
 
 // The act-order permutation of a GPTQ g_idx: the columns sorted by group (stable), so that every
@@ -167,14 +190,14 @@ inline void store_scales(const std::vector<f16>& scales_gN, packed_weights& p, s
 // GPTQ (v1 or v2, any zero points, act-order or not) -> qforge layout, repacked once. int_sym
 // configs refuse zero points other than 2^(b-1); int_asym configs store them. Act-order columns
 // are stored sorted by group with the permutation (weights.hpp). Codes: 8 bits one byte each
-// (row-major); 4 bits the nibble layout; 2 bits four per byte in the same span order; 3 bits
-// widened into the nibble layout, code values unchanged (correct, but 4 bits read per weight).
+// (row-major); 4 bits the nibble layout; 2 bits four per byte in the same span order; 3 bits in
+// split3 units (weights.hpp).
 inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_tensor& t, std::string_view tensor) {
     const std::int64_t n = t.rows, k = t.cols;
     const int bits = t.bits;
     check_int_config(cfg, bits, t.group, k, "GPTQ", tensor);
     const int code_bits = qforge_code_bits(bits);
-    if (const int span = code_bits == 2 ? 64 : 32; k % span != 0)
+    if (const int span = code_bits < 4 ? 64 : 32; k % span != 0)
         pack_error(tensor, "K = " + std::to_string(k) + " is not a multiple of " + std::to_string(span) +
                                " (the qforge layout stores " + std::to_string(bits) + "-bit codes in spans of " +
                                std::to_string(span) + ")");
@@ -199,12 +222,14 @@ inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_ten
     p.codes.assign(static_cast<std::size_t>(n * row_bytes), 0);
     if (p.perm.empty()) {  // run by run: the `bits` word rows of 32 values of K are read in order
         // GPTQ runs of 32 codes per put_qforge_codes call: a whole span (two runs for 2-bit codes)
-        const std::int64_t runs = code_bits == 2 ? 2 : 1;
+        // or a split3 unit (up to eight runs for 3-bit codes)
+        const std::int64_t runs = code_bits == 2 ? 2 : code_bits == 3 ? split3::unit_elems / gptq_run_codes : 1;
         std::array<std::uint32_t, 8> run{};
-        std::array<std::uint8_t, 2 * gptq_run_codes> codes{};
+        std::array<std::uint8_t, split3::unit_elems> codes{};
         for (std::int64_t r0 = 0; r0 < k / gptq_run_codes; r0 += runs)
             for (std::int64_t c = 0; c < n; ++c) {
-                for (std::int64_t r = r0; r < r0 + runs; ++r) {
+                const std::int64_t r1 = r0 + runs < k / gptq_run_codes ? r0 + runs : k / gptq_run_codes;
+                for (std::int64_t r = r0; r < r1; ++r) {
                     for (int w = 0; w < bits; ++w)
                         run[static_cast<std::size_t>(w)] =
                             static_cast<std::uint32_t>(t.qweight[static_cast<std::size_t>((r * bits + w) * n + c)]);
@@ -214,7 +239,7 @@ inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_ten
                 }
                 std::uint8_t* row = p.codes.data() + c * row_bytes;
                 if (bits == 8) std::memcpy(row + r0 * gptq_run_codes, codes.data(), gptq_run_codes);
-                else put_qforge_codes(bits, codes.data(), r0 * gptq_run_codes, runs * gptq_run_codes, row);
+                else put_qforge_codes(bits, codes.data(), r0 * gptq_run_codes, (r1 - r0) * gptq_run_codes, row);
             }
         store_scales(t.scales, p, groups);
         return p;

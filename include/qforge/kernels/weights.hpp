@@ -29,13 +29,27 @@ namespace qforge {
 //          decomposition; negative, NaN and infinite values are refused); K <= llm_int8_max_cols
 //   qforge 8-bit: codes one byte per weight (the GPTQ code), row-major [N, K]; scales as above
 //          (per_channel: one per row). 2-bit: per row K/4 bytes, in every 16-byte span s byte j
-//          holds element 64s+16p+j in bits [2p, 2p+2) (p = 0..3). 3-bit: widened into the 4-bit
-//          layout above (pack.hpp)
+//          holds element 64s+16p+j in bits [2p, 2p+2) (p = 0..3). 3-bit: per row 3K/8 bytes in
+//          units of 256 elements (split3), the low two bits of each code in the 2-bit layout, the
+//          third bits in a plane after them
 // Integer layouts (qforge) may also carry
 //   zeros  (dtype int_asym) one zero point byte per (row, group), row-major [N, K/group]:
 //          W[n, k] = scale * (code - zero), the integer difference first (formats.md §3, §4)
 //   perm   (act-order, GPTQ desc_act) int32 [K]: the columns are stored sorted by group (stable),
 //          stored column j is column perm[j] of W; null when the columns are in their own order
+// 3-bit codes in the qforge layout: a row is units of 256 elements (the last may hold fewer:
+// r = 1 .. 4 spans of 64), each 16 r bytes of the codes' low two bits in the 2-bit span order, then
+// per code field p (p = 0 .. 3) 2 r bytes: bit b % 8 of byte b / 8 is the third bit of field p of
+// low byte b (element 64 (b / 16) + 16 p + b % 16 of the unit). So a window of V <= 64 low bytes
+// has the third bits of each field in V / 8 consecutive bytes. K must be a multiple of 64.
+struct split3 {
+    static constexpr std::int64_t unit_elems = 256, unit_bytes = 96;
+    // spans (of 64 elements) in unit u of a row of cols elements
+    static constexpr std::int64_t spans(std::int64_t cols, std::int64_t u) {
+        return cols / 64 - 4 * u < 4 ? cols / 64 - 4 * u : 4;
+    }
+};
+
 struct weights_view {
     config cfg{};
     std::int64_t rows = 0, cols = 0;

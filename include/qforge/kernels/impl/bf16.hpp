@@ -164,7 +164,7 @@ void gemv_bf16(const weights_view& w, const float* x, const float* bias, float* 
             const std::uint8_t* row = row_codes<P, A>(w, n);
             const float* sc = L::template row_scales<P, A>(w, n, tail0 / P::group, static_cast<int>(tail_blocks), buf);
             for (std::int64_t k = tail0; k < w.cols; ++k)
-                v += simd::round_bf16<A>(values[L::template code_at<A>(row, k)] * sc[(k - tail0) / P::group]) *
+                v += simd::round_bf16<A>(values[L::template code_at<A>(row, w.cols, k)] * sc[(k - tail0) / P::group]) *
                      simd::round_bf16<A>(x[k]);
         }
         y[n] = bias ? v + bias[n] : v;

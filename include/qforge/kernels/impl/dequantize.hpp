@@ -1,10 +1,11 @@
-// Exact dequantization of 4-bit (and packed 2-bit) codes to f32: value[code] * scale, one f32
+// Exact dequantization of 4-bit (and packed 2- and 3-bit) codes to f32: value[code] * scale, one f32
 // multiply per weight, as the scalar reference does. Also the panel producer of the f32 GEMM.
 #pragma once
 
 #include <qforge/kernels/impl/format.hpp>
 
 #include <cstdint>
+#include <cstring>
 
 namespace qforge::kernels {
 
@@ -19,7 +20,7 @@ inline constexpr int scale_chunk = 256;
 // window are the "tail".
 template <class P, class A>
 struct window_shape {
-    static constexpr int bits = code_bits<P>;
+    static constexpr int bits = field_bits<P>;  // of a code within a byte of the window
     static constexpr int parts = codes_per_byte<P>;
     static constexpr int V = simd::vbytes<A>;
     static constexpr int W = parts * V;
@@ -44,10 +45,28 @@ inline constexpr int windows_per_block = P::group / span_elems<P>;
 
 template <class P>
 constexpr void check_kernel_policy() {
-    // 3-bit integers are stored widened into the 4-bit layout, 2-bit ones four per byte (pack.hpp)
+    // 2- and 3-bit integers are packed in the qforge layout only (pack.hpp)
     static_assert(P::bits == 4 || (P::storage == layout::qforge && P::bits < 4), "qforge 4-bit kernels: bits must be 4");
     static_assert(P::group >= span_elems<P> && P::group % span_elems<P> == 0,
                   "qforge packed kernels: group must be a multiple of a 16-byte span of codes");
+}
+
+// The whole 3-bit codes of a 16-byte window (split3): out[p][j] = code field p of byte j plus its
+// third bit (every ISA here has SSSE3; A keeps the ISAs' copies apart, simd.hpp). One 16-byte
+// store per field: the loads that follow are then forwarded from it.
+template <class A>
+inline void split3_span_codes(const window_codes& wc, std::uint8_t (&out)[4][16]) {
+    const __m128i low = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wc.low));
+    const __m128i spread = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __m128i select = _mm_set1_epi64x(static_cast<long long>(0x8040201008040201ull));
+    simd::unroll<4>([&](auto p) {
+        std::uint16_t bits;
+        std::memcpy(&bits, wc.high + p * wc.high_stride, sizeof bits);
+        const __m128i b = _mm_shuffle_epi8(_mm_set1_epi16(static_cast<short>(bits)), spread);
+        const __m128i third = _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(b, select), select), _mm_set1_epi8(4));
+        const __m128i field = _mm_and_si128(_mm_srli_epi16(low, 2 * p), _mm_set1_epi8(3));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out[p]), _mm_or_si128(field, third));
+    });
 }
 
 // The f32 code values of P in A's lookup-table representation.
@@ -82,16 +101,20 @@ void dequantize_blocks(const weights_view& w, const simd::table16<A>& table, std
             const std::int64_t first_window = (c0 + i) * wpb;
             simd::unroll<wpb>([&](auto wi) {
                 const std::int64_t window = first_window + wi;
-                const std::uint8_t* c = codes + window * 16;
+                const window_codes wc = window_at<P, A, 16>(codes, w.cols, window);
                 float* o = out + (window - b0 * wpb) * span_elems<P>;
+                [[maybe_unused]] std::uint8_t whole[parts][16];
+                if constexpr (split_planes<P>) split3_span_codes<A>(wc, whole);
                 simd::unroll<chunks>([&](auto ci) {
-                    const auto idx = simd::load_u8_as_i32<A>(c + ci * lanes);
+                    const auto idx = simd::load_u8_as_i32<A>(wc.low + ci * lanes);
                     if constexpr (L::interleaved) {  // nibbles; the high one is the even element
                         const F lo = value(simd::lookup<A>(table, idx));
                         simd::store_interleaved<A>(o + 2 * ci * lanes, value(simd::lookup<A>(table, idx >> 4)), lo);
                     } else {  // the table ignores the bits above a code (format.hpp)
                         simd::unroll<parts>([&](auto p) {
-                            const F v = value(simd::lookup<A>(table, p == 0 ? idx : idx >> (bits * p)));
+                            simd::i32v<A> code = idx >> (bits * p);
+                            if constexpr (split_planes<P>) code = simd::load_u8_as_i32<A>(whole[p] + ci * lanes);
+                            const F v = value(simd::lookup<A>(table, code));
                             v.store_unaligned(o + 16 * p + ci * lanes);
                         });
                     }

@@ -25,8 +25,9 @@ namespace qforge::kernels {
 // GEMV decodes one register of codes (a window, dequantize.hpp) with 32 / bits table lookups:
 // lookup i takes the code at bit offset bits * i of each 32-bit lane, i.e. in lane j code
 // i % parts of byte 4j + i / parts (for nibbles: 8 lookups, the low nibble for even i). The table
-// ignores the index bits above a 2-bit code (format.hpp). x is permuted once per call into that
-// order (tail blocks: natural).
+// ignores the index bits above a 2-bit code (format.hpp). 3-bit codes are first completed per
+// field, a byte each (the low bits plus the third from the window's bit plane), then looked up as
+// byte i / parts of each lane. x is permuted once per call into that order (tail blocks: natural).
 // bf16 operands (bitsandbytes' compute dtype bfloat16): see the header of this file.
 template <class P>
 inline constexpr bool bf16_operands = P::act == compute::bf16;
@@ -84,13 +85,24 @@ float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const sim
             [[maybe_unused]] F step_zero;
             if constexpr (has_zeros<P>) step_zero = simd::expand_scales<bpw, A>(zeros + local);
             simd::unroll<S::windows_per_step>([&](auto wi) {
-                const std::uint8_t* c = codes + (step * S::windows_per_step + wi) * S::V;
-                simd::prefetch_ahead(c);
+                const window_codes wc = window_at<P, A, S::V>(codes, s.k, step * S::windows_per_step + wi);
+                simd::prefetch_ahead(wc.low);
                 const float* xw = xp + (step * S::windows_per_step + wi) * S::W;
-                const I c8 = I::load_unaligned(reinterpret_cast<const std::int32_t*>(c));
+                const I c8 = I::load_unaligned(reinterpret_cast<const std::int32_t*>(wc.low));
+                [[maybe_unused]] I whole[split_planes<P> ? S::parts : 1];  // 3-bit: the codes of field p
+                if constexpr (split_planes<P>) {
+                    simd::prefetch_ahead(wc.high);  // a 96-byte unit spans 2 cache lines
+                    simd::unroll<S::parts>([&](auto p) {
+                        whole[p] = xsimd::bitwise_cast<I>(simd::add_bit_bytes<4, A>(
+                            simd::code_field<2 * p, 2, A>(xsimd::bitwise_cast<simd::u8v<A>>(c8)), wc.high + p * wc.high_stride));
+                    });
+                }
                 simd::unroll<32 / S::bits>([&](auto i) {
-                    // a table lookup is 1 op: cheaper than (code & 15) - zero converted, also for integers
-                    F v = simd::lookup<A>(table, i == 0 ? c8 : I(c8 >> (S::bits * i)));
+                    // a table lookup is 1 op: cheaper than (code & 15) - zero converted, also for integers;
+                    // 3-bit codes: byte i / parts of each lane of field i % parts, bit 3 clear
+                    I idx = i == 0 ? c8 : I(c8 >> (S::bits * i));
+                    if constexpr (split_planes<P>) idx = i < S::parts ? whole[i % S::parts] : I(whole[i % S::parts] >> (8 * (i / S::parts)));
+                    F v = simd::lookup<A>(table, idx);
                     if constexpr (has_zeros<P>) v = v - step_zero;  // exact: code - zero
                     if constexpr (bf16_operands<P>) v = simd::round_bf16<A>(v * step_scale);
                     const F xv = F::load_unaligned(xw + i * S::lanes);
@@ -111,7 +123,7 @@ float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const sim
     for (std::int64_t b = b0; b < s.blocks; ++b) {
         float part = 0.0f;
         for (std::int64_t k = b * S::group; k < (b + 1) * S::group; ++k) {
-            float v = values[L::template code_at<A, S::bits>(codes, k)];
+            float v = values[L::template code_at<A, code_bits<P>>(codes, s.k, k)];
             if constexpr (has_zeros<P>) v -= zr[b - b0];
             if constexpr (bf16_operands<P>) part += operand<P, A>(v * sc[b - b0]) * xp[k];
             else part += v * xp[k];

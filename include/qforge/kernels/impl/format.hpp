@@ -49,11 +49,10 @@ struct code_traits<dtype::fp4> : table_code_traits<dtype::fp4> {
     static constexpr float i8_scale = 120.0f;
 };
 // The code of table index i (0..15) of a bits-wide integer: its low bits. The f32 lookups index
-// by 4 bits; with 2-bit fields the upper two are the next field's, so the table repeats.
+// by 4 bits; above a 2- or 3-bit code lie the next field's bits, so the table repeats.
 inline int integer_code(int i, int bits) { return bits < 4 ? i & ((1 << bits) - 1) : i; }
 
-// Symmetric integers: value = code - 2^(bits-1), exact in both paths (3-bit codes sit in the 4-bit
-// layout as they are: codes 8 .. 15 never occur).
+// Symmetric integers: value = code - 2^(bits-1), exact in both paths.
 template <>
 struct code_traits<dtype::int_sym> {
     static constexpr bool from_table = false;
@@ -89,13 +88,13 @@ inline const float* row_zeros(const weights_view& w, std::int64_t n, std::int64_
 }
 
 // ---- layout_traits ---------------------------------------------------------------------------
-// Codes are Bits wide: 4 (a nibble), or 2 for 2-bit integers in the qforge layout (code_bits).
+// Codes are Bits wide: 4 (a nibble), or 2 or 3 for integers in the qforge layout (code_bits).
 // element_of<Bits>(byte, part):  element index, relative to a 16-byte-aligned window start, of
 //                          code `part` (bits [Bits part, Bits part + Bits)) of byte `byte` of the
 //                          window (16 bytes hold 128 / Bits elements; also valid for any multiple
 //                          of 16 bytes)
 // interleaved:             the codes of a byte are neighbouring elements (else: 16 apart)
-// code_at<A, Bits>(row, k): the code of element k of a row
+// code_at<A, Bits>(row, cols, k): the code of element k of a row of cols elements
 // row_scales(w, n, b0, nb, buf): f32 scales of blocks [b0, b0+nb) of row n (pointer into w or buf)
 template <layout L>
 struct layout_traits {
@@ -111,7 +110,7 @@ struct layout_traits<layout::bnb4> {
         return 2 * byte + 1 - part;
     }
     template <class A, int Bits = 4>
-    static std::uint8_t code_at(const std::uint8_t* row, std::int64_t k) {
+    static std::uint8_t code_at(const std::uint8_t* row, std::int64_t, std::int64_t k) {
         static_assert(Bits == 4, "bitsandbytes codes are nibbles");
         const std::uint8_t b = row[k / 2];
         return (k % 2 == 0) ? static_cast<std::uint8_t>(b >> 4) : static_cast<std::uint8_t>(b & 0x0F);
@@ -137,19 +136,16 @@ struct layout_traits<layout::bnb4> {
 
 template <>
 struct layout_traits<layout::qforge> {
-    // 16-byte span: code p of byte j is element 16 p + j (nibbles: low 0-15, high 16-31)
+    // 16-byte span: code p of byte j is element 16 p + j (nibbles: low 0-15, high 16-31); 3-bit
+    // codes: the span order of their low two bits (split3)
     static constexpr bool interleaved = false;
     template <int Bits = 4>
     static constexpr int element_of(int byte, int part) {
-        return (byte / 16) * (128 / Bits) + 16 * part + byte % 16;
+        constexpr int field = Bits == 3 ? 2 : Bits;
+        return (byte / 16) * (128 / field) + 16 * part + byte % 16;
     }
     template <class A, int Bits = 4>
-    static std::uint8_t code_at(const std::uint8_t* row, std::int64_t k) {
-        constexpr int span = 128 / Bits;
-        const std::int64_t within = k % span;
-        const std::uint8_t b = row[(k / span) * 16 + within % 16];
-        return static_cast<std::uint8_t>((b >> (Bits * (within / 16))) & ((1 << Bits) - 1));
-    }
+    static std::uint8_t code_at(const std::uint8_t* row, std::int64_t cols, std::int64_t k);
     template <class P, class A>
     static const float* row_scales(const weights_view& w, std::int64_t n, std::int64_t b0, int nb, float* buf) {
         const std::uint16_t* h = static_cast<const std::uint16_t*>(w.scales) + n * (w.cols / P::group) + b0;
@@ -158,17 +154,60 @@ struct layout_traits<layout::qforge> {
     }
 };
 
-// Bits per code in the kernel layout: 2-bit integers are packed four per byte (qforge layout),
-// 3-bit integers widened into nibbles (pack.hpp); every other format here has 4-bit codes.
+// Where window `window` (V bytes of codes) of a row lies: its code bytes, and for 3-bit codes the
+// third bits of its code field p at high + p * high_stride.
+struct window_codes {
+    const std::uint8_t* low;
+    const std::uint8_t* high;
+    std::int64_t high_stride;
+};
+
+template <class A, int Bits>
+std::uint8_t layout_traits<layout::qforge>::code_at(const std::uint8_t* row, std::int64_t cols, std::int64_t k) {
+    if constexpr (Bits == 3) {
+        const std::int64_t u = k / split3::unit_elems, within = k % split3::unit_elems, r = split3::spans(cols, u);
+        const std::int64_t part = within % 64 / 16, byte = within / 64 * 16 + within % 16;
+        const std::uint8_t* unit = row + u * split3::unit_bytes;
+        const int low = (unit[byte] >> (2 * part)) & 3;
+        const int high = (unit[16 * r + 2 * r * part + byte / 8] >> (byte % 8)) & 1;
+        return static_cast<std::uint8_t>(low | high << 2);
+    } else {
+        constexpr int span = 128 / Bits;
+        const std::int64_t within = k % span;
+        const std::uint8_t b = row[(k / span) * 16 + within % 16];
+        return static_cast<std::uint8_t>((b >> (Bits * (within / 16))) & ((1 << Bits) - 1));
+    }
+}
+
+// Bits per code in the kernel layout: 2- and 3-bit integers are packed (qforge layout: four 2-bit
+// codes per byte; 3-bit codes as 2-bit codes plus a plane of third bits, split3); every other
+// format here has 4-bit codes. field_bits: the bits of a code within a byte of codes.
 template <class P>
-inline constexpr int code_bits = P::storage == layout::qforge && P::bits == 2 ? 2 : 4;
+inline constexpr int code_bits = P::storage == layout::qforge && P::bits < 4 ? P::bits : 4;
 template <class P>
-inline constexpr int codes_per_byte = 8 / code_bits<P>;
+inline constexpr bool split_planes = code_bits<P> == 3;
+template <class P>
+inline constexpr int field_bits = split_planes<P> ? 2 : code_bits<P>;
+template <class P>
+inline constexpr int codes_per_byte = 8 / field_bits<P>;
 
 // The packed codes of row n (both layouts keep rows contiguous, K * code_bits / 8 bytes each).
 template <class P, class A>
 inline const std::uint8_t* row_codes(const weights_view& w, std::int64_t n) {
-    return w.codes + n * (w.cols / codes_per_byte<P>);
+    return w.codes + n * (w.cols * code_bits<P> / 8);
+}
+
+// Window `window` of V code bytes of a row of cols elements (split3 for 3-bit codes).
+template <class P, class A, int V>
+inline window_codes window_at(const std::uint8_t* row, std::int64_t cols, std::int64_t window) {
+    if constexpr (!split_planes<P>) {
+        return {row + window * V, nullptr, 0};
+    } else {
+        static_assert(V <= 64 && 64 % V == 0);
+        const std::int64_t first = window * V, u = first / 64, r = split3::spans(cols, u);
+        const std::uint8_t* unit = row + u * split3::unit_bytes;
+        return {unit + first % 64, unit + 16 * r + first % 64 / 8, 2 * r};
+    }
 }
 
 }  // namespace qforge::kernels

@@ -146,15 +146,17 @@ struct i8_levels {
     }
 };
 
-// dots[i] += the integer dots of one window of codes c (one weight row) with the activations
+// dots[i] += the integer dots of one window of codes wc (one weight row) with the activations
 // xq[i][p] (X row i, code p of each byte): the decode of the GEMV row and of the GEMM tile.
 template <class P, class A, int MR>
-inline void add_window_dots(const i8_levels<P, A>& lv, const simd::u8v<A>& c,
+inline void add_window_dots(const i8_levels<P, A>& lv, const window_codes& wc,
                             const simd::u8v<A> (&xq)[MR][i8_shape<P, A>::parts], simd::i32v<A> (&dots)[MR]) {
     using S = i8_shape<P, A>;
     using U = simd::u8v<A>;
+    const U c = U::load_unaligned(wc.low);
     simd::unroll<S::parts>([&](auto p) {
-        const U code = simd::code_field<S::bits * p, S::bits, A>(c);
+        U code = simd::code_field<S::bits * p, S::bits, A>(c);
+        if constexpr (split_planes<P>) code = simd::add_bit_bytes<4, A>(code, wc.high + p * wc.high_stride);
         if constexpr (S::offset_form) {
             const U u = S::table ? simd::lut16<A>(lv.offset_lut, code) : code;
             simd::unroll<MR>([&](auto i) { dots[i] = simd::dot_u8s8<A>(dots[i], u, xq[i][p]); });
@@ -233,7 +235,7 @@ void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x, 
                 U xq[MR][S::parts];
                 simd::unroll<MR>([&](auto i) { load_window_acts<P, A>(x[i], window, xq[i]); });
                 simd::unroll<NR>([&](auto r) {
-                    add_window_dots<P, A, MR>(lv, U::load_unaligned(codes[r] + window * S::V), xq, dots[r]);
+                    add_window_dots<P, A, MR>(lv, window_at<P, A, S::V>(codes[r], w.cols, window), xq, dots[r]);
                 });
             });
             const std::int64_t local = (step - c0) * bpw;  // first block of the step within the chunk
@@ -274,12 +276,16 @@ float i8_gemv_row(const weights_view& w, const i8_shape<P, A>& s, const i8_level
     // the integer dot of one step, as f32 (exact: |dot| <= 255 * 127 * group < 2^24)
     const auto step_dot = [&](std::int64_t step) {
         I dot[1] = {I(0)};
-        simd::prefetch_ahead(codes + step * wps * S::V);
         simd::unroll<wps>([&](auto wi) {
             const std::int64_t window = step * wps + wi;
+            const window_codes wc = window_at<P, A, S::V>(codes, w.cols, window);
+            if constexpr (wi == 0) {
+                simd::prefetch_ahead(wc.low);
+                if constexpr (split_planes<P>) simd::prefetch_ahead(wc.high);  // a 96-byte unit spans 2 lines
+            }
             U xq[1][S::parts];
             load_window_acts<P, A>(x, window, xq[0]);
-            add_window_dots<P, A, 1>(lv, U::load_unaligned(codes + window * S::V), xq, dot);
+            add_window_dots<P, A, 1>(lv, wc, xq, dot);
         });
         return xsimd::to_float(dot[0]);
     };
@@ -336,7 +342,7 @@ float i8_tail(const weights_view& w, const i8_shape<P, A>& s, const i8_levels<P,
         const std::int32_t zero = has_zeros<P> ? w.zeros[n * s.blocks + b] : 0;
         std::int32_t dot = 0;
         for (std::int64_t k = b * S::group; k < (b + 1) * S::group; ++k)
-            dot += (lv.level[L::template code_at<A, S::bits>(codes, k)] - zero) * x.q[k];
+            dot += (lv.level[L::template code_at<A, code_bits<P>>(codes, s.k, k)] - zero) * x.q[k];
         total += static_cast<float>(dot) * (scales[b - b0] * x.xs_block[b]);
     }
     return total / code_traits<P::type>::i8_scale;

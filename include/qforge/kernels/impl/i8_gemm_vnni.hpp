@@ -21,7 +21,7 @@
 
 namespace qforge::kernels::vnni_gemm {
 
-// The formats it serves: the 4-bit framework's codes (nibbles, packed 2-bit and widened 3-bit
+// The formats it serves: the 4-bit framework's codes (nibbles, packed 2-bit and 3-bit
 // integers, symmetric or with zero points).
 template <class P, class A>
 inline constexpr bool applies = simd::has_vnni<A> && P::act == compute::i8 &&
@@ -76,14 +76,21 @@ void decode_row(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t n
     alignas(16) std::uint8_t lut_bytes[16];
     for (int c = 0; c < 16; ++c) lut_bytes[c] = static_cast<std::uint8_t>(lv.level[c] + 128);
     const __m128i lut = _mm_load_si128(reinterpret_cast<const __m128i*>(lut_bytes));
-    constexpr int bits = code_bits<P>, parts = codes_per_byte<P>, span = span_elems<P>;
+    constexpr int bits = field_bits<P>, parts = codes_per_byte<P>, span = span_elems<P>;
     const __m128i mask = _mm_set1_epi8((1 << bits) - 1);
-    const std::uint8_t* codes = row_codes<P, A>(w, n) + k0 / parts;
+    const std::uint8_t* codes = row_codes<P, A>(w, n);
     for (std::int64_t c = 0; c < len / span; ++c) {  // 16 code bytes: one span of elements
-        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16 * c));
+        const window_codes wc = window_at<P, A, 16>(codes, w.cols, k0 / span + c);
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wc.low));
         __m128i level[parts];  // qforge: code p of the 16 bytes is elements 16p .. 16p + 15
         simd::unroll<parts>([&](auto p) {
-            level[p] = _mm_shuffle_epi8(lut, _mm_and_si128(p == 0 ? v : _mm_srli_epi16(v, bits * p), mask));
+            __m128i code = _mm_and_si128(p == 0 ? v : _mm_srli_epi16(v, bits * p), mask);
+            if constexpr (split_planes<P>) {  // plus 4 where the third bit is set
+                std::uint16_t third;
+                std::memcpy(&third, wc.high + p * wc.high_stride, sizeof third);
+                code = _mm_mask_add_epi8(code, _cvtu32_mask16(third), code, _mm_set1_epi8(4));
+            }
+            level[p] = _mm_shuffle_epi8(lut, code);
         });
         if constexpr (L::interleaved) {  // element 2j in the high nibble of byte j
             const __m128i even_first = _mm_unpacklo_epi8(level[1], level[0]);

@@ -118,6 +118,14 @@ inline u8v<A> code_field(const u8v<A>& v, requires_arch<xsimd::generic>) {
     for (int i = 0; i < vbytes<A>; ++i) b[i] = static_cast<std::uint8_t>((b[i] >> Shift) & ((1 << Bits) - 1));
     return u8v<A>::load_aligned(b);
 }
+// byte i of v plus Value if bit i % 8 of bits[i / 8] is set (vbytes / 8 bytes of bits)
+template <std::uint8_t Value, class A>
+inline u8v<A> add_bit_bytes(const u8v<A>& v, const std::uint8_t* bits, requires_arch<xsimd::generic>) {
+    alignas(64) std::uint8_t b[vbytes<A>];
+    v.store_aligned(b);
+    for (int i = 0; i < vbytes<A>; ++i) b[i] = static_cast<std::uint8_t>(b[i] + ((bits[i / 8] >> (i % 8)) & 1 ? Value : 0));
+    return u8v<A>::load_aligned(b);
+}
 // byte lookup in a 16-entry table (replicated in every 128-bit lane) by indices 0..15
 template <class A>
 inline u8v<A> lut16(const u8v<A>& table, const u8v<A>& idx, requires_arch<xsimd::generic>) {
@@ -233,6 +241,16 @@ inline u8v<A> code_field(const u8v<A>& v, requires_arch<xsimd::sse2>) {
     const __m128i m = _mm_set1_epi8((1 << Bits) - 1);
     return _mm_and_si128(Shift ? _mm_srli_epi16(v, Shift) : __m128i(v), m);
 }
+// the bits' byte copied to the 8 bytes it covers, then one bit tested per byte
+template <std::uint8_t Value, class A>
+inline u8v<A> add_bit_bytes(const u8v<A>& v, const std::uint8_t* bits, requires_arch<xsimd::ssse3>) {
+    std::uint16_t b;
+    std::memcpy(&b, bits, sizeof b);
+    const __m128i spread = _mm_shuffle_epi8(_mm_set1_epi16(static_cast<short>(b)), _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
+    const __m128i select = _mm_set1_epi64x(static_cast<long long>(0x8040201008040201ull));
+    const __m128i set = _mm_cmpeq_epi8(_mm_and_si128(spread, select), select);
+    return _mm_add_epi8(v, _mm_and_si128(set, _mm_set1_epi8(static_cast<char>(Value))));
+}
 template <class A>
 inline u8v<A> lut16(const u8v<A>& table, const u8v<A>& idx, requires_arch<xsimd::ssse3>) {
     return _mm_shuffle_epi8(table, idx);
@@ -280,6 +298,17 @@ template <int Shift, int Bits, class A>
 inline u8v<A> code_field(const u8v<A>& v, requires_arch<xsimd::avx2>) {
     const __m256i m = _mm256_set1_epi8((1 << Bits) - 1);
     return _mm256_and_si256(Shift ? _mm256_srli_epi16(v, Shift) : __m256i(v), m);
+}
+template <std::uint8_t Value, class A>
+inline u8v<A> add_bit_bytes(const u8v<A>& v, const std::uint8_t* bits, requires_arch<xsimd::avx2>) {
+    std::uint32_t b;
+    std::memcpy(&b, bits, sizeof b);
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(b)),
+                                               _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2,
+                                                                2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i select = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ull));
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);
+    return _mm256_add_epi8(v, _mm256_and_si256(set, _mm256_set1_epi8(static_cast<char>(Value))));
 }
 template <class A>
 inline u8v<A> lut16(const u8v<A>& table, const u8v<A>& idx, requires_arch<xsimd::avx2>) {
@@ -345,6 +374,12 @@ template <int Shift, int Bits, class A>
 inline u8v<A> code_field(const u8v<A>& v, requires_arch<xsimd::avx512bw>) {
     const __m512i m = _mm512_set1_epi8((1 << Bits) - 1);
     return _mm512_and_si512(Shift ? _mm512_srli_epi16(v, Shift) : __m512i(v), m);
+}
+template <std::uint8_t Value, class A>
+inline u8v<A> add_bit_bytes(const u8v<A>& v, const std::uint8_t* bits, requires_arch<xsimd::avx512bw>) {
+    std::uint64_t b;
+    std::memcpy(&b, bits, sizeof b);
+    return _mm512_mask_add_epi8(v, _cvtu64_mask64(b), v, _mm512_set1_epi8(static_cast<char>(Value)));
 }
 template <class A>
 inline u8v<A> lut16(const u8v<A>& table, const u8v<A>& idx, requires_arch<xsimd::avx512bw>) {
@@ -437,6 +472,10 @@ inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& od
 }
 template <int Shift, int Bits, class A>
 inline u8v<A> code_field(const u8v<A>& v) { return ext::code_field<Shift, Bits, A>(v, A{}); }
+template <std::uint8_t Value, class A>
+inline u8v<A> add_bit_bytes(const u8v<A>& v, const std::uint8_t* bits) {
+    return ext::add_bit_bytes<Value, A>(v, bits, A{});
+}
 template <class A>
 inline u8v<A> lut16(const u8v<A>& table, const u8v<A>& idx) { return ext::lut16<A>(table, idx, A{}); }
 template <class A>
