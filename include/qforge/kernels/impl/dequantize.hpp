@@ -86,7 +86,7 @@ void dequantize_blocks(const weights_view& w, const simd::table16<A>& table, std
     using F = simd::f32v<A>;
     constexpr int lanes = simd::lanes<A>;
     constexpr int chunks = 16 / lanes;  // registers per code of the window's bytes
-    constexpr int wpb = windows_per_block<P>, bits = code_bits<P>, parts = codes_per_byte<P>;
+    constexpr int wpb = windows_per_block<P>, bits = field_bits<P>, parts = codes_per_byte<P>;
     const std::uint8_t* codes = row_codes<P, A>(w, n);
     float buf[scale_chunk], zbuf[has_zeros<P> ? scale_chunk : 1];
     for (std::int64_t c0 = b0; c0 < b1; c0 += scale_chunk) {
