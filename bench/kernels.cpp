@@ -4,7 +4,7 @@
 //   <op>/<canonical name>/K<k>xN<n>/M<m>/t<threads>/<hot|cold>
 //   membw/read/t<threads>                     512 MiB read with 512-bit (or 256-bit) loads, from memory
 //                                             allocated as the weights are (huge pages, memory.hpp)
-//   repack/<int4sym|int4asym>_g128_<gptq|gptq_actorder|awq>_to_qf/K<k>xN<n>
+//   repack/<int4sym|int2asym|int3asym|int4asym>_g128_<gptq|gptq_actorder|awq>_to_qf/K<k>xN<n>
 //                                             the one-time checkpoint -> qforge layout repack
 //
 // Counters, from the wall clock: bytes_per_second (weight bytes: codes + scales + nested absmax + zeros,
@@ -219,24 +219,26 @@ void time_repack(benchmark::State& state, const config& cfg, const ref::quantize
         benchmark::DoNotOptimize(p.codes.data());
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    set_wall_clock_rates(state, static_cast<double>(state.iterations()) * static_cast<double>(s.k * s.n / 2) / seconds, 0.0, 0);
+    const double code_bytes = static_cast<double>(s.k * s.n * cfg.bits / 8);  // of the checkpoint
+    set_wall_clock_rates(state, static_cast<double>(state.iterations()) * code_bytes / seconds, 0.0, 0);
 }
 
-// The one-time repack of a GPTQ int4 g128 checkpoint tensor into the qforge layout: v1
-// symmetric; asymmetric (random zero points); asymmetric with a random act-order g_idx.
+// The one-time repack of a GPTQ g128 checkpoint tensor into the qforge layout: int4 v1
+// symmetric; asymmetric (random zero points, also int2 and int3); asymmetric with a random
+// act-order g_idx.
 enum class gptq_kind { sym, asym, asym_act_order };
 
-void repack_gptq(benchmark::State& state, shape s, gptq_kind kind) {
+void repack_gptq(benchmark::State& state, shape s, int bits, gptq_kind kind) {
     ref::gptq_tensor t;
     t.rows = s.n;
     t.cols = s.k;
-    t.bits = 4;
+    t.bits = bits;
     t.group = 128;
     const std::int64_t groups = s.k / 128;
     xorshift rng{5};
-    t.qweight.resize(static_cast<std::size_t>(s.k / 8 * s.n));
+    t.qweight.resize(static_cast<std::size_t>(s.k * bits / 32 * s.n));
     for (auto& w : t.qweight) w = static_cast<std::int32_t>(rng.next());
-    t.qzeros.assign(static_cast<std::size_t>(groups * s.n / 8), 0x77777777);  // v1 symmetric
+    t.qzeros.assign(static_cast<std::size_t>(groups * s.n * bits / 32), 0x77777777);  // int4 v1 symmetric
     if (kind != gptq_kind::sym)
         for (auto& z : t.qzeros) z = static_cast<std::int32_t>(rng.next());
     t.scales.resize(static_cast<std::size_t>(groups * s.n));
@@ -244,7 +246,8 @@ void repack_gptq(benchmark::State& state, shape s, gptq_kind kind) {
     t.g_idx.resize(static_cast<std::size_t>(s.k));
     for (std::int64_t i = 0; i < s.k; ++i) t.g_idx[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i / 128);
     if (kind == gptq_kind::asym_act_order) std::shuffle(t.g_idx.begin(), t.g_idx.end(), std::mt19937_64(9));
-    const config cfg{kind == gptq_kind::sym ? dtype::int_sym : dtype::int_asym, 4, 128, false, layout::qforge, compute::f32};
+    const config cfg{kind == gptq_kind::sym ? dtype::int_sym : dtype::int_asym, static_cast<std::uint8_t>(bits), 128, false,
+                     layout::qforge, compute::f32};
     time_repack(state, cfg, t, s);
 }
 
@@ -285,14 +288,15 @@ void register_all() {
                                 ->Unit(benchmark::kMicrosecond);
                         }
     }
-    benchmark::RegisterBenchmark("repack/int4sym_g128_gptq_to_qf/K4096xN11008", repack_gptq, shape{4096, 11008},
+    benchmark::RegisterBenchmark("repack/int4sym_g128_gptq_to_qf/K4096xN11008", repack_gptq, shape{4096, 11008}, 4,
                                  gptq_kind::sym)
         ->Unit(benchmark::kMillisecond);
-    benchmark::RegisterBenchmark("repack/int4asym_g128_gptq_to_qf/K4096xN11008", repack_gptq, shape{4096, 11008},
-                                 gptq_kind::asym)
-        ->Unit(benchmark::kMillisecond);
+    for (int bits : {2, 3, 4})
+        benchmark::RegisterBenchmark(("repack/int" + std::to_string(bits) + "asym_g128_gptq_to_qf/K4096xN11008").c_str(),
+                                     repack_gptq, shape{4096, 11008}, bits, gptq_kind::asym)
+            ->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark("repack/int4asym_g128_gptq_actorder_to_qf/K4096xN11008", repack_gptq,
-                                 shape{4096, 11008}, gptq_kind::asym_act_order)
+                                 shape{4096, 11008}, 4, gptq_kind::asym_act_order)
         ->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark("repack/int4asym_g128_awq_to_qf/K4096xN11008", repack_awq, shape{4096, 11008})
         ->Unit(benchmark::kMillisecond);

@@ -82,15 +82,19 @@ template <int Bits>
 inline void put_qforge_codes(const std::uint8_t* codes, std::int64_t first, std::int64_t count, std::uint8_t* row) {
     if constexpr (Bits == 3) {
         const std::int64_t r = count / 64;
-        std::array<std::uint8_t, split3::unit_bytes> unit{};
-        for (std::int64_t s = 0; s < r; ++s)
-            for (int p = 0; p < 4; ++p)
-                for (int j = 0; j < 16; ++j) {
-                    const int c = codes[64 * s + 16 * p + j], b = static_cast<int>(16 * s) + j;
-                    unit[static_cast<std::size_t>(b)] |= static_cast<std::uint8_t>((c & 3) << (2 * p));
-                    unit[static_cast<std::size_t>(16 * r + 2 * r * p + b / 8)] |= static_cast<std::uint8_t>((c >> 2 & 1) << (b % 8));
-                }
-        std::memcpy(row + first / split3::unit_elems * split3::unit_bytes, unit.data(), static_cast<std::size_t>(24 * r));
+        std::uint8_t* unit = row + first / split3::unit_elems * split3::unit_bytes;
+        for (std::int64_t s = 0; s < r; ++s)  // low byte 16 s + j: elements 64 s + 16 p + j
+            for (int j = 0; j < 16; ++j) {
+                const std::uint8_t* e = codes + 64 * s + j;
+                unit[16 * s + j] = static_cast<std::uint8_t>((e[0] & 3) | (e[16] & 3) << 2 | (e[32] & 3) << 4 | (e[48] & 3) << 6);
+            }
+        for (int p = 0; p < 4; ++p)  // third-bit byte i of field p: low bytes 8i .. 8i + 7
+            for (std::int64_t i = 0; i < 2 * r; ++i) {
+                const std::uint8_t* e = codes + 64 * (i / 2) + 16 * p + 8 * (i % 2);
+                std::uint8_t bits = 0;
+                for (int t = 0; t < 8; ++t) bits = static_cast<std::uint8_t>(bits | (e[t] >> 2 & 1) << t);
+                unit[16 * r + 2 * r * p + i] = bits;
+            }
     } else {
         constexpr std::int64_t span = 128 / Bits;
         for (std::int64_t s = 0; s < count / span; ++s) {
