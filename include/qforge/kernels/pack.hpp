@@ -86,7 +86,8 @@ inline void put_qforge_codes(const std::uint8_t* codes, std::int64_t first, std:
         for (std::int64_t s = 0; s < r; ++s)  // low byte 16 s + j: elements 64 s + 16 p + j
             for (int j = 0; j < 16; ++j) {
                 const std::uint8_t* e = codes + 64 * s + j;
-                unit[16 * s + j] = static_cast<std::uint8_t>((e[0] & 3) | (e[16] & 3) << 2 | (e[32] & 3) << 4 | (e[48] & 3) << 6);
+                unit[16 * s + j] =
+                    static_cast<std::uint8_t>((e[0] & 3) | (e[16] & 3) << 2 | (e[32] & 3) << 4 | (e[48] & 3) << 6);
             }
         for (int p = 0; p < 4; ++p)  // third-bit byte i of field p: low bytes 8i .. 8i + 7
             for (std::int64_t i = 0; i < 2 * r; ++i) {

@@ -93,15 +93,16 @@ float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const sim
                 if constexpr (split_planes<P>) {
                     simd::prefetch_ahead(wc.high);  // a 96-byte unit spans 2 cache lines
                     simd::unroll<S::parts>([&](auto p) {
-                        whole[p] = xsimd::bitwise_cast<I>(simd::add_bit_bytes<4, A>(
-                            simd::code_field<2 * p, 2, A>(xsimd::bitwise_cast<simd::u8v<A>>(c8)), wc.high + p * wc.high_stride));
+                        const auto field = simd::code_field<2 * p, 2, A>(xsimd::bitwise_cast<simd::u8v<A>>(c8));
+                        whole[p] = xsimd::bitwise_cast<I>(simd::add_bit_bytes<4, A>(field, wc.high + p * wc.high_stride));
                     });
                 }
                 simd::unroll<32 / S::bits>([&](auto i) {
                     // a table lookup is 1 op: cheaper than (code & 15) - zero converted, also for integers;
                     // 3-bit codes: byte i / parts of each lane of field i % parts, bit 3 clear
                     I idx = i == 0 ? c8 : I(c8 >> (S::bits * i));
-                    if constexpr (split_planes<P>) idx = i < S::parts ? whole[i % S::parts] : I(whole[i % S::parts] >> (8 * (i / S::parts)));
+                    if constexpr (split_planes<P>)
+                        idx = i < S::parts ? whole[i % S::parts] : I(whole[i % S::parts] >> (8 * (i / S::parts)));
                     F v = simd::lookup<A>(table, idx);
                     if constexpr (has_zeros<P>) v = v - step_zero;  // exact: code - zero
                     if constexpr (bf16_operands<P>) v = simd::round_bf16<A>(v * step_scale);

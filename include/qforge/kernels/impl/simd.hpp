@@ -123,7 +123,8 @@ template <std::uint8_t Value, class A>
 inline u8v<A> add_bit_bytes(const u8v<A>& v, const std::uint8_t* bits, requires_arch<xsimd::generic>) {
     alignas(64) std::uint8_t b[vbytes<A>];
     v.store_aligned(b);
-    for (int i = 0; i < vbytes<A>; ++i) b[i] = static_cast<std::uint8_t>(b[i] + ((bits[i / 8] >> (i % 8)) & 1 ? Value : 0));
+    for (int i = 0; i < vbytes<A>; ++i)
+        b[i] = static_cast<std::uint8_t>(b[i] + ((bits[i / 8] >> (i % 8)) & 1 ? Value : 0));
     return u8v<A>::load_aligned(b);
 }
 // byte lookup in a 16-entry table (replicated in every 128-bit lane) by indices 0..15
@@ -246,7 +247,8 @@ template <std::uint8_t Value, class A>
 inline u8v<A> add_bit_bytes(const u8v<A>& v, const std::uint8_t* bits, requires_arch<xsimd::ssse3>) {
     std::uint16_t b;
     std::memcpy(&b, bits, sizeof b);
-    const __m128i spread = _mm_shuffle_epi8(_mm_set1_epi16(static_cast<short>(b)), _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
+    const __m128i spread = _mm_shuffle_epi8(_mm_set1_epi16(static_cast<short>(b)),
+                                            _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
     const __m128i select = _mm_set1_epi64x(static_cast<long long>(0x8040201008040201ull));
     const __m128i set = _mm_cmpeq_epi8(_mm_and_si128(spread, select), select);
     return _mm_add_epi8(v, _mm_and_si128(set, _mm_set1_epi8(static_cast<char>(Value))));
