@@ -52,20 +52,14 @@ constexpr void check_kernel_policy() {
 }
 
 // The whole 3-bit codes of a 16-byte window (split3): out[p][j] = code field p of byte j plus its
-// third bit (every ISA here has SSSE3; A keeps the ISAs' copies apart, simd.hpp). One 16-byte
-// store per field: the loads that follow are then forwarded from it.
+// third bit. One 16-byte store per field: the loads that follow are then forwarded from it.
 template <class A>
 inline void split3_span_codes(const window_codes& wc, std::uint8_t (&out)[4][16]) {
     const __m128i low = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wc.low));
-    const __m128i spread = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-    const __m128i select = _mm_set1_epi64x(static_cast<long long>(0x8040201008040201ull));
     simd::unroll<4>([&](auto p) {
-        std::uint16_t bits;
-        std::memcpy(&bits, wc.high + p * wc.high_stride, sizeof bits);
-        const __m128i b = _mm_shuffle_epi8(_mm_set1_epi16(static_cast<short>(bits)), spread);
-        const __m128i third = _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(b, select), select), _mm_set1_epi8(4));
         const __m128i field = _mm_and_si128(_mm_srli_epi16(low, 2 * p), _mm_set1_epi8(3));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out[p]), _mm_or_si128(field, third));
+        const __m128i code = simd::add_bit_bytes16<4, A>(field, wc.high + p * wc.high_stride);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out[p]), code);
     });
 }
 

@@ -85,11 +85,7 @@ void decode_row(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t n
         __m128i level[parts];  // qforge: code p of the 16 bytes is elements 16p .. 16p + 15
         simd::unroll<parts>([&](auto p) {
             __m128i code = _mm_and_si128(p == 0 ? v : _mm_srli_epi16(v, bits * p), mask);
-            if constexpr (split_planes<P>) {  // plus 4 where the third bit is set
-                std::uint16_t third;
-                std::memcpy(&third, wc.high + p * wc.high_stride, sizeof third);
-                code = _mm_mask_add_epi8(code, _cvtu32_mask16(third), code, _mm_set1_epi8(4));
-            }
+            if constexpr (split_planes<P>) code = simd::add_bit_bytes16<4, A>(code, wc.high + p * wc.high_stride);
             level[p] = _mm_shuffle_epi8(lut, code);
         });
         if constexpr (L::interleaved) {  // element 2j in the high nibble of byte j

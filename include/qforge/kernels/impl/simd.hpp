@@ -242,9 +242,11 @@ inline u8v<A> code_field(const u8v<A>& v, requires_arch<xsimd::sse2>) {
     const __m128i m = _mm_set1_epi8((1 << Bits) - 1);
     return _mm_and_si128(Shift ? _mm_srli_epi16(v, Shift) : __m128i(v), m);
 }
-// the bits' byte copied to the 8 bytes it covers, then one bit tested per byte
+// 16 bytes of v plus Value where bits[0..2) has a bit: each bits' byte copied to the 8 bytes it
+// covers, then one bit tested per byte. The baseline of every ISA qforge builds for (all have
+// SSSE3; xsimd's AVX tags do not derive from its SSE ones), for 16-byte spans of codes.
 template <std::uint8_t Value, class A>
-inline u8v<A> add_bit_bytes(const u8v<A>& v, const std::uint8_t* bits, requires_arch<xsimd::ssse3>) {
+inline __m128i add_bit_bytes16(const __m128i& v, const std::uint8_t* bits, requires_arch<xsimd::generic>) {
     std::uint16_t b;
     std::memcpy(&b, bits, sizeof b);
     const __m128i spread = _mm_shuffle_epi8(_mm_set1_epi16(static_cast<short>(b)),
@@ -252,6 +254,10 @@ inline u8v<A> add_bit_bytes(const u8v<A>& v, const std::uint8_t* bits, requires_
     const __m128i select = _mm_set1_epi64x(static_cast<long long>(0x8040201008040201ull));
     const __m128i set = _mm_cmpeq_epi8(_mm_and_si128(spread, select), select);
     return _mm_add_epi8(v, _mm_and_si128(set, _mm_set1_epi8(static_cast<char>(Value))));
+}
+template <std::uint8_t Value, class A>
+inline u8v<A> add_bit_bytes(const u8v<A>& v, const std::uint8_t* bits, requires_arch<xsimd::ssse3>) {
+    return add_bit_bytes16<Value, A>(v, bits, A{});
 }
 template <class A>
 inline u8v<A> lut16(const u8v<A>& table, const u8v<A>& idx, requires_arch<xsimd::ssse3>) {
@@ -378,6 +384,12 @@ inline u8v<A> code_field(const u8v<A>& v, requires_arch<xsimd::avx512bw>) {
     return _mm512_and_si512(Shift ? _mm512_srli_epi16(v, Shift) : __m512i(v), m);
 }
 template <std::uint8_t Value, class A>
+inline __m128i add_bit_bytes16(const __m128i& v, const std::uint8_t* bits, requires_arch<xsimd::avx512bw>) {
+    std::uint16_t b;
+    std::memcpy(&b, bits, sizeof b);
+    return _mm_mask_add_epi8(v, _cvtu32_mask16(b), v, _mm_set1_epi8(static_cast<char>(Value)));
+}
+template <std::uint8_t Value, class A>
 inline u8v<A> add_bit_bytes(const u8v<A>& v, const std::uint8_t* bits, requires_arch<xsimd::avx512bw>) {
     std::uint64_t b;
     std::memcpy(&b, bits, sizeof b);
@@ -477,6 +489,11 @@ inline u8v<A> code_field(const u8v<A>& v) { return ext::code_field<Shift, Bits, 
 template <std::uint8_t Value, class A>
 inline u8v<A> add_bit_bytes(const u8v<A>& v, const std::uint8_t* bits) {
     return ext::add_bit_bytes<Value, A>(v, bits, A{});
+}
+// the same for 16 bytes on any ISA (16-byte spans of codes)
+template <std::uint8_t Value, class A>
+inline __m128i add_bit_bytes16(const __m128i& v, const std::uint8_t* bits) {
+    return ext::add_bit_bytes16<Value, A>(v, bits, A{});
 }
 template <class A>
 inline u8v<A> lut16(const u8v<A>& table, const u8v<A>& idx) { return ext::lut16<A>(table, idx, A{}); }
