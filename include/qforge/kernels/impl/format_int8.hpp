@@ -6,15 +6,16 @@
 //
 // The nibble machinery of the 4-bit framework does not apply: as format_fp8.hpp, this header
 // overloads its entry points for these policies (C++20 constraints make them win):
-//   check_kernel_policy, dequantize_rows, gemv_f32, gemm_f32, gemv_i8, gemm_i8
+//   check_kernel_policy, value_table, dequantize_columns, dequantize_rows, gemv_f32, gemv_i8, gemm_i8
 //
 // f32 path: (code - zero) is an exact small integer in f32, so the error bound is f32.hpp's.
 // i8 path: x quantized per block as in i8.hpp (xs_b = amax_b / 127, xq = RNE(x * 127 / amax_b));
 // the weights are exact integers, so only the activation quantization errs (i8.hpp's bound with
 // delta = 0). The integer dot takes c = code - 128 as a signed byte (|c| <= 128, so pmaddubsw's
 // pair sums 2 * 128 * 127 cannot saturate) and adds (128 - zero) * sum(xq) per block.
-// GEMM: one dequantized (f32) or integer row of W against every row of X; correct, not tiled for
-// the caches like the 4-bit GEMM.
+// GEMM: the f32 path is the 4-bit one (kernels_impl.hpp: panels of exactly dequantized weights,
+// dequantize_columns below); the i8 path takes one integer row of W against every row of X,
+// correct but not tiled for the caches.
 #pragma once
 
 #include <qforge/kernels/impl/f32.hpp>
@@ -65,20 +66,38 @@ inline simd::f32v<A> int8_values(const std::uint8_t* p, const simd::f32v<A>& zer
 
 template <class P, class A>
     requires int8_policy<P>
-void dequantize_rows(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) {
+inline simd::table16<A> value_table(const weights_view&) {
+    return simd::table16<A>{};  // no code table: (code - zero) is computed
+}
+
+// Columns [k0, k0 + kc) of row n (whole groups; per channel, multiples of 32) dequantized to
+// out[0 ..): (code - zero) * scale, as the reference. Rows of dequantize and of the GEMM's panels.
+template <class P, class A>
+    requires int8_policy<P>
+void dequantize_columns(const weights_view& w, const simd::table16<A>&, std::int64_t n, std::int64_t k0,
+                        std::int64_t kc, float* out) {
     using F = simd::f32v<A>;
     constexpr int lanes = simd::lanes<A>;
-    const std::int64_t k = w.cols, gs = int8_group<P>(w), blocks = k / gs;
+    const std::int64_t gs = int8_group<P>(w), blocks = w.cols / gs;
+    const std::uint8_t* codes = w.codes + n * w.cols;
+    for (std::int64_t c = k0; c < k0 + kc;) {
+        const std::int64_t b = c / gs, end = (b + 1) * gs < k0 + kc ? (b + 1) * gs : k0 + kc;
+        float scale;
+        simd::f16_to_f32<A>(static_cast<const std::uint16_t*>(w.scales) + n * blocks + b, 1, &scale);
+        const F s(scale), z(static_cast<float>(has_zeros<P> ? w.zeros[n * blocks + b] : 128));
+        for (; c < end; c += lanes) (int8_values<A>(codes + c, z) * s).store_unaligned(out + (c - k0));
+    }
+}
+
+template <class P, class A>
+    requires int8_policy<P>
+void dequantize_rows(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) {
+    const std::int64_t k = w.cols;
     float* row = w.perm ? static_cast<float*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(k) * sizeof(float)))
                         : nullptr;
     for (std::int64_t n = n0; n < n1; ++n) {
         float* o = w.perm ? row : out + (n - n0) * k;  // out points at row n0
-        const std::uint8_t* codes = w.codes + n * k;
-        int8_each_block<P, A>(w, n, blocks, [&](std::int64_t b, float scale, int zero) {
-            const F s(scale), z(static_cast<float>(zero));
-            for (std::int64_t i = b * gs; i < (b + 1) * gs; i += lanes)
-                (int8_values<A>(codes + i, z) * s).store_unaligned(o + i);  // (code - zero) * scale
-        });
+        dequantize_columns<P, A>(w, value_table<P, A>(w), n, 0, k, o);
         if (w.perm)  // act-order: stored column j is column perm[j] of W
             for (std::int64_t j = 0; j < k; ++j) out[(n - n0) * k + w.perm[j]] = row[j];
     }
@@ -112,19 +131,6 @@ void gemv_f32(const weights_view& w, const float* x, const float* bias, float* y
         const float v = int8_dot_f32<P, A>(w, n, x);
         y[n] = bias ? v + bias[n] : v;
     }
-}
-
-template <class P, class A>
-    requires int8_policy<P>
-void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
-              std::int64_t n1) {
-    const std::int64_t k = w.cols, ldy = w.rows;
-    x = gather_columns<A, 0>(w, x, m);
-    for (std::int64_t n = n0; n < n1; ++n)
-        for (std::int64_t i = 0; i < m; ++i) {
-            const float v = int8_dot_f32<P, A>(w, n, x + i * k);
-            y[i * ldy + n] = bias ? v + bias[n] : v;
-        }
 }
 
 // ---- i8 path ----------------------------------------------------------------------------------

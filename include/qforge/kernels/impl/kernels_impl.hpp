@@ -39,6 +39,13 @@ inline void with_tile(int mr, int nr, F&& f) {
 template <class T>
 inline T smaller(T a, T b) { return a < b ? a : b; }
 
+// Columns [k0, k0 + kc) (whole blocks) of row n in f32: the rows of the f32 GEMM's panels.
+template <class P, class A>
+void dequantize_columns(const weights_view& w, const simd::table16<A>& table, std::int64_t n, std::int64_t k0,
+                        std::int64_t kc, float* out) {
+    dequantize_blocks<P, A>(w, table, n, k0 / P::group, (k0 + kc) / P::group, out);
+}
+
 // Rows [n0, n1) of W in f32; out points at row n0 (format overloads follow the same contract).
 template <class P, class A>
 void dequantize_rows(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) {
@@ -132,7 +139,7 @@ void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float
     constexpr bool native = native_bf16<P, A>;
     using E = std::conditional_t<native, std::uint16_t, float>;  // element of the panel and of X
     constexpr int MR = gemm_f32_mr<A>, NR = gemm_f32_nr<A>;
-    constexpr std::int64_t group = P::group;
+    constexpr std::int64_t group = P::group == per_channel ? 32 : P::group;  // per channel: K's multiple of 32
     constexpr std::int64_t k_slice = gemm_f32_k_slice > group ? gemm_f32_k_slice / group * group : group;
     const std::int64_t ldy = w.rows, k = w.cols;
     init_output<P, A>(bias, y, m, ldy, n0, n1);
@@ -161,10 +168,10 @@ void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float
             for (std::int64_t r = 0; r < pc; ++r) {
                 E* row = panel + r * k_slice;
                 if constexpr (native) {
-                    dequantize_blocks<P, A>(w, table, p0 + r, k0 / group, (k0 + kc) / group, exact);
+                    dequantize_columns<P, A>(w, table, p0 + r, k0, kc, exact);
                     bf16::operands<A>(exact, kc, row);
                 } else {
-                    dequantize_blocks<P, A>(w, table, p0 + r, k0 / group, (k0 + kc) / group, row);
+                    dequantize_columns<P, A>(w, table, p0 + r, k0, kc, row);
                     if constexpr (bf16_operands<P>)
                         for (std::int64_t c = 0; c < kc; c += simd::lanes<A>)
                             simd::round_bf16<A>(simd::f32v<A>::load_unaligned(row + c)).store_unaligned(row + c);
