@@ -10,8 +10,11 @@
 // Asymmetric integers (levels = codes) also subtract zero * sum(xq) per (row, block) in f32, exact
 // as in i8.hpp, with the zero points of the panel's rows spread over lanes as the scales are.
 // MR rows of X times 32 rows of W per register tile (12 int32 + 12 f32 accumulators).
+// 8-bit integers (format_int8.hpp) are their own u8 levels + 128 (code - 128 is the int_sym
+// level); int_asym's zero points enter as zero - 128 for the same reason.
 #pragma once
 
+#include <qforge/kernels/impl/format_int8.hpp>
 #include <qforge/kernels/impl/i8.hpp>
 
 #include <immintrin.h>
@@ -22,10 +25,11 @@
 namespace qforge::kernels::vnni_gemm {
 
 // The formats it serves: the 4-bit framework's codes (nibbles, packed 2-bit and 3-bit
-// integers, symmetric or with zero points).
+// integers, symmetric or with zero points) and grouped 8-bit integers.
 template <class P, class A>
 inline constexpr bool applies = simd::has_vnni<A> && P::act == compute::i8 &&
-                                (P::bits == 4 || (P::storage == layout::qforge && P::bits < 4));
+                                (P::bits == 4 || (P::storage == layout::qforge && P::bits < 4) ||
+                                 (int8_policy<P> && P::group != per_channel));
 
 inline constexpr int panel_rows = 32;        // two zmm of int32 lanes
 inline constexpr int max_mr = 6;             // X rows per register tile
@@ -97,6 +101,14 @@ void decode_row(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t n
     }
 }
 
+// 8-bit integers: the codes are the levels + 128 already.
+template <class P, class A>
+    requires int8_policy<P>
+void decode_row(const weights_view& w, const i8_levels<P, A>&, std::int64_t n, std::int64_t k0, std::int64_t len,
+                std::uint8_t* out) {
+    std::memcpy(out, w.codes + n * w.cols + k0, static_cast<std::size_t>(len));
+}
+
 // The panel of rows [p0, p0 + rows) and K slice [k0, k0 + len): levels interleaved by quad
 // (panel[(quad * 32 + row) * 4 + byte]) and f32 weight scales per block (scales[block * 32 + row]),
 // int_asym also the zero points (zeros, the same layout). Rows past the end are level 0 with scale
@@ -119,7 +131,8 @@ void decode_panel(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t
                 for (int b = 0; b < nb; ++b) scales[(b0 + b) * panel_rows + r] = s[b];
                 if constexpr (has_zeros<P>) {
                     const float* z = row_zeros<P, A>(w, p0 + r, k0 / P::group + b0, nb, buf);
-                    for (int b = 0; b < nb; ++b) zeros[(b0 + b) * panel_rows + r] = z[b];
+                    constexpr float shift = int8_policy<P> ? 128.0f : 0.0f;  // see the header
+                    for (int b = 0; b < nb; ++b) zeros[(b0 + b) * panel_rows + r] = z[b] - shift;
                 }
             }
         } else {
