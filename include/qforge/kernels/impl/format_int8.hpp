@@ -14,9 +14,8 @@
 // delta = 0). The integer dot takes c = code - 128 as a signed byte (|c| <= 128, so pmaddubsw's
 // pair sums 2 * 128 * 127 cannot saturate) and adds (128 - zero) * sum(xq) per block.
 // GEMM: the f32 path is the 4-bit one (kernels_impl.hpp: panels of exactly dequantized weights,
-// dequantize_columns below); the i8 path with VNNI and groups too (i8_gemm_vnni.hpp). Without
-// VNNI, or per channel, the i8 GEMM takes one integer row of W against every row of X: correct,
-// not tiled for the caches.
+// dequantize_columns below); the i8 path with VNNI too (i8_gemm_vnni.hpp). Without VNNI the i8
+// GEMM takes one integer row of W against every row of X: correct, not tiled for the caches.
 #pragma once
 
 #include <qforge/kernels/impl/f32.hpp>

@@ -25,11 +25,15 @@
 namespace qforge::kernels::vnni_gemm {
 
 // The formats it serves: the 4-bit framework's codes (nibbles, packed 2-bit and 3-bit
-// integers, symmetric or with zero points) and grouped 8-bit integers.
+// integers, symmetric or with zero points) and 8-bit integers.
 template <class P, class A>
 inline constexpr bool applies = simd::has_vnni<A> && P::act == compute::i8 &&
-                                (P::bits == 4 || (P::storage == layout::qforge && P::bits < 4) ||
-                                 (int8_policy<P> && P::group != per_channel));
+                                (P::bits == 4 || (P::storage == layout::qforge && P::bits < 4) || int8_policy<P>);
+
+// The blocks of the tile: the group; per channel (8-bit integers), runs of 32 elements that share
+// the row's scale and zero point and the X row's activation scale (X quantized per whole row).
+template <class P>
+inline constexpr int block = P::group == per_channel ? 32 : P::group;
 
 inline constexpr int panel_rows = 32;        // two zmm of int32 lanes
 inline constexpr int max_mr = 6;             // X rows per register tile
@@ -65,10 +69,31 @@ inline void transpose16(__m512i (&t)[16]) {
 // One X row: int8 levels in natural order, per block the activation scale and -128 * sum.
 template <class P, class A>
 void quantize_row(const float* x, std::int64_t k, std::int8_t* q, float* xs, std::int32_t* corr) {
-    for (std::int64_t b = 0; b < k / P::group; ++b) {
-        std::int32_t sum = 0;
-        xs[b] = quantize_block<P, A>(x + b * P::group, q + b * P::group, sum);
-        corr[b] = -128 * sum;
+    if constexpr (P::group == per_channel) {  // as format_int8.hpp's quantize_int8_acts, one block
+        using F = simd::f32v<A>;
+        using I = simd::i32v<A>;
+        float amax = 0.0f;
+        for (std::int64_t i = 0; i < k; ++i) {
+            const float a = __builtin_fabsf(x[i]);
+            amax = a > amax ? a : amax;
+        }
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        for (std::int64_t b = 0; b < k / block<P>; ++b) {
+            I sum(0);
+            for (std::int64_t i = b * block<P>; i < (b + 1) * block<P>; i += simd::lanes<A>) {
+                const I v = xsimd::nearbyint_as_int(F::load_unaligned(x + i) * F(inv));
+                sum = sum + v;
+                simd::store_i8<A>(v, q + i);
+            }
+            xs[b] = amax / 127.0f;
+            corr[b] = -128 * xsimd::hadd(sum);
+        }
+    } else {
+        for (std::int64_t b = 0; b < k / P::group; ++b) {
+            std::int32_t sum = 0;
+            xs[b] = quantize_block<P, A>(x + b * P::group, q + b * P::group, sum);
+            corr[b] = -128 * sum;
+        }
     }
 }
 
@@ -109,6 +134,27 @@ void decode_row(const weights_view& w, const i8_levels<P, A>&, std::int64_t n, s
     std::memcpy(out, w.codes + n * w.cols + k0, static_cast<std::size_t>(len));
 }
 
+// f(b, scale, zero) for the tile's blocks [b0, b0 + nb) of row n, b counted from b0 (zero: 0
+// without zero points).
+template <class P, class A, class F>
+void each_block_scale(const weights_view& w, std::int64_t n, std::int64_t b0, std::int64_t nb, F&& f) {
+    if constexpr (P::group == per_channel) {
+        float scale;
+        simd::f16_to_f32<A>(static_cast<const std::uint16_t*>(w.scales) + n, 1, &scale);
+        const float zero = has_zeros<P> ? static_cast<float>(w.zeros[n]) : 0.0f;
+        for (std::int64_t b = 0; b < nb; ++b) f(b, scale, zero);
+    } else {
+        using L = layout_traits<P::storage>;
+        float buf[scale_chunk], zbuf[scale_chunk];
+        for (std::int64_t c0 = 0; c0 < nb; c0 += scale_chunk) {
+            const int nc = static_cast<int>(nb - c0 < scale_chunk ? nb - c0 : scale_chunk);
+            const float* s = L::template row_scales<P, A>(w, n, b0 + c0, nc, buf);
+            const float* z = has_zeros<P> ? row_zeros<P, A>(w, n, b0 + c0, nc, zbuf) : nullptr;
+            for (int i = 0; i < nc; ++i) f(c0 + i, s[i], z ? z[i] : 0.0f);
+        }
+    }
+}
+
 // The panel of rows [p0, p0 + rows) and K slice [k0, k0 + len): levels interleaved by quad
 // (panel[(quad * 32 + row) * 4 + byte]) and f32 weight scales per block (scales[block * 32 + row]),
 // int_asym also the zero points (zeros, the same layout). Rows past the end are level 0 with scale
@@ -118,23 +164,16 @@ inline std::int64_t stride(std::int64_t len) { return (len + 63) / 64 * 64; }  /
 template <class P, class A>
 void decode_panel(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t p0, int rows, std::int64_t k0,
                   std::int64_t len, std::uint8_t* natural, std::uint8_t* panel, float* scales, float* zeros) {
-    using L = layout_traits<P::storage>;
-    const std::int64_t blocks = len / P::group, ld = stride(len);
-    float buf[scale_chunk];
+    const std::int64_t blocks = len / block<P>, ld = stride(len);
     for (int r = 0; r < panel_rows; ++r) {
         std::uint8_t* row = natural + r * ld;
         if (r < rows) {
             decode_row<P, A>(w, lv, p0 + r, k0, len, row);
-            for (std::int64_t b0 = 0; b0 < blocks; b0 += scale_chunk) {
-                const int nb = static_cast<int>(blocks - b0 < scale_chunk ? blocks - b0 : scale_chunk);
-                const float* s = L::template row_scales<P, A>(w, p0 + r, k0 / P::group + b0, nb, buf);
-                for (int b = 0; b < nb; ++b) scales[(b0 + b) * panel_rows + r] = s[b];
-                if constexpr (has_zeros<P>) {
-                    const float* z = row_zeros<P, A>(w, p0 + r, k0 / P::group + b0, nb, buf);
-                    constexpr float shift = int8_policy<P> ? 128.0f : 0.0f;  // see the header
-                    for (int b = 0; b < nb; ++b) zeros[(b0 + b) * panel_rows + r] = z[b] - shift;
-                }
-            }
+            constexpr float shift = int8_policy<P> ? 128.0f : 0.0f;  // see the header
+            each_block_scale<P, A>(w, p0 + r, k0 / block<P>, blocks, [&](std::int64_t b, float scale, float zero) {
+                scales[b * panel_rows + r] = scale;
+                if constexpr (has_zeros<P>) zeros[b * panel_rows + r] = zero - shift;
+            });
         } else {
             std::memset(row, 128, static_cast<std::size_t>(ld));
             for (std::int64_t b = 0; b < blocks; ++b) scales[b * panel_rows + r] = 0.0f;
@@ -164,7 +203,7 @@ struct x_row {
 template <class P, class A, int MR>
 void tile(const std::uint8_t* panel, const float* wscales, [[maybe_unused]] const float* wzeros, const x_row* x,
           std::int64_t blocks, float (&out)[MR][panel_rows]) {
-    constexpr int quads = P::group / 4;
+    constexpr int quads = block<P> / 4;
     constexpr int unrolled_quads = 8;
     static_assert(quads % unrolled_quads == 0, "groups are multiples of 32");
     __m512 acc[MR][2];
@@ -175,7 +214,7 @@ void tile(const std::uint8_t* panel, const float* wscales, [[maybe_unused]] cons
         // 8 quads unrolled (32 K): a whole group 128 unrolled measured 2.7x slower (code size)
         for (int q0 = 0; q0 < quads; q0 += unrolled_quads) {
             const std::uint8_t* wb = panel + (b * quads + q0) * panel_rows * 4;
-            const std::int64_t xk = b * P::group + 4 * q0;
+            const std::int64_t xk = b * block<P> + 4 * q0;
             simd::unroll<unrolled_quads>([&](auto q) {
                 const __m512i w0 = _mm512_loadu_si512(wb + q * panel_rows * 4);
                 const __m512i w1 = _mm512_loadu_si512(wb + q * panel_rows * 4 + 64);

@@ -237,7 +237,8 @@ template <class P, class A>
 void gemm_i8_vnni(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
                   std::int64_t n1) {
     using namespace vnni_gemm;
-    const std::int64_t k = w.cols, ldy = w.rows, blocks = k / P::group;
+    constexpr std::int64_t group = block<P>;
+    const std::int64_t k = w.cols, ldy = w.rows, blocks = k / group;
     init_output<P, A>(bias, y, m, ldy, n0, n1);
     const i8_levels<P, A> levels(w);
     x = gather_columns<A, 3>(w, x, m);  // act-order: X in the stored column order
@@ -248,9 +249,9 @@ void gemm_i8_vnni(const weights_view& w, const float* x, std::int64_t m, const f
     for (std::int64_t i = 0; i < m; ++i)
         quantize_row<P, A>(x + i * k, k, xq + i * k, xs + i * blocks, corr + i * blocks);
 
-    constexpr std::int64_t slice = k_slice / P::group * P::group;
+    constexpr std::int64_t slice = k_slice / group * group;
     const std::int64_t ld = stride(slice < k ? slice : k);
-    const std::size_t per_block = static_cast<std::size_t>((ld / P::group + 1) * panel_rows) * sizeof(float);
+    const std::size_t per_block = static_cast<std::size_t>((ld / group + 1) * panel_rows) * sizeof(float);
     auto* mem = static_cast<std::uint8_t*>(simd::scratch<A, 2>::get(
         static_cast<std::size_t>(2 * panel_rows * ld) + (has_zeros<P> ? 2 : 1) * per_block));
     std::uint8_t* natural = mem;
@@ -258,7 +259,7 @@ void gemm_i8_vnni(const weights_view& w, const float* x, std::int64_t m, const f
     auto* wscales = reinterpret_cast<float*>(mem + 2 * panel_rows * ld);
     float* wzeros = has_zeros<P> ? reinterpret_cast<float*>(mem + 2 * panel_rows * ld + per_block) : nullptr;
     for (std::int64_t k0 = 0; k0 < k; k0 += slice) {
-        const std::int64_t len = smaller(slice, k - k0), b0 = k0 / P::group;
+        const std::int64_t len = smaller(slice, k - k0), b0 = k0 / group;
         for (std::int64_t p0 = n0; p0 < n1; p0 += panel_rows) {
             const int rows = static_cast<int>(smaller<std::int64_t>(panel_rows, n1 - p0));
             decode_panel<P, A>(w, levels, p0, rows, k0, len, natural, panel, wscales, wzeros);
@@ -269,7 +270,7 @@ void gemm_i8_vnni(const weights_view& w, const float* x, std::int64_t m, const f
                     for (int i = 0; i < mt; ++i)
                         rows_x[i] = {xq + (i0 + i) * k + k0, xs + (i0 + i) * blocks + b0, corr + (i0 + i) * blocks + b0};
                     float out[mt][panel_rows];
-                    tile<P, A, mt>(panel, wscales, wzeros, rows_x, len / P::group, out);
+                    tile<P, A, mt>(panel, wscales, wzeros, rows_x, len / group, out);
                     for (int i = 0; i < mt; ++i)
                         for (int r = 0; r < rows; ++r) y[(i0 + i) * ldy + p0 + r] += out[i][r];
                 });
