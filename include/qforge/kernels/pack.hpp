@@ -90,11 +90,11 @@ inline void put_qforge_codes(const std::uint8_t* codes, std::int64_t first, std:
                     static_cast<std::uint8_t>((e[0] & 3) | (e[16] & 3) << 2 | (e[32] & 3) << 4 | (e[48] & 3) << 6);
             }
         for (int p = 0; p < 4; ++p)  // third-bit byte i of field p: low bytes 8i .. 8i + 7
-            for (std::int64_t i = 0; i < 2 * r; ++i) {
+            for (std::int64_t i = 0; i < split3::field_plane_bytes(r); ++i) {
                 const std::uint8_t* e = codes + 64 * (i / 2) + 16 * p + 8 * (i % 2);
                 std::uint8_t bits = 0;
                 for (int t = 0; t < 8; ++t) bits = static_cast<std::uint8_t>(bits | (e[t] >> 2 & 1) << t);
-                unit[16 * r + 2 * r * p + i] = bits;
+                unit[split3::plane_byte(r, p, 8 * i)] = bits;
             }
     } else {
         constexpr std::int64_t span = 128 / Bits;

@@ -48,6 +48,12 @@ struct split3 {
     static constexpr std::int64_t spans(std::int64_t cols, std::int64_t u) {
         return cols / 64 - 4 * u < 4 ? cols / 64 - 4 * u : 4;
     }
+    // bytes of third bits per code field in a unit of r spans
+    static constexpr std::int64_t field_plane_bytes(std::int64_t r) { return 2 * r; }
+    // the unit's byte holding the third bit of field p of low byte b (as its bit b % 8)
+    static constexpr std::int64_t plane_byte(std::int64_t r, std::int64_t p, std::int64_t b) {
+        return 16 * r + field_plane_bytes(r) * p + b / 8;
+    }
 };
 
 struct weights_view {

@@ -37,6 +37,11 @@ struct window_shape {
     }
 };
 
+// The blocks the GEMMs step K by: the group; per channel (one group of K), runs of 32 elements,
+// which K always holds whole (the registry checks it).
+template <class P>
+inline constexpr int gemm_block = P::group == per_channel ? 32 : P::group;
+
 // A 16-byte window of codes holds 16 * parts elements; a block (group) holds group / that windows.
 template <class P>
 inline constexpr int span_elems = 16 * codes_per_byte<P>;

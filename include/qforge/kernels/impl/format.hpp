@@ -169,7 +169,7 @@ std::uint8_t layout_traits<layout::qforge>::code_at(const std::uint8_t* row, std
         const std::int64_t part = within % 64 / 16, byte = within / 64 * 16 + within % 16;
         const std::uint8_t* unit = row + u * split3::unit_bytes;
         const int low = (unit[byte] >> (2 * part)) & 3;
-        const int high = (unit[16 * r + 2 * r * part + byte / 8] >> (byte % 8)) & 1;
+        const int high = (unit[split3::plane_byte(r, part, byte)] >> (byte % 8)) & 1;
         return static_cast<std::uint8_t>(low | high << 2);
     } else {
         constexpr int span = 128 / Bits;
@@ -206,7 +206,7 @@ inline window_codes window_at(const std::uint8_t* row, std::int64_t cols, std::i
         static_assert(V <= 64 && 64 % V == 0);
         const std::int64_t first = window * V, u = first / 64, r = split3::spans(cols, u);
         const std::uint8_t* unit = row + u * split3::unit_bytes;
-        return {unit + first % 64, unit + 16 * r + first % 64 / 8, 2 * r};
+        return {unit + first % 64, unit + split3::plane_byte(r, 0, first % 64), split3::field_plane_bytes(r)};
     }
 }
 

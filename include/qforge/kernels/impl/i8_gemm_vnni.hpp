@@ -30,10 +30,9 @@ template <class P, class A>
 inline constexpr bool applies = simd::has_vnni<A> && P::act == compute::i8 &&
                                 (P::bits == 4 || (P::storage == layout::qforge && P::bits < 4) || int8_policy<P>);
 
-// The blocks of the tile: the group; per channel (8-bit integers), runs of 32 elements that share
-// the row's scale and zero point and the X row's activation scale (X quantized per whole row).
-template <class P>
-inline constexpr int block = P::group == per_channel ? 32 : P::group;
+// The tile's blocks are gemm_block<P> (dequantize.hpp): per channel (8-bit integers), runs of 32
+// elements that share the row's scale and zero point and the X row's activation scale (X is
+// quantized per whole row).
 
 inline constexpr int panel_rows = 32;        // two zmm of int32 lanes
 inline constexpr int max_mr = 6;             // X rows per register tile
@@ -78,9 +77,9 @@ void quantize_row(const float* x, std::int64_t k, std::int8_t* q, float* xs, std
             amax = a > amax ? a : amax;
         }
         const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        for (std::int64_t b = 0; b < k / block<P>; ++b) {
+        for (std::int64_t b = 0; b < k / gemm_block<P>; ++b) {
             I sum(0);
-            for (std::int64_t i = b * block<P>; i < (b + 1) * block<P>; i += simd::lanes<A>) {
+            for (std::int64_t i = b * gemm_block<P>; i < (b + 1) * gemm_block<P>; i += simd::lanes<A>) {
                 const I v = xsimd::nearbyint_as_int(F::load_unaligned(x + i) * F(inv));
                 sum = sum + v;
                 simd::store_i8<A>(v, q + i);
@@ -164,16 +163,17 @@ inline std::int64_t stride(std::int64_t len) { return (len + 63) / 64 * 64; }  /
 template <class P, class A>
 void decode_panel(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t p0, int rows, std::int64_t k0,
                   std::int64_t len, std::uint8_t* natural, std::uint8_t* panel, float* scales, float* zeros) {
-    const std::int64_t blocks = len / block<P>, ld = stride(len);
+    const std::int64_t blocks = len / gemm_block<P>, ld = stride(len);
     for (int r = 0; r < panel_rows; ++r) {
         std::uint8_t* row = natural + r * ld;
         if (r < rows) {
             decode_row<P, A>(w, lv, p0 + r, k0, len, row);
             constexpr float shift = int8_policy<P> ? 128.0f : 0.0f;  // see the header
-            each_block_scale<P, A>(w, p0 + r, k0 / block<P>, blocks, [&](std::int64_t b, float scale, float zero) {
-                scales[b * panel_rows + r] = scale;
-                if constexpr (has_zeros<P>) zeros[b * panel_rows + r] = zero - shift;
-            });
+            each_block_scale<P, A>(w, p0 + r, k0 / gemm_block<P>, blocks,
+                                   [&](std::int64_t b, float scale, float zero) {
+                                       scales[b * panel_rows + r] = scale;
+                                       if constexpr (has_zeros<P>) zeros[b * panel_rows + r] = zero - shift;
+                                   });
         } else {
             std::memset(row, 128, static_cast<std::size_t>(ld));
             for (std::int64_t b = 0; b < blocks; ++b) scales[b * panel_rows + r] = 0.0f;
@@ -203,7 +203,7 @@ struct x_row {
 template <class P, class A, int MR>
 void tile(const std::uint8_t* panel, const float* wscales, [[maybe_unused]] const float* wzeros, const x_row* x,
           std::int64_t blocks, float (&out)[MR][panel_rows]) {
-    constexpr int quads = block<P> / 4;
+    constexpr int quads = gemm_block<P> / 4;
     constexpr int unrolled_quads = 8;
     static_assert(quads % unrolled_quads == 0, "groups are multiples of 32");
     __m512 acc[MR][2];
@@ -214,7 +214,7 @@ void tile(const std::uint8_t* panel, const float* wscales, [[maybe_unused]] cons
         // 8 quads unrolled (32 K): a whole group 128 unrolled measured 2.7x slower (code size)
         for (int q0 = 0; q0 < quads; q0 += unrolled_quads) {
             const std::uint8_t* wb = panel + (b * quads + q0) * panel_rows * 4;
-            const std::int64_t xk = b * block<P> + 4 * q0;
+            const std::int64_t xk = b * gemm_block<P> + 4 * q0;
             simd::unroll<unrolled_quads>([&](auto q) {
                 const __m512i w0 = _mm512_loadu_si512(wb + q * panel_rows * 4);
                 const __m512i w1 = _mm512_loadu_si512(wb + q * panel_rows * 4 + 64);

@@ -139,7 +139,7 @@ void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float
     constexpr bool native = native_bf16<P, A>;
     using E = std::conditional_t<native, std::uint16_t, float>;  // element of the panel and of X
     constexpr int MR = gemm_f32_mr<A>, NR = gemm_f32_nr<A>;
-    constexpr std::int64_t group = P::group == per_channel ? 32 : P::group;  // per channel: K's multiple of 32
+    constexpr std::int64_t group = gemm_block<P>;
     constexpr std::int64_t k_slice = gemm_f32_k_slice > group ? gemm_f32_k_slice / group * group : group;
     const std::int64_t ldy = w.rows, k = w.cols;
     init_output<P, A>(bias, y, m, ldy, n0, n1);
@@ -237,7 +237,7 @@ template <class P, class A>
 void gemm_i8_vnni(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
                   std::int64_t n1) {
     using namespace vnni_gemm;
-    constexpr std::int64_t group = block<P>;
+    constexpr std::int64_t group = gemm_block<P>;
     const std::int64_t k = w.cols, ldy = w.rows, blocks = k / group;
     init_output<P, A>(bias, y, m, ldy, n0, n1);
     const i8_levels<P, A> levels(w);
