@@ -15,10 +15,11 @@
 // pair sums 2 * 128 * 127 cannot saturate) and adds (128 - zero) * sum(xq) per block.
 // GEMM: the f32 path is the 4-bit one (kernels_impl.hpp: panels of exactly dequantized weights,
 // dequantize_columns below); the i8 path with VNNI too (i8_gemm_vnni.hpp). Without VNNI the i8
-// GEMM takes one integer row of W against every row of X: correct, not tiled for the caches.
+// GEMM runs register tiles of the GEMV's integer dot on W in place (int8_tile_i8).
 #pragma once
 
 #include <qforge/kernels/impl/f32.hpp>
+#include <qforge/kernels/impl/gemm_tiles.hpp>
 
 #include <cstdint>
 
@@ -178,70 +179,116 @@ int8_act_row quantize_int8_acts(const float* x, std::int64_t k, std::int64_t gs,
     return {q, xs, sums};
 }
 
-// sum_b scale_b xs_b (sum_k (code - zero) xq_k) of row n against one activation row.
-template <class P, class A>
-float int8_dot_i8(const weights_view& w, std::int64_t n, const int8_act_row& x) {
+// out[i][r] += sum over blocks [b0, b1) of scale_b xs_b (sum_k (code - zero) xq_k), W row n + r
+// against activation row x[i]: the GEMV (1 x 1) and the GEMM tiles without VNNI. The integer dot
+// of a register takes c = code - 128 as |c| times xq with the sign of c; each block adds
+// (128 - zero) * sum(xq) outside the integer loop.
+template <class P, class A, int MR, int NR>
+void int8_tile_i8(const weights_view& w, const int8_act_row* x, std::int64_t n, std::int64_t b0, std::int64_t b1,
+                  float (&out)[MR][NR]) {
     using F = simd::f32v<A>;
     using I = simd::i32v<A>;
     using U = simd::u8v<A>;
-    constexpr int V = simd::vbytes<A>;
-    const std::int64_t k = w.cols, gs = int8_group<P>(w);
-    const std::uint8_t* codes = w.codes + n * k;
-    const auto* xq = reinterpret_cast<const std::uint8_t*>(x.q);
-    F acc(0.0f);
-    float scalar = 0.0f;  // the zero-point terms
-    const auto add = [](const I& dot, const std::uint8_t* c8, const std::uint8_t* x8) {
-        const U c = U::load_unaligned(c8) ^ U(static_cast<std::uint8_t>(0x80));  // code - 128, signed
-        return simd::dot_u8s8<A>(dot, simd::apply_sign<A>(c, c), simd::apply_sign<A>(U::load_unaligned(x8), c));
+    constexpr int V = simd::vbytes<A>, chains = MR * NR < 4 ? 2 : 1;
+    const std::int64_t k = w.cols, gs = int8_group<P>(w), blocks = k / gs;
+    const std::uint8_t* codes[NR];
+    for (int r = 0; r < NR; ++r) codes[r] = w.codes + (n + r) * k;
+    F acc[MR][NR];
+    float offsets[MR][NR] = {};  // the zero-point terms
+    for (auto& a : acc)
+        for (F& v : a) v = F(0.0f);
+    // dot[i][r] += the register of codes code_at(r) against the activations act_at(i)
+    const auto add = [](auto code_at, auto act_at, I(&dot)[MR][NR]) {
+        U xv[MR];
+        simd::unroll<MR>([&](auto i) { xv[i] = U::load_unaligned(act_at(i)); });
+        simd::unroll<NR>([&](auto r) {
+            const U c = U::load_unaligned(code_at(r)) ^ U(static_cast<std::uint8_t>(0x80));  // code - 128, signed
+            const U magnitude = simd::apply_sign<A>(c, c);
+            simd::unroll<MR>([&](auto i) { dot[i][r] = simd::dot_u8s8<A>(dot[i][r], magnitude, simd::apply_sign<A>(xv[i], c)); });
+        });
     };
-    int8_each_block<P, A>(w, n, k / gs, [&](std::int64_t b, float scale, int zero) {
-        const std::int64_t end = (b + 1) * gs;
-        std::int64_t i = b * gs;
-        I dot(0);
-        for (; i + V <= end; i += V) dot = add(dot, codes + i, xq + i);
-        if (i < end) {  // a block end that fills no register: padded with code 128 (c = 0), x 0
-            alignas(64) std::uint8_t c8[V], x8[V];
-            for (int j = 0; j < V; ++j) {
-                const bool in = i + j < end;
-                c8[j] = in ? codes[i + j] : 0x80;
-                x8[j] = in ? xq[i + j] : 0;
+    float scales[NR][scale_chunk];
+    for (std::int64_t c0 = b0; c0 < b1; c0 += scale_chunk) {
+        const int nb = static_cast<int>(smaller<std::int64_t>(scale_chunk, b1 - c0));
+        for (int r = 0; r < NR; ++r)
+            simd::f16_to_f32<A>(static_cast<const std::uint16_t*>(w.scales) + (n + r) * blocks + c0, nb, scales[r]);
+        for (std::int64_t b = c0; b < c0 + nb; ++b) {
+            I chain[chains][MR][NR];  // independent sums: small tiles would wait on the dot latency
+            for (auto& c : chain)
+                for (auto& d : c)
+                    for (I& v : d) v = I(0);
+            I(&dot)[MR][NR] = chain[0];
+            const std::int64_t end = (b + 1) * gs;
+            std::int64_t j = b * gs;
+            const auto add_at = [&](std::int64_t at, I(&to)[MR][NR]) {
+                add([&](int r) { return codes[r] + at; },
+                    [&](int i) { return reinterpret_cast<const std::uint8_t*>(x[i].q) + at; }, to);
+            };
+            for (; j + chains * V <= end; j += chains * V) simd::unroll<chains>([&](auto c) { add_at(j + c * V, chain[c]); });
+            for (; j + V <= end; j += V) add_at(j, dot);
+            if (j < end) {  // a block end that fills no register: padded with code 128 (c = 0), x 0
+                alignas(64) std::uint8_t c8[NR][V], x8[MR][V];
+                for (int t = 0; t < V; ++t) {
+                    const bool in = j + t < end;
+                    for (int r = 0; r < NR; ++r) c8[r][t] = in ? codes[r][j + t] : 0x80;
+                    for (int i = 0; i < MR; ++i) x8[i][t] = in ? static_cast<std::uint8_t>(x[i].q[j + t]) : 0;
+                }
+                add([&](int r) { return c8[r]; }, [&](int i) { return x8[i]; }, dot);
             }
-            dot = add(dot, c8, x8);
+            for (int c = 1; c < chains; ++c)
+                for (int i = 0; i < MR; ++i)
+                    for (int r = 0; r < NR; ++r) dot[i][r] = dot[i][r] + chain[c][i][r];
+            for (int r = 0; r < NR; ++r) {
+                const int zero = has_zeros<P> ? w.zeros[(n + r) * blocks + b] : 128;
+                for (int i = 0; i < MR; ++i) {
+                    const float f = scales[r][b - c0] * x[i].xs[b];
+                    acc[i][r] = simd::fma<A>(xsimd::to_float(dot[i][r]), F(f), acc[i][r]);
+                    offsets[i][r] += static_cast<float>((128 - zero) * x[i].sums[b]) * f;
+                }
+            }
         }
-        const float f = scale * x.xs[b];
-        acc = simd::fma<A>(xsimd::to_float(dot), F(f), acc);
-        scalar += static_cast<float>((128 - zero) * x.sums[b]) * f;
-    });
-    return xsimd::hadd(acc) + scalar;
+    }
+    for (int i = 0; i < MR; ++i)
+        for (int r = 0; r < NR; ++r) out[i][r] += xsimd::hadd(acc[i][r]) + offsets[i][r];
+}
+
+// One activation row per row of X, quantized per block into rows[i] (scratch slot 0).
+template <class P, class A>
+void quantize_int8_rows(const weights_view& w, const float* x, std::int64_t m, int8_act_row* rows) {
+    const std::int64_t k = w.cols, gs = int8_group<P>(w);
+    const std::size_t row_bytes = int8_act_bytes<A>(k, k / gs);
+    auto* mem = static_cast<std::uint8_t*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(m) * row_bytes));
+    for (std::int64_t i = 0; i < m; ++i) rows[i] = quantize_int8_acts<A>(x + i * k, k, gs, mem + i * row_bytes);
 }
 
 template <class P, class A>
     requires int8_policy<P>
 void gemv_i8(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
-    const std::int64_t k = w.cols, gs = int8_group<P>(w);
-    const int8_act_row xq = quantize_int8_acts<A>(gather_columns<A, 1>(w, x, 1), k, gs,
-                                                  simd::scratch<A, 0>::get(int8_act_bytes<A>(k, k / gs)));
+    int8_act_row xq;
+    quantize_int8_rows<P, A>(w, gather_columns<A, 1>(w, x, 1), 1, &xq);
+    const std::int64_t blocks = w.cols / int8_group<P>(w);
     for (std::int64_t n = n0; n < n1; ++n) {
-        const float v = int8_dot_i8<P, A>(w, n, xq);
-        y[n] = bias ? v + bias[n] : v;
+        float v[1][1] = {{bias ? bias[n] : 0.0f}};
+        int8_tile_i8<P, A, 1, 1>(w, &xq, n, 0, blocks, v);
+        y[n] = v[0][0];
     }
 }
 
+// Without VNNI (with VNNI: i8_gemm_vnni.hpp): register tiles on W in place, blocked as the
+// generic i8 GEMM (gemm_tiles.hpp).
 template <class P, class A>
     requires int8_policy<P>
 void gemm_i8(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
              std::int64_t n1) {
-    const std::int64_t k = w.cols, gs = int8_group<P>(w), ldy = w.rows;
-    const std::size_t row_bytes = int8_act_bytes<A>(k, k / gs);
-    x = gather_columns<A, 2>(w, x, m);
-    auto* mem = static_cast<std::uint8_t*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(m) * row_bytes));
+    const std::int64_t gs = int8_group<P>(w), ldy = w.rows;
+    init_output(bias, y, m, ldy, n0, n1);
     auto* rows = static_cast<int8_act_row*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m) * sizeof(int8_act_row)));
-    for (std::int64_t i = 0; i < m; ++i) rows[i] = quantize_int8_acts<A>(x + i * k, k, gs, mem + i * row_bytes);
-    for (std::int64_t n = n0; n < n1; ++n)
-        for (std::int64_t i = 0; i < m; ++i) {
-            const float v = int8_dot_i8<P, A>(w, n, rows[i]);
-            y[i * ldy + n] = bias ? v + bias[n] : v;
-        }
+    quantize_int8_rows<P, A>(w, gather_columns<A, 2>(w, x, m), m, rows);
+    const std::int64_t slice = gemm_i8_k_slice > gs ? gemm_i8_k_slice / gs : 1;  // in blocks
+    each_tile<gemm_i8_mr<A>, gemm_i8_nr>(m, n0, n1, w.cols / gs, slice, y, ldy,
+                                         [&](auto mt, auto nt, auto i0, auto n, auto b0, auto b1, auto& out) {
+                                             int8_tile_i8<P, A, mt, nt>(w, rows + i0, n, b0, b1, out);
+                                         });
 }
 
 }  // namespace qforge::kernels

@@ -8,6 +8,7 @@
 #include <qforge/kernels/impl/format_fp8.hpp>  // overloads: before the callers below
 #include <qforge/kernels/impl/format_int8.hpp>
 #include <qforge/kernels/impl/format_mx.hpp>
+#include <qforge/kernels/impl/gemm_tiles.hpp>
 #include <qforge/kernels/impl/i8.hpp>
 #include <qforge/kernels/impl/i8_gemm_vnni.hpp>
 #include <qforge/kernels/impl/llm_int8.hpp>  // overloads for bnb8: before the callers below
@@ -22,22 +23,6 @@ namespace qforge::kernels {
 
 template <class P>
 inline constexpr bool no_compute_path = false;
-
-// Runs f(integral_constant<mr>, integral_constant<nr>) for a run-time tile size within the maxima
-// (the edge tiles of odd shapes use the same code, instantiated smaller).
-template <int MRMAX, int NRMAX, class F>
-inline void with_tile(int mr, int nr, F&& f) {
-    simd::unroll<MRMAX>([&](auto i) {
-        if (decltype(i)::value + 1 != mr) return;
-        simd::unroll<NRMAX>([&](auto j) {
-            if (decltype(j)::value + 1 != nr) return;
-            f(std::integral_constant<int, decltype(i)::value + 1>{}, std::integral_constant<int, decltype(j)::value + 1>{});
-        });
-    });
-}
-
-template <class T>
-inline T smaller(T a, T b) { return a < b ? a : b; }
 
 // Columns [k0, k0 + kc) (whole blocks) of row n in f32: the rows of the f32 GEMM's panels.
 template <class P, class A>
@@ -113,23 +98,7 @@ void gemv(const weights_view& w, const float* x, const float* bias, float* y, st
     else static_assert(no_compute_path<P>, "qforge: the f16 compute path has no kernels yet");
 }
 
-// ---- GEMM ----------------------------------------------------------------------------------
-// Cache blocking: K in slices (the activations of all M rows for one slice stay in L2), output
-// rows in panels (the weights of one panel and slice stay in L1/L2 while every M tile uses them).
-
-inline constexpr std::int64_t gemm_row_panel = 32;
-inline constexpr std::int64_t gemm_f32_k_slice = 512;
-inline constexpr std::int64_t gemm_i8_k_slice = 2048;
-
-template <class A>
-inline constexpr int gemm_i8_mr = std::is_base_of_v<xsimd::avx512f, A> ? 4 : 2;
-inline constexpr int gemm_i8_nr = 2;
-
-template <class P, class A>
-void init_output(const float* bias, float* y, std::int64_t m, std::int64_t ldy, std::int64_t n0, std::int64_t n1) {
-    for (std::int64_t i = 0; i < m; ++i)
-        for (std::int64_t n = n0; n < n1; ++n) y[i * ldy + n] = bias ? bias[n] : 0.0f;
-}
+// ---- GEMM (cache blocking and register tiles: gemm_tiles.hpp) ---------------------------------
 
 // Also the bf16 path: emulated (operands rounded to bf16 in f32) or, on avx512_bf16, with
 // panels and X stored as bf16 and vdpbf16ps dot products (bf16.hpp).
@@ -142,7 +111,7 @@ void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float
     constexpr std::int64_t group = gemm_block<P>;
     constexpr std::int64_t k_slice = gemm_f32_k_slice > group ? gemm_f32_k_slice / group * group : group;
     const std::int64_t ldy = w.rows, k = w.cols;
-    init_output<P, A>(bias, y, m, ldy, n0, n1);
+    init_output(bias, y, m, ldy, n0, n1);
     auto* panel =
         static_cast<E*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(gemm_row_panel * k_slice) * sizeof(E)));
     const auto table = value_table<P, A>(w);
@@ -202,7 +171,7 @@ void gemm_i8(const weights_view& w, const float* x, std::int64_t m, const float*
     constexpr int MR = gemm_i8_mr<A>, NR = gemm_i8_nr;
     constexpr std::int64_t slice_steps = gemm_i8_k_slice > S::step_elems ? gemm_i8_k_slice / S::step_elems : 1;
     const std::int64_t ldy = w.rows, k = w.cols;
-    init_output<P, A>(bias, y, m, ldy, n0, n1);
+    init_output(bias, y, m, ldy, n0, n1);
     const S s(k);
     const i8_levels<P, A> levels(w);
     auto* mem = static_cast<std::uint8_t*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(m) * s.bytes));
@@ -210,23 +179,9 @@ void gemm_i8(const weights_view& w, const float* x, std::int64_t m, const float*
     x = gather_columns<A, 2>(w, x, m);
     for (std::int64_t i = 0; i < m; ++i) rows[i] = quantize_activations<P, A>(s, x + i * k, mem + i * s.bytes);
 
-    for (std::int64_t s0 = 0; s0 < s.steps; s0 += slice_steps) {
-        const std::int64_t s1 = smaller(s.steps, s0 + slice_steps);
-        for (std::int64_t p0 = n0; p0 < n1; p0 += gemm_row_panel) {
-            const std::int64_t p1 = smaller(n1, p0 + gemm_row_panel);
-            for (std::int64_t i0 = 0; i0 < m; i0 += MR)
-                for (std::int64_t n = p0; n < p1; n += NR) {
-                    const int mr = static_cast<int>(smaller<std::int64_t>(MR, m - i0));
-                    const int nr = static_cast<int>(smaller<std::int64_t>(NR, p1 - n));
-                    with_tile<MR, NR>(mr, nr, [&](auto mt, auto nt) {
-                        float out[mt][nt] = {};
-                        i8_tile<P, A, mt, nt>(w, levels, rows + i0, n, s0, s1, out);
-                        for (int i = 0; i < mt; ++i)
-                            for (int j = 0; j < nt; ++j) y[(i0 + i) * ldy + n + j] += out[i][j];
-                    });
-                }
-        }
-    }
+    each_tile<MR, NR>(m, n0, n1, s.steps, slice_steps, y, ldy, [&](auto mt, auto nt, auto i0, auto n, auto s0, auto s1, auto& out) {
+        i8_tile<P, A, mt, nt>(w, levels, rows + i0, n, s0, s1, out);
+    });
     if (s.tail_blocks > 0)
         for (std::int64_t i = 0; i < m; ++i)
             for (std::int64_t n = n0; n < n1; ++n) y[i * ldy + n] += i8_tail<P, A>(w, s, levels, rows[i], n);
@@ -239,7 +194,7 @@ void gemm_i8_vnni(const weights_view& w, const float* x, std::int64_t m, const f
     using namespace vnni_gemm;
     constexpr std::int64_t group = gemm_block<P>;
     const std::int64_t k = w.cols, ldy = w.rows, blocks = k / group;
-    init_output<P, A>(bias, y, m, ldy, n0, n1);
+    init_output(bias, y, m, ldy, n0, n1);
     const i8_levels<P, A> levels(w);
     x = gather_columns<A, 3>(w, x, m);  // act-order: X in the stored column order
     auto* xq = static_cast<std::int8_t*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(m * k)));

@@ -1,0 +1,69 @@
+// The GEMMs' cache blocking, shared by every compute path: K in slices (the activations of all M
+// rows for one slice stay in L2), output rows in panels (the weights of one panel and slice stay in
+// L1/L2 while every M tile uses them), and register tiles of MR rows of X times NR rows of W.
+#pragma once
+
+#include <qforge/kernels/impl/simd.hpp>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace qforge::kernels {
+
+inline constexpr std::int64_t gemm_row_panel = 32;
+inline constexpr std::int64_t gemm_f32_k_slice = 512;
+inline constexpr std::int64_t gemm_i8_k_slice = 2048;
+
+template <class A>
+inline constexpr int gemm_i8_mr = std::is_base_of_v<xsimd::avx512f, A> ? 4 : 2;
+inline constexpr int gemm_i8_nr = 2;
+
+template <class T>
+inline T smaller(T a, T b) { return a < b ? a : b; }
+
+// y[i, n] = bias[n] (or 0) for the M rows of the output range [n0, n1): the tiles add to it.
+inline void init_output(const float* bias, float* y, std::int64_t m, std::int64_t ldy, std::int64_t n0, std::int64_t n1) {
+    for (std::int64_t i = 0; i < m; ++i)
+        for (std::int64_t n = n0; n < n1; ++n) y[i * ldy + n] = bias ? bias[n] : 0.0f;
+}
+
+// Runs f(integral_constant<mr>, integral_constant<nr>) for a run-time tile size within the maxima
+// (the edge tiles of odd shapes use the same code, instantiated smaller).
+template <int MRMAX, int NRMAX, class F>
+inline void with_tile(int mr, int nr, F&& f) {
+    simd::unroll<MRMAX>([&](auto i) {
+        if (decltype(i)::value + 1 != mr) return;
+        simd::unroll<NRMAX>([&](auto j) {
+            if (decltype(j)::value + 1 != nr) return;
+            f(std::integral_constant<int, decltype(i)::value + 1>{}, std::integral_constant<int, decltype(j)::value + 1>{});
+        });
+    });
+}
+
+// The i8 GEMMs that work on W in place: K as `units` (steps, blocks) in slices of `slice` units,
+// output rows [n0, n1) in panels, and for each slice and panel every MR x NR tile:
+// tile(mt, nt, i0, n, u0, u1, out) sums X rows i0.. against W rows n.. over units [u0, u1) into
+// float out[mt][nt], which is added to y (ldy apart).
+template <int MR, int NR, class Tile>
+void each_tile(std::int64_t m, std::int64_t n0, std::int64_t n1, std::int64_t units, std::int64_t slice, float* y,
+               std::int64_t ldy, Tile&& tile) {
+    for (std::int64_t u0 = 0; u0 < units; u0 += slice) {
+        const std::int64_t u1 = smaller(units, u0 + slice);
+        for (std::int64_t p0 = n0; p0 < n1; p0 += gemm_row_panel) {
+            const std::int64_t p1 = smaller(n1, p0 + gemm_row_panel);
+            for (std::int64_t i0 = 0; i0 < m; i0 += MR)
+                for (std::int64_t n = p0; n < p1; n += NR) {
+                    const int mr = static_cast<int>(smaller<std::int64_t>(MR, m - i0));
+                    const int nr = static_cast<int>(smaller<std::int64_t>(NR, p1 - n));
+                    with_tile<MR, NR>(mr, nr, [&](auto mt, auto nt) {
+                        float out[mt][nt] = {};
+                        tile(mt, nt, i0, n, u0, u1, out);
+                        for (int i = 0; i < mt; ++i)
+                            for (int j = 0; j < nt; ++j) y[(i0 + i) * ldy + n + j] += out[i][j];
+                    });
+                }
+        }
+    }
+}
+
+}  // namespace qforge::kernels
