@@ -194,7 +194,7 @@ void int8_tile_i8(const weights_view& w, const int8_act_row* x, std::int64_t n, 
     const std::uint8_t* codes[NR];
     for (int r = 0; r < NR; ++r) codes[r] = w.codes + (n + r) * k;
     F acc[MR][NR];
-    float offsets[MR][NR] = {};  // the zero-point terms
+    float offsets[MR][NR] = {};  // the zero-point terms (int_asym)
     for (auto& a : acc)
         for (F& v : a) v = F(0.0f);
     // dot[i][r] += the register of codes code_at(r) against the activations act_at(i)
@@ -208,10 +208,19 @@ void int8_tile_i8(const weights_view& w, const int8_act_row* x, std::int64_t n, 
         });
     };
     float scales[NR][scale_chunk];
+    alignas(64) float cs[MR][NR][scale_chunk];  // scale * xs per block of the chunk
     for (std::int64_t c0 = b0; c0 < b1; c0 += scale_chunk) {
         const int nb = static_cast<int>(smaller<std::int64_t>(scale_chunk, b1 - c0));
-        for (int r = 0; r < NR; ++r)
+        for (int r = 0; r < NR; ++r) {
             simd::f16_to_f32<A>(static_cast<const std::uint16_t*>(w.scales) + (n + r) * blocks + c0, nb, scales[r]);
+            for (int i = 0; i < MR; ++i)
+                for (int t = 0; t < nb; ++t) {
+                    cs[i][r][t] = scales[r][t] * x[i].xs[c0 + t];
+                    if constexpr (has_zeros<P>)  // int_sym: zero 128, no term
+                        offsets[i][r] += cs[i][r][t] *
+                                         static_cast<float>((128 - w.zeros[(n + r) * blocks + c0 + t]) * x[i].sums[c0 + t]);
+                }
+        }
         for (std::int64_t b = c0; b < c0 + nb; ++b) {
             I chain[chains][MR][NR];  // independent sums: small tiles would wait on the dot latency
             for (auto& c : chain)
@@ -238,14 +247,8 @@ void int8_tile_i8(const weights_view& w, const int8_act_row* x, std::int64_t n, 
             for (int c = 1; c < chains; ++c)
                 for (int i = 0; i < MR; ++i)
                     for (int r = 0; r < NR; ++r) dot[i][r] = dot[i][r] + chain[c][i][r];
-            for (int r = 0; r < NR; ++r) {
-                const int zero = has_zeros<P> ? w.zeros[(n + r) * blocks + b] : 128;
-                for (int i = 0; i < MR; ++i) {
-                    const float f = scales[r][b - c0] * x[i].xs[b];
-                    acc[i][r] = simd::fma<A>(xsimd::to_float(dot[i][r]), F(f), acc[i][r]);
-                    offsets[i][r] += static_cast<float>((128 - zero) * x[i].sums[b]) * f;
-                }
-            }
+            for (int i = 0; i < MR; ++i)
+                for (int r = 0; r < NR; ++r) acc[i][r] = simd::fma<A>(xsimd::to_float(dot[i][r]), F(cs[i][r][b - c0]), acc[i][r]);
         }
     }
     for (int i = 0; i < MR; ++i)
