@@ -189,14 +189,14 @@ void int8_tile_i8(const weights_view& w, const int8_act_row* x, std::int64_t n, 
     using F = simd::f32v<A>;
     using I = simd::i32v<A>;
     using U = simd::u8v<A>;
-    constexpr int V = simd::vbytes<A>, chains = MR * NR < 4 ? 2 : 1;
+    constexpr int V = simd::vbytes<A>, lanes = simd::lanes<A>, chains = MR * NR < 4 ? 2 : 1;
     const std::int64_t k = w.cols, gs = int8_group<P>(w), blocks = k / gs;
     const std::uint8_t* codes[NR];
     for (int r = 0; r < NR; ++r) codes[r] = w.codes + (n + r) * k;
-    F acc[MR][NR];
-    float offsets[MR][NR] = {};  // the zero-point terms (int_asym)
-    for (auto& a : acc)
-        for (F& v : a) v = F(0.0f);
+    F acc[MR][NR], offset_lanes[MR][NR];  // the zero-point terms (int_asym): lanes over blocks
+    float offsets[MR][NR] = {};           // and the blocks after the last full register
+    for (int i = 0; i < MR; ++i)
+        for (int r = 0; r < NR; ++r) acc[i][r] = offset_lanes[i][r] = F(0.0f);
     // dot[i][r] += the register of codes code_at(r) against the activations act_at(i)
     const auto add = [](auto code_at, auto act_at, I(&dot)[MR][NR]) {
         U xv[MR];
@@ -213,13 +213,19 @@ void int8_tile_i8(const weights_view& w, const int8_act_row* x, std::int64_t n, 
         const int nb = static_cast<int>(smaller<std::int64_t>(scale_chunk, b1 - c0));
         for (int r = 0; r < NR; ++r) {
             simd::f16_to_f32<A>(static_cast<const std::uint16_t*>(w.scales) + (n + r) * blocks + c0, nb, scales[r]);
-            for (int i = 0; i < MR; ++i)
-                for (int t = 0; t < nb; ++t) {
-                    cs[i][r][t] = scales[r][t] * x[i].xs[c0 + t];
-                    if constexpr (has_zeros<P>)  // int_sym: zero 128, no term
-                        offsets[i][r] += cs[i][r][t] *
-                                         static_cast<float>((128 - w.zeros[(n + r) * blocks + c0 + t]) * x[i].sums[c0 + t]);
+            for (int i = 0; i < MR; ++i) {
+                for (int t = 0; t < nb; ++t) cs[i][r][t] = scales[r][t] * x[i].xs[c0 + t];
+                if constexpr (has_zeros<P>) {  // int_sym: zero 128, no term
+                    const std::uint8_t* zeros = w.zeros + (n + r) * blocks + c0;
+                    const std::int32_t* sums = x[i].sums + c0;
+                    int t = 0;
+                    for (; t + lanes <= nb; t += lanes) {
+                        const I term = (I(128) - simd::load_u8_as_i32<A>(zeros + t)) * I::load_unaligned(sums + t);
+                        offset_lanes[i][r] = simd::fma<A>(F::load_aligned(cs[i][r] + t), xsimd::to_float(term), offset_lanes[i][r]);
+                    }
+                    for (; t < nb; ++t) offsets[i][r] += cs[i][r][t] * static_cast<float>((128 - zeros[t]) * sums[t]);
                 }
+            }
         }
         for (std::int64_t b = c0; b < c0 + nb; ++b) {
             I chain[chains][MR][NR];  // independent sums: small tiles would wait on the dot latency
@@ -252,7 +258,10 @@ void int8_tile_i8(const weights_view& w, const int8_act_row* x, std::int64_t n, 
         }
     }
     for (int i = 0; i < MR; ++i)
-        for (int r = 0; r < NR; ++r) out[i][r] += xsimd::hadd(acc[i][r]) + offsets[i][r];
+        for (int r = 0; r < NR; ++r) {
+            const float zero_terms = has_zeros<P> ? xsimd::hadd(offset_lanes[i][r]) + offsets[i][r] : 0.0f;
+            out[i][r] += xsimd::hadd(acc[i][r]) + zero_terms;
+        }
 }
 
 // One activation row per row of X, quantized per block into rows[i] (scratch slot 0).
