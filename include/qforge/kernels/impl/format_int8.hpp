@@ -181,8 +181,8 @@ int8_act_row quantize_int8_acts(const float* x, std::int64_t k, std::int64_t gs,
 
 // out[i][r] += sum over blocks [b0, b1) of scale_b xs_b (sum_k (code - zero) xq_k), W row n + r
 // against activation row x[i]: the GEMV (1 x 1) and the GEMM tiles without VNNI. The integer dot
-// of a register takes c = code - 128 as |c| times xq with the sign of c; each block adds
-// (128 - zero) * sum(xq) outside the integer loop.
+// of a register takes c = code - 128 as |c| times xq with the sign of c; int_asym blocks add
+// scale_b xs_b (128 - zero) sum(xq) outside the integer loop (int_sym's zero 128 makes it 0).
 template <class P, class A, int MR, int NR>
 void int8_tile_i8(const weights_view& w, const int8_act_row* x, std::int64_t n, std::int64_t b0, std::int64_t b1,
                   float (&out)[MR][NR]) {
