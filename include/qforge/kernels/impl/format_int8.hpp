@@ -204,7 +204,9 @@ void int8_tile_i8(const weights_view& w, const int8_act_row* x, std::int64_t n, 
         simd::unroll<NR>([&](auto r) {
             const U c = U::load_unaligned(code_at(r)) ^ U(static_cast<std::uint8_t>(0x80));  // code - 128, signed
             const U magnitude = simd::apply_sign<A>(c, c);
-            simd::unroll<MR>([&](auto i) { dot[i][r] = simd::dot_u8s8<A>(dot[i][r], magnitude, simd::apply_sign<A>(xv[i], c)); });
+            simd::unroll<MR>([&](auto i) {
+                dot[i][r] = simd::dot_u8s8<A>(dot[i][r], magnitude, simd::apply_sign<A>(xv[i], c));
+            });
         });
     };
     float scales[NR][scale_chunk];
@@ -221,7 +223,8 @@ void int8_tile_i8(const weights_view& w, const int8_act_row* x, std::int64_t n, 
                     int t = 0;
                     for (; t + lanes <= nb; t += lanes) {
                         const I term = (I(128) - simd::load_u8_as_i32<A>(zeros + t)) * I::load_unaligned(sums + t);
-                        offset_lanes[i][r] = simd::fma<A>(F::load_aligned(cs[i][r] + t), xsimd::to_float(term), offset_lanes[i][r]);
+                        const F scale = F::load_aligned(cs[i][r] + t);
+                        offset_lanes[i][r] = simd::fma<A>(scale, xsimd::to_float(term), offset_lanes[i][r]);
                     }
                     for (; t < nb; ++t) offsets[i][r] += cs[i][r][t] * static_cast<float>((128 - zeros[t]) * sums[t]);
                 }
@@ -239,7 +242,8 @@ void int8_tile_i8(const weights_view& w, const int8_act_row* x, std::int64_t n, 
                 add([&](int r) { return codes[r] + at; },
                     [&](int i) { return reinterpret_cast<const std::uint8_t*>(x[i].q) + at; }, to);
             };
-            for (; j + chains * V <= end; j += chains * V) simd::unroll<chains>([&](auto c) { add_at(j + c * V, chain[c]); });
+            for (; j + chains * V <= end; j += chains * V)
+                simd::unroll<chains>([&](auto c) { add_at(j + c * V, chain[c]); });
             for (; j + V <= end; j += V) add_at(j, dot);
             if (j < end) {  // a block end that fills no register: padded with code 128 (c = 0), x 0
                 alignas(64) std::uint8_t c8[NR][V], x8[MR][V];
@@ -254,7 +258,8 @@ void int8_tile_i8(const weights_view& w, const int8_act_row* x, std::int64_t n, 
                 for (int i = 0; i < MR; ++i)
                     for (int r = 0; r < NR; ++r) dot[i][r] = dot[i][r] + chain[c][i][r];
             for (int i = 0; i < MR; ++i)
-                for (int r = 0; r < NR; ++r) acc[i][r] = simd::fma<A>(xsimd::to_float(dot[i][r]), F(cs[i][r][b - c0]), acc[i][r]);
+                for (int r = 0; r < NR; ++r)
+                    acc[i][r] = simd::fma<A>(xsimd::to_float(dot[i][r]), F(cs[i][r][b - c0]), acc[i][r]);
         }
     }
     for (int i = 0; i < MR; ++i)

@@ -179,9 +179,10 @@ void gemm_i8(const weights_view& w, const float* x, std::int64_t m, const float*
     x = gather_columns<A, 2>(w, x, m);
     for (std::int64_t i = 0; i < m; ++i) rows[i] = quantize_activations<P, A>(s, x + i * k, mem + i * s.bytes);
 
-    each_tile<MR, NR>(m, n0, n1, s.steps, slice_steps, y, ldy, [&](auto mt, auto nt, auto i0, auto n, auto s0, auto s1, auto& out) {
-        i8_tile<P, A, mt, nt>(w, levels, rows + i0, n, s0, s1, out);
-    });
+    each_tile<MR, NR>(m, n0, n1, s.steps, slice_steps, y, ldy,
+                      [&](auto mt, auto nt, auto i0, auto n, auto s0, auto s1, auto& out) {
+                          i8_tile<P, A, mt, nt>(w, levels, rows + i0, n, s0, s1, out);
+                      });
     if (s.tail_blocks > 0)
         for (std::int64_t i = 0; i < m; ++i)
             for (std::int64_t n = n0; n < n1; ++n) y[i * ldy + n] += i8_tail<P, A>(w, s, levels, rows[i], n);
