@@ -76,6 +76,27 @@ inline simd::table16<A> value_table(const weights_view& w) {
     return simd::make_table16<A>(values);
 }
 
+// f(b, scale, zero) for the blocks [b0, b0 + nb) of row n in gemm_block<P> units, b counted from
+// b0 (zero: 0 without zero points); per channel every block has the row's scale and zero point.
+template <class P, class A, class F>
+void each_block_scale(const weights_view& w, std::int64_t n, std::int64_t b0, std::int64_t nb, F&& f) {
+    if constexpr (P::group == per_channel) {
+        float scale;
+        simd::f16_to_f32<A>(static_cast<const std::uint16_t*>(w.scales) + n, 1, &scale);
+        const float zero = has_zeros<P> ? static_cast<float>(w.zeros[n]) : 0.0f;
+        for (std::int64_t b = 0; b < nb; ++b) f(b, scale, zero);
+    } else {
+        using L = layout_traits<P::storage>;
+        float buf[scale_chunk], zbuf[scale_chunk];
+        for (std::int64_t c0 = 0; c0 < nb; c0 += scale_chunk) {
+            const int nc = static_cast<int>(nb - c0 < scale_chunk ? nb - c0 : scale_chunk);
+            const float* s = L::template row_scales<P, A>(w, n, b0 + c0, nc, buf);
+            const float* z = has_zeros<P> ? row_zeros<P, A>(w, n, b0 + c0, nc, zbuf) : nullptr;
+            for (int i = 0; i < nc; ++i) f(c0 + i, s[i], z ? z[i] : 0.0f);
+        }
+    }
+}
+
 // Elements [b0 * group, b1 * group) of row n, dequantized to out[0 ..).
 template <class P, class A>
 void dequantize_blocks(const weights_view& w, const simd::table16<A>& table, std::int64_t n, std::int64_t b0,

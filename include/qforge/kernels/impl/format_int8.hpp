@@ -20,6 +20,7 @@
 
 #include <qforge/kernels/impl/f32.hpp>
 #include <qforge/kernels/impl/gemm_tiles.hpp>
+#include <qforge/kernels/impl/i8.hpp>
 
 #include <cstdint>
 
@@ -41,22 +42,6 @@ constexpr void check_kernel_policy() {
 template <class P>
 inline std::int64_t int8_group(const weights_view& w) {
     return P::group == per_channel ? w.cols : P::group;
-}
-
-// f(b, scale, zero) for every block b of row n, in order; scales decoded in chunks.
-template <class P, class A, class F>
-inline void int8_each_block(const weights_view& w, std::int64_t n, std::int64_t blocks, F&& f) {
-    float scales[scale_chunk];
-    const std::uint16_t* h = static_cast<const std::uint16_t*>(w.scales) + n * blocks;
-    for (std::int64_t c0 = 0; c0 < blocks; c0 += scale_chunk) {
-        const int nb = static_cast<int>(blocks - c0 < scale_chunk ? blocks - c0 : scale_chunk);
-        simd::f16_to_f32<A>(h + c0, nb, scales);
-        for (int i = 0; i < nb; ++i) {
-            const std::int64_t b = c0 + i;
-            const int zero = has_zeros<P> ? w.zeros[n * blocks + b] : 128;
-            f(b, scales[i], zero);
-        }
-    }
 }
 
 // lanes codes at p -> (code - zero) in f32, exact.
@@ -112,8 +97,8 @@ float int8_dot_f32(const weights_view& w, std::int64_t n, const float* x) {
     const std::int64_t k = w.cols, gs = int8_group<P>(w);
     const std::uint8_t* codes = w.codes + n * k;
     F acc(0.0f);
-    int8_each_block<P, A>(w, n, k / gs, [&](std::int64_t b, float scale, int zero) {
-        const F z(static_cast<float>(zero));
+    each_block_scale<P, A>(w, n, 0, k / gs, [&](std::int64_t b, float scale, float zero) {
+        const F z(has_zeros<P> ? zero : 128.0f);
         F even(0.0f), odd(0.0f);  // two chains: FMA latency (gs is a multiple of 2 * lanes)
         for (std::int64_t i = b * gs; i < (b + 1) * gs; i += 2 * lanes) {
             even = simd::fma<A>(int8_values<A>(codes + i, z), F::load_unaligned(x + i), even);
@@ -150,32 +135,11 @@ inline std::size_t int8_act_bytes(std::int64_t k, std::int64_t blocks) {
 
 template <class A>
 int8_act_row quantize_int8_acts(const float* x, std::int64_t k, std::int64_t gs, void* mem) {
-    using F = simd::f32v<A>;
-    using I = simd::i32v<A>;
-    constexpr int lanes = simd::lanes<A>;
     const std::int64_t blocks = k / gs;
     auto* q = static_cast<std::int8_t*>(mem);
     auto* xs = reinterpret_cast<float*>(static_cast<std::uint8_t*>(mem) + (k + 63) / 64 * 64);
     auto* sums = reinterpret_cast<std::int32_t*>(xs + blocks);
-    alignas(64) std::int32_t qi[simd::lanes<A>];
-    for (std::int64_t b = 0; b < blocks; ++b) {
-        const float* xb = x + b * gs;
-        float amax = 0.0f;
-        for (std::int64_t i = 0; i < gs; ++i) {
-            const float a = __builtin_fabsf(xb[i]);
-            amax = a > amax ? a : amax;
-        }
-        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;  // as i8.hpp
-        xs[b] = amax / 127.0f;
-        I sum(0);
-        for (std::int64_t i = 0; i < gs; i += lanes) {
-            const I v = xsimd::nearbyint_as_int(F::load_unaligned(xb + i) * F(inv));
-            sum = sum + v;
-            v.store_aligned(qi);
-            for (int j = 0; j < lanes; ++j) q[b * gs + i + j] = static_cast<std::int8_t>(qi[j]);
-        }
-        sums[b] = xsimd::hadd(sum);
-    }
+    for (std::int64_t b = 0; b < blocks; ++b) xs[b] = quantize_block<A>(x + b * gs, gs, q + b * gs, sums[b]);
     return {q, xs, sums};
 }
 

@@ -58,23 +58,24 @@ struct i8_row {
     const float* qsum;          // per block: sum(xq), exact in f32 (|sum| <= 127 * group < 2^24)
 };
 
-// One block of x (P::group elements) as int8 levels out[0 .. group) in natural order:
-// xq = RNE(x * (127 / amax)); sum receives sum(xq); returns the block's activation scale amax / 127.
-template <class P, class A>
-float quantize_block(const float* xb, std::int8_t* out, std::int32_t& sum) {
+// One block of x (len elements, a multiple of the lanes) as int8 levels out[0 .. len) in natural
+// order: xq = RNE(x * (127 / amax)); sum receives sum(xq); returns the activation scale amax / 127.
+// Every i8 path quantizes its activations with it.
+template <class A>
+float quantize_block(const float* xb, std::int64_t len, std::int8_t* out, std::int32_t& sum) {
     using F = simd::f32v<A>;
     using I = simd::i32v<A>;
     constexpr int lanes = simd::lanes<A>;
     F m(0.0f);
     // max(|x|, m) keeps m where |x| is NaN (maxps returns its second operand), as `a > m ? a : m`
-    for (int i = 0; i < P::group; i += lanes) m = xsimd::max(xsimd::abs(F::load_unaligned(xb + i)), m);
+    for (std::int64_t i = 0; i < len; i += lanes) m = xsimd::max(xsimd::abs(F::load_unaligned(xb + i)), m);
     alignas(64) float lane_max[lanes];
     m.store_aligned(lane_max);
     float amax = 0.0f;
     for (const float a : lane_max) amax = a > amax ? a : amax;
     const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
     I total(0);
-    for (int i = 0; i < P::group; i += lanes) {
+    for (std::int64_t i = 0; i < len; i += lanes) {
         const I q = xsimd::nearbyint_as_int(F::load_unaligned(xb + i) * F(inv));
         total = total + q;
         simd::store_i8<A>(q, out + i);
@@ -99,7 +100,7 @@ i8_row quantize_activations(const i8_shape<P, A>& s, const float* x, void* mem) 
         const std::int64_t step_start = b * S::group - in_step;
         const bool tail = step_start >= full;  // only when a window spans several blocks: natural order
         std::int32_t sum = 0;
-        xs_block[b] = quantize_block<P, A>(x + b * S::group, tail ? q + b * S::group : natural + in_step, sum);
+        xs_block[b] = quantize_block<A>(x + b * S::group, S::group, tail ? q + b * S::group : natural + in_step, sum);
         qsum[b] = static_cast<float>(sum);
         if (tail || in_step + S::group < S::step_elems) continue;  // or the step has more blocks
         // The step is complete: permute its windows.

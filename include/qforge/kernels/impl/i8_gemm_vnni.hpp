@@ -68,29 +68,19 @@ inline void transpose16(__m512i (&t)[16]) {
 // One X row: int8 levels in natural order, per block the activation scale and -128 * sum.
 template <class P, class A>
 void quantize_row(const float* x, std::int64_t k, std::int8_t* q, float* xs, std::int32_t* corr) {
-    if constexpr (P::group == per_channel) {  // as format_int8.hpp's quantize_int8_acts, one block
-        using F = simd::f32v<A>;
-        using I = simd::i32v<A>;
-        float amax = 0.0f;
-        for (std::int64_t i = 0; i < k; ++i) {
-            const float a = __builtin_fabsf(x[i]);
-            amax = a > amax ? a : amax;
-        }
-        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    if constexpr (P::group == per_channel) {  // one scale for the row, as the GEMV; a sum per block of 32
+        std::int32_t total;
+        const float scale = quantize_block<A>(x, k, q, total);
         for (std::int64_t b = 0; b < k / gemm_block<P>; ++b) {
-            I sum(0);
-            for (std::int64_t i = b * gemm_block<P>; i < (b + 1) * gemm_block<P>; i += simd::lanes<A>) {
-                const I v = xsimd::nearbyint_as_int(F::load_unaligned(x + i) * F(inv));
-                sum = sum + v;
-                simd::store_i8<A>(v, q + i);
-            }
-            xs[b] = amax / 127.0f;
-            corr[b] = -128 * xsimd::hadd(sum);
+            std::int32_t sum = 0;
+            for (std::int64_t i = b * gemm_block<P>; i < (b + 1) * gemm_block<P>; ++i) sum += q[i];
+            xs[b] = scale;
+            corr[b] = -128 * sum;
         }
     } else {
         for (std::int64_t b = 0; b < k / P::group; ++b) {
             std::int32_t sum = 0;
-            xs[b] = quantize_block<P, A>(x + b * P::group, q + b * P::group, sum);
+            xs[b] = quantize_block<A>(x + b * P::group, P::group, q + b * P::group, sum);
             corr[b] = -128 * sum;
         }
     }
@@ -131,27 +121,6 @@ template <class P, class A>
 void decode_row(const weights_view& w, const i8_levels<P, A>&, std::int64_t n, std::int64_t k0, std::int64_t len,
                 std::uint8_t* out) {
     std::memcpy(out, w.codes + n * w.cols + k0, static_cast<std::size_t>(len));
-}
-
-// f(b, scale, zero) for the tile's blocks [b0, b0 + nb) of row n, b counted from b0 (zero: 0
-// without zero points).
-template <class P, class A, class F>
-void each_block_scale(const weights_view& w, std::int64_t n, std::int64_t b0, std::int64_t nb, F&& f) {
-    if constexpr (P::group == per_channel) {
-        float scale;
-        simd::f16_to_f32<A>(static_cast<const std::uint16_t*>(w.scales) + n, 1, &scale);
-        const float zero = has_zeros<P> ? static_cast<float>(w.zeros[n]) : 0.0f;
-        for (std::int64_t b = 0; b < nb; ++b) f(b, scale, zero);
-    } else {
-        using L = layout_traits<P::storage>;
-        float buf[scale_chunk], zbuf[scale_chunk];
-        for (std::int64_t c0 = 0; c0 < nb; c0 += scale_chunk) {
-            const int nc = static_cast<int>(nb - c0 < scale_chunk ? nb - c0 : scale_chunk);
-            const float* s = L::template row_scales<P, A>(w, n, b0 + c0, nc, buf);
-            const float* z = has_zeros<P> ? row_zeros<P, A>(w, n, b0 + c0, nc, zbuf) : nullptr;
-            for (int i = 0; i < nc; ++i) f(c0 + i, s[i], z ? z[i] : 0.0f);
-        }
-    }
 }
 
 // The panel of rows [p0, p0 + rows) and K slice [k0, k0 + len): levels interleaved by quad
