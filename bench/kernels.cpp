@@ -103,6 +103,7 @@ packed_weights random_weights(const config& cfg, std::int64_t n, std::int64_t k,
             p.scales.resize(blocks * sizeof(float));
             std::memcpy(p.scales.data(), absmax.data(), p.scales.size());
         }
+        rows_with_scales(p);  // as pack_weights arranges them
     } else if (cfg.storage == layout::fp8_block) {  // f32 scale_inv per tile, around 5e-4
         std::vector<float> scale_inv(static_cast<std::size_t>((n + cfg.group - 1) / cfg.group * (k / cfg.group)));
         for (float& a : scale_inv) a = rng.uniform(1e-4f, 1e-3f);

@@ -547,7 +547,8 @@ TEST_CASE("gemv matches the reference within the stated bounds, with bias, unali
             packed_weights moved = d.packed;
             const shifted<std::uint8_t> codes(d.packed.codes, 3);
             weights_view view = moved.view();
-            view.codes = codes.data;
+            view.codes = codes.data + d.packed.row_scale_bytes;
+            if (d.packed.row_stride != 0) view.scales = codes.data;  // bnb4: the scales are in the rows
             std::vector<float> y_buf(static_cast<std::size_t>(n) + 2, sentinel);
             float* y = y_buf.data() + 1;
             k->gemv(view, xs.data, bias.data(), y, 0, n);
@@ -651,6 +652,51 @@ TEST_CASE("thread_pool: every row once, and split GEMV/GEMM equal to one call bi
     CHECK(std::memcmp(ys_one.data(), ys_split.data(), ys_one.size() * sizeof(float)) == 0);
 }
 
+TEST_CASE("bnb4: the checkpoint's dense arrays and pack's rows with scales give the same bits") {
+    if (!isa_under_test_runs()) return;
+    for (const auto& l : kernel_list) {
+        if (l.cfg.storage != layout::bnb4) continue;
+        // 5 blocks per row over 70 rows: the double-quant blocks of 256 end inside row 51
+        const std::int64_t n = 70, kk = 320, blocks = kk / l.cfg.group;
+        const case_data d = make_case(l.cfg, n, kk, 31);
+        const auto& t = std::get<ref::bnb4_tensor>(d.q);
+        const weights_view arranged = d.packed.view();
+        INFO(canonical_name(l.cfg));
+        // the arrangement: row r is its scales, then its codes, 64-byte aligned
+        const std::size_t scale_size = t.nested ? 1 : sizeof(float);
+        REQUIRE(arranged.row_stride % 64 == 0);
+        for (const std::int64_t r : {std::int64_t{0}, std::int64_t{1}, n - 1}) {
+            const auto* row_scales = static_cast<const std::uint8_t*>(arranged.scales) + r * arranged.row_stride;
+            const auto* dense_scales = t.nested ? t.absmax_codes.data()
+                                                : reinterpret_cast<const std::uint8_t*>(t.absmax.data());
+            CHECK(std::memcmp(row_scales, dense_scales + r * blocks * scale_size, blocks * scale_size) == 0);
+            CHECK(std::memcmp(arranged.codes + r * arranged.row_stride, t.packed.data() + r * kk / 2, kk / 2) == 0);
+        }
+        weights_view dense{l.cfg, n, kk, t.packed.data(), t.nested ? static_cast<const void*>(t.absmax_codes.data())
+                                                                    : static_cast<const void*>(t.absmax.data()),
+                           t.quant_map.data()};
+        if (t.nested) {
+            dense.nested_map = t.nested_quant_map.data();
+            dense.nested_absmax = t.nested_absmax.data();
+            dense.nested_offset = t.nested_offset;
+        }
+        const std::vector<float> x = random_vector(static_cast<std::size_t>(3 * kk), 32);
+        // out(view, y) runs one op into y; both views must give the same bits
+        const auto same = [&](std::size_t size, const auto& out) {
+            std::vector<float> a(size, sentinel), b(size, sentinel);
+            out(dense, a.data());
+            out(arranged, b.data());
+            CHECK(std::memcmp(a.data(), b.data(), size * sizeof(float)) == 0);
+        };
+        if (const kernel* k = registered(l.cfg, op::dequantize))
+            same(static_cast<std::size_t>(n * kk), [&](const weights_view& w, float* y) { k->dequantize(w, 0, n, y); });
+        if (const kernel* k = registered(l.cfg, op::gemv))
+            same(static_cast<std::size_t>(n), [&](const weights_view& w, float* y) { k->gemv(w, x.data(), nullptr, y, 0, n); });
+        if (const kernel* k = registered(l.cfg, op::gemm))
+            same(static_cast<std::size_t>(3 * n), [&](const weights_view& w, float* y) { k->gemm(w, x.data(), 3, nullptr, y, 0, n); });
+    }
+}
+
 TEST_CASE("checked calls refuse mismatched weights, shapes and ranges") {
     if (!isa_under_test_runs()) return;
     const config nf4{dtype::nf4, 4, 64, false, layout::bnb4, compute::f32};
@@ -669,6 +715,17 @@ TEST_CASE("checked calls refuse mismatched weights, shapes and ranges") {
     odd.rows = 5;
     CHECK_THROWS_WITH(k->gemv(odd, x.data(), nullptr, y.data(), 0, 4), Catch::Contains("not a multiple of the group size 64"));
     CHECK_THROWS_AS(k->gemm(f.packed.view(), x.data(), 1, nullptr, y.data(), 0, 4), std::logic_error);  // a gemv entry
+    weights_view narrow = f.packed.view();
+    narrow.row_stride = 64;  // a row is 64 code bytes and 2 absmax
+    CHECK_THROWS_WITH(k->gemv(narrow, x.data(), nullptr, y.data(), 0, 4),
+                      Catch::Contains("row_stride 64 is less than a row's codes and scales (72 bytes)"));
+    const config int4{dtype::int_sym, 4, 128, false, layout::qforge, compute::f32};
+    if (const kernel* ki = registered(int4, op::gemv)) {
+        const case_data c = make_case(int4, 4, 128, 1);
+        weights_view strided = c.packed.view();
+        strided.row_stride = 128;
+        CHECK_THROWS_WITH(ki->gemv(strided, x.data(), nullptr, y.data(), 0, 4), Catch::Contains("only bnb 4-bit rows carry their scales, qf rows are dense"));
+    }
 }
 
 TEST_CASE("pack_weights refuses GPTQ checkpoints the qforge layout cannot hold") {

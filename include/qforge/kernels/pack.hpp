@@ -1,6 +1,7 @@
 // From checkpoint-shaped tensors (qforge::ref) to the kernel layouts (kernels/weights.hpp).
 //
-//   bnb4_tensor -> layout::bnb4    the bitsandbytes bytes as they are (no repacking needed)
+//   bnb4_tensor -> layout::bnb4    the bitsandbytes bytes as they are, each row's scales moved
+//                                  in front of its codes (rows_with_scales)
 //   gptq_tensor -> layout::qforge  GPTQ (v1 or v2) repacked once: rows along K, 16-byte spans
 //                                  (2-, 3-, 4-bit codes: weights.hpp), f16 scales per (row, group); int_asym
 //                                  also zero points per (row, group); act-order g_idx: columns
@@ -44,6 +45,31 @@ void append_bytes(weight_buffer& out, const std::vector<T>& v) {
     if (!v.empty()) std::memcpy(out.data() + at, v.data(), v.size() * sizeof(T));
 }
 
+}  // namespace detail
+
+// bnb4 weights in the arrangement the kernels read fastest (weights.hpp, row_stride): each row's
+// scales, then its codes, both padded to 64 bytes, in one buffer. A GEMV then reads W as a single
+// sequential stream. The absmax in an array of its own is a second stream, and that cost the
+// 1-thread cold NF4 GEMV about 15% here (README, "Kernels"). Dense bnb4 weights in, the same
+// weights out; already arranged ones are left as they are.
+inline void rows_with_scales(packed_weights& p) {
+    if (p.cfg.storage != layout::bnb4 || p.row_stride != 0 || p.rows == 0) return;
+    const auto pad = [](std::int64_t b) { return (b + 63) / 64 * 64; };
+    const std::int64_t code_bytes = p.cols / 2, scale_bytes = static_cast<std::int64_t>(p.scales.size()) / p.rows;
+    p.row_scale_bytes = pad(scale_bytes);
+    p.row_stride = p.row_scale_bytes + pad(code_bytes);
+    weight_buffer rows(static_cast<std::size_t>(p.rows * p.row_stride), 0);
+    for (std::int64_t n = 0; n < p.rows; ++n) {
+        std::uint8_t* row = rows.data() + n * p.row_stride;
+        std::memcpy(row, p.scales.data() + n * scale_bytes, static_cast<std::size_t>(scale_bytes));
+        std::memcpy(row + p.row_scale_bytes, p.codes.data() + n * code_bytes, static_cast<std::size_t>(code_bytes));
+    }
+    p.codes = std::move(rows);
+    p.scales = weight_buffer();
+}
+
+namespace detail {
+
 inline packed_weights pack_bnb4(const config& cfg, const ref::bnb4_tensor& t, std::string_view tensor) {
     if (t.type != cfg.type || t.blocksize != cfg.group || t.nested != cfg.double_quant)
         pack_error(tensor, "bitsandbytes " + std::string(to_string(t.type)) + " blocksize " +
@@ -66,6 +92,7 @@ inline packed_weights pack_bnb4(const config& cfg, const ref::bnb4_tensor& t, st
         append_bytes(p.scales, t.absmax);
     }
     p.code_table.assign(t.quant_map.begin(), t.quant_map.end());
+    rows_with_scales(p);
     return p;
 }
 

@@ -15,8 +15,11 @@
 namespace qforge {
 
 // A non-owning view of one weight matrix in a kernel layout (cfg.storage):
-//   bnb4   codes: the bitsandbytes packed bytes, element 2i in the high nibble, rows contiguous
+//   bnb4   codes: the bitsandbytes packed bytes, element 2i in the high nibble
 //          scales: f32 absmax per block, or (double quant) one uint8 code per block
+//          row_stride 0: the checkpoint's dense arrays, [N, K/2] codes and [N, K/block] scales;
+//          row_stride > 0 (pack_bnb4): row n's scales at scales + n * row_stride and its codes
+//          at codes + n * row_stride, i.e. each row's scales just before its codes in one buffer
 //   qforge codes: per row K/2 bytes; in every 16-byte span s, byte j holds element 32s+j in its
 //          low nibble and element 32s+16+j in its high nibble (so a 16-byte load decodes into
 //          32 consecutive elements); scales: f16 bits per (row, group), row-major [N, K/group]
@@ -68,6 +71,7 @@ struct weights_view {
     float outlier_threshold = 6.0f;        // bnb8: LLM.int8 outlier threshold (run time)
     const std::uint8_t* zeros = nullptr;   // int_asym: zero point per (row, group)
     const std::int32_t* perm = nullptr;    // act-order: stored column -> column of W
+    std::int64_t row_stride = 0;           // bnb4: bytes from one row to the next (see above)
 };
 
 // |CB * XA| <= 128 * 128, so the LLM.int8 int32 sums are exact up to this K (as ref::int8_matmul).
@@ -87,20 +91,24 @@ struct packed_weights {
     float outlier_threshold = 6.0f;
     weight_buffer zeros;
     std::vector<std::int32_t> perm;
+    // bnb4 (pack_bnb4): `codes` holds rows of row_stride bytes, each its scales (row_scale_bytes,
+    // padded) then its codes; `scales` is empty
+    std::int64_t row_stride = 0, row_scale_bytes = 0;
 
     weights_view view() const {
         return {cfg,
                 rows,
                 cols,
-                codes.data(),
-                scales.data(),
+                codes.data() + row_scale_bytes,
+                row_stride != 0 ? codes.data() : scales.data(),
                 code_table.empty() ? nullptr : code_table.data(),
                 nested_map.empty() ? nullptr : nested_map.data(),
                 nested_absmax.empty() ? nullptr : nested_absmax.data(),
                 nested_offset,
                 outlier_threshold,
                 zeros.empty() ? nullptr : zeros.data(),
-                perm.empty() ? nullptr : perm.data()};
+                perm.empty() ? nullptr : perm.data(),
+                row_stride};
     }
     // Bytes a matmul reads per pass over W: codes + scales + nested absmax + zero points + the
     // act-order permutation (tables excluded).

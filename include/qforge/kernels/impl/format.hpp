@@ -14,6 +14,7 @@
 
 #include <array>
 #include <cstdint>
+#include <type_traits>
 
 namespace qforge::kernels {
 
@@ -118,17 +119,20 @@ struct layout_traits<layout::bnb4> {
     template <class P, class A>
     static const float* row_scales(const weights_view& w, std::int64_t n, std::int64_t b0, int nb, float* buf) {
         const std::int64_t first = n * (w.cols / P::group) + b0;  // flat block index
+        using S = std::conditional_t<P::double_quant, std::uint8_t, float>;
+        const S* row = w.row_stride != 0
+                           ? reinterpret_cast<const S*>(static_cast<const std::uint8_t*>(w.scales) + n * w.row_stride) + b0
+                           : static_cast<const S*>(w.scales) + first;
         if constexpr (!P::double_quant) {
-            // copied in one burst: read interleaved with the codes, the absmax stream slows the
-            // hardware prefetchers down (measured: GEMV streams W as one sequential stream)
-            const float* absmax = static_cast<const float*>(w.scales) + first;
-            for (int i = 0; i < nb; ++i) buf[i] = absmax[i];
+            if (w.row_stride != 0) return row;  // in the stream of the row's codes
+            // dense: copied in one burst; read interleaved with the codes, the absmax stream slows
+            // the hardware prefetchers down (measured: GEMV streams W as one sequential stream)
+            for (int i = 0; i < nb; ++i) buf[i] = row[i];
             return buf;
         } else {
             // formats.md §1: absmax = map[q] * nested_absmax[b / 256], then + offset (two roundings)
             static_assert(nested_blocksize == 256);
-            simd::nested_absmax<A>(static_cast<const std::uint8_t*>(w.scales) + first, nb, first, w.nested_map,
-                                   w.nested_absmax, w.nested_offset, buf);
+            simd::nested_absmax<A>(row, nb, first, w.nested_map, w.nested_absmax, w.nested_offset, buf);
             return buf;
         }
     }
@@ -191,10 +195,10 @@ inline constexpr int field_bits = split_planes<P> ? 2 : code_bits<P>;
 template <class P>
 inline constexpr int codes_per_byte = 8 / field_bits<P>;
 
-// The packed codes of row n (both layouts keep rows contiguous, K * code_bits / 8 bytes each).
+// The packed codes of row n: K * code_bits / 8 bytes, rows dense or row_stride apart (bnb4).
 template <class P, class A>
 inline const std::uint8_t* row_codes(const weights_view& w, std::int64_t n) {
-    return w.codes + n * (w.cols * code_bits<P> / 8);
+    return w.codes + n * (w.row_stride != 0 ? w.row_stride : w.cols * code_bits<P> / 8);
 }
 
 // Window `window` of V code bytes of a row of cols elements (split3 for 3-bit codes).
