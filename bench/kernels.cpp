@@ -6,6 +6,11 @@
 //                                             allocated as the weights are (huge pages, memory.hpp)
 //   repack/<int4sym|int2asym|int3asym|int4asym>_g128_<gptq|gptq_actorder|awq>_to_qf/K<k>xN<n>
 //                                             the one-time checkpoint -> qforge layout repack
+//   repack/nf4_b64_bnb_to_rows/K<k>xN<n>     pack_weights of a bitsandbytes NF4 tensor: each row's
+//                                             absmax moved in front of its codes (rows_with_scales)
+//   gemv_dense/<bnb name>/K4096xN11008/M1/t<threads>/cold
+//                                             the bnb GEMV on the checkpoint's dense arrays (row_stride
+//                                             0, a zero-copy view) instead of pack_weights' rows
 //
 // Counters, from the wall clock: bytes_per_second (weight bytes: codes + scales + nested absmax + zeros,
 // per pass over W), GFLOPS (2 M N K), and frac_membw (bytes_per_second / membw/read of the same
@@ -78,7 +83,7 @@ void fill_random(weight_buffer& v, xorshift& rng) {
     for (; i < v.size(); ++i) v[i] = static_cast<std::uint8_t>(rng.next());
 }
 
-packed_weights random_weights(const config& cfg, std::int64_t n, std::int64_t k, std::uint64_t seed) {
+packed_weights random_weights(const config& cfg, std::int64_t n, std::int64_t k, std::uint64_t seed, bool dense = false) {
     xorshift rng{seed * 0x9E3779B97F4A7C15ull + 1};
     packed_weights p;
     p.cfg = cfg;
@@ -103,7 +108,7 @@ packed_weights random_weights(const config& cfg, std::int64_t n, std::int64_t k,
             p.scales.resize(blocks * sizeof(float));
             std::memcpy(p.scales.data(), absmax.data(), p.scales.size());
         }
-        rows_with_scales(p);  // as pack_weights arranges them
+        if (!dense) rows_with_scales(p);  // as pack_weights arranges them
     } else if (cfg.storage == layout::fp8_block) {  // f32 scale_inv per tile, around 5e-4
         std::vector<float> scale_inv(static_cast<std::size_t>((n + cfg.group - 1) / cfg.group * (k / cfg.group)));
         for (float& a : scale_inv) a = rng.uniform(1e-4f, 1e-3f);
@@ -183,9 +188,10 @@ struct shape {
     std::int64_t k, n;
 };
 
-void run_kernel(benchmark::State& state, const config cfg, op kind, shape s, std::int64_t m, int threads, bool cold) {
+void run_kernel(benchmark::State& state, const config cfg, op kind, shape s, std::int64_t m, int threads, bool cold,
+                bool dense) {
     const kernel& k = registry::global().find(cfg, kind);
-    const packed_weights base = random_weights(cfg, s.n, s.k, 1);
+    const packed_weights base = random_weights(cfg, s.n, s.k, 1, dense);
     const std::size_t bytes = base.weight_bytes();
     const std::size_t copies = cold ? cold_bytes / bytes + 2 : 1;
     std::vector<packed_weights> weights(copies, base);
@@ -268,6 +274,20 @@ void repack_awq(benchmark::State& state, shape s) {
     time_repack(state, config{dtype::int_asym, 4, 128, false, layout::qforge, compute::f32}, t, s);
 }
 
+// pack_weights of a bitsandbytes NF4 block-64 tensor: a copy into rows with their scales.
+void repack_bnb(benchmark::State& state, shape s) {
+    const config cfg{dtype::nf4, 4, 64, false, layout::bnb4, compute::i8};
+    const packed_weights dense = random_weights(cfg, s.n, s.k, 4, true);
+    ref::bnb4_tensor t;
+    t.rows = s.n;
+    t.cols = s.k;
+    t.packed.assign(dense.codes.begin(), dense.codes.end());
+    t.absmax.resize(dense.scales.size() / sizeof(float));
+    std::memcpy(t.absmax.data(), dense.scales.data(), dense.scales.size());
+    std::copy(nf4_table.begin(), nf4_table.end(), t.quant_map.begin());
+    time_repack(state, cfg, t, s);
+}
+
 std::string shape_name(shape s) { return "K" + std::to_string(s.k) + "xN" + std::to_string(s.n); }
 
 void register_all() {
@@ -285,10 +305,18 @@ void register_all() {
                             const std::string name = std::string(to_string(kind)) + "/" + l.name + "/" + shape_name(s) +
                                                      "/M" + std::to_string(m) + "/t" + std::to_string(t) +
                                                      (cold ? "/cold" : "/hot");
-                            benchmark::RegisterBenchmark(name.c_str(), run_kernel, l.cfg, kind, s, m, t, cold)
+                            benchmark::RegisterBenchmark(name.c_str(), run_kernel, l.cfg, kind, s, m, t, cold, false)
                                 ->Unit(benchmark::kMicrosecond);
                         }
     }
+    for (const listed_kernel& l : kernel_list)
+        if (l.cfg.storage == layout::bnb4 && kernels::kernel_built(l.cfg))
+            for (int t : {1, 2})
+                benchmark::RegisterBenchmark((std::string("gemv_dense/") + l.name + "/K4096xN11008/M1/t" + std::to_string(t) + "/cold").c_str(),
+                                             run_kernel, l.cfg, op::gemv, shape{4096, 11008}, 1, t, true, true)
+                    ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark("repack/nf4_b64_bnb_to_rows/K4096xN11008", repack_bnb, shape{4096, 11008})
+        ->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark("repack/int4sym_g128_gptq_to_qf/K4096xN11008", repack_gptq, shape{4096, 11008}, 4,
                                  gptq_kind::sym)
         ->Unit(benchmark::kMillisecond);

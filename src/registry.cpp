@@ -58,7 +58,7 @@ void check_weights(const config& kernel_cfg, const weights_view& w) {
              std::to_string(kernel_cfg.group) + " (the kernels need whole groups per row)");
     if (w.codes == nullptr || w.scales == nullptr) fail("the weights have no codes or no scales");
     if (w.row_stride != 0) {  // bnb4 rows with their scales (kernels/weights.hpp)
-        const std::int64_t row_bytes = w.cols / 2 + w.cols / kernel_cfg.group * (kernel_cfg.double_quant ? 1 : 4);
+        const std::int64_t row_bytes = bnb4_row_bytes(kernel_cfg, w.cols);
         if (kernel_cfg.storage != layout::bnb4)
             fail("row_stride " + std::to_string(w.row_stride) + ": only bnb 4-bit rows carry their scales, " +
                  std::string(to_string(kernel_cfg.storage)) + " rows are dense (row_stride 0)");

@@ -665,6 +665,9 @@ TEST_CASE("bnb4: the checkpoint's dense arrays and pack's rows with scales give 
         // the arrangement: row r is its scales, then its codes, 64-byte aligned
         const std::size_t scale_size = t.nested ? 1 : sizeof(float);
         REQUIRE(arranged.row_stride % 64 == 0);
+        CHECK(d.packed.weight_bytes() ==  // the padding is not read
+              static_cast<std::size_t>(n * (kk / 2 + blocks * static_cast<std::int64_t>(scale_size))) +
+                  t.nested_absmax.size() * sizeof(float));
         for (const std::int64_t r : {std::int64_t{0}, std::int64_t{1}, n - 1}) {
             const auto* row_scales = static_cast<const std::uint8_t*>(arranged.scales) + r * arranged.row_stride;
             const auto* dense_scales = t.nested ? t.absmax_codes.data()

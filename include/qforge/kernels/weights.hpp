@@ -77,6 +77,11 @@ struct weights_view {
 // |CB * XA| <= 128 * 128, so the LLM.int8 int32 sums are exact up to this K (as ref::int8_matmul).
 inline constexpr std::int64_t llm_int8_max_cols = 2147483647 / (128 * 128);
 
+// The bytes of one bnb4 row: its codes and its scales (f32 absmax, or a uint8 code per block).
+inline std::int64_t bnb4_row_bytes(const config& cfg, std::int64_t cols) {
+    return cols / 2 + cols / cfg.group * (cfg.double_quant ? 1 : 4);
+}
+
 // Owning storage behind a weights_view (see kernels/pack.hpp for building one).
 struct packed_weights {
     config cfg{};
@@ -111,10 +116,11 @@ struct packed_weights {
                 row_stride};
     }
     // Bytes a matmul reads per pass over W: codes + scales + nested absmax + zero points + the
-    // act-order permutation (tables excluded).
+    // act-order permutation (tables and the padding of bnb4 rows excluded).
     std::size_t weight_bytes() const {
-        return codes.size() + scales.size() + nested_absmax.size() * sizeof(float) + zeros.size() +
-               perm.size() * sizeof(std::int32_t);
+        const std::size_t stored = row_stride != 0 ? static_cast<std::size_t>(rows * bnb4_row_bytes(cfg, cols))
+                                                   : codes.size() + scales.size();
+        return stored + nested_absmax.size() * sizeof(float) + zeros.size() + perm.size() * sizeof(std::int32_t);
     }
 };
 
