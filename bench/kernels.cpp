@@ -8,9 +8,10 @@
 //                                             the one-time checkpoint -> qforge layout repack
 //   repack/nf4_b64_bnb_to_rows/K<k>xN<n>     pack_weights of a bitsandbytes NF4 tensor: each row's
 //                                             absmax moved in front of its codes (rows_with_scales)
-//   gemv_dense/<bnb name>/K4096xN11008/M1/t<threads>/cold
-//                                             the bnb GEMV on the checkpoint's dense arrays (row_stride
-//                                             0, a zero-copy view) instead of pack_weights' rows
+//                                             (the GPTQ / AWQ repacks include that step)
+//   gemv_dense/<name>/K4096xN11008/M1/t<threads>/cold
+//                                             the GEMV on dense arrays (row_stride 0, e.g. a zero-copy
+//                                             view of a bnb checkpoint) instead of pack_weights' rows
 //
 // Counters, from the wall clock: bytes_per_second (weight bytes: codes + scales + nested absmax + zeros,
 // per pass over W), GFLOPS (2 M N K), and frac_membw (bytes_per_second / membw/read of the same
@@ -108,7 +109,6 @@ packed_weights random_weights(const config& cfg, std::int64_t n, std::int64_t k,
             p.scales.resize(blocks * sizeof(float));
             std::memcpy(p.scales.data(), absmax.data(), p.scales.size());
         }
-        if (!dense) rows_with_scales(p);  // as pack_weights arranges them
     } else if (cfg.storage == layout::fp8_block) {  // f32 scale_inv per tile, around 5e-4
         std::vector<float> scale_inv(static_cast<std::size_t>((n + cfg.group - 1) / cfg.group * (k / cfg.group)));
         for (float& a : scale_inv) a = rng.uniform(1e-4f, 1e-3f);
@@ -132,6 +132,7 @@ packed_weights random_weights(const config& cfg, std::int64_t n, std::int64_t k,
             for (auto& z : p.zeros) z = static_cast<std::uint8_t>(6 + rng.next() % 4);
         }
     }
+    if (!dense) rows_with_scales(p);  // as pack_weights arranges them
     return p;
 }
 
@@ -310,7 +311,7 @@ void register_all() {
                         }
     }
     for (const listed_kernel& l : kernel_list)
-        if (l.cfg.storage == layout::bnb4 && kernels::kernel_built(l.cfg))
+        if (rows_can_carry_scales(l.cfg) && kernels::kernel_built(l.cfg))
             for (int t : {1, 2})
                 benchmark::RegisterBenchmark((std::string("gemv_dense/") + l.name + "/K4096xN11008/M1/t" + std::to_string(t) + "/cold").c_str(),
                                              run_kernel, l.cfg, op::gemv, shape{4096, 11008}, 1, t, true, true)

@@ -57,14 +57,13 @@ void check_weights(const config& kernel_cfg, const weights_view& w) {
         fail("K = " + std::to_string(w.cols) + " is not a multiple of the group size " +
              std::to_string(kernel_cfg.group) + " (the kernels need whole groups per row)");
     if (w.codes == nullptr || w.scales == nullptr) fail("the weights have no codes or no scales");
-    if (w.row_stride != 0) {  // bnb4 rows with their scales (kernels/weights.hpp)
-        const std::int64_t row_bytes = bnb4_row_bytes(kernel_cfg, w.cols);
-        if (kernel_cfg.storage != layout::bnb4)
-            fail("row_stride " + std::to_string(w.row_stride) + ": only bnb 4-bit rows carry their scales, " +
-                 std::string(to_string(kernel_cfg.storage)) + " rows are dense (row_stride 0)");
-        if (w.row_stride < row_bytes)
-            fail("row_stride " + std::to_string(w.row_stride) + " is less than a row's codes and scales (" +
-                 std::to_string(row_bytes) + " bytes)");
+    if (w.row_stride != 0) {  // rows with their scales (kernels/weights.hpp)
+        const row_parts r = row_bytes(kernel_cfg, w.cols);
+        if (!rows_can_carry_scales(kernel_cfg))
+            fail("row_stride " + std::to_string(w.row_stride) + ": the rows of this layout are dense (row_stride 0)");
+        if (w.row_stride < r.codes + r.scales + r.zeros)
+            fail("row_stride " + std::to_string(w.row_stride) + " is less than a row's codes, scales and zero points (" +
+                 std::to_string(r.codes + r.scales + r.zeros) + " bytes)");
     }
     if (kernel_cfg.type == dtype::int_asym && w.zeros == nullptr) fail("asymmetric integers need zero points (zeros)");
     if (is_table_type(kernel_cfg.type) && w.code_table == nullptr) fail("the weights have no code table (quant_map)");

@@ -138,6 +138,17 @@ ref::gptq_tensor act_order_checkpoint(const config& cfg, const std::vector<float
     return t;
 }
 
+// Rows are contiguous in the kernel layouts (dense or with their scales): keep the first n of `rows`.
+void keep_first_rows(packed_weights& p, std::int64_t rows, std::int64_t n) {
+    const auto keep = [&](weight_buffer& b) {
+        b.resize(b.size() / static_cast<std::size_t>(rows) * static_cast<std::size_t>(n));
+    };
+    p.rows = n;
+    keep(p.codes);
+    keep(p.scales);
+    keep(p.zeros);
+}
+
 case_data make_case(const config& cfg, std::int64_t n, std::int64_t k, std::uint64_t seed, source from = source::gptq) {
     const std::int64_t ref_rows = cfg.storage == layout::qforge ? (n + 31) / 32 * 32 : n;
     synthetic_spec spec;
@@ -160,12 +171,8 @@ case_data make_case(const config& cfg, std::int64_t n, std::int64_t k, std::uint
     d.w = ref::dequantize(d.q);
     d.rows = n;
     d.ref_rows = ref_rows;
-    if (ref_rows != n) {  // rows are contiguous in the kernel layout: keep the first n
-        const std::size_t scale_bytes = d.packed.scales.size() / static_cast<std::size_t>(ref_rows);
-        d.packed.rows = n;
-        d.packed.codes.resize(d.packed.codes.size() / static_cast<std::size_t>(ref_rows) * static_cast<std::size_t>(n));
-        d.packed.scales.resize(scale_bytes * static_cast<std::size_t>(n));
-        d.packed.zeros.resize(d.packed.zeros.size() / static_cast<std::size_t>(ref_rows) * static_cast<std::size_t>(n));
+    if (ref_rows != n) {
+        keep_first_rows(d.packed, ref_rows, n);
         d.w.resize(static_cast<std::size_t>(n * k));
     }
     return d;
@@ -547,8 +554,11 @@ TEST_CASE("gemv matches the reference within the stated bounds, with bias, unali
             packed_weights moved = d.packed;
             const shifted<std::uint8_t> codes(d.packed.codes, 3);
             weights_view view = moved.view();
-            view.codes = codes.data + d.packed.row_scale_bytes;
-            if (d.packed.row_stride != 0) view.scales = codes.data;  // bnb4: the scales are in the rows
+            view.codes = codes.data + d.packed.row_codes_offset;
+            if (d.packed.row_stride != 0) {  // the scales and zero points are in the rows
+                view.scales = codes.data;
+                if (view.zeros != nullptr) view.zeros = codes.data + (view.zeros - moved.codes.data());
+            }
             std::vector<float> y_buf(static_cast<std::size_t>(n) + 2, sentinel);
             float* y = y_buf.data() + 1;
             k->gemv(view, xs.data, bias.data(), y, 0, n);
@@ -652,36 +662,28 @@ TEST_CASE("thread_pool: every row once, and split GEMV/GEMM equal to one call bi
     CHECK(std::memcmp(ys_one.data(), ys_split.data(), ys_one.size() * sizeof(float)) == 0);
 }
 
-TEST_CASE("bnb4: the checkpoint's dense arrays and pack's rows with scales give the same bits") {
+TEST_CASE("rows with their scales: the same bits as the dense arrays, every byte in its place") {
     if (!isa_under_test_runs()) return;
     for (const auto& l : kernel_list) {
-        if (l.cfg.storage != layout::bnb4) continue;
-        // 5 blocks per row over 70 rows: the double-quant blocks of 256 end inside row 51
-        const std::int64_t n = 70, kk = 320, blocks = kk / l.cfg.group;
+        if (!rows_can_carry_scales(l.cfg)) continue;
+        // 6 blocks of 64 per row over 70 rows: the double-quant blocks of 256 end inside row 42;
+        // 3-bit rows end in a unit of 2 spans
+        const std::int64_t n = 70, kk = 384;
         const case_data d = make_case(l.cfg, n, kk, 31);
-        const auto& t = std::get<ref::bnb4_tensor>(d.q);
-        const weights_view arranged = d.packed.view();
+        packed_weights dense_packed = detail::pack_dense(l.cfg, d.q, "weight");
+        keep_first_rows(dense_packed, d.ref_rows, n);
+        const weights_view arranged = d.packed.view(), dense = dense_packed.view();
         INFO(canonical_name(l.cfg));
-        // the arrangement: row r is its scales, then its codes, 64-byte aligned
-        const std::size_t scale_size = t.nested ? 1 : sizeof(float);
+        REQUIRE(dense.row_stride == 0);
         REQUIRE(arranged.row_stride % 64 == 0);
-        CHECK(d.packed.weight_bytes() ==  // the padding is not read
-              static_cast<std::size_t>(n * (kk / 2 + blocks * static_cast<std::int64_t>(scale_size))) +
-                  t.nested_absmax.size() * sizeof(float));
-        for (const std::int64_t r : {std::int64_t{0}, std::int64_t{1}, n - 1}) {
-            const auto* row_scales = static_cast<const std::uint8_t*>(arranged.scales) + r * arranged.row_stride;
-            const auto* dense_scales = t.nested ? t.absmax_codes.data()
-                                                : reinterpret_cast<const std::uint8_t*>(t.absmax.data());
-            CHECK(std::memcmp(row_scales, dense_scales + r * blocks * scale_size, blocks * scale_size) == 0);
-            CHECK(std::memcmp(arranged.codes + r * arranged.row_stride, t.packed.data() + r * kk / 2, kk / 2) == 0);
-        }
-        weights_view dense{l.cfg, n, kk, t.packed.data(), t.nested ? static_cast<const void*>(t.absmax_codes.data())
-                                                                    : static_cast<const void*>(t.absmax.data()),
-                           t.quant_map.data()};
-        if (t.nested) {
-            dense.nested_map = t.nested_quant_map.data();
-            dense.nested_absmax = t.nested_absmax.data();
-            dense.nested_offset = t.nested_offset;
+        const row_parts r = row_bytes(l.cfg, kk);
+        CHECK(d.packed.weight_bytes() == dense_packed.weight_bytes());  // the padding is not read
+        for (const std::int64_t row : {std::int64_t{0}, std::int64_t{1}, n - 1}) {
+            const std::int64_t at = row * arranged.row_stride;
+            CHECK(std::memcmp(static_cast<const std::uint8_t*>(arranged.scales) + at,
+                              static_cast<const std::uint8_t*>(dense.scales) + row * r.scales, r.scales) == 0);
+            if (r.zeros > 0) CHECK(std::memcmp(arranged.zeros + at, dense.zeros + row * r.zeros, r.zeros) == 0);
+            CHECK(std::memcmp(arranged.codes + at, dense.codes + row * r.codes, r.codes) == 0);
         }
         const std::vector<float> x = random_vector(static_cast<std::size_t>(3 * kk), 32);
         // out(view, y) runs one op into y; both views must give the same bits
@@ -721,13 +723,14 @@ TEST_CASE("checked calls refuse mismatched weights, shapes and ranges") {
     weights_view narrow = f.packed.view();
     narrow.row_stride = 64;  // a row is 64 code bytes and 2 absmax
     CHECK_THROWS_WITH(k->gemv(narrow, x.data(), nullptr, y.data(), 0, 4),
-                      Catch::Contains("row_stride 64 is less than a row's codes and scales (72 bytes)"));
-    const config int4{dtype::int_sym, 4, 128, false, layout::qforge, compute::f32};
-    if (const kernel* ki = registered(int4, op::gemv)) {
-        const case_data c = make_case(int4, 4, 128, 1);
+                      Catch::Contains("row_stride 64 is less than a row's codes, scales and zero points (72 bytes)"));
+    const config int8{dtype::int_sym, 8, 128, false, layout::qforge, compute::f32};
+    if (const kernel* ki = registered(int8, op::gemv)) {
+        const case_data c = make_case(int8, 4, 128, 1);
         weights_view strided = c.packed.view();
-        strided.row_stride = 128;
-        CHECK_THROWS_WITH(ki->gemv(strided, x.data(), nullptr, y.data(), 0, 4), Catch::Contains("only bnb 4-bit rows carry their scales, qf rows are dense"));
+        strided.row_stride = 256;
+        CHECK_THROWS_WITH(ki->gemv(strided, x.data(), nullptr, y.data(), 0, 4),
+                          Catch::Contains("row_stride 256: the rows of this layout are dense"));
     }
 }
 
@@ -755,10 +758,10 @@ TEST_CASE("pack_weights refuses GPTQ checkpoints the qforge layout cannot hold")
     config asym = kernel_cfg;
     asym.type = dtype::int_asym;
     const packed_weights z = pack_weights(asym, q);
-    REQUIRE(z.zeros.size() == 32 * 2);
-    CHECK(z.zeros[0] == 7);
-    CHECK(z.zeros[1] == 8);  // row 0, group 1
-    CHECK(z.zeros[2] == 8);  // row 1, group 0
+    const weights_view zv = z.view();  // rows with their scales: row r's zero points at zeros + r * row_stride
+    CHECK(zv.zeros[0] == 7);
+    CHECK(zv.zeros[1] == 8);               // row 0, group 1
+    CHECK(zv.zeros[zv.row_stride] == 8);  // row 1, group 0
     CHECK(z.weight_bytes() == 32 * 64 / 2 + 32 * 2 * 2 + 32 * 2);
     CHECK_THROWS_WITH(pack_weights(config{dtype::int_sym, 4, 32, false, layout::qforge, compute::f32},
                                    ref::quantize(config{dtype::nf4, 4, 64, false, layout::bnb4, compute::f32},
@@ -774,13 +777,14 @@ TEST_CASE("2-bit GPTQ codes are packed four per byte in the documented span orde
     case_data d;
     d.q = ref::quantize(reference_config(cfg), std::span<const float>(w), n, k);
     const packed_weights p = pack_weights(cfg, d.q);
-    REQUIRE(p.codes.size() == static_cast<std::size_t>(n * k / 4));
+    const weights_view v = p.view();  // rows with their scales: row r's codes at codes + r * row_stride
+    REQUIRE(v.row_stride >= k / 4);
     CHECK(p.weight_bytes() == static_cast<std::size_t>(n * k / 4 + n * (k / 128) * 2));
     bool seen[4] = {};
     for (std::int64_t r = 0; r < n; ++r)
         for (std::int64_t e = 0; e < k; ++e) {
             const std::int64_t s = e / 64, part = e % 64 / 16, j = e % 16;
-            const std::uint8_t byte = p.codes[static_cast<std::size_t>(r * k / 4 + s * 16 + j)];
+            const std::uint8_t byte = v.codes[r * v.row_stride + s * 16 + j];
             INFO("row " << r << " element " << e);
             REQUIRE(((byte >> (2 * part)) & 3) == code_of(d, r, e));
             seen[code_of(d, r, e)] = true;
@@ -801,14 +805,15 @@ TEST_CASE("3-bit GPTQ codes are packed in units of a 2-bit span layout and a pla
     case_data d;
     d.q = ref::quantize(reference_config(cfg), std::span<const float>(w), n, k);
     const packed_weights p = pack_weights(cfg, d.q);
-    REQUIRE(p.codes.size() == static_cast<std::size_t>(n * k * 3 / 8));
+    const weights_view v = p.view();  // rows with their scales: row r's codes at codes + r * row_stride
+    REQUIRE(v.row_stride >= k * 3 / 8);
     CHECK(p.weight_bytes() == static_cast<std::size_t>(n * k * 3 / 8 + n * (k / 128) * 2));
     bool seen[8] = {};
     for (std::int64_t row = 0; row < n; ++row)
         for (std::int64_t e = 0; e < k; ++e) {
             const std::int64_t u = e / 256, within = e % 256, r = std::min<std::int64_t>(4, k / 64 - 4 * u);
             const std::int64_t part = within % 64 / 16, b = within / 64 * 16 + within % 16;
-            const std::uint8_t* unit = p.codes.data() + row * k * 3 / 8 + u * 96;
+            const std::uint8_t* unit = v.codes + row * v.row_stride + u * 96;
             const int low = (unit[b] >> (2 * part)) & 3, third = (unit[16 * r + 2 * r * part + b / 8] >> (b % 8)) & 1;
             INFO("row " << row << " element " << e);
             REQUIRE((low | third << 2) == code_of(d, row, e));

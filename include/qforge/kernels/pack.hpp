@@ -1,7 +1,6 @@
 // From checkpoint-shaped tensors (qforge::ref) to the kernel layouts (kernels/weights.hpp).
 //
-//   bnb4_tensor -> layout::bnb4    the bitsandbytes bytes as they are, each row's scales moved
-//                                  in front of its codes (rows_with_scales)
+//   bnb4_tensor -> layout::bnb4    the bitsandbytes bytes as they are
 //   gptq_tensor -> layout::qforge  GPTQ (v1 or v2) repacked once: rows along K, 16-byte spans
 //                                  (2-, 3-, 4-bit codes: weights.hpp), f16 scales per (row, group); int_asym
 //                                  also zero points per (row, group); act-order g_idx: columns
@@ -14,7 +13,9 @@
 //                                      threshold is the packed_weights default (6.0): set
 //                                      outlier_threshold from llm_int8_threshold
 //
-// The kernel config names the compute path (act); the rest must describe the tensor.
+// pack_weights then moves each row's scales and zero points in front of its codes (bnb4, mx and
+// the qforge 2-, 3- and 4-bit layouts: rows_with_scales). The kernel config names the compute
+// path (act); the rest must describe the tensor.
 #pragma once
 
 #include <qforge/config/name.hpp>
@@ -47,25 +48,34 @@ void append_bytes(weight_buffer& out, const std::vector<T>& v) {
 
 }  // namespace detail
 
-// bnb4 weights in the arrangement the kernels read fastest (weights.hpp, row_stride): each row's
-// scales, then its codes, both padded to 64 bytes, in one buffer. A GEMV then reads W as a single
-// sequential stream. The absmax in an array of its own is a second stream, and that cost the
-// 1-thread cold NF4 GEMV about 15% here (README, "Kernels"). Dense bnb4 weights in, the same
-// weights out; already arranged ones are left as they are.
+// Weights in the arrangement the kernels read fastest (weights.hpp, row_stride): each row's
+// scales and zero points, then its codes, both parts padded to 64 bytes, in one buffer. A GEMV
+// then reads W as a single sequential stream; the scales in an array of their own are a second
+// stream (zero points a third), and that cost the cold GEMV 6-38% here (README, "Kernels").
+// Dense weights of bnb4, mx or the qforge 2-, 3- and 4-bit layouts in, the same weights out;
+// other layouts and weights already arranged are left as they are.
 inline void rows_with_scales(packed_weights& p) {
-    if (p.cfg.storage != layout::bnb4 || p.row_stride != 0 || p.rows == 0) return;
+    if (!rows_can_carry_scales(p.cfg) || p.row_stride != 0 || p.rows == 0) return;
+    const row_parts r = row_bytes(p.cfg, p.cols);
+    const auto size = [&](std::int64_t per_row) { return static_cast<std::size_t>(p.rows * per_row); };
+    if (p.codes.size() != size(r.codes) || p.scales.size() != size(r.scales) || p.zeros.size() != size(r.zeros))
+        throw std::logic_error("rows_with_scales: the weights are not dense " + canonical_name(p.cfg) + " arrays");
     const auto pad = [](std::int64_t b) { return (b + 63) / 64 * 64; };
-    const std::int64_t code_bytes = p.cols / 2, scale_bytes = static_cast<std::int64_t>(p.scales.size()) / p.rows;
-    p.row_scale_bytes = pad(scale_bytes);
-    p.row_stride = p.row_scale_bytes + pad(code_bytes);
-    weight_buffer rows(static_cast<std::size_t>(p.rows * p.row_stride), 0);
+    p.row_codes_offset = pad(r.scales + r.zeros);
+    p.row_stride = p.row_codes_offset + pad(r.codes);
+    weight_buffer rows(size(p.row_stride), 0);
+    const auto copy = [](std::uint8_t* to, const weight_buffer& from, std::int64_t row, std::int64_t bytes) {
+        std::memcpy(to, from.data() + row * bytes, static_cast<std::size_t>(bytes));
+    };
     for (std::int64_t n = 0; n < p.rows; ++n) {
         std::uint8_t* row = rows.data() + n * p.row_stride;
-        std::memcpy(row, p.scales.data() + n * scale_bytes, static_cast<std::size_t>(scale_bytes));
-        std::memcpy(row + p.row_scale_bytes, p.codes.data() + n * code_bytes, static_cast<std::size_t>(code_bytes));
+        copy(row, p.scales, n, r.scales);
+        copy(row + r.scales, p.zeros, n, r.zeros);
+        copy(row + p.row_codes_offset, p.codes, n, r.codes);
     }
     p.codes = std::move(rows);
     p.scales = weight_buffer();
+    p.zeros = weight_buffer();
 }
 
 namespace detail {
@@ -92,7 +102,6 @@ inline packed_weights pack_bnb4(const config& cfg, const ref::bnb4_tensor& t, st
         append_bytes(p.scales, t.absmax);
     }
     p.code_table.assign(t.quant_map.begin(), t.quant_map.end());
-    rows_with_scales(p);
     return p;
 }
 
@@ -371,11 +380,8 @@ inline packed_weights pack_int8row(const config& cfg, const ref::int8row_tensor&
     return p;
 }
 
-}  // namespace detail
-
-inline packed_weights pack_weights(const config& kernel_cfg, const ref::quantized& q,
-                                   std::string_view tensor = "weight") {
-    validate(kernel_cfg);
+// The kernel layout's arrays, dense as in the checkpoint (pack_weights then arranges the rows).
+inline packed_weights pack_dense(const config& kernel_cfg, const ref::quantized& q, std::string_view tensor) {
     if (const auto* t = std::get_if<ref::bnb4_tensor>(&q)) {
         if (kernel_cfg.storage != layout::bnb4)
             detail::pack_error(tensor, "bitsandbytes 4-bit weights need a bnb kernel config, not " + canonical_name(kernel_cfg));
@@ -410,6 +416,16 @@ inline packed_weights pack_weights(const config& kernel_cfg, const ref::quantize
     }
     detail::pack_error(tensor, "no kernel layout for this checkpoint format yet (kernel config " +
                                    canonical_name(kernel_cfg) + ")");
+}
+
+}  // namespace detail
+
+inline packed_weights pack_weights(const config& kernel_cfg, const ref::quantized& q,
+                                   std::string_view tensor = "weight") {
+    validate(kernel_cfg);
+    packed_weights p = detail::pack_dense(kernel_cfg, q, tensor);
+    rows_with_scales(p);
+    return p;
 }
 
 }  // namespace qforge

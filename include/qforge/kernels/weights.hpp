@@ -17,9 +17,6 @@ namespace qforge {
 // A non-owning view of one weight matrix in a kernel layout (cfg.storage):
 //   bnb4   codes: the bitsandbytes packed bytes, element 2i in the high nibble
 //          scales: f32 absmax per block, or (double quant) one uint8 code per block
-//          row_stride 0: the checkpoint's dense arrays, [N, K/2] codes and [N, K/block] scales;
-//          row_stride > 0 (pack_bnb4): row n's scales at scales + n * row_stride and its codes
-//          at codes + n * row_stride, i.e. each row's scales just before its codes in one buffer
 //   qforge codes: per row K/2 bytes; in every 16-byte span s, byte j holds element 32s+j in its
 //          low nibble and element 32s+16+j in its high nibble (so a 16-byte load decodes into
 //          32 consecutive elements); scales: f16 bits per (row, group), row-major [N, K/group]
@@ -35,6 +32,10 @@ namespace qforge {
 //          holds element 64s+16p+j in bits [2p, 2p+2) (p = 0..3). 3-bit: per row 3K/8 bytes in
 //          units of 256 elements (split3), the low two bits of each code in the 2-bit layout, the
 //          third bits in a plane after them
+// Rows with their scales (row_stride > 0, as pack_weights stores bnb4, mx and the qforge 2-, 3-
+// and 4-bit layouts): row n's codes, scales and zeros are at codes, scales and zeros
+// + n * row_stride bytes, each row one run of memory (rows_with_scales, kernels/pack.hpp); the
+// arrays above are the row_stride 0 case (dense, as in the checkpoint).
 // Integer layouts (qforge) may also carry
 //   zeros  (dtype int_asym) one zero point byte per (row, group), row-major [N, K/group]:
 //          W[n, k] = scale * (code - zero), the integer difference first (formats.md §3, §4)
@@ -71,15 +72,27 @@ struct weights_view {
     float outlier_threshold = 6.0f;        // bnb8: LLM.int8 outlier threshold (run time)
     const std::uint8_t* zeros = nullptr;   // int_asym: zero point per (row, group)
     const std::int32_t* perm = nullptr;    // act-order: stored column -> column of W
-    std::int64_t row_stride = 0;           // bnb4: bytes from one row to the next (see above)
+    std::int64_t row_stride = 0;           // rows with their scales: bytes from row to row; 0: dense
 };
 
 // |CB * XA| <= 128 * 128, so the LLM.int8 int32 sums are exact up to this K (as ref::int8_matmul).
 inline constexpr std::int64_t llm_int8_max_cols = 2147483647 / (128 * 128);
 
-// The bytes of one bnb4 row: its codes and its scales (f32 absmax, or a uint8 code per block).
-inline std::int64_t bnb4_row_bytes(const config& cfg, std::int64_t cols) {
-    return cols / 2 + cols / cfg.group * (cfg.double_quant ? 1 : 4);
+// The layouts whose rows can carry their scales (and zero points): bnb4, mx, qforge below 8 bits.
+inline bool rows_can_carry_scales(const config& cfg) {
+    return cfg.storage == layout::bnb4 || cfg.storage == layout::mx || (cfg.storage == layout::qforge && cfg.bits < 8);
+}
+// In those layouts, the bytes of one row: its codes, its scales (bnb4 f32 absmax or double-quant
+// uint8 codes, mx E8M0 bytes, qforge f16) and its zero points (qforge int_asym, a byte per group).
+struct row_parts {
+    std::int64_t codes, scales, zeros;
+};
+inline row_parts row_bytes(const config& cfg, std::int64_t cols) {
+    const std::int64_t blocks = cols / (cfg.group == per_channel ? cols : cfg.group);
+    const bool qf = cfg.storage == layout::qforge;
+    return {cols * (qf && cfg.bits < 4 ? cfg.bits : 4) / 8,
+            blocks * (qf ? 2 : cfg.storage == layout::mx || cfg.double_quant ? 1 : 4),
+            cfg.type == dtype::int_asym ? blocks : 0};
 }
 
 // Owning storage behind a weights_view (see kernels/pack.hpp for building one).
@@ -96,31 +109,34 @@ struct packed_weights {
     float outlier_threshold = 6.0f;
     weight_buffer zeros;
     std::vector<std::int32_t> perm;
-    // bnb4 (pack_bnb4): `codes` holds rows of row_stride bytes, each its scales (row_scale_bytes,
-    // padded) then its codes; `scales` is empty
-    std::int64_t row_stride = 0, row_scale_bytes = 0;
+    // Rows with their scales (rows_with_scales): `codes` holds rows of row_stride bytes, each its
+    // scales, its zero points, then from row_codes_offset on its codes; `scales` and `zeros` are empty.
+    std::int64_t row_stride = 0, row_codes_offset = 0;
 
     weights_view view() const {
         return {cfg,
                 rows,
                 cols,
-                codes.data() + row_scale_bytes,
+                codes.data() + row_codes_offset,
                 row_stride != 0 ? codes.data() : scales.data(),
                 code_table.empty() ? nullptr : code_table.data(),
                 nested_map.empty() ? nullptr : nested_map.data(),
                 nested_absmax.empty() ? nullptr : nested_absmax.data(),
                 nested_offset,
                 outlier_threshold,
-                zeros.empty() ? nullptr : zeros.data(),
+                row_stride != 0 && cfg.type == dtype::int_asym ? codes.data() + row_bytes(cfg, cols).scales
+                : zeros.empty()                                 ? nullptr
+                                                                : zeros.data(),
                 perm.empty() ? nullptr : perm.data(),
                 row_stride};
     }
     // Bytes a matmul reads per pass over W: codes + scales + nested absmax + zero points + the
-    // act-order permutation (tables and the padding of bnb4 rows excluded).
+    // act-order permutation (tables and the padding of rows with their scales excluded).
     std::size_t weight_bytes() const {
-        const std::size_t stored = row_stride != 0 ? static_cast<std::size_t>(rows * bnb4_row_bytes(cfg, cols))
-                                                   : codes.size() + scales.size();
-        return stored + nested_absmax.size() * sizeof(float) + zeros.size() + perm.size() * sizeof(std::int32_t);
+        const row_parts r = row_bytes(cfg, cols);
+        const std::size_t stored = row_stride != 0 ? static_cast<std::size_t>(rows * (r.codes + r.scales + r.zeros))
+                                                   : codes.size() + scales.size() + zeros.size();
+        return stored + nested_absmax.size() * sizeof(float) + perm.size() * sizeof(std::int32_t);
     }
 };
 

@@ -82,8 +82,8 @@ template <class P, class A, class F>
 void each_block_scale(const weights_view& w, std::int64_t n, std::int64_t b0, std::int64_t nb, F&& f) {
     if constexpr (P::group == per_channel) {
         float scale;
-        simd::f16_to_f32<A>(static_cast<const std::uint16_t*>(w.scales) + n, 1, &scale);
-        const float zero = has_zeros<P> ? static_cast<float>(w.zeros[n]) : 0.0f;
+        simd::f16_to_f32<A>(row_blocks<P, std::uint16_t>(w, w.scales, n, 0), 1, &scale);
+        const float zero = has_zeros<P> ? static_cast<float>(*row_blocks<P, std::uint8_t>(w, w.zeros, n, 0)) : 0.0f;
         for (std::int64_t b = 0; b < nb; ++b) f(b, scale, zero);
     } else {
         using L = layout_traits<P::storage>;

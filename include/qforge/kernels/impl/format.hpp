@@ -80,10 +80,19 @@ struct code_traits<dtype::int_asym> {
 template <class P>
 inline constexpr bool has_zeros = P::type == dtype::int_asym;
 
+// Where the stored per-block values T (scales, zero points) of blocks [b0, ...) of row n are:
+// in the row (row_stride, weights.hpp) or in the dense [N, K / group] array at `values`.
+template <class P, class T>
+inline const T* row_blocks(const weights_view& w, const void* values, std::int64_t n, std::int64_t b0) {
+    const auto* base = static_cast<const std::uint8_t*>(values);
+    const std::int64_t blocks = P::group == per_channel ? 1 : w.cols / P::group;
+    return reinterpret_cast<const T*>(base + n * (w.row_stride != 0 ? w.row_stride : blocks * std::int64_t{sizeof(T)})) + b0;
+}
+
 // f32 zero points of blocks [b0, b0+nb) of row n (int_asym).
 template <class P, class A>
 inline const float* row_zeros(const weights_view& w, std::int64_t n, std::int64_t b0, int nb, float* buf) {
-    const std::uint8_t* z = w.zeros + n * (w.cols / P::group) + b0;
+    const std::uint8_t* z = row_blocks<P, std::uint8_t>(w, w.zeros, n, b0);
     for (int i = 0; i < nb; ++i) buf[i] = static_cast<float>(z[i]);
     return buf;
 }
@@ -120,9 +129,7 @@ struct layout_traits<layout::bnb4> {
     static const float* row_scales(const weights_view& w, std::int64_t n, std::int64_t b0, int nb, float* buf) {
         const std::int64_t first = n * (w.cols / P::group) + b0;  // flat block index
         using S = std::conditional_t<P::double_quant, std::uint8_t, float>;  // absmax or its code
-        const S* row = w.row_stride != 0
-                           ? reinterpret_cast<const S*>(static_cast<const std::uint8_t*>(w.scales) + n * w.row_stride) + b0
-                           : static_cast<const S*>(w.scales) + first;
+        const S* row = row_blocks<P, S>(w, w.scales, n, b0);
         if constexpr (!P::double_quant) {
             // copied in one burst, not read per block amid the codes: measured faster in both
             // arrangements (dense, the absmax stream then slows the hardware prefetchers down less)
@@ -151,8 +158,7 @@ struct layout_traits<layout::qforge> {
     static std::uint8_t code_at(const std::uint8_t* row, std::int64_t cols, std::int64_t k);
     template <class P, class A>
     static const float* row_scales(const weights_view& w, std::int64_t n, std::int64_t b0, int nb, float* buf) {
-        const std::uint16_t* h = static_cast<const std::uint16_t*>(w.scales) + n * (w.cols / P::group) + b0;
-        simd::f16_to_f32<A>(h, nb, buf);
+        simd::f16_to_f32<A>(row_blocks<P, std::uint16_t>(w, w.scales, n, b0), nb, buf);
         return buf;
     }
 };

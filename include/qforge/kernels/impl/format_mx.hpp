@@ -37,7 +37,7 @@ template <>
 struct layout_traits<layout::mx> : layout_traits<layout::bnb4> {
     template <class P, class A>
     static const float* row_scales(const weights_view& w, std::int64_t n, std::int64_t b0, int nb, float* buf) {
-        const std::uint8_t* s = static_cast<const std::uint8_t*>(w.scales) + n * (w.cols / P::group) + b0;
+        const std::uint8_t* s = row_blocks<P, std::uint8_t>(w, w.scales, n, b0);
         for (int i = 0; i < nb; ++i) buf[i] = e8m0_bits_to_float<A>(s[i]);
         return buf;
     }

@@ -342,7 +342,7 @@ float i8_tail(const weights_view& w, const i8_shape<P, A>& s, const i8_levels<P,
     const std::uint8_t* codes = row_codes<P, A>(w, n);
     float total = 0.0f;
     for (std::int64_t b = b0; b < s.blocks; ++b) {
-        const std::int32_t zero = has_zeros<P> ? w.zeros[n * s.blocks + b] : 0;
+        const std::int32_t zero = has_zeros<P> ? *row_blocks<P, std::uint8_t>(w, w.zeros, n, b) : 0;
         std::int32_t dot = 0;
         for (std::int64_t k = b * S::group; k < (b + 1) * S::group; ++k)
             dot += (lv.level[L::template code_at<A, code_bits<P>>(codes, s.k, k)] - zero) * x.q[k];
