@@ -724,12 +724,12 @@ TEST_CASE("checked calls refuse mismatched weights, shapes and ranges") {
     narrow.row_stride = 64;  // a row is 64 code bytes and 2 absmax
     CHECK_THROWS_WITH(k->gemv(narrow, x.data(), nullptr, y.data(), 0, 4),
                       Catch::Contains("row_stride 64 is less than a row's codes, scales and zero points (72 bytes)"));
-    const config int8{dtype::int_sym, 8, 128, false, layout::qforge, compute::f32};
-    if (const kernel* ki = registered(int8, op::gemv)) {
-        const case_data c = make_case(int8, 4, 128, 1);
+    const config fp8{dtype::fp8_e4m3, 8, 128, false, layout::fp8_block, compute::f32};
+    if (const kernel* kf = registered(fp8, op::gemv)) {
+        const case_data c = make_case(fp8, 4, 128, 1);
         weights_view strided = c.packed.view();
         strided.row_stride = 256;
-        CHECK_THROWS_WITH(ki->gemv(strided, x.data(), nullptr, y.data(), 0, 4),
+        CHECK_THROWS_WITH(kf->gemv(strided, x.data(), nullptr, y.data(), 0, 4),
                           Catch::Contains("row_stride 256: the rows of this layout are dense"));
     }
 }

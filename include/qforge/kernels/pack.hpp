@@ -14,7 +14,7 @@
 //                                      outlier_threshold from llm_int8_threshold
 //
 // pack_weights then moves each row's scales and zero points in front of its codes (bnb4, mx and
-// the qforge 2-, 3- and 4-bit layouts: rows_with_scales). The kernel config names the compute
+// qforge: rows_with_scales). The kernel config names the compute
 // path (act); the rest must describe the tensor.
 #pragma once
 
@@ -52,7 +52,7 @@ void append_bytes(weight_buffer& out, const std::vector<T>& v) {
 // scales and zero points, then its codes, both parts padded to 64 bytes, in one buffer. A GEMV
 // then reads W as a single sequential stream; the scales in an array of their own are a second
 // stream (zero points a third), and that cost the cold GEMV 6-38% here (README, "Kernels").
-// Dense weights of bnb4, mx or the qforge 2-, 3- and 4-bit layouts in, the same weights out;
+// Dense weights of the bnb4, mx or qforge layouts in, the same weights out;
 // other layouts and weights already arranged are left as they are.
 inline void rows_with_scales(packed_weights& p) {
     if (!rows_can_carry_scales(p.cfg) || p.row_stride != 0 || p.rows == 0) return;

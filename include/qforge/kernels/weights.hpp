@@ -32,8 +32,8 @@ namespace qforge {
 //          holds element 64s+16p+j in bits [2p, 2p+2) (p = 0..3). 3-bit: per row 3K/8 bytes in
 //          units of 256 elements (split3), the low two bits of each code in the 2-bit layout, the
 //          third bits in a plane after them
-// Rows with their scales (row_stride > 0, as pack_weights stores bnb4, mx and the qforge 2-, 3-
-// and 4-bit layouts): row n's codes, scales and zeros are at codes, scales and zeros
+// Rows with their scales (row_stride > 0, as pack_weights stores bnb4, mx and qforge weights):
+// row n's codes, scales and zeros are at codes, scales and zeros
 // + n * row_stride bytes, each row one run of memory (rows_with_scales, kernels/pack.hpp); the
 // arrays above are the row_stride 0 case (dense, as in the checkpoint).
 // Integer layouts (qforge) may also carry
@@ -78,9 +78,9 @@ struct weights_view {
 // |CB * XA| <= 128 * 128, so the LLM.int8 int32 sums are exact up to this K (as ref::int8_matmul).
 inline constexpr std::int64_t llm_int8_max_cols = 2147483647 / (128 * 128);
 
-// The layouts whose rows can carry their scales (and zero points): bnb4, mx, qforge below 8 bits.
+// The layouts whose rows can carry their scales (and zero points): bnb4, mx, qforge.
 inline bool rows_can_carry_scales(const config& cfg) {
-    return cfg.storage == layout::bnb4 || cfg.storage == layout::mx || (cfg.storage == layout::qforge && cfg.bits < 8);
+    return cfg.storage == layout::bnb4 || cfg.storage == layout::mx || cfg.storage == layout::qforge;
 }
 // In those layouts, the bytes of one row: its codes, its scales (bnb4 f32 absmax or double-quant
 // uint8 codes, mx E8M0 bytes, qforge f16) and its zero points (qforge int_asym, a byte per group).
@@ -90,7 +90,7 @@ struct row_parts {
 inline row_parts row_bytes(const config& cfg, std::int64_t cols) {
     const std::int64_t blocks = cols / (cfg.group == per_channel ? cols : cfg.group);
     const bool qf = cfg.storage == layout::qforge;
-    return {cols * (qf && cfg.bits < 4 ? cfg.bits : 4) / 8,
+    return {cols * (qf ? cfg.bits : 4) / 8,
             blocks * (qf ? 2 : cfg.storage == layout::mx || cfg.double_quant ? 1 : 4),
             cfg.type == dtype::int_asym ? blocks : 0};
 }

@@ -192,7 +192,7 @@ std::uint8_t layout_traits<layout::qforge>::code_at(const std::uint8_t* row, std
 // codes per byte; 3-bit codes as 2-bit codes plus a plane of third bits, split3); every other
 // format here has 4-bit codes. field_bits: the bits of a code within a byte of codes.
 template <class P>
-inline constexpr int code_bits = P::storage == layout::qforge && P::bits < 4 ? P::bits : 4;
+inline constexpr int code_bits = P::storage == layout::qforge ? P::bits : 4;
 template <class P>
 inline constexpr bool split_planes = code_bits<P> == 3;
 template <class P>

@@ -64,13 +64,13 @@ void dequantize_columns(const weights_view& w, const simd::table16<A>&, std::int
                         std::int64_t kc, float* out) {
     using F = simd::f32v<A>;
     constexpr int lanes = simd::lanes<A>;
-    const std::int64_t gs = int8_group<P>(w), blocks = w.cols / gs;
-    const std::uint8_t* codes = w.codes + n * w.cols;
+    const std::int64_t gs = int8_group<P>(w);
+    const std::uint8_t* codes = row_codes<P, A>(w, n);
     for (std::int64_t c = k0; c < k0 + kc;) {
         const std::int64_t b = c / gs, end = (b + 1) * gs < k0 + kc ? (b + 1) * gs : k0 + kc;
         float scale;
-        simd::f16_to_f32<A>(static_cast<const std::uint16_t*>(w.scales) + n * blocks + b, 1, &scale);
-        const F s(scale), z(static_cast<float>(has_zeros<P> ? w.zeros[n * blocks + b] : 128));
+        simd::f16_to_f32<A>(row_blocks<P, std::uint16_t>(w, w.scales, n, b), 1, &scale);
+        const F s(scale), z(static_cast<float>(has_zeros<P> ? *row_blocks<P, std::uint8_t>(w, w.zeros, n, b) : 128));
         for (; c < end; c += lanes) (int8_values<A>(codes + c, z) * s).store_unaligned(out + (c - k0));
     }
 }
@@ -95,7 +95,7 @@ float int8_dot_f32(const weights_view& w, std::int64_t n, const float* x) {
     using F = simd::f32v<A>;
     constexpr int lanes = simd::lanes<A>;
     const std::int64_t k = w.cols, gs = int8_group<P>(w);
-    const std::uint8_t* codes = w.codes + n * k;
+    const std::uint8_t* codes = row_codes<P, A>(w, n);
     F acc(0.0f);
     each_block_scale<P, A>(w, n, 0, k / gs, [&](std::int64_t b, float scale, float zero) {
         const F z(has_zeros<P> ? zero : 128.0f);
@@ -154,9 +154,9 @@ void int8_tile_i8(const weights_view& w, const int8_act_row* x, std::int64_t n, 
     using I = simd::i32v<A>;
     using U = simd::u8v<A>;
     constexpr int V = simd::vbytes<A>, lanes = simd::lanes<A>, chains = MR * NR < 4 ? 2 : 1;
-    const std::int64_t k = w.cols, gs = int8_group<P>(w), blocks = k / gs;
+    const std::int64_t gs = int8_group<P>(w);
     const std::uint8_t* codes[NR];
-    for (int r = 0; r < NR; ++r) codes[r] = w.codes + (n + r) * k;
+    for (int r = 0; r < NR; ++r) codes[r] = row_codes<P, A>(w, n + r);
     F acc[MR][NR], offset_lanes[MR][NR];  // the zero-point terms (int_asym): lanes over blocks
     float offsets[MR][NR] = {};           // and the blocks after the last full register
     for (int i = 0; i < MR; ++i)
@@ -178,11 +178,11 @@ void int8_tile_i8(const weights_view& w, const int8_act_row* x, std::int64_t n, 
     for (std::int64_t c0 = b0; c0 < b1; c0 += scale_chunk) {
         const int nb = static_cast<int>(smaller<std::int64_t>(scale_chunk, b1 - c0));
         for (int r = 0; r < NR; ++r) {
-            simd::f16_to_f32<A>(static_cast<const std::uint16_t*>(w.scales) + (n + r) * blocks + c0, nb, scales[r]);
+            simd::f16_to_f32<A>(row_blocks<P, std::uint16_t>(w, w.scales, n + r, c0), nb, scales[r]);
             for (int i = 0; i < MR; ++i) {
                 for (int t = 0; t < nb; ++t) cs[i][r][t] = scales[r][t] * x[i].xs[c0 + t];
                 if constexpr (has_zeros<P>) {  // int_sym: zero 128, no term
-                    const std::uint8_t* zeros = w.zeros + (n + r) * blocks + c0;
+                    const std::uint8_t* zeros = row_blocks<P, std::uint8_t>(w, w.zeros, n + r, c0);
                     const std::int32_t* sums = x[i].sums + c0;
                     int t = 0;
                     for (; t + lanes <= nb; t += lanes) {

@@ -120,7 +120,7 @@ template <class P, class A>
     requires int8_policy<P>
 void decode_row(const weights_view& w, const i8_levels<P, A>&, std::int64_t n, std::int64_t k0, std::int64_t len,
                 std::uint8_t* out) {
-    std::memcpy(out, w.codes + n * w.cols + k0, static_cast<std::size_t>(len));
+    std::memcpy(out, row_codes<P, A>(w, n) + k0, static_cast<std::size_t>(len));
 }
 
 // The panel of rows [p0, p0 + rows) and K slice [k0, k0 + len): levels interleaved by quad
