@@ -67,8 +67,10 @@ float row_windows(const weights_view& w, const __m512& values, const std::uint16
                                      : _mm512_setzero_si512();
     const __m512i nibble = _mm512_set1_epi16(0x000F);
     const std::uint8_t* codes = row_codes<P, A>(w, n);
-    __m512 acc[lookups];
-    for (auto& a : acc) a = _mm512_setzero_ps();
+    static_assert(lookups == 4);
+    // four named accumulators, passed by value: an array captured by the lambda below was kept in
+    // memory by GCC in some instantiations (a store-to-load chain per product: 2x slower)
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     float buf[scale_chunk];
     constexpr std::int64_t windows_per_chunk = scale_chunk / blocks_per_window * windows_per_block;
     for (std::int64_t c0 = 0; c0 < windows; c0 += windows_per_chunk) {
@@ -88,18 +90,22 @@ float row_windows(const weights_view& w, const __m512& values, const std::uint16
             simd::prefetch_ahead(codes + win * 64);  // cold bnb rows with their scales: half the speed without
             const __m512i c = _mm512_loadu_si512(codes + win * 64);
             const std::uint16_t* xw = xb + win * lookups * words;
-            simd::unroll<lookups>([&](auto q) {
+            // acc + the products of lookup q: the nibble at bit 4q of each word
+            const auto add = [&](auto q, __m512 acc) {
                 __m512i idx = q == 0 ? c : _mm512_srli_epi16(c, 4 * q);
                 if constexpr (q < 3) idx = _mm512_ternarylogic_epi32(idx, nibble, block_offset, 0xEA);  // (a & b) | c
                 else idx = _mm512_or_si512(idx, block_offset);
                 const __m512i wq = _mm512_permutexvar_epi16(idx, table);
                 const __m512i xq = _mm512_loadu_si512(xw + q * words);
-                acc[q] = _mm512_dpbf16_ps(acc[q], reinterpret_cast<const __m512bh&>(wq),
-                                          reinterpret_cast<const __m512bh&>(xq));
-            });
+                return _mm512_dpbf16_ps(acc, reinterpret_cast<const __m512bh&>(wq), reinterpret_cast<const __m512bh&>(xq));
+            };
+            acc0 = add(std::integral_constant<int, 0>{}, acc0);
+            acc1 = add(std::integral_constant<int, 1>{}, acc1);
+            acc2 = add(std::integral_constant<int, 2>{}, acc2);
+            acc3 = add(std::integral_constant<int, 3>{}, acc3);
         }
     }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
 }
 
 // GEMM operands f32 -> bf16 words with vcvtneps2bf16 (len a multiple of 16). Unlike
