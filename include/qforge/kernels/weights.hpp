@@ -33,9 +33,9 @@ namespace qforge {
 //          units of 256 elements (split3), the low two bits of each code in the 2-bit layout, the
 //          third bits in a plane after them
 // Rows with their scales (row_stride > 0, as pack_weights stores bnb4, mx and qforge weights):
-// row n's codes, scales and zeros are at codes, scales and zeros
-// + n * row_stride bytes, each row one run of memory (rows_with_scales, kernels/pack.hpp); the
-// arrays above are the row_stride 0 case (dense, as in the checkpoint).
+// row n's codes, scales and zeros are at codes, scales and zeros + n * row_stride bytes, each
+// row one run of memory (rows_with_scales, kernels/pack.hpp). The arrays above are the
+// row_stride 0 case (dense, as in the checkpoint).
 // Integer layouts (qforge) may also carry
 //   zeros  (dtype int_asym) one zero point byte per (row, group), row-major [N, K/group]:
 //          W[n, k] = scale * (code - zero), the integer difference first (formats.md §3, §4)
@@ -114,6 +114,8 @@ struct packed_weights {
     std::int64_t row_stride = 0, row_codes_offset = 0;
 
     weights_view view() const {
+        const std::uint8_t* z = zeros.empty() ? nullptr : zeros.data();
+        if (row_stride != 0 && cfg.type == dtype::int_asym) z = codes.data() + row_bytes(cfg, cols).scales;
         return {cfg,
                 rows,
                 cols,
@@ -124,9 +126,7 @@ struct packed_weights {
                 nested_absmax.empty() ? nullptr : nested_absmax.data(),
                 nested_offset,
                 outlier_threshold,
-                row_stride != 0 && cfg.type == dtype::int_asym ? codes.data() + row_bytes(cfg, cols).scales
-                : zeros.empty()                                 ? nullptr
-                                                                : zeros.data(),
+                z,
                 perm.empty() ? nullptr : perm.data(),
                 row_stride};
     }

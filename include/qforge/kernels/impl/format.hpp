@@ -188,8 +188,8 @@ std::uint8_t layout_traits<layout::qforge>::code_at(const std::uint8_t* row, std
     }
 }
 
-// Bits per code in the kernel layout: 2- and 3-bit integers are packed (qforge layout: four 2-bit
-// codes per byte; 3-bit codes as 2-bit codes plus a plane of third bits, split3); every other
+// Bits per code in the kernel layout: the qforge layout's integer width (2-bit codes four per byte;
+// 3-bit codes as 2-bit codes plus a plane of third bits, split3; 4; 8, a byte each); every other
 // format here has 4-bit codes. field_bits: the bits of a code within a byte of codes.
 template <class P>
 inline constexpr int code_bits = P::storage == layout::qforge ? P::bits : 4;
@@ -200,7 +200,7 @@ inline constexpr int field_bits = split_planes<P> ? 2 : code_bits<P>;
 template <class P>
 inline constexpr int codes_per_byte = 8 / field_bits<P>;
 
-// The packed codes of row n: K * code_bits / 8 bytes, rows dense or row_stride apart (bnb4).
+// The packed codes of row n: K * code_bits / 8 bytes, rows dense or row_stride apart.
 template <class P, class A>
 inline const std::uint8_t* row_codes(const weights_view& w, std::int64_t n) {
     return w.codes + n * (w.row_stride != 0 ? w.row_stride : w.cols * code_bits<P> / 8);
