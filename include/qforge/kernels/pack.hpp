@@ -106,9 +106,6 @@ inline packed_weights pack_bnb4(const config& cfg, const ref::bnb4_tensor& t, st
 
 // ---- integer checkpoints -> the qforge layout ----------------------------------------------
 
-// Bits per code in the qforge layout: 2-bit codes four per byte, 3-bit ones in split3 units.
-inline int qforge_code_bits(int bits) { return bits == 8 ? 8 : bits < 4 ? bits : 4; }
-
 // Elements [first, first + count) of a row, codes in natural order, into the qforge layout of
 // Bits-wide codes (weights.hpp). 2 and 4 bits: in the 16-byte span s (128 / Bits elements), byte j
 // holds element s * 128 / Bits + 16 p + j in bits [Bits p, Bits p + Bits); first and count are
@@ -147,7 +144,7 @@ inline void put_qforge_codes(const std::uint8_t* codes, std::int64_t first, std:
 // Any whole spans (3 bits: whole units; the row's last unit may be short).
 inline void put_qforge_codes(int bits, const std::uint8_t* codes, std::int64_t first, std::int64_t count,
                              std::uint8_t* row) {
-    switch (qforge_code_bits(bits)) {
+    switch (bits) {  // 2-bit codes four per byte, 3-bit ones in split3 units
         case 2: put_qforge_codes<2>(codes, first, count, row); break;
         case 3:
             for (std::int64_t u = first; u < first + count; u += split3::unit_elems) {
@@ -236,8 +233,7 @@ inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_ten
     const std::int64_t n = t.rows, k = t.cols;
     const int bits = t.bits;
     check_int_config(cfg, bits, t.group, k, "GPTQ", tensor);
-    const int code_bits = qforge_code_bits(bits);
-    if (const int span = code_bits < 4 ? 64 : 32; k % span != 0)
+    if (const int span = bits < 4 ? 64 : 32; k % span != 0)
         pack_error(tensor, "K = " + std::to_string(k) + " is not a multiple of " + std::to_string(span) +
                                " (the qforge layout stores " + std::to_string(bits) + "-bit codes in spans of " +
                                std::to_string(span) + ")");
@@ -258,12 +254,12 @@ inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_ten
     }
     store_zeros(cfg, zeros, p, groups, tensor);
 
-    const std::int64_t row_bytes = k * code_bits / 8;
+    const std::int64_t row_bytes = k * bits / 8;
     p.codes.assign(static_cast<std::size_t>(n * row_bytes), 0);
     if (p.perm.empty()) {  // run by run: the `bits` word rows of 32 values of K are read in order
         // GPTQ runs of 32 codes per put_qforge_codes call: a whole span (two runs for 2-bit codes)
         // or a split3 unit (up to eight runs for 3-bit codes)
-        const std::int64_t runs = code_bits == 2 ? 2 : code_bits == 3 ? split3::unit_elems / gptq_run_codes : 1;
+        const std::int64_t runs = bits == 2 ? 2 : bits == 3 ? split3::unit_elems / gptq_run_codes : 1;
         std::array<std::uint32_t, 8> run{};
         std::array<std::uint8_t, split3::unit_elems> codes{};
         for (std::int64_t r0 = 0; r0 < k / gptq_run_codes; r0 += runs)

@@ -80,14 +80,13 @@ inline simd::table16<A> value_table(const weights_view& w) {
 // b0 (zero: 0 without zero points); per channel every block has the row's scale and zero point.
 template <class P, class A, class F>
 void each_block_scale(const weights_view& w, std::int64_t n, std::int64_t b0, std::int64_t nb, F&& f) {
+    using L = layout_traits<P::storage>;
+    float buf[scale_chunk], zbuf[scale_chunk];
     if constexpr (P::group == per_channel) {
-        float scale;
-        simd::f16_to_f32<A>(row_blocks<P, std::uint16_t>(w, w.scales, n, 0), 1, &scale);
-        const float zero = has_zeros<P> ? static_cast<float>(*row_blocks<P, std::uint8_t>(w, w.zeros, n, 0)) : 0.0f;
+        const float scale = *L::template row_scales<P, A>(w, n, 0, 1, buf);
+        const float zero = has_zeros<P> ? *row_zeros<P, A>(w, n, 0, 1, zbuf) : 0.0f;
         for (std::int64_t b = 0; b < nb; ++b) f(b, scale, zero);
     } else {
-        using L = layout_traits<P::storage>;
-        float buf[scale_chunk], zbuf[scale_chunk];
         for (std::int64_t c0 = 0; c0 < nb; c0 += scale_chunk) {
             const int nc = static_cast<int>(nb - c0 < scale_chunk ? nb - c0 : scale_chunk);
             const float* s = L::template row_scales<P, A>(w, n, b0 + c0, nc, buf);

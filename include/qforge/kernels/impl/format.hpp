@@ -127,7 +127,6 @@ struct layout_traits<layout::bnb4> {
     }
     template <class P, class A>
     static const float* row_scales(const weights_view& w, std::int64_t n, std::int64_t b0, int nb, float* buf) {
-        const std::int64_t first = n * (w.cols / P::group) + b0;  // flat block index
         using S = std::conditional_t<P::double_quant, std::uint8_t, float>;  // absmax or its code
         const S* row = row_blocks<P, S>(w, w.scales, n, b0);
         if constexpr (!P::double_quant) {
@@ -138,6 +137,7 @@ struct layout_traits<layout::bnb4> {
         } else {
             // formats.md §1: absmax = map[q] * nested_absmax[b / 256], then + offset (two roundings)
             static_assert(nested_blocksize == 256);
+            const std::int64_t first = n * (w.cols / P::group) + b0;  // flat block index
             simd::nested_absmax<A>(row, nb, first, w.nested_map, w.nested_absmax, w.nested_offset, buf);
             return buf;
         }

@@ -66,11 +66,10 @@ void dequantize_columns(const weights_view& w, const simd::table16<A>&, std::int
     constexpr int lanes = simd::lanes<A>;
     const std::int64_t gs = int8_group<P>(w);
     const std::uint8_t* codes = row_codes<P, A>(w, n);
+    float buf[scale_chunk];
     for (std::int64_t c = k0; c < k0 + kc;) {
         const std::int64_t b = c / gs, end = (b + 1) * gs < k0 + kc ? (b + 1) * gs : k0 + kc;
-        float scale;
-        simd::f16_to_f32<A>(row_blocks<P, std::uint16_t>(w, w.scales, n, b), 1, &scale);
-        const F s(scale), z(static_cast<float>(has_zeros<P> ? *row_blocks<P, std::uint8_t>(w, w.zeros, n, b) : 128));
+        const F s(*layout_traits<P::storage>::template row_scales<P, A>(w, n, b, 1, buf)), z(static_cast<float>(has_zeros<P> ? *row_blocks<P, std::uint8_t>(w, w.zeros, n, b) : 128));
         for (; c < end; c += lanes) (int8_values<A>(codes + c, z) * s).store_unaligned(out + (c - k0));
     }
 }
@@ -178,9 +177,9 @@ void int8_tile_i8(const weights_view& w, const int8_act_row* x, std::int64_t n, 
     for (std::int64_t c0 = b0; c0 < b1; c0 += scale_chunk) {
         const int nb = static_cast<int>(smaller<std::int64_t>(scale_chunk, b1 - c0));
         for (int r = 0; r < NR; ++r) {
-            simd::f16_to_f32<A>(row_blocks<P, std::uint16_t>(w, w.scales, n + r, c0), nb, scales[r]);
+            const float* row_scales = layout_traits<P::storage>::template row_scales<P, A>(w, n + r, c0, nb, scales[r]);
             for (int i = 0; i < MR; ++i) {
-                for (int t = 0; t < nb; ++t) cs[i][r][t] = scales[r][t] * x[i].xs[c0 + t];
+                for (int t = 0; t < nb; ++t) cs[i][r][t] = row_scales[t] * x[i].xs[c0 + t];
                 if constexpr (has_zeros<P>) {  // int_sym: zero 128, no term
                     const std::uint8_t* zeros = row_blocks<P, std::uint8_t>(w, w.zeros, n + r, c0);
                     const std::int32_t* sums = x[i].sums + c0;
