@@ -154,7 +154,7 @@ inline void add_window_dots(const i8_levels<P, A>& lv, const window_codes& wc,
                             const simd::u8v<A> (&xq)[MR][i8_shape<P, A>::parts], simd::i32v<A> (&dots)[MR]) {
     using S = i8_shape<P, A>;
     using U = simd::u8v<A>;
-    const U c = U::load_unaligned(wc.low);
+    const U c = simd::in_register<std::uint8_t, A>(wc.low);
     simd::unroll<S::parts>([&](auto p) {
         U code = simd::code_field<S::bits * p, S::bits, A>(c);
         if constexpr (split_planes<P>) code = simd::add_bit_bytes<4, A>(code, wc.high + p * wc.high_stride);
