@@ -2,6 +2,8 @@
 // on LLM shapes, with the read bandwidth of the same run as the yardstick.
 //
 //   <op>/<canonical name>/K<k>xN<n>/M<m>/t<threads>/<hot|cold>
+//                                             K x N: 4096 x 4096, 4096 x 11008, 11008 x 4096, and for the
+//                                             GEMV also 1024 x 4096 (short rows)
 //   membw/read/t<threads>                     512 MiB read with 512-bit (or 256-bit) loads, from memory
 //                                             allocated as the weights are (huge pages, memory.hpp)
 //   repack/<int4sym|int2asym|int3asym|int4asym>_g128_<gptq|gptq_actorder|awq>_to_qf/K<k>xN<n>
@@ -295,11 +297,14 @@ void register_all() {
     for (int t : {1, 2})
         benchmark::RegisterBenchmark(("membw/read/t" + std::to_string(t)).c_str(), membw_read, t)
             ->Unit(benchmark::kMillisecond);
-    const shape shapes[] = {{4096, 4096}, {4096, 11008}, {11008, 4096}};
+    const std::vector<shape> shapes = {{4096, 4096}, {4096, 11008}, {11008, 4096}};
+    // the GEMV also on short rows (a small model's hidden size), where the work per row counts
+    std::vector<shape> gemv_shapes = shapes;
+    gemv_shapes.push_back({1024, 4096});
     for (const listed_kernel& l : kernel_list) {
         if (!kernels::kernel_built(l.cfg)) continue;  // filtered out by -Dkernels
         for (op kind : {op::gemv, op::gemm})
-            for (shape s : shapes)
+            for (shape s : kind == op::gemv ? gemv_shapes : shapes)
                 for (std::int64_t m : kind == op::gemv ? std::vector<std::int64_t>{1} : std::vector<std::int64_t>{8, 32, 128})
                     for (int t : {1, 2})
                         for (bool cold : {true, false}) {

@@ -255,7 +255,40 @@ void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x, 
                          code_traits<P::type>::i8_scale;
 }
 
-// One GEMV row over the full steps (the GEMV's own loop: i8_tile serves the GEMM):
+// What a GEMV row computes: its value is the sum of `lanes` plus `rest`.
+template <class A>
+struct row_sum {
+    simd::f32v<A> lanes;
+    float rest = 0.0f;
+};
+
+// y[n] = finish(n, value of row(n)) for n in [n0, n1): the rows' lanes are summed `lanes` rows at a
+// time by one transposed sum (simd::sum_rows) instead of a horizontal sum per row, which on short
+// rows cost as much as the row (K = 1024: 8 windows of int4 codes). Flattened: as a call, the
+// row returned its register through memory and cost more than the sums saved. (The exact-f32
+// GEMV keeps a horizontal sum per row: batched, its 4096 x 11008 cold runs were 2-5% slower.)
+template <class A, class Row, class Finish>
+[[gnu::flatten]] void for_each_row(std::int64_t n0, std::int64_t n1, Row&& row, Finish&& finish) {
+    using F = simd::f32v<A>;
+    constexpr int lanes = simd::lanes<A>;
+    for (std::int64_t n = n0; n < n1; n += lanes) {
+        const int count = n1 - n < lanes ? static_cast<int>(n1 - n) : lanes;
+        F parts[lanes];
+        float rest[lanes];
+        for (int r = 0; r < count; ++r) {
+            const row_sum<A> v = row(n + r);
+            parts[r] = v.lanes;
+            rest[r] = v.rest;
+        }
+        for (int r = count; r < lanes; ++r) parts[r] = F(0.0f);
+        alignas(64) float sums[lanes];
+        simd::sum_rows<A>(parts).store_aligned(sums);
+        for (int r = 0; r < count; ++r) finish(n + r, sums[r] + rest[r]);
+    }
+}
+
+// One GEMV row over the full steps (the GEMV's own loop: i8_tile serves the GEMM), before the
+// division by i8_scale:
 //   y[n] = sum_b cs_b (dot_b - off_b qsum_b) / i8_scale,   cs_b = scale[n, b] * xs_b
 // where dot_b is the integer dot of the unsigned (offset form) or signed weights with xq and
 // off_b the offset the unsigned weights carry (the zero point for int_asym, none in the sign
@@ -264,7 +297,7 @@ void i8_tile(const weights_view& w, const i8_levels<P, A>& lv, const i8_row* x, 
 // One row at a time keeps W one stream: two rows per pass sharing the activation loads (i8_tile
 // with NR = 2, both rows prefetched) took 12-23% longer, 4096x11008 cold.
 template <class P, class A>
-float i8_gemv_row(const weights_view& w, const i8_shape<P, A>& s, const i8_levels<P, A>& lv, const i8_row& x,
+row_sum<A> i8_gemv_row(const weights_view& w, const i8_shape<P, A>& s, const i8_levels<P, A>& lv, const i8_row& x,
                   std::int64_t n) {
     using S = i8_shape<P, A>;
     using L = layout_traits<P::storage>;
@@ -313,6 +346,7 @@ float i8_gemv_row(const weights_view& w, const i8_shape<P, A>& s, const i8_level
             else if constexpr (offsets) off = simd::fma<A>(c, F::load_unaligned(qs + b), off);
         }
         for (; b < nb; ++b) {
+            asm("");
             cs[b] = ws[b] * xs[b];
             if constexpr (has_zeros<P>) off_tail += cs[b] * (zeros[b] * qs[b]);
             else if constexpr (offsets) off_tail += cs[b] * qs[b];
@@ -324,8 +358,8 @@ float i8_gemv_row(const weights_view& w, const i8_shape<P, A>& s, const i8_level
         }
         if (step < c1) acc0 = simd::fma<A>(step_dot(step), simd::expand_scales<bpw, A>(cs + (step - c0) * bpw), acc0);
     }
-    const float dots = xsimd::hadd(acc0 + acc1);
-    return (dots - weight_offset<P, A> * (xsimd::hadd(off) + off_tail)) / code_traits<P::type>::i8_scale;
+    // the offset is 128, 2^(bits-1), 1 or 0: offset * off is exact
+    return {(acc0 + acc1) - F(weight_offset<P, A>) * off, -weight_offset<P, A> * off_tail};
 }
 
 // The blocks after the last full window (only when a register spans several blocks and K is not

@@ -83,10 +83,12 @@ void gemv_i8(const weights_view& w, const float* x, const float* bias, float* y,
     const i8_shape<P, A> s(w.cols);
     const i8_levels<P, A> levels(w);
     const i8_row xq = quantize_activations<P, A>(s, gather_columns<A, 1>(w, x, 1), simd::scratch<A, 0>::get(s.bytes));
-    for (std::int64_t n = n0; n < n1; ++n) {
-        const float v = i8_gemv_row<P, A>(w, s, levels, xq, n) + i8_tail<P, A>(w, s, levels, xq, n);
-        y[n] = bias ? v + bias[n] : v;
-    }
+    for_each_row<A>(
+        n0, n1, [&](std::int64_t n) { return i8_gemv_row<P, A>(w, s, levels, xq, n); },
+        [&](std::int64_t n, float dots) {
+            const float v = dots / code_traits<P::type>::i8_scale + i8_tail<P, A>(w, s, levels, xq, n);
+            y[n] = bias ? v + bias[n] : v;
+        });
 }
 
 template <class P, class A>
