@@ -287,8 +287,8 @@ template <class A, class Row, class Finish>
     }
 }
 
-// One GEMV row over the full steps (the GEMV's own loop: i8_tile serves the GEMM), before the
-// division by i8_scale:
+// One GEMV row over the full steps (the GEMV's own loop: i8_tile serves the GEMM), as the row_sum
+// of the numerator (gemv_i8 divides by i8_scale):
 //   y[n] = sum_b cs_b (dot_b - off_b qsum_b) / i8_scale,   cs_b = scale[n, b] * xs_b
 // where dot_b is the integer dot of the unsigned (offset form) or signed weights with xq and
 // off_b the offset the unsigned weights carry (the zero point for int_asym, none in the sign
@@ -298,7 +298,7 @@ template <class A, class Row, class Finish>
 // with NR = 2, both rows prefetched) took 12-23% longer, 4096x11008 cold.
 template <class P, class A>
 row_sum<A> i8_gemv_row(const weights_view& w, const i8_shape<P, A>& s, const i8_levels<P, A>& lv, const i8_row& x,
-                  std::int64_t n) {
+                       std::int64_t n) {
     using S = i8_shape<P, A>;
     using L = layout_traits<P::storage>;
     using F = simd::f32v<A>;
@@ -346,7 +346,6 @@ row_sum<A> i8_gemv_row(const weights_view& w, const i8_shape<P, A>& s, const i8_
             else if constexpr (offsets) off = simd::fma<A>(c, F::load_unaligned(qs + b), off);
         }
         for (; b < nb; ++b) {
-            asm("");
             cs[b] = ws[b] * xs[b];
             if constexpr (has_zeros<P>) off_tail += cs[b] * (zeros[b] * qs[b]);
             else if constexpr (offsets) off_tail += cs[b] * qs[b];
