@@ -264,9 +264,10 @@ struct row_sum {
 
 // y[n] = finish(n, value of row(n)) for n in [n0, n1): the rows' lanes are summed `lanes` rows at a
 // time by one transposed sum (simd::sum_rows) instead of a horizontal sum per row, which on short
-// rows cost as much as the row (K = 1024: 8 windows of int4 codes). Flattened: as a call, the
-// row returned its register through memory and cost more than the sums saved. (The exact-f32
-// GEMV keeps a horizontal sum per row: batched, its 4096 x 11008 cold runs were 2-5% slower.)
+// rows cost as much as the row (K = 1024: 8 windows of int4 codes). Flattened so that the row is
+// always inlined: tried on the exact-f32 GEMV, whose row GCC does not inline, the row returned
+// its register through memory and the GEMV ran 1.5x slower. (That GEMV keeps a horizontal sum
+// per row: batched and inlined, its 4096 x 11008 cold runs were 2-5% slower.)
 template <class A, class Row, class Finish>
 [[gnu::flatten]] void for_each_row(std::int64_t n0, std::int64_t n1, Row&& row, Finish&& finish) {
     using F = simd::f32v<A>;
