@@ -263,8 +263,8 @@ struct row_sum {
 };
 
 // y[n] = finish(n, value of row(n)) for n in [n0, n1): the rows' lanes are summed `lanes` rows at a
-// time by one transposed sum (simd::sum_rows) instead of a horizontal sum per row, which on short
-// rows cost as much as the row (K = 1024: 8 windows of int4 codes). Flattened so that the row is
+// time by one transposed sum (simd::sum_rows) instead of two horizontal sums per row, which took
+// a third of a short row's time (K = 1024: 8 windows of int4 codes). Flattened so that the row is
 // always inlined: tried on the exact-f32 GEMV, whose row GCC does not inline, the row returned
 // its register through memory and the GEMV ran 1.5x slower. (That GEMV keeps a horizontal sum
 // per row: batched and inlined, its 4096 x 11008 cold runs were 2-5% slower.)
