@@ -82,16 +82,21 @@ inline constexpr std::int64_t llm_int8_max_cols = 2147483647 / (128 * 128);
 inline bool rows_can_carry_scales(const config& cfg) {
     return cfg.storage == layout::bnb4 || cfg.storage == layout::mx || cfg.storage == layout::qforge;
 }
-// In those layouts, the bytes of one row: its codes, its scales (bnb4 f32 absmax or double-quant
-// uint8 codes, mx E8M0 bytes, qforge f16) and its zero points (qforge int_asym, a byte per group).
+// In those layouts: the bits of a code (qforge: the integer width, 2, 3, 4 or 8; bnb4 and mx:
+// nibbles) and the blocks of a row of cols elements (one per channel).
+constexpr int row_code_bits(const config& cfg) { return cfg.storage == layout::qforge ? cfg.bits : 4; }
+constexpr std::int64_t row_blocks_of(const config& cfg, std::int64_t cols) {
+    return cfg.group == per_channel ? 1 : cols / cfg.group;
+}
+// The bytes of one row: its codes, its scales (bnb4 f32 absmax or double-quant uint8 codes, mx
+// E8M0 bytes, qforge f16) and its zero points (qforge int_asym, a byte per group).
 struct row_parts {
     std::int64_t codes, scales, zeros;
 };
 inline row_parts row_bytes(const config& cfg, std::int64_t cols) {
-    const std::int64_t blocks = cols / (cfg.group == per_channel ? cols : cfg.group);
-    const bool qf = cfg.storage == layout::qforge;
-    return {cols * (qf ? cfg.bits : 4) / 8,
-            blocks * (qf ? 2 : cfg.storage == layout::mx || cfg.double_quant ? 1 : 4),
+    const std::int64_t blocks = row_blocks_of(cfg, cols);
+    return {cols * row_code_bits(cfg) / 8,
+            blocks * (cfg.storage == layout::qforge ? 2 : cfg.storage == layout::mx || cfg.double_quant ? 1 : 4),
             cfg.type == dtype::int_asym ? blocks : 0};
 }
 

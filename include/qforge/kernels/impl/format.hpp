@@ -85,8 +85,8 @@ inline constexpr bool has_zeros = P::type == dtype::int_asym;
 template <class P, class T>
 inline const T* row_blocks(const weights_view& w, const void* values, std::int64_t n, std::int64_t b0) {
     const auto* base = static_cast<const std::uint8_t*>(values);
-    const std::int64_t blocks = P::group == per_channel ? 1 : w.cols / P::group;
-    return reinterpret_cast<const T*>(base + n * (w.row_stride != 0 ? w.row_stride : blocks * std::int64_t{sizeof(T)})) + b0;
+    const std::int64_t dense = row_blocks_of(P::cfg, w.cols) * std::int64_t{sizeof(T)};
+    return reinterpret_cast<const T*>(base + n * (w.row_stride != 0 ? w.row_stride : dense)) + b0;
 }
 
 // f32 zero points of blocks [b0, b0+nb) of row n (int_asym).
@@ -192,7 +192,7 @@ std::uint8_t layout_traits<layout::qforge>::code_at(const std::uint8_t* row, std
 // 3-bit codes as 2-bit codes plus a plane of third bits, split3; 4; 8, a byte each); every other
 // format here has 4-bit codes. field_bits: the bits of a code within a byte of codes.
 template <class P>
-inline constexpr int code_bits = P::storage == layout::qforge ? P::bits : 4;
+inline constexpr int code_bits = row_code_bits(P::cfg);
 template <class P>
 inline constexpr bool split_planes = code_bits<P> == 3;
 template <class P>

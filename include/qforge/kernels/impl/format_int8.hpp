@@ -69,7 +69,8 @@ void dequantize_columns(const weights_view& w, const simd::table16<A>&, std::int
     float buf[scale_chunk];
     for (std::int64_t c = k0; c < k0 + kc;) {
         const std::int64_t b = c / gs, end = (b + 1) * gs < k0 + kc ? (b + 1) * gs : k0 + kc;
-        const F s(*layout_traits<P::storage>::template row_scales<P, A>(w, n, b, 1, buf)), z(static_cast<float>(has_zeros<P> ? *row_blocks<P, std::uint8_t>(w, w.zeros, n, b) : 128));
+        const F s(*layout_traits<P::storage>::template row_scales<P, A>(w, n, b, 1, buf));
+        const F z(static_cast<float>(has_zeros<P> ? *row_blocks<P, std::uint8_t>(w, w.zeros, n, b) : 128));
         for (; c < end; c += lanes) (int8_values<A>(codes + c, z) * s).store_unaligned(out + (c - k0));
     }
 }
