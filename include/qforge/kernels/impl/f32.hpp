@@ -31,16 +31,17 @@ namespace qforge::kernels {
 // bf16 operands (bitsandbytes' compute dtype bfloat16): see the header of this file.
 //
 // Why it runs below the read bandwidth on this machine (Zen 5, 3.45 GHz): a 64-byte window of
-// nibbles takes 8 lookups (vpermps), 8 FMAs, the block's scale FMA and 7 shifts. Measured with
-// 8 independent instructions of each kind: every 16-entry lookup (vpermps, vpermd, vpshufb,
-// vpermb) shares the two FMA pipes (2.4 per cycle together with FMAs, 2 each alone); shifts,
-// logic and int-to-float conversions do not; 4 vector ops issue per cycle. So a window needs at
-// least 17 / 2.4 = 7.1 cycles. A standalone loop of one window per iteration ran at 7.3 cycles
-// from L1; this GEMV takes 8.6-8.9 from L2 (K = 4096, 256 rows). Decodes without a lookup were
-// slower in that loop: and + convert of the integer codes 9.7 cycles, float bits 2^23 + code
-// made by or and then a subtraction 10.0. Cold, 0.7 of a 39 GB/s bandwidth (this machine's best
-// runs) would ask 8.3 cycles per window for int4 g128 (66 bytes with its scale) and 9.1 for NF4
-// block 64 (72 bytes): about what the GEMV takes hot.
+// nibbles takes 8 lookups (vpermps), 8 FMAs, the block's scale FMA and 7 shifts (NF4 block 64:
+// also a permute that spreads its two block scales). Measured with 8 independent instructions of
+// each kind: every one-instruction table lookup (vpermps, vpermd, vpshufb, vpermb) shares the two
+// FMA pipes (2.4 per cycle together with FMAs, 2 each alone); shifts, logic and int-to-float
+// conversions do not. So a window needs at least 17 / 2.4 = 7.1 cycles (NF4: 18 / 2.4 = 7.5).
+// A standalone loop of one int4 window per iteration ran at 7.3 cycles from L1; this GEMV takes
+// 8.6-8.9 from L2 (K = 4096, 256 rows). Decodes without a lookup were slower in that loop: and +
+// convert of the integer codes 9.7 cycles, float bits 2^23 + code made by or and then a
+// subtraction 10.0. Cold, 0.7 of a 39 GB/s bandwidth (this machine's best runs) would ask 8.3
+// cycles per window for int4 g128 (66 bytes with its scale) and 9.1 for NF4 block 64 (72 bytes):
+// about what the GEMV takes hot.
 template <class P>
 inline constexpr bool bf16_operands = P::act == compute::bf16;
 
