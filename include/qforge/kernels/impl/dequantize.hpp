@@ -114,9 +114,9 @@ void dequantize_blocks(const weights_view& w, const simd::table16<A>& table, std
         const float* zeros = has_zeros<P> ? row_zeros<P, A>(w, n, c0, nb, zbuf) : nullptr;
         for (int i = 0; i < nb; ++i) {
             const F scale(scales[i]);
-            const F zero(has_zeros<P> ? zeros[i] : 0.0f);
-            // (code - zero) * scale: the exact integer difference, then one rounding (int_asym)
-            const auto value = [&](const F& v) { return has_zeros<P> ? (v - zero) * scale : v * scale; };
+            // (code - zero) * scale: the exact integer difference (looked up from the table minus
+            // the block's zero point), then one rounding (int_asym)
+            const simd::table16<A> block_table = has_zeros<P> ? simd::table_minus<A>(table, zeros[i]) : table;
             const std::int64_t first_window = (c0 + i) * wpb;
             simd::unroll<wpb>([&](auto wi) {
                 const std::int64_t window = first_window + wi;
@@ -127,13 +127,13 @@ void dequantize_blocks(const weights_view& w, const simd::table16<A>& table, std
                 simd::unroll<chunks>([&](auto ci) {
                     const auto idx = simd::load_u8_as_i32<A>(wc.low + ci * lanes);
                     if constexpr (L::interleaved) {  // nibbles; the high one is the even element
-                        const F lo = value(simd::lookup<A>(table, idx));
-                        simd::store_interleaved<A>(o + 2 * ci * lanes, value(simd::lookup<A>(table, idx >> 4)), lo);
+                        const F lo = simd::lookup<A>(block_table, idx) * scale;
+                        simd::store_interleaved<A>(o + 2 * ci * lanes, simd::lookup<A>(block_table, idx >> 4) * scale, lo);
                     } else {  // the table ignores the bits above a code (format.hpp)
                         simd::unroll<parts>([&](auto p) {
                             simd::i32v<A> code = idx >> (bits * p);
                             if constexpr (split_planes<P>) code = simd::load_u8_as_i32<A>(whole[p] + ci * lanes);
-                            const F v = value(simd::lookup<A>(table, code));
+                            const F v = simd::lookup<A>(block_table, code) * scale;
                             v.store_unaligned(o + 16 * p + ci * lanes);
                         });
                     }

@@ -104,6 +104,13 @@ inline table16<A> make_table16(const float* v, requires_arch<xsimd::generic>) {
     for (int i = 0; i < 16; ++i) t.v[i] = v[i];
     return t;
 }
+// every entry of t minus z (zero points: exact where entries and z are small integers)
+template <class A>
+inline table16<A> table_minus(const table16<A>& t, float z, requires_arch<xsimd::generic>) {
+    table16<A> r;
+    for (int i = 0; i < 16; ++i) r.v[i] = t.v[i] - z;
+    return r;
+}
 template <class A>
 inline f32v<A> lookup(const table16<A>& t, const i32v<A>& idx, requires_arch<xsimd::generic>) {
     alignas(64) std::int32_t i[lanes<A>];
@@ -302,6 +309,10 @@ inline table16<A> make_table16(const float* v, requires_arch<xsimd::avx2>) {
     return {_mm256_loadu_ps(v), _mm256_loadu_ps(v + 8)};
 }
 template <class A>
+inline table16<A> table_minus(const table16<A>& t, float z, requires_arch<xsimd::avx2>) {
+    return {_mm256_sub_ps(t.lo, _mm256_set1_ps(z)), _mm256_sub_ps(t.hi, _mm256_set1_ps(z))};
+}
+template <class A>
 inline f32v<A> lookup(const table16<A>& t, const i32v<A>& idx, requires_arch<xsimd::avx2>) {
     // permutevar8x32 uses bits 0-2; bit 3, moved to the sign bit, picks the upper half.
     const __m256 lo = _mm256_permutevar8x32_ps(t.lo, idx);
@@ -379,6 +390,10 @@ inline void store_i8(const i32v<A>& v, std::int8_t* out, requires_arch<xsimd::av
 template <class A>
 inline table16<A> make_table16(const float* v, requires_arch<xsimd::avx512f>) {
     return {_mm512_loadu_ps(v)};
+}
+template <class A>
+inline table16<A> table_minus(const table16<A>& t, float z, requires_arch<xsimd::avx512f>) {
+    return {_mm512_sub_ps(t.t, _mm512_set1_ps(z))};
 }
 template <class A>
 inline f32v<A> lookup(const table16<A>& t, const i32v<A>& idx, requires_arch<xsimd::avx512f>) {
@@ -491,6 +506,8 @@ template <class A>
 inline void store_i8(const i32v<A>& v, std::int8_t* out) { ext::store_i8<A>(v, out, A{}); }
 template <class A>
 inline table16<A> make_table16(const float* v) { return ext::make_table16<A>(v, A{}); }
+template <class A>
+inline table16<A> table_minus(const table16<A>& t, float z) { return ext::table_minus<A>(t, z, A{}); }
 template <class A>
 inline f32v<A> lookup(const table16<A>& t, const i32v<A>& idx) { return ext::lookup<A>(t, idx, A{}); }
 template <class A>
