@@ -98,10 +98,9 @@ float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const sim
             F even(0.0f), odd(0.0f);  // two chains: FMA latency
             const std::int64_t local = (step - c0) * bpw;
             const F step_scale = simd::expand_scales<bpw, A>(scales + local);
+            const simd::table16<A> step_table = zero_in_table ? simd::table_minus<A>(table, zeros[local]) : table;
             [[maybe_unused]] F step_zero;
-            [[maybe_unused]] simd::table16<A> step_table;
-            if constexpr (zero_in_table) step_table = simd::table_minus<A>(table, zeros[local]);
-            else if constexpr (has_zeros<P>) step_zero = simd::expand_scales<bpw, A>(zeros + local);
+            if constexpr (has_zeros<P> && !zero_in_table) step_zero = simd::expand_scales<bpw, A>(zeros + local);
             simd::unroll<S::windows_per_step>([&](auto wi) {
                 const window_codes wc = window_at<P, A, S::V>(codes, s.k, step * S::windows_per_step + wi);
                 simd::prefetch_ahead(wc.low);
@@ -121,9 +120,7 @@ float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const sim
                     I idx = i == 0 ? c8 : I(c8 >> (S::bits * i));
                     if constexpr (split_planes<P>)
                         idx = i < S::parts ? whole[i % S::parts] : I(whole[i % S::parts] >> (8 * (i / S::parts)));
-                    F v;
-                    if constexpr (zero_in_table) v = simd::lookup<A>(step_table, idx);
-                    else v = simd::lookup<A>(table, idx);
+                    F v = simd::lookup<A>(step_table, idx);
                     if constexpr (has_zeros<P> && !zero_in_table) v = v - step_zero;  // exact: code - zero
                     if constexpr (bf16_operands<P>) v = simd::round_bf16<A>(v * step_scale);
                     const F xv = F::load_unaligned(xw + i * S::lanes);
