@@ -71,9 +71,12 @@ std::uint8_t fp4_code(float y) {
     return sign | fp4_rank_code[count_below(fp4_thresholds, std::fabs(y))];
 }
 
-// An exact tie at a threshold goes to the even index, as the CUDA kernel does.
+// An exact tie at a threshold goes to the even index, as the CUDA kernel does. The thresholds are
+// sorted, so the count below y is a binary search (255 of them: double quantization of a large
+// tensor spent most of its time counting).
+static_assert(std::ranges::is_sorted(dynamic_thresholds));
 std::uint8_t dynamic_code(float y) {
-    std::size_t code = count_below(dynamic_thresholds, y);
+    std::size_t code = static_cast<std::size_t>(std::ranges::lower_bound(dynamic_thresholds, y) - dynamic_thresholds.begin());
     if (code < dynamic_thresholds.size() && y == dynamic_thresholds[code] && code % 2 == 1) ++code;
     return static_cast<std::uint8_t>(code);
 }
@@ -241,6 +244,11 @@ bnb4_tensor quantize_bnb4(const config& cfg, std::span<const float> w, std::int6
         q.absmax = std::move(absmax);
         return q;
     }
+    double_quantize(q, std::move(absmax));
+    return q;
+}
+
+void double_quantize(bnb4_tensor& q, std::vector<float> absmax) {
     // Double quantization: absmax - mean(absmax), blockwise 8-bit in nested blocks of 256.
     q.nested = true;
     q.nested_offset = exact_mean(absmax);
@@ -249,7 +257,7 @@ bnb4_tensor quantize_bnb4(const config& cfg, std::span<const float> w, std::int6
     q.absmax_codes = std::move(nested.codes);
     q.nested_absmax = std::move(nested.absmax);
     q.nested_quant_map = dynamic_map;
-    return q;
+    q.absmax.clear();
 }
 
 std::vector<float> dequantize_bnb4(const bnb4_tensor& q) {
