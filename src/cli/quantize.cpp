@@ -5,6 +5,7 @@
 #include "model_files.hpp"
 
 #include <qforge/config/name.hpp>
+#include <qforge/parallel.hpp>
 
 #include <cstdio>
 #include <functional>
@@ -14,6 +15,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <thread>
 
 namespace qforge::cli {
 
@@ -110,7 +112,13 @@ tensor_rewrite rewrite_quantized(const input_model& in, const detected_model& mo
 
 struct common_options {
     std::string config, in, out, config_out;
+    int threads = 0;
 };
+
+// The workers of the SIMD quantizers and dequantizers: --threads, or one per hardware thread.
+int thread_count(int requested) {
+    return requested > 0 ? requested : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
 
 void add_common(CLI::App* cmd, common_options& o, const char* config_help) {
     cmd->add_option("--config", o.config, config_help)->required();
@@ -160,7 +168,6 @@ std::map<std::string, const module_calibration*, std::less<>> match_calibration(
 void add_quantize(CLI::App& app) {
     struct options : common_options {
         std::string calibration;
-        int threads = 0;
     };
     auto opt = std::make_shared<options>();
     CLI::App* cmd = app.add_subcommand(
@@ -172,7 +179,8 @@ void add_quantize(CLI::App& app) {
                     "GPTQ calibration file (gptq configs): per module <module>.inputs [tokens, K] activations, or "
                     "<module>.hessian [K, K] + <module>.nsamples from `qforge hessian`; modules without data are "
                     "rounded to nearest");
-    cmd->add_option("--threads", opt->threads, "worker threads of GPTQ calibration (default 0: one per hardware thread)")
+    cmd->add_option("--threads", opt->threads,
+                    "worker threads of the quantizers and of GPTQ calibration (default 0: one per hardware thread)")
         ->check(CLI::NonNegativeNumber);
     cmd->callback([opt] {
         const loaded_config cfg = load_config(opt->config);
@@ -195,13 +203,15 @@ void add_quantize(CLI::App& app) {
         }
         counts n;
         std::size_t n_calibrated = 0;
+        thread_pool pool(thread_count(opt->threads));
         tensor_rewrite rewrite;
         rewrite.replace = [&](const safetensors::tensor_view& v, shard_output& out) {
             ++n.total;
             if (!to_quantize(v, filter)) return false;
             const auto it = calibrated.find(v.name.substr(0, v.name.size() - std::string_view(".weight").size()));
             if (it == calibrated.end()) {
-                checkpoint::export_weight(out.writer, out.keep.emplace_back(checkpoint::quantize_tensor(v, cfg.cfg, settings)));
+                checkpoint::export_weight(out.writer,
+                                          out.keep.emplace_back(checkpoint::quantize_tensor(v, cfg.cfg, settings, &pool)));
             } else {
                 checkpoint::export_weight(out.writer, out.keep.emplace_back(quantize_calibrated(
                                                           v, it->first, *it->second, calib->path(), cfg, opt->threads)));
@@ -231,18 +241,21 @@ void add_dequantize(CLI::App& app) {
                     "output dtype of the weights (default: the original dtype where the checkpoint records it, "
                     "bnb 4-bit does; otherwise bf16)")
         ->check(CLI::IsMember({"f32", "bf16", "f16"}));
+    cmd->add_option("--threads", opt->threads, "worker threads (default 0: one per hardware thread)")
+        ->check(CLI::NonNegativeNumber);
     cmd->callback([opt] {
         const loaded_config cfg = load_config(opt->config);
         const input_model in = open_model(opt->in);
         const detected_model model = detect_quantized(in);
         const std::optional<sdt> forced = parse_out_dtype(opt->dtype);
+        thread_pool pool(thread_count(opt->threads));
         counts n;
         const tensor_rewrite rewrite = rewrite_quantized(in, model, cfg.cfg, n, [&](const auto& q, const auto& v, auto& out) {
             if (!ends_with(q.name, ".weight"))
                 throw io_error("weight '" + q.name + "': a gpt-oss expert tensor (" + std::string(v.name) +
                                "); transformers transposes those when it dequantizes, which qforge does not do");
             const sdt type = forced.value_or(q.original_dtype.value_or(sdt::BF16));
-            out.writer.add_owned(q.name, type, q.shape, checkpoint::dequantize_weight(q, type));
+            out.writer.add_owned(q.name, type, q.shape, checkpoint::dequantize_weight(q, type, &pool));
         });
         output_files files;
         rewrite_model(in, opt->out, "dequantize", rewrite, files);

@@ -499,23 +499,35 @@ namespace {
 
 }  // namespace
 
-void writer::add_entry(std::string name, dtype type, shape_t shape, std::span<const std::byte> bytes,
-                       std::shared_ptr<const void> owner, std::size_t element_size) {
+void writer::check_entry(const std::string& name, dtype type, const shape_t& shape, std::uint64_t bytes) const {
     if (name == "__metadata__") writer_fail(name, "the name is reserved for the metadata map");
     if (!is_utf8(name)) writer_fail(name, "the name is not valid UTF-8");
     if (names_.contains(name)) writer_fail(name, "added twice");
-    if (element_size != 1 && element_size != itemsize(type))
-        writer_fail(name, std::to_string(element_size) + "-byte elements do not match dtype " +
-                              std::string(to_string(type)));
     if (std::ranges::any_of(shape, [](std::int64_t d) { return d < 0; }))
         writer_fail(name, "negative dimension in shape " + shape_text(shape));
     const auto size = checked_size(shape, type);
     if (!size) writer_fail(name, "shape " + shape_text(shape) + " overflows 64-bit element or byte counts");
-    if (size->bytes != bytes.size())
-        writer_fail(name, "holds " + std::to_string(bytes.size()) + " bytes but " + std::string(to_string(type)) +
-                              " " + shape_text(shape) + " needs " + std::to_string(size->bytes));
+    if (size->bytes != bytes)
+        writer_fail(name, "holds " + std::to_string(bytes) + " bytes but " + std::string(to_string(type)) + " " +
+                              shape_text(shape) + " needs " + std::to_string(size->bytes));
+}
+
+void writer::add_entry(std::string name, dtype type, shape_t shape, std::span<const std::byte> bytes,
+                       std::shared_ptr<const void> owner, std::size_t element_size) {
+    if (element_size != 1 && element_size != itemsize(type))
+        writer_fail(name, std::to_string(element_size) + "-byte elements do not match dtype " +
+                              std::string(to_string(type)));
+    check_entry(name, type, shape, bytes.size());
     names_.insert(name);
     entries_.push_back({std::move(name), type, std::move(shape), bytes, std::move(owner)});
+}
+
+void writer::add_file_range(std::string name, dtype type, shape_t shape, int fd, std::uint64_t offset,
+                            std::uint64_t size) {
+    if (fd < 0) writer_fail(name, "no file to copy from");
+    check_entry(name, type, shape, size);
+    names_.insert(name);
+    entries_.push_back({std::move(name), type, std::move(shape), {}, nullptr, fd, offset, size});
 }
 
 void writer::add(const tensor_view& v) {
@@ -545,9 +557,9 @@ writer::layout writer::plan() const {
         nlohmann::ordered_json info = nlohmann::ordered_json::object();
         info["dtype"] = to_string(e->type);
         info["shape"] = e->shape;
-        info["data_offsets"] = {l.data_size, l.data_size + e->bytes.size()};
+        info["data_offsets"] = {l.data_size, l.data_size + e->size()};
         root[e->name] = std::move(info);
-        l.data_size += e->bytes.size();
+        l.data_size += e->size();
     }
     l.header = root.dump();
     l.header.resize((l.header.size() + 7) / 8 * 8, ' ');
@@ -594,6 +606,28 @@ public:
         }
     }
 
+    // `size` bytes of the file `fd` from `offset`, copied in the kernel where it can.
+    void copy_from(int fd, std::uint64_t offset, std::uint64_t size, const std::string* tensor) {
+        auto off = static_cast<off_t>(offset);
+        while (size > 0) {
+            const ssize_t n = ::copy_file_range(fd, &off, fd_, nullptr, std::min<std::uint64_t>(size, std::uint64_t{1} << 30), 0);
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) break;
+            if (n <= 0) fail_at("copy failed", n < 0 ? errno : EIO, written_, tensor);
+            written_ += static_cast<std::uint64_t>(n);
+            size -= static_cast<std::uint64_t>(n);
+        }
+        std::vector<std::byte> buf(std::min<std::uint64_t>(size, std::uint64_t{1} << 22));
+        while (size > 0) {  // no kernel copy between these files: through a buffer
+            const ssize_t n = ::pread(fd, buf.data(), std::min<std::uint64_t>(size, buf.size()), off);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) fail_at("read of the source failed", n < 0 ? errno : EIO, written_, tensor);
+            write_all(std::span<const std::byte>(buf.data(), static_cast<std::size_t>(n)), tensor);
+            off += n;
+            size -= static_cast<std::uint64_t>(n);
+        }
+    }
+
     void commit() {
         if (::fsync(fd_) != 0) fail_at("fsync failed", errno, written_, nullptr);
         const int fd = std::exchange(fd_, -1);
@@ -627,23 +661,40 @@ private:
 
 }  // namespace
 
-// The file, piece by piece, in order: sink(bytes, tensor name or nullptr).
-template <class Sink>
-void writer::emit(const layout& l, Sink&& sink) {
+// The file, piece by piece, in order: sink(bytes, tensor name or nullptr), or for a file range
+// file_sink(entry).
+template <class Sink, class FileSink>
+void writer::emit(const layout& l, Sink&& sink, FileSink&& file_sink) {
     const auto prefix = length_prefix(l.header.size());
     sink(std::span<const std::byte>(prefix), nullptr);
     sink(std::as_bytes(std::span(l.header)), nullptr);
-    for (const entry* e : l.in_order) sink(e->bytes, &e->name);
+    for (const entry* e : l.in_order) {
+        if (e->fd >= 0)
+            file_sink(*e);
+        else
+            sink(e->bytes, &e->name);
+    }
 }
 
 std::vector<std::byte> writer::serialize() const {
     const layout l = plan();
     std::vector<std::byte> out(header_length_size + l.header.size() + l.data_size);
     std::byte* cursor = out.data();
-    emit(l, [&cursor](std::span<const std::byte> piece, const std::string*) {
-        if (!piece.empty()) std::memcpy(cursor, piece.data(), piece.size());
-        cursor += piece.size();
-    });
+    emit(
+        l,
+        [&cursor](std::span<const std::byte> piece, const std::string*) {
+            if (!piece.empty()) std::memcpy(cursor, piece.data(), piece.size());
+            cursor += piece.size();
+        },
+        [&cursor](const entry& e) {
+            for (std::uint64_t done = 0; done < e.file_size;) {
+                const ssize_t n = ::pread(e.fd, cursor, e.file_size - done, static_cast<off_t>(e.file_offset + done));
+                if (n < 0 && errno == EINTR) continue;
+                if (n <= 0) writer_fail(e.name, "cannot read its bytes: " + errno_text(n < 0 ? errno : EIO));
+                cursor += n;
+                done += static_cast<std::uint64_t>(n);
+            }
+        });
     return out;
 }
 
@@ -651,7 +702,9 @@ void writer::write(const std::filesystem::path& out) const {
     if (!out.has_filename()) throw io_error("safetensors writer: '" + out.string() + "' names no file");
     const layout l = plan();  // every error that does not need the disk comes first
     temp_file tmp(out);
-    emit(l, [&tmp](std::span<const std::byte> piece, const std::string* tensor) { tmp.write_all(piece, tensor); });
+    emit(
+        l, [&tmp](std::span<const std::byte> piece, const std::string* tensor) { tmp.write_all(piece, tensor); },
+        [&tmp](const entry& e) { tmp.copy_from(e.fd, e.file_offset, e.file_size, &e.name); });
     tmp.commit();
 }
 

@@ -206,6 +206,16 @@ public:
     }
     // Copies a tensor of an open file through unchanged (borrows: keep the reader open).
     void add(const tensor_view& v);
+    // A tensor whose `size` bytes are those of the open file descriptor `fd` from `offset`: copied
+    // in the kernel when writing (copy_file_range), never held in memory. Keep fd open until then.
+    void add_file_range(std::string name, dtype type, shape_t shape, int fd, std::uint64_t offset, std::uint64_t size);
+    // Every tensor added so far, in the order added: f(name, dtype, shape, bytes). File ranges
+    // are not visited.
+    template <class F>
+    void for_each_in_memory(F&& f) const {
+        for (const entry& e : entries_)
+            if (e.fd < 0) f(e.name, e.type, e.shape, e.bytes);
+    }
 
     void set_metadata(std::string key, std::string value);  // overwrites; key and value UTF-8
 
@@ -225,6 +235,9 @@ private:
         shape_t shape;
         std::span<const std::byte> bytes;
         std::shared_ptr<const void> owner;  // keeps owned data alive; null when borrowed
+        int fd = -1;                        // a file range instead of bytes (add_file_range)
+        std::uint64_t file_offset = 0, file_size = 0;
+        std::uint64_t size() const { return fd < 0 ? bytes.size() : file_size; }
     };
     struct layout {
         std::string header;                  // padded
@@ -234,9 +247,10 @@ private:
 
     void add_entry(std::string name, dtype type, shape_t shape, std::span<const std::byte> bytes,
                    std::shared_ptr<const void> owner, std::size_t element_size);
+    void check_entry(const std::string& name, dtype type, const shape_t& shape, std::uint64_t bytes) const;
     layout plan() const;
-    template <class Sink>
-    static void emit(const layout& l, Sink&& sink);
+    template <class Sink, class FileSink>
+    static void emit(const layout& l, Sink&& sink, FileSink&& file_sink);
 
     std::vector<entry> entries_;
     std::set<std::string, std::less<>> names_;
