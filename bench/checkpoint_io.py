@@ -115,6 +115,8 @@ def main():
     size_mb = os.path.getsize(single) / 1e6
     times = {name: [] for name in cases}
     timed(cases["quantize nf4-dq"])  # the dequantize input, and a warm page cache
+    input_mb = {name: (os.path.getsize(d("nf4.safetensors")) / 1e6 if name.startswith("dequantize") else size_mb)
+                for name in cases}
     for _ in range(args.rounds):
         for name, cmd in cases.items():
             times[name].append(timed(cmd))
@@ -124,7 +126,7 @@ def main():
     for name, ts in times.items():
         med = statistics.median(ts)
         print("  %-26s %6.3f s  (%.3f .. %.3f)  %6.0f MB/s of input  %5.2fx cp"
-              % (name, med, min(ts), max(ts), size_mb / med, med / cp))
+              % (name, med, min(ts), max(ts), input_mb[name] / med, med / cp))
     for what, src in [("file", single), ("sharded", index)]:
         out = d("rss-nf4.safetensors") if what == "file" else d("rss-sharded")
         if what == "sharded":

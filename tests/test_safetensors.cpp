@@ -8,6 +8,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <string>
 #include <vector>
@@ -291,6 +292,38 @@ TEST_CASE("file ranges are written as the same bytes held in memory would be", "
     CHECK(visited == 1);
     CHECK_THROWS_WITH(from_file.add_file_range("x", dtype::F32, {3}, fd, 0, 8), Contains("needs 12"));
     ::close(fd);
+}
+
+TEST_CASE("deferred tensors are written in place, in any order", "[safetensors]") {
+    temp_dir dir;
+    std::vector<float> a(300), b(7);
+    for (std::size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(i) - 0.5f;
+    for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(i) * 3.0f;
+    const std::vector<std::uint8_t> codes{9, 8, 7};
+    st::writer in_memory, deferred;
+    in_memory.add("a", dtype::F32, {3, 100}, a);
+    in_memory.add("b", dtype::F32, {7}, b);
+    in_memory.add("c", dtype::U8, {3}, codes);
+    deferred.add_deferred("a", dtype::F32, {3, 100});
+    deferred.add("c", dtype::U8, {3}, codes);
+    deferred.add_deferred("b", dtype::F32, {7});
+    deferred.write_deferred(dir.path / "d.safetensors", [&](const st::writer::put_fn& put) {
+        put("b", std::as_bytes(std::span(b)));
+        put("a", std::as_bytes(std::span(a)));
+    });
+    CHECK(read_file(dir.path / "d.safetensors") == as_string(in_memory.serialize()));
+    const auto bad = [&](const std::function<void(const st::writer::put_fn&)>& fill) {
+        deferred.write_deferred(dir.path / "e.safetensors", fill);
+    };
+    CHECK_THROWS_WITH(bad([&](const st::writer::put_fn& put) { put("a", std::as_bytes(std::span(a))); }),
+                      Contains("'b': was never written"));
+    CHECK_THROWS_WITH(bad([&](const st::writer::put_fn& put) { put("a", std::as_bytes(std::span(b))); }),
+                      Contains("holds 28 bytes, its shape needs 1200"));
+    CHECK_THROWS_WITH(bad([&](const st::writer::put_fn& put) { put("c", std::as_bytes(std::span(codes))); }),
+                      Contains("not a deferred tensor"));
+    CHECK_THROWS_WITH(deferred.write(dir.path / "f.safetensors"), Contains("never written"));
+    CHECK(!fs::exists(dir.path / "e.safetensors"));
+    CHECK(dir.entries() == std::vector<std::string>{"d.safetensors"});  // no temp file left
 }
 
 TEST_CASE("write then read round-trips data and header bytes", "[safetensors]") {

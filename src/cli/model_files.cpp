@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <string_view>
 
 namespace qforge::cli {
@@ -287,16 +288,23 @@ void rewrite_model(const input_model& in, const fs::path& out, const std::string
     for (std::size_t s = 0; s < in.shards.size(); ++s) {
         const safetensors::reader& reader = in.shards[s];
         const input_fd source(reader.path());
-        spool made(targets[s].has_parent_path() ? targets[s].parent_path() : fs::path("."));
+        std::optional<spool> made;
         safetensors::writer writer;
         for (const auto& [key, value] : reader.metadata()) writer.set_metadata(key, value);
+        std::vector<const safetensors::tensor_view*> replaced;  // to make `again`
         for (const safetensors::tensor_view& v : reader.tensors()) {
-            shard_output piece;  // this tensor's replacement, spooled at once
+            shard_output piece;  // this tensor's replacement, planned or spooled at once
             if (rewrite.replace(v, piece)) {
                 piece.writer.for_each_in_memory([&](const std::string& name, safetensors::dtype type,
                                                     const safetensors::shape_t& shape, std::span<const std::byte> bytes) {
-                    writer.add_file_range(name, type, shape, made.fd(), made.append(bytes, name), bytes.size());
+                    if (rewrite.again) return writer.add_deferred(name, type, shape);  // made again below
+                    if (!made) made.emplace(targets[s].has_parent_path() ? targets[s].parent_path() : fs::path("."));
+                    writer.add_file_range(name, type, shape, made->fd(), made->append(bytes, name), bytes.size());
                 });
+                if (rewrite.again) {
+                    replaced.push_back(&v);
+                    continue;  // progress when made again
+                }
                 release(v);
             } else if (!rewrite.dropped.contains(v.name)) {
                 writer.add_file_range(std::string(v.name), v.type, safetensors::shape_t(v.shape.begin(), v.shape.end()),
@@ -305,7 +313,16 @@ void rewrite_model(const input_model& in, const fs::path& out, const std::string
             bar.advance(v.bytes.size(), v.name);
         }
         const fs::path staged = files.stage(targets[s]);
-        writer.write(staged);
+        writer.write_deferred(staged, [&](const safetensors::writer::put_fn& put) {
+            for (const safetensors::tensor_view* v : replaced) {
+                shard_output piece;
+                rewrite.again(*v, piece);
+                piece.writer.for_each_in_memory([&](const std::string& name, safetensors::dtype, const safetensors::shape_t&,
+                                                    std::span<const std::byte> bytes) { put(name, bytes); });
+                release(*v);
+                bar.advance(v->bytes.size(), v->name);
+            }
+        });
         if (in.sharded) {
             const safetensors::reader written(staged);
             for (const safetensors::tensor_view& v : written.tensors()) {

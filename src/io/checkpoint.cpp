@@ -781,7 +781,7 @@ quantized_weight quantize_tensor(const st::tensor_view& v, const config& cfg, co
     return q;
 }
 
-std::vector<std::byte> dequantize_weight(const quantized_weight& q, st::dtype out, thread_pool* pool) {
+void dequantize_weight_into(const quantized_weight& q, st::dtype out, std::span<std::byte> dst, thread_pool* pool) {
     element type = element::f32;
     switch (out) {
         case sdt::F32: break;
@@ -792,8 +792,16 @@ std::vector<std::byte> dequantize_weight(const quantized_weight& q, st::dtype ou
                                         " is not F32, BF16 or F16");
     }
     const std::size_t n = q.rows() > 0 && q.cols() > 0 ? static_cast<std::size_t>(q.rows()) * static_cast<std::size_t>(q.cols()) : 0;
-    std::vector<std::byte> bytes(n * st::itemsize(out));  // a bad shape: the reference throws before writing
-    kernels::dequantize_checkpoint(q.data, type, bytes.data(), pool);
+    if (dst.size() != n * st::itemsize(out))  // (a bad shape: the reference throws before writing)
+        throw std::invalid_argument("dequantize: weight '" + q.name + "' needs " + std::to_string(n * st::itemsize(out)) +
+                                    " bytes, the buffer has " + std::to_string(dst.size()));
+    kernels::dequantize_checkpoint(q.data, type, dst.data(), pool);
+}
+
+std::vector<std::byte> dequantize_weight(const quantized_weight& q, st::dtype out, thread_pool* pool) {
+    const std::size_t n = q.rows() > 0 && q.cols() > 0 ? static_cast<std::size_t>(q.rows()) * static_cast<std::size_t>(q.cols()) : 0;
+    std::vector<std::byte> bytes(n * (out == sdt::F32 ? 4 : 2));
+    dequantize_weight_into(q, out, bytes, pool);
     return bytes;
 }
 

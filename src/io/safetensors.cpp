@@ -534,6 +534,17 @@ void writer::add(const tensor_view& v) {
     add_entry(std::string(v.name), v.type, shape_t(v.shape.begin(), v.shape.end()), v.bytes, nullptr, 1);
 }
 
+void writer::add_deferred(std::string name, dtype type, shape_t shape) {
+    const auto size = checked_size(shape, type);
+    if (!size) writer_fail(name, "shape " + shape_text(shape) + " overflows 64-bit element or byte counts");
+    check_entry(name, type, shape, size->bytes);
+    names_.insert(name);
+    entry e{std::move(name), type, std::move(shape), {}, nullptr};
+    e.file_size = size->bytes;
+    e.deferred = true;
+    entries_.push_back(std::move(e));
+}
+
 void writer::set_metadata(std::string key, std::string value) {
     if (!is_utf8(key) || !is_utf8(value))
         throw io_error("safetensors writer: metadata key '" + key + "': key or value is not valid UTF-8");
@@ -606,6 +617,23 @@ public:
         }
     }
 
+    // data at byte `at` of the file (write_deferred's tensors, in any order).
+    void write_at(std::uint64_t at, std::span<const std::byte> data, const std::string* tensor) {
+        while (!data.empty()) {
+            const std::size_t chunk = std::min<std::size_t>(data.size(), std::size_t{1} << 30);
+            const ssize_t n = ::pwrite(fd_, data.data(), chunk, static_cast<off_t>(at));
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) fail_at("write failed", n < 0 ? errno : EIO, at, tensor);
+            at += static_cast<std::uint64_t>(n);
+            data = data.subspan(static_cast<std::size_t>(n));
+        }
+    }
+    // Moves the sequential position past a region filled by write_at later.
+    void skip(std::uint64_t bytes, const std::string* tensor) {
+        written_ += bytes;
+        if (::lseek(fd_, static_cast<off_t>(written_), SEEK_SET) < 0) fail_at("seek failed", errno, written_, tensor);
+    }
+
     // `size` bytes of the file `fd` from `offset`, copied in the kernel where it can.
     void copy_from(int fd, std::uint64_t offset, std::uint64_t size, const std::string* tensor) {
         auto off = static_cast<off_t>(offset);
@@ -662,14 +690,14 @@ private:
 }  // namespace
 
 // The file, piece by piece, in order: sink(bytes, tensor name or nullptr), or for a file range
-// file_sink(entry).
+// or a deferred tensor file_sink(entry).
 template <class Sink, class FileSink>
 void writer::emit(const layout& l, Sink&& sink, FileSink&& file_sink) {
     const auto prefix = length_prefix(l.header.size());
     sink(std::span<const std::byte>(prefix), nullptr);
     sink(std::as_bytes(std::span(l.header)), nullptr);
     for (const entry* e : l.in_order) {
-        if (e->fd >= 0)
+        if (e->fd >= 0 || e->deferred)
             file_sink(*e);
         else
             sink(e->bytes, &e->name);
@@ -687,6 +715,7 @@ std::vector<std::byte> writer::serialize() const {
             cursor += piece.size();
         },
         [&cursor](const entry& e) {
+            if (e.deferred) writer_fail(e.name, "is deferred: only write_deferred writes it");
             for (std::uint64_t done = 0; done < e.file_size;) {
                 const ssize_t n = ::pread(e.fd, cursor, e.file_size - done, static_cast<off_t>(e.file_offset + done));
                 if (n < 0 && errno == EINTR) continue;
@@ -699,12 +728,43 @@ std::vector<std::byte> writer::serialize() const {
 }
 
 void writer::write(const std::filesystem::path& out) const {
+    write_deferred(out, [](const put_fn&) {});
+}
+
+void writer::write_deferred(const std::filesystem::path& out, const std::function<void(const put_fn&)>& fill) const {
     if (!out.has_filename()) throw io_error("safetensors writer: '" + out.string() + "' names no file");
     const layout l = plan();  // every error that does not need the disk comes first
     temp_file tmp(out);
+    // Where each deferred tensor goes, and whether it came.
+    std::unordered_map<std::string_view, std::pair<std::uint64_t, const entry*>> deferred;
+    std::uint64_t at = header_length_size + l.header.size();
+    for (const entry* e : l.in_order) {
+        if (e->deferred) deferred.emplace(e->name, std::pair{at, e});
+        at += e->size();
+    }
     emit(
         l, [&tmp](std::span<const std::byte> piece, const std::string* tensor) { tmp.write_all(piece, tensor); },
-        [&tmp](const entry& e) { tmp.copy_from(e.fd, e.file_offset, e.file_size, &e.name); });
+        [&tmp](const entry& e) {
+            if (e.deferred)
+                tmp.skip(e.file_size, &e.name);
+            else
+                tmp.copy_from(e.fd, e.file_offset, e.file_size, &e.name);
+        });
+    std::set<std::string_view> done;
+    fill([&](std::string_view name, std::span<const std::byte> bytes) {
+        const auto it = deferred.find(name);
+        const std::string n(name);
+        if (it == deferred.end()) writer_fail(n, "is not a deferred tensor of this writer");
+        if (bytes.size() != it->second.second->file_size)
+            writer_fail(n, "holds " + std::to_string(bytes.size()) + " bytes, its shape needs " +
+                               std::to_string(it->second.second->file_size));
+        if (!done.insert(it->first).second) writer_fail(n, "written twice");
+        tmp.write_at(it->second.first, bytes, &n);
+    });
+    if (done.size() != deferred.size()) {
+        for (const auto& [name, place] : deferred)
+            if (!done.contains(name)) writer_fail(std::string(name), "was never written");
+    }
     tmp.commit();
 }
 

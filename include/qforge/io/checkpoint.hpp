@@ -132,6 +132,10 @@ quantized_weight quantize_tensor(const st::tensor_view& v, const config& cfg, co
 // The plain weight's values as `out` (F32, BF16 or F16): the reference's f32 dequantization,
 // rounded to nearest even (on the SIMD kernels, split over `pool` when given).
 std::vector<std::byte> dequantize_weight(const quantized_weight& q, st::dtype out, thread_pool* pool = nullptr);
+// The same into `dst` (rows * cols * itemsize(out) bytes, else std::invalid_argument): a caller
+// that reuses one buffer for every tensor pays the page faults of fresh memory once.
+void dequantize_weight_into(const quantized_weight& q, st::dtype out, std::span<std::byte> dst,
+                            thread_pool* pool = nullptr);
 
 // ---- lossless layout conversions ----------------------------------------------------------
 

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -197,10 +198,10 @@ public:
         add_entry(std::move(name), type, std::move(shape), std::as_bytes(elements), nullptr, sizeof(T));
     }
     // Takes ownership of `data`.
-    template <class T>
-    void add_owned(std::string name, dtype type, shape_t shape, std::vector<T> data) {
+    template <class T, class Allocator>
+    void add_owned(std::string name, dtype type, shape_t shape, std::vector<T, Allocator> data) {
         static_assert(std::is_trivially_copyable_v<T>);
-        auto owner = std::make_shared<const std::vector<T>>(std::move(data));
+        auto owner = std::make_shared<const std::vector<T, Allocator>>(std::move(data));
         add_entry(std::move(name), type, std::move(shape), std::as_bytes(std::span<const T>(*owner)), owner,
                   sizeof(T));
     }
@@ -209,8 +210,10 @@ public:
     // A tensor whose `size` bytes are those of the open file descriptor `fd` from `offset`: copied
     // in the kernel when writing (copy_file_range), never held in memory. Keep fd open until then.
     void add_file_range(std::string name, dtype type, shape_t shape, int fd, std::uint64_t offset, std::uint64_t size);
-    // Every tensor added so far, in the order added: f(name, dtype, shape, bytes). File ranges
-    // are not visited.
+    // A tensor whose bytes are given only while writing, by write_deferred.
+    void add_deferred(std::string name, dtype type, shape_t shape);
+    // Every tensor added so far but file ranges, in the order added: f(name, dtype, shape, bytes),
+    // bytes empty for a deferred tensor.
     template <class F>
     void for_each_in_memory(F&& f) const {
         for (const entry& e : entries_)
@@ -227,6 +230,12 @@ public:
     // fsyncs the directory. On any failure the temp file is removed, `out` is untouched, and an
     // io_error names the file and the byte offset reached.
     void write(const std::filesystem::path& out) const;
+    // As write(), for a writer with deferred tensors: writes the header and every other tensor,
+    // then calls fill(put); put(name, bytes) writes the bytes of deferred tensor `name` in place
+    // (any order, each once, the size add_deferred's shape implies). Every deferred tensor must be
+    // put before fill returns.
+    using put_fn = std::function<void(std::string_view name, std::span<const std::byte> bytes)>;
+    void write_deferred(const std::filesystem::path& out, const std::function<void(const put_fn&)>& fill) const;
 
 private:
     struct entry {
@@ -237,7 +246,8 @@ private:
         std::shared_ptr<const void> owner;  // keeps owned data alive; null when borrowed
         int fd = -1;                        // a file range instead of bytes (add_file_range)
         std::uint64_t file_offset = 0, file_size = 0;
-        std::uint64_t size() const { return fd < 0 ? bytes.size() : file_size; }
+        bool deferred = false;              // file_size bytes given by write_deferred's fill
+        std::uint64_t size() const { return fd < 0 && !deferred ? bytes.size() : file_size; }
     };
     struct layout {
         std::string header;                  // padded
