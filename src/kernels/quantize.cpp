@@ -9,6 +9,7 @@
 #include <qforge/parallel.hpp>
 #include <qforge/reference/layouts.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -121,10 +122,25 @@ ref::quantized quantize_checkpoint(const config& cfg, tensor_source w, std::int6
             const quant::bnb4_job job{src, n, gs, nf4, q.packed.data(), absmax.data()};
             ok = split(pool, absmax.size(), 64, [&](size_t b0, size_t b1) { return k.bnb4(job, b0, b1); });
             if (!ok) break;
-            if (cfg.double_quant)
-                ref::double_quantize(q, std::move(absmax));
-            else
+            if (cfg.double_quant) {
+                // ref::double_quantize, its nested blocks of 256 split over the pool
+                q.nested = true;
+                q.nested_offset = ref::exact_mean(absmax);
+                for (float& a : absmax) a -= q.nested_offset;
+                const size_t nested = (absmax.size() + nested_blocksize - 1) / nested_blocksize;
+                q.absmax_codes.resize(absmax.size());
+                q.nested_absmax.resize(nested);
+                q.nested_quant_map = dynamic_map;
+                split_void(pool, nested, 4, [&](size_t j0, size_t j1) {
+                    const size_t begin = j0 * nested_blocksize, end = std::min(absmax.size(), j1 * nested_blocksize);
+                    const ref::blockwise8 part =
+                        ref::quantize_blockwise8(std::span(absmax).subspan(begin, end - begin), nested_blocksize);
+                    std::copy(part.codes.begin(), part.codes.end(), q.absmax_codes.begin() + static_cast<std::ptrdiff_t>(begin));
+                    std::copy(part.absmax.begin(), part.absmax.end(), q.nested_absmax.begin() + static_cast<std::ptrdiff_t>(j0));
+                });
+            } else {
                 q.absmax = std::move(absmax);
+            }
             result = std::move(q);
             break;
         }

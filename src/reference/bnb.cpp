@@ -125,6 +125,27 @@ std::vector<std::uint8_t> unpack_high_first(std::span<const std::uint8_t> packed
     return codes;
 }
 
+// LLM.int8 row quantization, shared by the weights (CB, SCB) and the activations (XA, SCA):
+// code = RNE(x * (127 / absmax)); a zero row gets codes 0.
+void quantize_int8_row(std::span<const float> x, float absmax, std::span<std::int8_t> codes) {
+    if (absmax == 0.0f) {
+        std::ranges::fill(codes, std::int8_t{0});
+        return;
+    }
+    const float s = 127.0f / absmax;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+        const float y = std::isinf(s) ? (x[i] / absmax) * 127.0f : x[i] * s;
+        codes[i] = static_cast<std::int8_t>(std::nearbyint(y));  // default rounding mode: ties to even
+    }
+}
+
+void check_int8row(const char* where, const int8row_tensor& w) {
+    checked_size(where, w.codes.size(), w.rows, w.cols);
+    expect_size(where, "SCB", w.scb.size(), static_cast<std::size_t>(w.rows));
+}
+
+}  // namespace
+
 // The f32 nearest (ties to even) to the exact mean of non-negative finite f32 values. The sum is
 // kept exactly as an integer count of 2^-149 (the smallest subnormal) in 32-bit limbs: one value
 // is below 2^277 units, so 10 limbs hold the sum of up to 2^32 values.
@@ -177,27 +198,6 @@ float exact_mean(std::span<const float> v) {
     kept += round_up ? 1 : 0;
     return std::ldexp(static_cast<float>(kept), static_cast<int>(drop) - 149);
 }
-
-// LLM.int8 row quantization, shared by the weights (CB, SCB) and the activations (XA, SCA):
-// code = RNE(x * (127 / absmax)); a zero row gets codes 0.
-void quantize_int8_row(std::span<const float> x, float absmax, std::span<std::int8_t> codes) {
-    if (absmax == 0.0f) {
-        std::ranges::fill(codes, std::int8_t{0});
-        return;
-    }
-    const float s = 127.0f / absmax;
-    for (std::size_t i = 0; i < x.size(); ++i) {
-        const float y = std::isinf(s) ? (x[i] / absmax) * 127.0f : x[i] * s;
-        codes[i] = static_cast<std::int8_t>(std::nearbyint(y));  // default rounding mode: ties to even
-    }
-}
-
-void check_int8row(const char* where, const int8row_tensor& w) {
-    checked_size(where, w.codes.size(), w.rows, w.cols);
-    expect_size(where, "SCB", w.scb.size(), static_cast<std::size_t>(w.rows));
-}
-
-}  // namespace
 
 // ---- §2 blockwise 8-bit --------------------------------------------------------------------
 
