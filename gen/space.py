@@ -13,15 +13,16 @@ AXES = {
     "group": [32, 64, 128, PER_CHANNEL],
     "double_quant": [False, True],
     "storage": ["bnb4", "qforge", "fp8_block", "mx", "bnb8"],
-    "act": ["f32", "bf16", "i8"],
+    "act": ["f32", "bf16", "i8", "f16"],
 }
 
 
 def has_kernel(c: Config) -> bool:
     """The pruning predicate: what kernels/impl/ implements and is worth compiling.
 
-    - compute paths f32 and i8; bf16 (bitsandbytes' compute dtype, e.g. QLoRA) for the bnb formats
-      only; f16: no kernels yet;
+    - compute paths f32 and i8 where listed below; bf16 (bitsandbytes' compute dtype, e.g. QLoRA)
+      for the bnb formats, FP8 and MXFP4 (whose models run in bf16); f16 (bnb_4bit_compute_dtype
+      float16, and the f16 models of GPTQ / AWQ int4 g128) for the bnb formats and int4 g128;
     - bitsandbytes NF4 / FP4 in their checkpoint layout, blocksize 64 (transformers' only one),
       with and without double quantization;
     - symmetric int4 in qforge's repacked layout (GPTQ is repacked into it), groups 32 (the
@@ -38,14 +39,17 @@ def has_kernel(c: Config) -> bool:
       matmul with int8 activations (kernels/impl/llm_int8.hpp).
     """
     if c.type in ("nf4", "fp4"):
-        return c.storage == "bnb4" and c.bits == 4 and c.group == 64 and c.act in ("f32", "bf16", "i8")
+        return c.storage == "bnb4" and c.bits == 4 and c.group == 64 and c.act in ("f32", "bf16", "i8", "f16")
     if c.type in ("int_sym", "int_asym"):
         groups = {4: (32, 128), 8: (128, PER_CHANNEL), 2: (128,), 3: (128,)}[c.bits]
-        return (c.storage == "qforge" and not c.double_quant and c.group in groups and c.act in ("f32", "i8"))
+        acts = ("f32", "i8", "f16") if (c.bits, c.group) == (4, 128) else ("f32", "i8")
+        return (c.storage == "qforge" and not c.double_quant and c.group in groups and c.act in acts)
     if c.type == "fp8_e4m3":
-        return c.storage == "fp8_block" and c.bits == 8 and c.group == 128 and not c.double_quant and c.act == "f32"
+        return (c.storage == "fp8_block" and c.bits == 8 and c.group == 128 and not c.double_quant
+                and c.act in ("f32", "bf16"))
     if c.type == "e2m1":
-        return c.storage == "mx" and c.bits == 4 and c.group == 32 and not c.double_quant and c.act in ("f32", "i8")
+        return (c.storage == "mx" and c.bits == 4 and c.group == 32 and not c.double_quant
+                and c.act in ("f32", "i8", "bf16"))
     if c.type == "int8_row":
         return c.storage == "bnb8" and c.bits == 8 and c.group == PER_CHANNEL and not c.double_quant and c.act == "i8"
     return False

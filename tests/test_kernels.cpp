@@ -5,9 +5,11 @@
 //   dequantize        bit-exact with ref::dequantize, and bit-identical on every ISA
 //   gemv/gemm f32     |y - y_ref| <= (K + 3) u (sum_k |W[n,k] x[k]| + |bias[n]|), u = 2^-24: the
 //                     worst case of any f32 summation order of K products (kernels/impl/f32.hpp)
-//   gemv/gemm bf16    against y_bf16 = sum_k bf16(W[n,k]) bf16(x[k]) (+ bias) computed here with
-//                     qforge::to_bf16: the f32 bound above on those products; and against the
-//                     exact product: |bf16(w) bf16(x) - w x| <= (2 u_b + u_b^2) |w x|, u_b = 2^-8
+//   gemv/gemm bf16    against y_r = sum_k r(W[n,k]) r(x[k]) (+ bias), r the rounding to bf16 / f16
+//   and f16           computed here with qforge::to_bf16 / to_f16: the f32 bound above on those
+//                     products; and against the exact product, with |r(v) - v| <= u_r |v| + t
+//                     (bf16: u_r = 2^-8, t = 0; f16: u_r = 2^-11, t = 2^-25 for subnormals):
+//                     |r(w) r(x) - w x| <= (u_r |w| + t) |x| + |r(w)| (u_r |x| + t)
 //   gemv/gemm i8      (a) against the exact product: the bound of kernels/impl/i8.hpp,
 //                         sum_k delta s_b |x_k| + (|W[n,k]| + delta s_b) xs_b / 2, plus f32 slack;
 //                     (b) against an exact emulation of the integer path written here from that
@@ -349,18 +351,24 @@ void check_output(const config& cfg, const case_data& d, const float* x, std::in
         CHECK(std::abs(y - y_ref) <= quantization * 1.001 + static_cast<double>(k + 10) * u * (abs_sum + quantization) + 1e-30);
         return;
     }
-    if (cfg.act == compute::bf16) {
-        double y_bf16 = b, bf16_abs_sum = std::abs(b);
+    if (cfg.act == compute::bf16 || cfg.act == compute::f16) {
+        // operands rounded here with the reference conversions; |round(v) - v| <= ur |v| + tiny
+        // (tiny: half the f16 subnormal quantum; bf16 keeps f32's range, 0 for these weights)
+        const bool half = cfg.act == compute::f16;
+        const auto round = [&](float v) { return half ? to_float(to_f16(v)) : to_float(to_bf16(v)); };
+        const double ur = half ? 1.0 / 2048 : 1.0 / 256, tiny = half ? 0x1p-25 : 0.0;
+        double y_rounded = b, rounded_abs_sum = std::abs(b), rounding = 0.0;
         for (std::int64_t i = 0; i < k; ++i) {
-            const double p = static_cast<double>(to_float(to_bf16(wrow[i]))) * to_float(to_bf16(x[i]));
-            y_bf16 += p;
-            bf16_abs_sum += std::abs(p);
+            const double wr = round(wrow[i]), xr = round(x[i]);
+            y_rounded += wr * xr;
+            rounded_abs_sum += std::abs(wr * xr);
+            // |wr xr - w x| <= |wr - w| |x| + |wr| |xr - x|
+            rounding += (ur * std::abs(wrow[i]) + tiny) * std::abs(x[i]) + std::abs(wr) * (ur * std::abs(x[i]) + tiny);
         }
-        const double f32_slack = static_cast<double>(k + 3) * u * bf16_abs_sum * 1.001 + 1e-30;
-        const double ub = 1.0 / 256;
-        INFO("bf16 operands: " << y_bf16);
-        CHECK(std::abs(y - y_bf16) <= f32_slack);
-        CHECK(std::abs(y - y_ref) <= (2 * ub + ub * ub) * abs_sum + f32_slack);
+        const double f32_slack = static_cast<double>(k + 3) * u * rounded_abs_sum * 1.001 + 1e-30;
+        INFO((half ? "f16" : "bf16") << " operands: " << y_rounded);
+        CHECK(std::abs(y - y_rounded) <= f32_slack);
+        CHECK(std::abs(y - y_ref) <= rounding * 1.001 + f32_slack);
         return;
     }
     // the i8 path quantizes x per group of the stored column order (act-order: sorted by group)

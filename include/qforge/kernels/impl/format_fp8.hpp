@@ -12,7 +12,7 @@
 // reference's ±quiet NaN; GEMV and GEMM do not (valid checkpoints never hold them).
 #pragma once
 
-#include <qforge/kernels/impl/dequantize.hpp>
+#include <qforge/kernels/impl/f32.hpp>
 
 #include <cstdint>
 #include <type_traits>
@@ -27,7 +27,7 @@ template <class P>
 constexpr void check_kernel_policy() {
     static_assert(P::type == dtype::fp8_e4m3 && P::bits == 8, "qforge fp8 kernels: E4M3 codes only");
     static_assert(P::group >= 16 && P::group % 16 == 0, "qforge fp8 kernels: the tile must be a multiple of 16");
-    static_assert(P::act == compute::f32, "qforge fp8 kernels: f32 compute path only");
+    static_assert(P::act != compute::i8, "qforge fp8 kernels: f32, bf16 and f16 compute paths");
 }
 
 // decode_e4m3_scaled returns the values divided by this power of two (exactly): 2^8 through
@@ -127,8 +127,10 @@ void gemv_f32(const weights_view& w, const float* x, const float* bias, float* y
     constexpr int lanes = simd::lanes<A>;
     constexpr int regs = P::group / lanes;
     constexpr int chains = regs >= 4 ? 4 : regs;  // FMA latency
-    constexpr bool fold = e4m3_decode_factor<A> == 0x1p8f;
+    constexpr bool rounded = rounded_operands<P>;  // bf16 / f16: each weight rounded after its scale
+    constexpr bool fold = !rounded && e4m3_decode_factor<A> == 0x1p8f;
     const std::int64_t tiles = w.cols / P::group;
+    x = rounded_x<P, A>(x, w.cols);
     for (std::int64_t n = n0; n < n1; ++n) {
         const std::uint8_t* codes = w.codes + n * w.cols;
         const float* scales = fp8_row_scales<P, A>(w, n);
@@ -139,12 +141,14 @@ void gemv_f32(const weights_view& w, const float* x, const float* bias, float* y
             const std::uint8_t* c = codes + t * P::group;
             const float* xt = x + t * P::group;
             simd::unroll<regs>([&](auto i) {
-                const F v = fold ? decode_e4m3_scaled<A>(c + i * lanes) : decode_e4m3<A>(c + i * lanes);
+                F v = fold ? decode_e4m3_scaled<A>(c + i * lanes) : decode_e4m3<A>(c + i * lanes);
+                if constexpr (rounded) v = operand<P, A>(F(v * F(scales[t])));
                 part[i % chains] = simd::fma<A>(v, F::load_unaligned(xt + i * lanes), part[i % chains]);
             });
             F sum = part[0];
             for (int k = 1; k < chains; ++k) sum = sum + part[k];
-            acc = simd::fma<A>(sum, F(fold ? scales[t] * e4m3_decode_factor<A> : scales[t]), acc);
+            if constexpr (rounded) acc = acc + sum;
+            else acc = simd::fma<A>(sum, F(fold ? scales[t] * e4m3_decode_factor<A> : scales[t]), acc);
         }
         const float v = xsimd::hadd(acc);
         y[n] = bias ? v + bias[n] : v;
