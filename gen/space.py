@@ -8,7 +8,7 @@ import itertools
 from vocabulary import PER_CHANNEL, Config
 
 AXES = {
-    "type": ["nf4", "fp4", "int_sym", "fp8_e4m3", "e2m1", "int8_row", "int_asym"],
+    "type": ["nf4", "fp4", "int_sym", "fp8_e4m3", "e2m1", "int8_row", "int_asym", "fp8_e5m2"],
     "bits": [4, 8, 2, 3],
     "group": [32, 64, 128, PER_CHANNEL],
     "double_quant": [False, True],
@@ -33,7 +33,8 @@ def has_kernel(c: Config) -> bool:
       per channel (GPTQ group_size -1), f32 and i8 paths;
     - 2- and 3-bit GPTQ integers, sym and asym, group 128, f32 and i8 paths: 2-bit codes four per
       byte, 3-bit ones as 2-bit codes plus a plane of third bits (kernels/weights.hpp);
-    - FineGrainedFP8 E4M3 with 128x128 tiles (DeepSeek / transformers), f32 path;
+    - FineGrainedFP8 E4M3 with 128x128 tiles (DeepSeek / transformers), and E5M2 in the same tiles,
+      f32 and bf16 paths;
     - OCP MXFP4 (E2M1, E8M0 scale per 32), f32 and i8 paths (E2M1 levels times 2 are exact);
     - LLM.int8() (bitsandbytes load_in_8bit): int8 rows with one absmax each, the outlier-threshold
       matmul with int8 activations (kernels/impl/llm_int8.hpp).
@@ -44,7 +45,7 @@ def has_kernel(c: Config) -> bool:
         groups = {4: (32, 128), 8: (128, PER_CHANNEL), 2: (128,), 3: (128,)}[c.bits]
         acts = ("f32", "i8", "f16") if (c.bits, c.group) == (4, 128) else ("f32", "i8")
         return (c.storage == "qforge" and not c.double_quant and c.group in groups and c.act in acts)
-    if c.type == "fp8_e4m3":
+    if c.type in ("fp8_e4m3", "fp8_e5m2"):
         return (c.storage == "fp8_block" and c.bits == 8 and c.group == 128 and not c.double_quant
                 and c.act in ("f32", "bf16"))
     if c.type == "e2m1":

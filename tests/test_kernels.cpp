@@ -837,7 +837,7 @@ TEST_CASE("3-bit GPTQ codes are packed in units of a 2-bit span layout and a pla
 
 TEST_CASE("fp8 and mx dequantize decode every code and scale as the reference, NaN and subnormals included") {
     if (!isa_under_test_runs()) return;
-    // every E4M3 code, both signs, in two column tiles with different scales
+    // every E4M3 code, both signs, in two column tiles with different scales (f.type: E4M3)
     ref::fp8_tensor f;
     f.rows = 2;
     f.cols = 256;
@@ -851,7 +851,12 @@ TEST_CASE("fp8 and mx dequantize decode every code and scale as the reference, N
     for (int r = 0; r < 6; ++r)
         for (int j = 0; j < 16; ++j) x.blocks.push_back(static_cast<std::uint8_t>(((2 * j) % 16) | (((2 * j + 1) % 16) << 4)));
     x.scales = {0, 1, 127, 200, 254, 255};
-    for (const auto& [cfg, q] : {std::pair{configs::fp8_block128, ref::quantized(f)}, std::pair{configs::mxfp4, ref::quantized(x)}}) {
+    // every E5M2 code the same way (Inf and NaN codes included)
+    ref::fp8_tensor f5 = f;
+    f5.type = dtype::fp8_e5m2;
+    const config e5m2{dtype::fp8_e5m2, 8, 128, false, layout::fp8_block, compute::f32};
+    for (const auto& [cfg, q] : {std::pair{configs::fp8_block128, ref::quantized(f)}, std::pair{e5m2, ref::quantized(f5)},
+                                 std::pair{configs::mxfp4, ref::quantized(x)}}) {
         const std::vector<float> expected = ref::dequantize(q);
         const packed_weights p = pack_weights(cfg, q);
         for (isa i : all_isas) {
@@ -865,6 +870,8 @@ TEST_CASE("fp8 and mx dequantize decode every code and scale as the reference, N
         }
     }
     CHECK(std::isnan(ref::dequantize(ref::quantized(f))[0x7F]));  // the NaN codes are really tested
+    CHECK(std::isinf(ref::dequantize(ref::quantized(f5))[0xFC]));
+    CHECK(std::isnan(ref::dequantize(ref::quantized(f5))[0x7D]));
 }
 
 // ---- LLM.int8 (formats.md §2): the outlier-threshold matmul, bit for bit -------------------

@@ -6,7 +6,7 @@
 //                                  also zero points per (row, group); act-order g_idx: columns
 //                                  sorted by group and the permutation (weights.hpp)
 //   awq_tensor  -> layout::qforge  AWQ gemm (N-interleaved) repacked once into the same layout
-//   fp8_tensor  -> layout::fp8_block   E4M3 codes and f32 scale_inv as they are (K whole tiles)
+//   fp8_tensor  -> layout::fp8_block   E4M3 / E5M2 codes and f32 scale_inv as they are (K whole tiles)
 //   mx_tensor   -> layout::mx          MXFP4 blocks with the nibbles of each byte swapped
 //                                      (element 2i high, as bnb4), E8M0 scale bytes as they are
 //   int8row_tensor -> layout::bnb8     LLM.int8 CB bytes and f32 SCB as they are; the outlier
