@@ -92,6 +92,20 @@ float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const sim
     // one zero point per step: subtracted from the table once, not from every looked-up register
     // (exact either way: small integers; int4 g128 asym: 8 subtractions fewer per window)
     constexpr bool zero_in_table = has_zeros<P> && bpw == 1;
+    // bf16 / f16 operands: where a window holds one block (two on AVX-512, looked up as a pair of
+    // tables), the block's values times its scale are rounded once into the step's table, so the
+    // lookups return the rounded weights; elsewhere every looked-up register is scaled and rounded.
+    // The same values either way.
+#if XSIMD_WITH_AVX512F
+    constexpr bool table_pair = rounded_operands<P> && bpw == 2 && std::is_base_of_v<xsimd::avx512f, A>;
+#else
+    constexpr bool table_pair = false;
+#endif
+    constexpr bool rounded_table = (rounded_operands<P> && bpw == 1) || table_pair;
+    const auto rounded = [&](const simd::table16<A>& t, float zero, float scale) {
+        return simd::table_map<A>(has_zeros<P> ? simd::table_minus<A>(t, zero) : t,
+                                  [&](const F& v) { return operand<P, A>(F(v * F(scale))); });
+    };
 
     const std::uint8_t* codes = row_codes<P, A>(w, n);
     F acc(0.0f);
@@ -106,9 +120,19 @@ float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const sim
             F even(0.0f), odd(0.0f);  // two chains: FMA latency
             const std::int64_t local = (step - c0) * bpw;
             const F step_scale = simd::expand_scales<bpw, A>(scales + local);
-            const simd::table16<A> step_table = zero_in_table ? simd::table_minus<A>(table, zeros[local]) : table;
+            const auto zero_at = [&](int b) { return has_zeros<P> ? zeros[local + b] : 0.0f; };
+            const auto step_table = [&] {
+#if XSIMD_WITH_AVX512F
+                if constexpr (table_pair)
+                    return simd::table16_pair{rounded(table, zero_at(0), scales[local]).t,
+                                              rounded(table, zero_at(1), scales[local + 1]).t};
+                else
+#endif
+                if constexpr (rounded_table) return rounded(table, zero_at(0), scales[local]);
+                else return zero_in_table ? simd::table_minus<A>(table, zeros[local]) : table;
+            }();
             [[maybe_unused]] F step_zero;
-            if constexpr (has_zeros<P> && !zero_in_table) step_zero = simd::expand_scales<bpw, A>(zeros + local);
+            if constexpr (has_zeros<P> && !zero_in_table && !table_pair) step_zero = simd::expand_scales<bpw, A>(zeros + local);
             simd::unroll<S::windows_per_step>([&](auto wi) {
                 const window_codes wc = window_at<P, A, S::V>(codes, s.k, step * S::windows_per_step + wi);
                 simd::prefetch_ahead(wc.low);
@@ -129,8 +153,8 @@ float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const sim
                     if constexpr (split_planes<P>)
                         idx = i < S::parts ? whole[i % S::parts] : I(whole[i % S::parts] >> (8 * (i / S::parts)));
                     F v = simd::lookup<A>(step_table, idx);
-                    if constexpr (has_zeros<P> && !zero_in_table) v = v - step_zero;  // exact: code - zero
-                    if constexpr (rounded_operands<P>) v = operand<P, A>(F(v * step_scale));
+                    if constexpr (has_zeros<P> && !zero_in_table && !table_pair) v = v - step_zero;  // exact: code - zero
+                    if constexpr (rounded_operands<P> && !rounded_table) v = operand<P, A>(F(v * step_scale));
                     const F xv = F::load_unaligned(xw + i * S::lanes);
                     if constexpr (i % 2 == 0) even = simd::fma<A>(v, xv, even);
                     else odd = simd::fma<A>(v, xv, odd);

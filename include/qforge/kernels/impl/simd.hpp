@@ -516,6 +516,37 @@ template <class A>
 inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& odd) {
     ext::store_interleaved<A>(out, even, odd, A{});
 }
+// Every entry of t mapped by f (f32v<A> -> f32v<A>): a table scaled and rounded once per block.
+template <class A, class Fn>
+inline table16<A> table_map(const table16<A>& t, Fn f) {
+#if XSIMD_WITH_AVX512F
+    if constexpr (std::is_base_of_v<xsimd::avx512f, A>) return {f(f32v<A>(t.t))};
+    else
+#endif
+#if XSIMD_WITH_AVX2
+    if constexpr (std::is_base_of_v<xsimd::avx2, A>) return {f(f32v<A>(t.lo)), f(f32v<A>(t.hi))};
+    else
+#endif
+    {
+        table16<A> r;
+        for (int i = 0; i < 16; i += lanes<A>) f(f32v<A>::load_aligned(t.v + i)).store_aligned(r.v + i);
+        return r;
+    }
+}
+#if XSIMD_WITH_AVX512F
+// Two tables looked up as one: lanes 0-7 read `lower`, lanes 8-15 `upper` (a window of two blocks,
+// whose elements fill the lower and upper halves of every lookup's lanes); the low 4 index bits.
+struct table16_pair {
+    __m512 lower, upper;
+};
+template <class A>
+inline f32v<A> lookup(const table16_pair& t, const i32v<A>& idx) {
+    const __m512i half = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 16, 16, 16, 16, 16, 16, 16, 16);
+    // (idx & 15) | half in one ternary-logic op (truth table 0xEA: (a & b) | c)
+    const __m512i i = _mm512_ternarylogic_epi32(idx, _mm512_set1_epi32(15), half, 0xEA);
+    return _mm512_permutex2var_ps(t.lower, i, t.upper);
+}
+#endif
 template <int Shift, int Bits, class A>
 inline u8v<A> code_field(const u8v<A>& v) { return ext::code_field<Shift, Bits, A>(v, A{}); }
 template <std::uint8_t Value, class A>
