@@ -99,16 +99,41 @@ struct case_data {
 
 // Which checkpoint a qforge-layout case is packed from: GPTQ v1 with g_idx = k / group; GPTQ v2
 // with a random act-order g_idx; AWQ gemm (int_asym only). Other layouts: their own checkpoint.
-enum class source { gptq, gptq_act_order, awq };
+// `regrouped`: a checkpoint whose groups are whole multiples of the kernel's (kernel_config_of),
+// packed with the kernel's groups: integers per channel, bnb blocks of twice the kernel's with
+// double quant (its absmax decoded), FP8 one scale per tensor.
+enum class source { gptq, gptq_act_order, awq, regrouped };
+
+bool regroups(const config& cfg) {
+    if (cfg.storage == layout::qforge) return cfg.group != per_channel;
+    return (cfg.storage == layout::bnb4 && !cfg.double_quant) || cfg.storage == layout::fp8_block;
+}
 
 std::vector<source> sources_for(const config& cfg) {
-    if (cfg.storage != layout::qforge) return {source::gptq};
-    if (cfg.type == dtype::int_asym && cfg.bits == 4) return {source::gptq, source::gptq_act_order, source::awq};
-    return {source::gptq, source::gptq_act_order};
+    std::vector<source> s{source::gptq};
+    if (cfg.storage == layout::qforge) s.push_back(source::gptq_act_order);
+    if (cfg.storage == layout::qforge && cfg.type == dtype::int_asym && cfg.bits == 4) s.push_back(source::awq);
+    if (regroups(cfg)) s.push_back(source::regrouped);
+    return s;
 }
 
 const char* to_string(source s) {
-    return s == source::gptq ? "gptq" : s == source::gptq_act_order ? "gptq2 act-order" : "awq";
+    return s == source::gptq             ? "gptq"
+           : s == source::gptq_act_order ? "gptq2 act-order"
+           : s == source::awq            ? "awq"
+                                         : "a regrouped checkpoint";
+}
+
+// The stored config of a regrouped case of kernel config cfg.
+config regrouped_config(const config& cfg) {
+    config c = reference_config(cfg);
+    if (c.storage == layout::bnb4) {
+        c.group = 2 * cfg.group;
+        c.double_quant = true;
+    } else {
+        c.group = c.storage == layout::fp8_block ? per_tensor : per_channel;
+    }
+    return c;
 }
 
 // A valid GPTQ act-order checkpoint of the same weights: the columns quantized in a random order
@@ -167,7 +192,8 @@ case_data make_case(const config& cfg, std::int64_t n, std::int64_t k, std::uint
         c.storage = layout::awq_gemm;
         d.q = ref::quantize(c, std::span<const float>(src), ref_rows, k);
     } else {
-        d.q = ref::quantize(reference_config(cfg), std::span<const float>(src), ref_rows, k);
+        const config stored = from == source::regrouped ? regrouped_config(cfg) : reference_config(cfg);
+        d.q = ref::quantize(stored, std::span<const float>(src), ref_rows, k);
     }
     d.packed = pack_weights(cfg, d.q);
     d.w = ref::dequantize(d.q);
@@ -218,10 +244,11 @@ std::int64_t group_of(const config& c, std::int64_t k) { return c.group == per_c
 
 // The f32 block scale s_b of (row n, block b): absmax (reconstructed for double quant, as
 // formats.md §1 specifies) or the f16 GPTQ scale.
+// b is a block of the kernel's groups; regrouped checkpoints have larger ones (kernel_config_of).
 float block_scale(const case_data& d, const config& cfg, std::int64_t n, std::int64_t b) {
-    const std::int64_t k = d.packed.cols, blocks_per_row = k / group_of(cfg, k);
+    const std::int64_t k = d.packed.cols, blocks_per_row = k / group_of(cfg, k), first = b * group_of(cfg, k);
     if (const auto* t = std::get_if<ref::bnb4_tensor>(&d.q)) {
-        const std::int64_t flat = n * blocks_per_row + b;
+        const std::int64_t flat = (n * k + first) / t->blocksize;
         if (!t->nested) return t->absmax[static_cast<std::size_t>(flat)];
         const float product = t->nested_quant_map[t->absmax_codes[static_cast<std::size_t>(flat)]] *
                               t->nested_absmax[static_cast<std::size_t>(flat / nested_blocksize)];
@@ -229,9 +256,10 @@ float block_scale(const case_data& d, const config& cfg, std::int64_t n, std::in
     }
     if (const auto* t = std::get_if<ref::mx_tensor>(&d.q))
         return e8m0_to_float(t->scales[static_cast<std::size_t>(n * blocks_per_row + b)]);
-    if (const auto* t = std::get_if<ref::awq_tensor>(&d.q)) return to_float(t->scales[static_cast<std::size_t>(b * t->rows + n)]);
+    if (const auto* t = std::get_if<ref::awq_tensor>(&d.q))
+        return to_float(t->scales[static_cast<std::size_t>(first / t->group * t->rows + n)]);
     const auto& g = std::get<ref::gptq_tensor>(d.q);
-    return to_float(g.scales[static_cast<std::size_t>(b * g.rows + n)]);
+    return to_float(g.scales[static_cast<std::size_t>(first / g.group * g.rows + n)]);
 }
 
 std::uint8_t code_of(const case_data& d, std::int64_t n, std::int64_t k) {
@@ -257,12 +285,16 @@ std::uint8_t code_of(const case_data& d, std::int64_t n, std::int64_t k) {
 
 bool is_integer_type(const config& c) { return c.type == dtype::int_sym || c.type == dtype::int_asym; }
 
-// The zero point of (row n, group b) of an integer checkpoint, read from its qzeros.
-int zero_of(const case_data& d, std::int64_t n, std::int64_t b) {
-    if (const auto* t = std::get_if<ref::awq_tensor>(&d.q))
+// The zero point of (row n, kernel group b) of an integer checkpoint, read from its qzeros.
+int zero_of(const case_data& d, const config& cfg, std::int64_t n, std::int64_t kernel_b) {
+    const std::int64_t first = kernel_b * group_of(cfg, d.packed.cols);
+    if (const auto* t = std::get_if<ref::awq_tensor>(&d.q)) {
+        const std::int64_t b = first / t->group;
         return static_cast<int>(
             awq_code(static_cast<std::uint32_t>(t->qzeros[static_cast<std::size_t>(b * (t->rows / 8) + n / 8)]), static_cast<int>(n % 8)));
+    }
     const auto& g = std::get<ref::gptq_tensor>(d.q);
+    const std::int64_t b = first / g.group;
     std::uint32_t words[8];
     const std::int64_t zero_words = g.rows * g.bits / 32;
     for (int i = 0; i < g.bits; ++i)
@@ -382,7 +414,7 @@ void check_output(const config& cfg, const case_data& d, const float* x, std::in
     double bound = 0.0, slack_terms = std::abs(b), emulated = b;
     for (std::int64_t blk = 0; blk < k / group; ++blk) {
         const double s = block_scale(d, cfg, n, blk), xs = a.scale[static_cast<std::size_t>(blk)];
-        const int zero = is_integer_type(cfg) ? zero_of(d, n, blk) : 0;
+        const int zero = is_integer_type(cfg) ? zero_of(d, cfg, n, blk) : 0;
         std::int64_t dot = 0;
         for (std::int64_t i = blk * group; i < (blk + 1) * group; ++i) {
             const std::int64_t col = column(i);
@@ -620,6 +652,39 @@ TEST_CASE("gemm matches the reference for M >= 2 and equals gemv row by row in i
             }
         }
     }
+}
+
+TEST_CASE("kernel_config_of: the exact kernel, else the largest built group that divides the stored one") {
+    const auto c = [](dtype t, int bits, std::int32_t g, bool dq, layout s, compute a) { return config{t, static_cast<std::uint8_t>(bits), g, dq, s, a}; };
+    struct expectation {
+        config stored;
+        compute act;
+        std::int64_t cols;
+        config kernel;
+    };
+    const expectation cases[] = {
+        {c(dtype::nf4, 4, 64, true, layout::bnb4, compute::f32), compute::f32, 0, c(dtype::nf4, 4, 64, true, layout::bnb4, compute::f32)},
+        {c(dtype::nf4, 4, 128, false, layout::bnb4, compute::f32), compute::f32, 0, c(dtype::nf4, 4, 64, false, layout::bnb4, compute::f32)},
+        {c(dtype::fp4, 4, 256, true, layout::bnb4, compute::bf16), compute::bf16, 0, c(dtype::fp4, 4, 64, false, layout::bnb4, compute::bf16)},
+        {c(dtype::int_sym, 4, 64, false, layout::gptq_v1, compute::f32), compute::f32, 0, c(dtype::int_sym, 4, 32, false, layout::qforge, compute::f32)},
+        {c(dtype::int_asym, 4, 64, false, layout::awq_gemm, compute::f32), compute::f32, 0, c(dtype::int_asym, 4, 32, false, layout::qforge, compute::f32)},
+        {c(dtype::int_sym, 4, per_channel, false, layout::gptq_v1, compute::i8), compute::i8, 0, c(dtype::int_sym, 4, 32, false, layout::qforge, compute::i8)},
+        {c(dtype::int_sym, 4, per_channel, false, layout::gptq_v1, compute::i8), compute::i8, 4096, c(dtype::int_sym, 4, 128, false, layout::qforge, compute::i8)},
+        {c(dtype::int_sym, 8, 256, false, layout::gptq_v2, compute::i8), compute::i8, 0, c(dtype::int_sym, 8, 128, false, layout::qforge, compute::i8)},
+        {c(dtype::int_sym, 8, per_channel, false, layout::gptq_v1, compute::f32), compute::f32, 0, c(dtype::int_sym, 8, per_channel, false, layout::qforge, compute::f32)},
+        {c(dtype::fp8_e4m3, 8, per_tensor, false, layout::fp8_block, compute::f32), compute::f32, 0, c(dtype::fp8_e4m3, 8, 128, false, layout::fp8_block, compute::f32)},
+    };
+    for (const expectation& e : cases) {
+        INFO(canonical_name(e.stored) << " on " << to_string(e.act) << ", K = " << e.cols);
+        if (!kernels::kernel_built(e.kernel)) continue;  // -Dkernels left it out
+        // only built kernels of the same type, bits and storage compete: the expectation's group
+        // is the largest built divisor unless another built kernel beats it (a filtered build)
+        const config got = kernels::kernel_config_of(e.stored, e.act, e.cols);
+        CHECK(kernels::kernel_built(got));
+        CHECK(canonical_name(got) == canonical_name(e.kernel));
+    }
+    // no built kernel group divides bnb blocks of 32 (the smallest compiled block is 64)
+    CHECK(!kernels::kernel_built(kernels::kernel_config_of(c(dtype::nf4, 4, 32, false, layout::bnb4, compute::f32), compute::f32)));
 }
 
 TEST_CASE("the compile-time route runs the same kernel as the registry") {

@@ -85,6 +85,44 @@ constexpr bool kernel_built(const config& c) {
     return false;
 }
 
+// The kernel config of this build that runs weights stored as `stored` on compute path `act`, or
+// a config with act = act and group 0 ("none") when there is none. The rule, in order:
+//   - GPTQ (v1, v2) and AWQ weights run in qforge's layout (storage qf), the others as stored;
+//   - the exact config when it is built;
+//   - otherwise, regrouped: a built kernel whose group divides the stored group (per channel: the
+//     whole row; per tensor: FP8's whole tensor), the largest such. pack_weights then repeats each
+//     stored scale (and zero point) for the kernel's groups: the same values, more scale bytes.
+//     Double-quantized absmax cannot be repeated as codes (its nested blocks would shift): a
+//     regrouped bnb kernel has double_quant false, and pack_weights decodes the absmax to f32.
+//     Per channel with `cols` unknown (0), the smallest kernel group, which divides every K the
+//     layout allows; with `cols`, the largest that divides it.
+// The fully unrolled kernels are the compile-time tier (gen/space.py); this is the run-time tier:
+// every group size runs at SIMD speed on the nearest compiled one.
+constexpr config kernel_config_of(const config& stored, compute act, std::int64_t cols = 0) {
+    config want = stored;
+    want.act = act;
+    if (is_gptq(want.storage) || want.storage == layout::awq_gemm) want.storage = layout::qforge;
+    if (kernel_built(want)) return want;
+    const auto whole = [&](std::int32_t g) { return g == per_channel || g == per_tensor; };
+    const auto divides = [&](std::int32_t g) {
+        if (g <= 0) return false;
+        if (whole(want.group)) return cols == 0 || cols % g == 0;
+        return want.group % g == 0;
+    };
+    config best = want;
+    best.group = per_tensor;  // none yet
+    for (const generated_kernel& k : generated_kernels) {
+        const config& c = k.cfg;
+        if (!k.built || c.type != want.type || c.bits != want.bits || c.storage != want.storage || c.act != act ||
+            c.double_quant || !divides(c.group))
+            continue;
+        const bool better = best.group == per_tensor ||
+                            (whole(want.group) && cols == 0 ? c.group < best.group : c.group > best.group);
+        if (better) best = c;
+    }
+    return best;
+}
+
 template <class P>
 constexpr void require_built() {
     static_assert(kernel_built(P::cfg),
