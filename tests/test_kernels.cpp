@@ -30,6 +30,7 @@
 #include <qforge/reference/reference.hpp>
 #include <qforge/synthetic.hpp>
 
+#include <boost/hana/for_each.hpp>
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -704,6 +705,49 @@ TEST_CASE("the compile-time route runs the same kernel as the registry") {
     // the registry knows exactly the built kernels
     for (const auto& l : kernel_list)
         CHECK((registry::global().find(l.cfg, op::gemv, isa::sse4_2) != nullptr) == kernels::kernel_built(l.cfg));
+}
+
+TEST_CASE("every alias runs on both routes: the compile-time call equals the registry's kernel") {
+    if (!isa_under_test_runs()) return;
+    boost::hana::for_each(all_aliases, [](auto alias) {
+        using P = typename decltype(alias)::type;  // may name a checkpoint layout (gptq, awq)
+        using K = kernels::kernel_policy<P>;
+        INFO(canonical_name(P::cfg) << " -> " << canonical_name(K::cfg));
+        if constexpr (!kernels::kernel_built(K::cfg)) {
+            WARN(canonical_name(K::cfg) << " is not built (-Dkernels): skipped");
+        } else {
+            constexpr std::int64_t n = 64, k = 512, m = 3;
+            synthetic_spec spec;
+            spec.rows = n;
+            spec.cols = k;
+            spec.seed = 41;
+            const std::vector<float> w = synthetic_weights(spec);
+            const ref::quantized q = ref::quantize(P::cfg, std::span<const float>(w), n, k);
+            const packed_weights packed = pack_weights<P>(q);
+            CHECK(packed.cfg == K::cfg);
+            const kernel& registered_gemv = registry::global().find(K::cfg, op::gemv);
+            const kernel& registered_gemm = registry::global().find(K::cfg, op::gemm);
+            const std::vector<float> x = random_vector(static_cast<std::size_t>(m * k), 43);
+            std::vector<float> y1(n), y2(n), z1(m * n), z2(m * n), d(n * k);
+            qforge::gemv<P>(packed.view(), x.data(), y1.data());
+            registered_gemv.gemv(packed.view(), x.data(), nullptr, y2.data(), 0, n);
+            CHECK(std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float)) == 0);
+            qforge::gemm<P>(packed.view(), x.data(), m, nullptr, z1.data(), 0, n);
+            registered_gemm.gemm(packed.view(), x.data(), m, nullptr, z2.data(), 0, n);
+            CHECK(std::memcmp(z1.data(), z2.data(), z1.size() * sizeof(float)) == 0);
+            qforge::dequantize<P>(packed.view(), 0, n, d.data());
+            const std::vector<float> expected = ref::dequantize(q);
+            CHECK(std::memcmp(d.data(), expected.data(), d.size() * sizeof(float)) == 0);
+            // and the product is W x (the kernel tests bound every path tightly; here, within 2%)
+            const std::vector<double> y_ref = ref::gemv(q, std::span<const float>(x.data(), k));
+            double err = 0.0, norm = 0.0;
+            for (std::int64_t i = 0; i < n; ++i) {
+                err = std::max(err, std::abs(y1[static_cast<std::size_t>(i)] - y_ref[static_cast<std::size_t>(i)]));
+                norm = std::max(norm, std::abs(y_ref[static_cast<std::size_t>(i)]));
+            }
+            CHECK(err <= 0.02 * norm);
+        }
+    });
 }
 
 TEST_CASE("thread_pool: every row once, and split GEMV/GEMM equal to one call bit for bit") {

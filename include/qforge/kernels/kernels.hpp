@@ -85,8 +85,8 @@ constexpr bool kernel_built(const config& c) {
     return false;
 }
 
-// The kernel config of this build that runs weights stored as `stored` on compute path `act`, or
-// a config with act = act and group 0 ("none") when there is none. The rule, in order:
+// The kernel config of this build that runs weights stored as `stored` on compute path `act`;
+// kernel_built() of the result is false when this build has none. The rule, in order:
 //   - GPTQ (v1, v2) and AWQ weights run in qforge's layout (storage qf), the others as stored;
 //   - the exact config when it is built;
 //   - otherwise, regrouped: a built kernel whose group divides the stored group (per channel: the
@@ -109,24 +109,35 @@ constexpr config kernel_config_of(const config& stored, compute act, std::int64_
         if (whole(want.group)) return cols == 0 || cols % g == 0;
         return want.group % g == 0;
     };
-    config best = want;
-    best.group = per_tensor;  // none yet
+    const generated_kernel* best = nullptr;
     for (const generated_kernel& k : generated_kernels) {
         const config& c = k.cfg;
         if (!k.built || c.type != want.type || c.bits != want.bits || c.storage != want.storage || c.act != act ||
             c.double_quant || !divides(c.group))
             continue;
-        const bool better = best.group == per_tensor ||
-                            (whole(want.group) && cols == 0 ? c.group < best.group : c.group > best.group);
-        if (better) best = c;
+        if (best == nullptr || (whole(want.group) && cols == 0 ? c.group < best->cfg.group : c.group > best->cfg.group))
+            best = &k;
     }
-    return best;
+    return best ? best->cfg : want;  // want: not built
 }
+
+// The policy whose kernels run weights that policy P describes: P itself for a kernel layout,
+// else kernel_config_of on P's compute path (gptq_int4_g128 runs int4sym_g128_qf_f32).
+template <class P>
+using kernel_policy = policy<kernel_config_of(P::cfg, P::act)>;
+
+// A compile-time call of a policy without kernels fails here, naming this type and the config it
+// looked for (kernel_policy<P>).
+template <config C>
+struct no_kernel_in_this_build {
+    static_assert(kernel_built(C), "qforge: no kernel runs this policy in this build: add the config in this "
+                                   "type's name to gen/space.py, or include it in -Dkernels");
+    static constexpr bool value = true;
+};
 
 template <class P>
 constexpr void require_built() {
-    static_assert(kernel_built(P::cfg),
-                  "qforge: no kernel for this policy in this build: add it to gen/space.py, or include it in -Dkernels");
+    static_assert(no_kernel_in_this_build<P::cfg>::value);
 }
 
 }  // namespace qforge::kernels
@@ -158,8 +169,9 @@ void with_active_arch(F&& f) {
 }
 
 namespace detail {
-template <class P>
+template <class Policy>
 void dequantize_as(const weights_view& w, std::int64_t n0, std::int64_t n1, void* out, element type) {
+    using P = kernels::kernel_policy<Policy>;
     kernels::require_built<P>();
     check_weights(P::cfg, w);
     check_rows(w, n0, n1);
@@ -168,7 +180,9 @@ void dequantize_as(const weights_view& w, std::int64_t n0, std::int64_t n1, void
 }
 }  // namespace detail
 
-// Run the kernel of policy P for the active ISA (see isa.hpp), without the registry.
+// Run the kernel of policy P for the active ISA (see isa.hpp), without the registry. P may name a
+// checkpoint layout (an alias such as gptq_int4_g128): the kernels of kernels::kernel_policy<P>
+// run, on weights packed for them (pack_weights<P>).
 template <class P>
 void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) {
     detail::dequantize_as<P>(w, n0, n1, out, element::f32);
@@ -183,8 +197,9 @@ void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, f16* ou
     detail::dequantize_as<P>(w, n0, n1, out, element::f16);
 }
 
-template <class P>
+template <class Policy>
 void gemv(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
+    using P = kernels::kernel_policy<Policy>;
     kernels::require_built<P>();
     detail::check_weights(P::cfg, w);
     detail::check_rows(w, n0, n1);
@@ -198,9 +213,10 @@ void gemv(const weights_view& w, const float* x, float* y, const float* bias = n
     gemv<P>(w, x, bias, y, 0, w.rows);
 }
 
-template <class P>
+template <class Policy>
 void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
           std::int64_t n1) {
+    using P = kernels::kernel_policy<Policy>;
     kernels::require_built<P>();
     detail::check_weights(P::cfg, w);
     detail::check_rows(w, n0, n1);

@@ -20,6 +20,7 @@
 
 #include <qforge/config/name.hpp>
 #include <qforge/format/packing.hpp>
+#include <qforge/kernels/kernels.hpp>
 #include <qforge/kernels/weights.hpp>
 #include <qforge/reference/layouts.hpp>
 #include <qforge/reference/reference.hpp>
@@ -456,6 +457,13 @@ inline packed_weights pack_weights(const config& kernel_cfg, const ref::quantize
     packed_weights p = detail::pack_dense(kernel_cfg, q, tensor);
     rows_with_scales(p);
     return p;
+}
+
+// For the compile-time route: weights described by policy P (an alias such as gptq_int4_g128
+// included), packed for the kernels that run them, kernels::kernel_policy<P>.
+template <class P>
+packed_weights pack_weights(const ref::quantized& q, std::string_view tensor = "weight") {
+    return pack_weights(kernels::kernel_policy<P>::cfg, q, tensor);
 }
 
 }  // namespace qforge
