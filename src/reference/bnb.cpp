@@ -267,19 +267,23 @@ std::vector<float> dequantize_bnb4(const bnb4_tensor& q) {
     if (q.blocksize <= 0) fail(where, "blocksize " + std::to_string(q.blocksize) + " is not positive");
     const std::size_t n = static_cast<std::size_t>(q.rows) * static_cast<std::size_t>(q.cols);
     const auto bs = static_cast<std::size_t>(q.blocksize);
-    const std::size_t blocks = ceil_div(n, bs);
     expect_size(where, "packed", q.packed.size(), (n + 1) / 2);
-    std::vector<float> absmax;
-    if (q.nested) {
-        expect_size(where, "absmax_codes", q.absmax_codes.size(), blocks);
-        expect_size(where, "nested_absmax", q.nested_absmax.size(), ceil_div(blocks, nested_blocksize));
-        absmax = dequantize_blocks(q.absmax_codes, nested_blocksize, q.nested_absmax, q.nested_quant_map);
-        for (float& a : absmax) a += q.nested_offset;  // a second rounding, after the product's
-    } else {
+    return dequantize_blocks(unpack_high_first(q.packed, n), bs, bnb4_absmax(q), q.quant_map);
+}
+
+std::vector<float> bnb4_absmax(const bnb4_tensor& q) {
+    const char* where = "bnb4_absmax";
+    const std::size_t n = static_cast<std::size_t>(q.rows) * static_cast<std::size_t>(q.cols);
+    const std::size_t blocks = ceil_div(n, static_cast<std::size_t>(q.blocksize));
+    if (!q.nested) {
         expect_size(where, "absmax", q.absmax.size(), blocks);
-        absmax = q.absmax;
+        return q.absmax;
     }
-    return dequantize_blocks(unpack_high_first(q.packed, n), bs, absmax, q.quant_map);
+    expect_size(where, "absmax_codes", q.absmax_codes.size(), blocks);
+    expect_size(where, "nested_absmax", q.nested_absmax.size(), ceil_div(blocks, nested_blocksize));
+    std::vector<float> absmax = dequantize_blocks(q.absmax_codes, nested_blocksize, q.nested_absmax, q.nested_quant_map);
+    for (float& a : absmax) a += q.nested_offset;  // a second rounding, after the product's
+    return absmax;
 }
 
 // ---- §2 LLM.int8() ---------------------------------------------------------------------------

@@ -17,6 +17,8 @@ std::vector<float> dequantize_bnb4(const bnb4_tensor& q);
 void double_quantize(bnb4_tensor& q, std::vector<float> absmax);
 // The f32 nearest (ties to even) to the exact mean of non-negative finite f32 values.
 float exact_mean(std::span<const float> v);
+// The f32 absmax of every block: as stored, or decoded from double quantization (§1).
+std::vector<float> bnb4_absmax(const bnb4_tensor& q);
 blockwise8 quantize_blockwise8(std::span<const float> x, std::int32_t blocksize);
 std::vector<float> dequantize_blockwise8(const blockwise8& q, std::span<const float, 256> map);
 
