@@ -1,6 +1,14 @@
 """The design space: the product of the axes, and the one predicate that prunes it to the configs
 that get kernels. Adding a value to an axis (or relaxing the predicate) adds kernels, their
 tests and their benchmarks; nothing else needs to change.
+
+Which axes are compile time: all of them, for the configs below (the compiled tier: the group
+loop unrolled, the code table and the compute path fixed). The group is the one axis that is
+also a run-time value: a stored group that is a multiple of a compiled one runs on the compiled
+kernel with its scales repeated at pack time (the regrouped tier, kernels::kernel_config_of in
+include/qforge/kernels/kernels.hpp). So this space compiles the smallest group each layout needs
+(bnb block 64, integer group 32 or 128, FP8 tile 128) plus the common ones worth their own code
+(int4 g128: fewer scale bytes than g32), and no group is compiled twice for speed alone.
 """
 
 import itertools
