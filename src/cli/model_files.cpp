@@ -34,6 +34,8 @@ json parse_json(const fs::path& file, std::string_view what) {
     } catch (const json::parse_error& e) {
         throw io_error(std::string(what) + " '" + file.string() + "': invalid JSON at byte " + std::to_string(e.byte) +
                        ": " + e.what());
+    } catch (const json::exception& e) {  // e.g. out_of_range: a number beyond a double (1e400)
+        throw io_error(std::string(what) + " '" + file.string() + "': invalid JSON: " + e.what());
     }
 }
 
@@ -50,18 +52,6 @@ const json& weight_map_of(const json& index, const fs::path& file) {
     }
     if (index.contains("metadata") && !index["metadata"].is_object()) fail("key 'metadata' is not an object");
     return index["weight_map"];
-}
-
-void write_all(int fd, const std::string& text, const fs::path& tmp, const fs::path& target) {
-    std::size_t done = 0;
-    while (done < text.size()) {
-        const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0)
-            throw io_error("cannot write '" + target.string() + "' (" + tmp.string() + ") at byte " + std::to_string(done) +
-                           ": " + std::strerror(errno));
-        done += static_cast<std::size_t>(n);
-    }
 }
 
 }  // namespace
@@ -134,50 +124,22 @@ checkpoint::detection detect_checked(const input_model& in) {
 
 // ---- output ----------------------------------------------------------------------------------
 
-output_files::~output_files() {
-    if (committed_) return;
-    std::error_code ec;
-    for (const auto& [tmp, target] : staged_) fs::remove(tmp, ec);
-    for (auto it = created_dirs_.rbegin(); it != created_dirs_.rend(); ++it) fs::remove(*it, ec);  // only if empty
-}
-
-fs::path output_files::stage(const fs::path& target) {
-    if (!target.has_filename()) throw io_error("output '" + target.string() + "' names no file");
-    fs::path tmp = target.parent_path() /
-                   ("." + target.filename().string() + ".qforge-" + std::to_string(::getpid()) + ".partial");
-    staged_.emplace_back(tmp, target);
-    return tmp;
-}
+staged_file& output_files::stage(const fs::path& target) { return files_.emplace_back(target); }
 
 void output_files::stage_text(const fs::path& target, const std::string& text) {
-    const fs::path tmp = stage(target);
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) throw io_error("cannot create '" + target.string() + "' (" + tmp.string() + "): " + std::strerror(errno));
-    try {
-        write_all(fd, text, tmp, target);
-        if (::fsync(fd) != 0) throw io_error("cannot sync '" + target.string() + "': " + std::strerror(errno));
-    } catch (...) {
-        ::close(fd);
-        throw;
-    }
-    if (::close(fd) != 0) throw io_error("cannot close '" + target.string() + "': " + std::strerror(errno));
+    staged_file& f = stage(target);
+    f.write(std::as_bytes(std::span(text)));
+    f.finish();
 }
 
 void output_files::make_directory(const fs::path& dir) {
     std::error_code ec;
-    if (fs::is_directory(dir, ec)) return;
-    if (!fs::create_directory(dir, ec) || ec)
-        throw io_error("cannot create the output directory '" + dir.string() + "': " + ec.message());
-    created_dirs_.push_back(dir);
+    if (!fs::is_directory(dir, ec)) dirs_.emplace_back(dir);
 }
 
 void output_files::commit() {
-    for (const auto& [tmp, target] : staged_) {
-        std::error_code ec;
-        fs::rename(tmp, target, ec);
-        if (ec) throw io_error("cannot rename '" + tmp.string() + "' to '" + target.string() + "': " + ec.message());
-    }
-    committed_ = true;
+    for (staged_file& f : files_) f.commit();
+    for (staged_directory& d : dirs_) d.commit();
 }
 
 // ---- rewrite ---------------------------------------------------------------------------------
@@ -227,10 +189,10 @@ void rewrite_model(const input_model& in, const fs::path& out, const std::string
             if (!rewrite.replace(v, shard) && !rewrite.dropped.contains(v.name)) shard.writer.add(v);
             bar.advance(v.bytes.size(), v.name);
         }
-        const fs::path staged = files.stage(targets[s]);
+        staged_file& staged = files.stage(targets[s]);
         shard.writer.write(staged);
         if (in.sharded) {
-            const safetensors::reader written(staged);
+            const safetensors::reader written(staged.temporary_path());
             for (const safetensors::tensor_view& v : written.tensors()) {
                 weight_map[std::string(v.name)] = targets[s].filename().string();
                 total_size += v.bytes.size();
