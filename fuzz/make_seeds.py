@@ -81,7 +81,8 @@ def main():
     put("config", "multiple_repeat.json", json.dumps({"quant_method": "awq", "modules_to_not_convert": [".**x", "(.*)*x"]}))
     put("config", "nested.json", json.dumps({"load_in_8bit": True, "llm_int8_skip_modules": ["(" * 2000, "\\8888888888"]}))
     put("config", "damp.json", '{"quant_method": "gptq", "bits": 4, "damp_percent": 1e400}')
-    put("safetensors", "number_overflow.safetensors", b'\x38\x00\x00\x00\x00\x00\x00\x00{"a":{"dtype":"F32","shape":[1e400],"data_offsets":[0,0]}}')
+    overflow = b'{"a":{"dtype":"F32","shape":[1e400],"data_offsets":[0,0]}}'
+    put("safetensors", "number_overflow.safetensors", struct.pack("<Q", len(overflow)) + overflow)
     put("checkpoint", "mx_zero_dim.safetensors", safetensors(
         [("w_blocks", "U8", [2, 1 << 62, 0, 16], b""), ("w_scales", "U8", [2, 1 << 62, 0], b"")]))
     put("checkpoint", "awq_zero_dim.safetensors", safetensors(
