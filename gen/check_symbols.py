@@ -7,7 +7,9 @@ A per-ISA kernel library is compiled with that ISA's flags. Any global or weak (
 symbol it defines could be picked by the linker for callers compiled for another ISA, so each
 must be a template instantiated on this ISA's xsimd arch tag (the tag is in its name), or one of
 the generated registration functions. A plain inline helper or a std:: template used inside a
-kernel shows up here instead of as a crash on an older CPU.
+kernel shows up here instead of as a crash on an older CPU. Helpers of the kernel headers that
+are not templates on the arch are [[gnu::always_inline]]: a sanitizer build (UBSan keeps calls
+that would be inlined) must not leave copies of them either.
 """
 
 import subprocess

@@ -16,10 +16,12 @@ import os
 import pty
 import random
 import select
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 QFORGE = None  # set from argv
@@ -293,8 +295,8 @@ def diagonal_hessian(cols):
 
 # ---- running qforge ------------------------------------------------------------------------------
 
-def run(*args):
-    p = subprocess.run([QFORGE] + [str(a) for a in args], capture_output=True, text=True)
+def run(*args, timeout=None):
+    p = subprocess.run([QFORGE] + [str(a) for a in args], capture_output=True, text=True, timeout=timeout)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -349,10 +351,10 @@ class CliTest(unittest.TestCase):
         self.assertEqual(rc, 0, "qforge %s failed: %s" % (" ".join(map(str, args)), err))
         return out, err
 
-    def fails(self, status, needles, *args, output=None):
+    def fails(self, status, needles, *args, output=None, timeout=None):
         """Runs qforge, expects `status`, every needle in stderr, and no output file or temp file."""
         before = set(os.listdir(self.dir))
-        rc, out, err = run(*args)
+        rc, out, err = run(*args, timeout=timeout)
         self.assertEqual(rc, status, "qforge %s: expected exit %d, got %d: %s" % (" ".join(map(str, args)), status, rc, err))
         for needle in needles:
             self.assertIn(needle, err)
@@ -713,6 +715,114 @@ class CliTest(unittest.TestCase):
     def f64_file(self):
         write_safetensors(self.path("f64.safetensors"), [(P + ".weight", "F64", [N, K], pack("d", [0.5] * (N * K)))])
         return self.path("f64.safetensors")
+
+    def test_hostile_inputs_end_quickly_with_status_1(self):
+        # Each issue-20 input: exit 1 within seconds, a message naming the problem, no signal.
+        src, tensors, _ = self.model(dtype="F32")
+        out = self.path("out.safetensors")
+
+        def awq(pattern):
+            return self.config("awq.json", {"quant_method": "awq", "bits": 4, "group_size": 128,
+                                            "modules_to_not_convert": [pattern]})
+        for pattern, needle in [(".**x", "bad repetition operator"), ("(" * 30000, "qforge accepts at most"),
+                                ("\\88888888888888888888", "not a valid regular expression")]:
+            self.fails(1, ["awq.json", "modules_to_not_convert[0]", needle], "quantize", "--config", awq(pattern), src, out,
+                       output=out, timeout=20)
+        # a backtracking pattern Python accepts: matched in linear time, nothing excluded here
+        self.ok("quantize", "--config", awq("(.*)*x"), src, out)
+        os.remove(out)
+        # numbers beyond a double: in a header, a config, an index
+        with open(src, "rb") as f:
+            good = f.read()
+        (n,) = struct.unpack("<Q", good[:8])
+        header = good[8:8 + n].rstrip(b" ")
+        bad = self.path("bad.safetensors")
+        write_raw(bad, header[:-1] + b',"__metadata__":{"x":"y"},"z":{"dtype":"F32","shape":[1e400],"data_offsets":[0,0]}}', good[8 + n:])
+        gptq = self.config("gptq.json", {"quant_method": "gptq", "bits": 4, "group_size": 128})
+        self.fails(1, ["bad.safetensors", "number overflow"], "quantize", "--config", gptq, bad, out, output=out, timeout=20)
+        with open(self.path("damp.json"), "w") as f:
+            f.write('{"quant_method": "gptq", "bits": 4, "damp_percent": 1e400}')
+        self.fails(1, ["damp.json", "number overflow"], "quantize", "--config", self.path("damp.json"), src, out, output=out)
+        with open(self.path("model.safetensors.index.json"), "w") as f:
+            f.write('{"metadata": {"total_size": 1e400}, "weight_map": {}}')
+        self.fails(1, ["model.safetensors.index.json", "number overflow"], "quantize", "--config", gptq,
+                   self.path("model.safetensors.index.json"), out, output=out)
+        os.remove(self.path("model.safetensors.index.json"))
+        # calibration inputs without tokens: K = 2^40 backed by no data (H would be 2^83 bytes)
+        calib = self.calibration("empty.safetensors", [(P + ".inputs", "F16", [0, 1 << 40], b"")])
+        h = self.path("h.safetensors")
+        self.fails(1, ["empty.safetensors", P + ".inputs", "holds no tokens"], "hessian", calib, "-o", h, output=h, timeout=20)
+        calib = self.calibration("wide.safetensors", [(P + ".inputs", "F16", [1, 70000], bytes(140000))])
+        self.fails(1, ["wide.safetensors", "K = 70000", "limit of 65536"], "hessian", calib, "-o", h, output=h, timeout=20)
+
+    def test_bnb_blocksize_and_non_finite_scales(self):
+        src, _, _ = self.model(dtype="F32")
+        nf4 = self.config("nf4.json", {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True})
+        q = self.path("q.safetensors")
+        self.ok("quantize", "--config", nf4, src, q)
+        _, t = read_safetensors(q)
+        blob_key = P + ".weight.quant_state.bitsandbytes__nf4"
+        blob = json.loads(t[blob_key][2])
+        blob["blocksize"] = -4294967232  # read as 64 after truncation to int32
+        text = json.dumps(blob).encode()
+        t[blob_key] = ("U8", [len(text)], text)
+        write_safetensors(self.path("bs.safetensors"), [(k,) + v for k, v in t.items()])
+        rc, out, _ = run("inspect", self.path("bs.safetensors"))
+        self.assertEqual(rc, 1)
+        self.assertIn("inconsistencies: 1", out)
+        self.assertIn('%s\': quant_state "blocksize" -4294967232' % blob_key, out)
+        back = self.path("back.safetensors")
+        self.fails(1, ["bs.safetensors", blob_key, '"blocksize" -4294967232'], "dequantize", "--config", nf4,
+                   self.path("bs.safetensors"), back, output=back)
+        # GPTQ NaN scale: refused by dequantize and convert, reported by inspect
+        gptq = self.config("gptq.json", {"quant_method": "gptq", "bits": 4, "group_size": 128})
+        self.ok("quantize", "--config", gptq, src, q)
+        _, t = read_safetensors(q)
+        scales = bytearray(t[P + ".scales"][2])
+        scales[6:8] = struct.pack("<H", 0x7E00)
+        t[P + ".scales"] = ("F16", t[P + ".scales"][1], bytes(scales))
+        nan = self.path("nan.safetensors")
+        write_safetensors(nan, [(k,) + v for k, v in t.items()])
+        err = self.fails(1, ["nan.safetensors", P + ".scales", "value [3] is NaN"], "dequantize", "--config", gptq, nan,
+                         back, output=back)
+        self.fails(1, [P + ".scales", "value [3] is NaN"], "convert", "--config", gptq, "--to", "gptq_v2", nan, back,
+                   output=back)
+        rc, out, _ = run("inspect", nan)
+        self.assertEqual(rc, 1)
+        self.assertIn("inconsistencies: 1", out)
+        self.assertIn("value [3] is NaN", out)
+
+    def test_interrupted_write_leaves_nothing(self):
+        # A big tensor copied through makes the write long enough to interrupt.
+        tensors, _ = model_tensors("F32")
+        tensors.append(("big", "U8", [256 << 20], bytes(256 << 20)))
+        src = self.path("model.safetensors")
+        write_safetensors(src, tensors)
+        cfg = self.config("cfg.json", {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"})
+        out = self.path("out.safetensors")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            before = set(os.listdir(self.dir))
+            p = subprocess.Popen([QFORGE, "quantize", "--config", cfg, src, out], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 60
+            while p.poll() is None and time.monotonic() < deadline:
+                if set(os.listdir(self.dir)) - before:  # the staged file exists
+                    p.send_signal(sig)
+                    break
+                time.sleep(0.001)
+            rc = p.wait(timeout=60)
+            if rc == 0:
+                os.remove(out)
+                self.skipTest("the write finished before the signal arrived")
+            self.assertEqual(rc, -sig)
+            self.assertEqual(set(os.listdir(self.dir)), before, "files left behind by %s" % signal.Signals(sig).name)
+
+    def test_write_errors_name_the_output_path(self):
+        src, _, _ = self.model(dtype="F32")
+        cfg = self.config("cfg.json", {"load_in_4bit": True})
+        out = os.path.join(self.dir, "missing", "out.safetensors")
+        err = self.fails(1, [out], "quantize", "--config", cfg, src, out)
+        self.assertNotIn(".qforge-", err)
 
     def test_sharded_failure_leaves_nothing(self):
         tensors, _ = model_tensors("F32")

@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <set>
 #include <string>
 #include <vector>
@@ -628,6 +629,120 @@ TEST_CASE("import validates every tensor against the others, naming it", "[check
         find_entry(es, weight_name + "_scales") = {weight_name + "_scales", sdt::U8, {8, 3}, std::vector<std::byte>(24)};
         CHECK_THAT(import_error(es), Catch::Contains(weight_name + "_scales") && Catch::Contains("expected [8, 2]"));
     }
+}
+
+// Shapes the reader accepts (another dimension is 0) or that a blob states: errors, never overflow
+// (the sanitizer build of the tests traps signed overflow).
+TEST_CASE("hostile shapes are refused without overflow", "[checkpoint][errors]") {
+    constexpr std::int64_t big = std::int64_t{1} << 62;
+    SECTION("MXFP4 with a zero dimension") {
+        CHECK_THAT(import_error({{weight_name + "_blocks", sdt::U8, {2, big, 0, 16}, {}},
+                                 {weight_name + "_scales", sdt::U8, {2, big, 0}, {}}}),
+                   Catch::Contains(weight_name + "_blocks") && Catch::Contains("empty"));
+        CHECK_THAT(import_error({{weight_name + "_blocks", sdt::U8, {0, big / 8, 16}, {}},
+                                 {weight_name + "_scales", sdt::U8, {0, big / 8}, {}}}),
+                   Catch::Contains(weight_name + "_blocks") && Catch::Contains("empty"));
+    }
+    SECTION("GPTQ / AWQ qweight [0, 2^61]") {
+        const std::string p = "model.layers.0.mlp.down_proj";
+        CHECK_THAT(import_error({{p + ".qweight", sdt::I32, {0, big / 2}, {}},
+                                 {p + ".qzeros", sdt::I32, {1, 1}, std::vector<std::byte>(4)},
+                                 {p + ".scales", sdt::F16, {1, 8}, std::vector<std::byte>(16)}}),
+                   Catch::Contains(p + "."));
+    }
+    SECTION("bnb 4-bit quant_state shape [1, 2^63 - 1]") {
+        std::vector<entry> es = entries_of(quantized(configs::qlora_nf4, 8, 64));
+        set_text(find_entry(es, weight_name + ".quant_state.bitsandbytes__nf4"), std::string(
+            R"({"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [1, 9223372036854775807], "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": 0.5})"));
+        CHECK_THAT(import_error(es), Catch::Contains("'" + weight_name + "'") && Catch::Contains("expected [4611686018427387904, 1]"));
+    }
+}
+
+TEST_CASE("bnb 4-bit blocksize is checked before narrowing", "[checkpoint][errors]") {
+    std::vector<entry> es = entries_of(quantized(configs::qlora_nf4, 8, 64));
+    const std::string blob = weight_name + ".quant_state.bitsandbytes__nf4";
+    const auto with_blocksize = [&](const std::string& b) {
+        set_text(find_entry(es, blob), R"({"quant_type": "nf4", "blocksize": )" + b +
+                                           R"(, "dtype": "float32", "shape": [8, 64], "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": 0.5})");
+        return import_error(es);
+    };
+    CHECK(with_blocksize("64").empty());
+    CHECK_THAT(with_blocksize("-4294967232"), Catch::Contains(blob) && Catch::Contains("\"blocksize\" -4294967232"));  // was read as 64
+    CHECK_THAT(with_blocksize("18446744073709551615"), Catch::Contains(blob) && Catch::Contains("not a 64-bit integer"));
+    CHECK_THAT(with_blocksize("16"), Catch::Contains("\"blocksize\" 16"));
+}
+
+TEST_CASE("non-finite scales, tables and codes are refused at import, naming tensor and index", "[checkpoint][errors]") {
+    const std::string p = "model.layers.0.mlp.down_proj";
+    const auto poke = [](std::vector<entry>& es, const std::string& name, std::size_t at, auto value) {
+        entry& e = find_entry(es, name);
+        REQUIRE((at + 1) * sizeof(value) <= e.bytes.size());
+        std::memcpy(e.bytes.data() + at * sizeof(value), &value, sizeof(value));
+    };
+    const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+    SECTION("GPTQ and AWQ f16 scales") {
+        std::vector<entry> es = entries_of(quantized(configs::gptq_int4_g128, 64, 256));
+        poke(es, p + ".scales", 5, std::uint16_t{0x7E00});  // f16 NaN
+        CHECK_THAT(import_error(es), Catch::Contains(p + ".scales") && Catch::Contains("value [5] is NaN"));
+        es = entries_of(quantized(configs::awq_int4_g128, 64, 256));
+        poke(es, p + ".scales", 7, std::uint16_t{0xFC00});  // f16 -Inf
+        CHECK_THAT(import_error(es), Catch::Contains(p + ".scales") && Catch::Contains("value [7] is infinite"));
+    }
+    SECTION("bnb 4-bit absmax, nested absmax, tables; bnb 8-bit SCB") {
+        std::vector<entry> es = entries_of(quantized(config{dtype::nf4, 4, 64, false, layout::bnb4, compute::f32}, 8, 64));
+        poke(es, weight_name + ".absmax", 3, nan);
+        CHECK_THAT(import_error(es), Catch::Contains(weight_name + ".absmax") && Catch::Contains("value [3] is NaN"));
+        es = entries_of(quantized(configs::qlora_nf4, 8, 64));
+        poke(es, weight_name + ".nested_absmax", 0, inf);
+        CHECK_THAT(import_error(es), Catch::Contains(weight_name + ".nested_absmax") && Catch::Contains("value [0] is infinite"));
+        es = entries_of(quantized(configs::qlora_nf4, 8, 64));
+        poke(es, weight_name + ".quant_map", 15, nan);
+        CHECK_THAT(import_error(es), Catch::Contains(weight_name + ".quant_map") && Catch::Contains("value [15] is NaN"));
+        es = entries_of(quantized(configs::llm_int8, 8, 64));
+        poke(es, p + ".SCB", 2, nan);
+        CHECK_THAT(import_error(es), Catch::Contains(p + ".SCB") && Catch::Contains("value [2] is NaN"));
+    }
+    SECTION("FP8 NaN codes and Inf scale_inv; MXFP4 NaN scale") {
+        std::vector<entry> es = entries_of(quantized(configs::fp8_block128, 200, 300));
+        poke(es, weight_name, 301, std::uint8_t{0x7F});  // E4M3 NaN
+        CHECK_THAT(import_error(es), Catch::Contains("'" + weight_name + "'") && Catch::Contains("value [301] is NaN"));
+        es = entries_of(quantized(configs::fp8_block128, 200, 300));
+        poke(es, weight_name + "_scale_inv", 4, inf);
+        CHECK_THAT(import_error(es), Catch::Contains(weight_name + "_scale_inv") && Catch::Contains("value [4] is infinite"));
+        es = entries_of(quantized(configs::mxfp4, 8, 64));
+        poke(es, weight_name + "_scales", 9, std::uint8_t{0xFF});  // E8M0 NaN
+        CHECK_THAT(import_error(es), Catch::Contains(weight_name + "_scales") && Catch::Contains("value [9] is NaN"));
+    }
+    SECTION("finite scales whose products overflow: dequantize refuses, naming the element") {
+        std::vector<entry> es = entries_of(quantized(configs::fp8_block128, 200, 300));
+        std::vector<float> huge(6, 3e38f);
+        find_entry(es, weight_name + "_scale_inv").bytes = bytes_of(huge);
+        CHECK(import_error(es).empty());
+        temp_dir dir;
+        write_entries(dir / "f.safetensors", es);
+        const ck::quantized_weight q = ck::import_module(st::reader(dir / "f.safetensors"), "model.layers.0.mlp.down_proj");
+        CHECK_THROWS_WITH(ck::dequantize_weight(q, sdt::F32),
+                          Catch::Contains("weight '" + weight_name + "'") && Catch::Contains("not finite in F32"));
+    }
+}
+
+TEST_CASE("a quant_state blob in another JSON layout: same values, exported in bitsandbytes' layout", "[checkpoint]") {
+    std::vector<entry> es = entries_of(quantized(configs::qlora_nf4, 8, 64));
+    const std::string blob = weight_name + ".quant_state.bitsandbytes__nf4";
+    const std::vector<std::byte> canonical = find_entry(es, blob).bytes;
+    set_text(find_entry(es, blob), std::string(
+        R"({"shape":[8,64],"blocksize":64,"quant_type":"nf4","dtype":"float32","nested_blocksize":256,"nested_dtype":"float32","nested_offset":)") +
+        ck::python_float_repr(static_cast<double>(std::get<ref::bnb4_tensor>(quantized(configs::qlora_nf4, 8, 64).data).nested_offset)) + "}");
+    temp_dir dir;
+    write_entries(dir / "other.safetensors", es);
+    const ck::quantized_weight q = ck::import_module(st::reader(dir / "other.safetensors"), "model.layers.0.mlp.down_proj");
+    CHECK(same_bits(ref::dequantize(q.data), ref::dequantize(quantized(configs::qlora_nf4, 8, 64).data)));
+    st::writer w;
+    ck::export_weight(w, q);
+    w.write(dir / "back.safetensors");
+    const st::reader back(dir / "back.safetensors");
+    const auto& v = back.at(blob);
+    CHECK(std::vector<std::byte>(v.bytes.begin(), v.bytes.end()) == canonical);  // not the input's bytes
 }
 
 TEST_CASE("detect reports parts of quantized weights that belong to none", "[checkpoint][errors]") {

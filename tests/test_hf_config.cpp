@@ -371,6 +371,49 @@ TEST_CASE("module exclusions follow transformers' rules") {
     }
 }
 
+TEST_CASE("hostile module patterns are refused or run in linear time") {
+    const auto awq_with = [](const std::string& pattern) {
+        return parse_hf_quant_config(
+            json{{"quant_method", "awq"}, {"bits", 4}, {"modules_to_not_convert", {"lm_head", pattern}}});
+    };
+    const auto refused = [&](const std::string& pattern) {
+        INFO(pattern.substr(0, 60));
+        try {
+            awq_with(pattern);
+            FAIL("accepted");
+        } catch (const hf_config_error& e) {
+            CHECK(e.key == "modules_to_not_convert[1]");
+        }
+    };
+    SECTION("what Python's re rejects") {
+        refused(".**x");                  // multiple repeat (std::regex ran > 100 s on it)
+        refused("a+*");                   // multiple repeat
+        refused("*x");                    // nothing to repeat
+        refused("(ab");                   // missing )
+        refused("\\88888888888888888888");  // invalid group reference (signed overflow in std::regex)
+    }
+    SECTION("too long or too complex") {
+        refused(std::string(30000, '('));  // std::regex: stack overflow
+        refused(std::string(max_pattern_length + 1, 'a'));
+        refused("((((a{100}){100}){100}){100})");  // compiles beyond max_pattern_memory
+    }
+    SECTION("catastrophic backtracking patterns match in linear time") {
+        const hf_quant_config q = awq_with("(.*)*x");
+        CHECK(is_excluded(q, std::string(200, 'a') + "x"));
+        CHECK_FALSE(is_excluded(q, std::string(5000, 'a')));  // exponential for a backtracking engine
+        const hf_quant_config nested = awq_with("(a|aa)*b");
+        CHECK_FALSE(is_excluded(nested, std::string(5000, 'a')));
+    }
+    SECTION("the patterns of real configs keep their meaning") {
+        const hf_quant_config q = awq_with(R"(model\.layers\.\d+\.self_attn)");
+        CHECK(is_excluded(q, "model.layers.12.self_attn.q_proj"));
+        CHECK_FALSE(is_excluded(q, "model.layers.x.self_attn.q_proj"));
+        CHECK(is_excluded(awq_with("re:.*"), "re:anything"));
+        CHECK_FALSE(is_excluded(awq_with("mlp.*gate"), "model.mlp.gate"));  // anchored at the start
+        CHECK(is_excluded(awq_with(".*mlp.*gate"), "model.mlp.gate"));
+    }
+}
+
 TEST_CASE("to_config of every method equals the matching alias") {
     CHECK(to_config(parse(llama3_nf4_block)) == configs::qlora_nf4);
     CHECK(to_config(parse(R"({"load_in_4bit": true})")) == configs::bnb_fp4);

@@ -1,6 +1,7 @@
 // safetensors reader / writer (formats.md §9). Expected bytes are written out by hand from the
 // format: u64 LE header length, compact JSON header padded with spaces to a multiple of 8, data.
 #include <qforge/io/safetensors.hpp>
+#include <qforge/io/staged_file.hpp>
 
 #include <catch2/catch.hpp>
 
@@ -516,4 +517,28 @@ TEST_CASE("a failed write leaves no output, no temp file and the old target inta
         CHECK(dir.entries() == std::vector<std::string>{"out.safetensors"});
         CHECK(read_file(p) == before);
     }
+}
+
+TEST_CASE("staged files: removed on failure and by remove_staged_files (the signal path)", "[safetensors]") {
+    temp_dir dir;
+    const fs::path target = dir.path / "out" / "model.safetensors";
+    {
+        qforge::staged_directory out_dir(dir.path / "out");
+        qforge::staged_file f(target);
+        const std::vector<std::byte> bytes(1000, std::byte{7});
+        f.write(bytes);
+        CHECK(fs::exists(f.temporary_path()));
+        CHECK(f.temporary_path().parent_path() == target.parent_path());
+        qforge::remove_staged_files();  // what the SIGINT / SIGTERM handler calls
+        CHECK(dir.entries().empty());   // the file, then its (now empty) directory
+    }
+    CHECK(dir.entries().empty());
+    {
+        qforge::staged_directory out_dir(dir.path / "out");
+        qforge::staged_file f(target);
+        f.commit();
+        out_dir.commit();
+        qforge::remove_staged_files();  // committed: not staged any more
+    }
+    CHECK(fs::exists(target));
 }

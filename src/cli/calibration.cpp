@@ -133,6 +133,8 @@ calibration_file::calibration_file(const fs::path& file) : reader_(file) {
             if (v.type != sdt::F32 && v.type != sdt::BF16 && v.type != sdt::F16)
                 fail(file, v.name, "dtype " + std::string(safetensors::to_string(v.type)) + ": inputs are F32, BF16 or F16");
             if (v.shape.back() == 0) fail(file, v.name, "shape " + shape_string(v.shape) + " has K = 0");
+            // Without tokens, K is not backed by data, and H would be K^2 doubles of nothing.
+            if (v.numel() == 0) fail(file, v.name, "shape " + shape_string(v.shape) + " holds no tokens");
             modules_[module_of(inputs_suffix)].inputs = &v;
         } else if (ends_with(v.name, hessian_suffix) && v.name.size() > hessian_suffix.size()) {
             if (v.shape.size() != 2 || v.shape[0] != v.shape[1] || v.shape[0] == 0)
@@ -153,6 +155,10 @@ calibration_file::calibration_file(const fs::path& file) : reader_(file) {
         it->second.nsamples = read_nsamples(*v, file);
     }
     for (const auto& [module, c] : modules_) {
+        if (c.cols() > max_calibration_cols)
+            fail(file, c.hessian ? c.hessian->name : c.inputs->name,
+                 "K = " + std::to_string(c.cols()) + " is above qforge's limit of " + std::to_string(max_calibration_cols) +
+                     " (GPTQ holds 16 K^2 bytes)");
         if (c.hessian && !nsamples.contains(module))
             fail(file, c.hessian->name, "its '" + module + std::string(nsamples_suffix) + "' is missing");
         if (c.hessian && c.inputs && c.inputs->shape.back() != c.hessian->shape[0])

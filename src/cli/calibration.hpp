@@ -32,10 +32,14 @@ struct module_calibration {
     std::string shape_text() const;  // e.g. "inputs [2048, 256]" for messages
 };
 
+// The largest K a calibration file may have: GPTQ holds H and its factor in f64, 16 K^2 bytes
+// (64 GiB here); real models have K up to about 30,000.
+inline constexpr std::int64_t max_calibration_cols = 65536;
+
 // An open calibration file with every tensor checked (io_error naming the file and the tensor):
 // a key that is none of the three forms, a dtype or shape other than above, `.hessian` not
 // square or without `.nsamples` (and the reverse), nsamples not a non-negative integer, inputs
-// and hessian of one module disagreeing on K.
+// without tokens, K above max_calibration_cols, inputs and hessian of one module disagreeing on K.
 class calibration_file {
 public:
     explicit calibration_file(const std::filesystem::path& file);

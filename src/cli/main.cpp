@@ -2,10 +2,13 @@
 // Exit status: 0 ok, 1 bad input (the message names the file, tensor, key or offset), 2 usage error.
 #include "commands.hpp"
 
+#include <qforge/io/staged_file.hpp>
+
 #include <cstdio>
 #include <exception>
 
 int main(int argc, char** argv) {
+    qforge::remove_staged_files_on_signals();  // Ctrl-C during a write leaves no partial file
     CLI::App app{"qforge: weight-quantization configs as specialized SIMD kernels"};
     app.require_subcommand(1);
     qforge::cli::add_sweep(app);

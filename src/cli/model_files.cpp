@@ -36,6 +36,8 @@ json parse_json(const fs::path& file, std::string_view what) {
     } catch (const json::parse_error& e) {
         throw io_error(std::string(what) + " '" + file.string() + "': invalid JSON at byte " + std::to_string(e.byte) +
                        ": " + e.what());
+    } catch (const json::exception& e) {  // e.g. out_of_range: a number beyond a double (1e400)
+        throw io_error(std::string(what) + " '" + file.string() + "': invalid JSON: " + e.what());
     }
 }
 
@@ -54,29 +56,21 @@ const json& weight_map_of(const json& index, const fs::path& file) {
     return index["weight_map"];
 }
 
-void write_all(int fd, const std::string& text, const fs::path& tmp, const fs::path& target) {
-    std::size_t done = 0;
-    while (done < text.size()) {
-        const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0)
-            throw io_error("cannot write '" + target.string() + "' (" + tmp.string() + ") at byte " + std::to_string(done) +
-                           ": " + std::strerror(errno));
-        done += static_cast<std::size_t>(n);
-    }
-}
-
 // The replacement tensors of one output shard, written to an unnamed temporary file beside the
 // output as they are made: memory holds the tensors in work, not the shard. The shard's writer
 // then copies them from there in the kernel (safetensors::writer::add_file_range).
+// Errors name the output (the path the user asked for).
 class spool {
 public:
-    explicit spool(const fs::path& dir) {
+    explicit spool(const fs::path& target) : target_(target) {
+        const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
         fd_ = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
         if (fd_ < 0) {  // a file system without O_TMPFILE: a named file, unlinked at once
             std::string name = (dir / ".qforge-spool-XXXXXX").string();
             fd_ = ::mkostemp(name.data(), O_CLOEXEC);
-            if (fd_ < 0) throw io_error("cannot create a temporary file in '" + dir.string() + "': " + std::strerror(errno));
+            if (fd_ < 0)
+                throw io_error("cannot write '" + target.string() + "': cannot create a temporary file in '" +
+                               dir.string() + "': " + std::strerror(errno));
             ::unlink(name.c_str());
         }
     }
@@ -93,8 +87,8 @@ public:
             const ssize_t n = ::write(fd_, bytes.data(), std::min<std::size_t>(bytes.size(), std::size_t{1} << 30));
             if (n < 0 && errno == EINTR) continue;
             if (n <= 0)
-                throw io_error("cannot write tensor '" + std::string(tensor) + "' to a temporary file: " +
-                               std::strerror(n < 0 ? errno : EIO));
+                throw io_error("cannot write '" + target_.string() + "': tensor '" + std::string(tensor) +
+                               "' to a temporary file: " + std::strerror(n < 0 ? errno : EIO));
             bytes = bytes.subspan(static_cast<std::size_t>(n));
             size_ += static_cast<std::uint64_t>(n);
         }
@@ -102,6 +96,7 @@ public:
     }
 
 private:
+    fs::path target_;
     int fd_ = -1;
     std::uint64_t size_ = 0;
 };
@@ -200,50 +195,22 @@ checkpoint::detection detect_checked(const input_model& in) {
 
 // ---- output ----------------------------------------------------------------------------------
 
-output_files::~output_files() {
-    if (committed_) return;
-    std::error_code ec;
-    for (const auto& [tmp, target] : staged_) fs::remove(tmp, ec);
-    for (auto it = created_dirs_.rbegin(); it != created_dirs_.rend(); ++it) fs::remove(*it, ec);  // only if empty
-}
-
-fs::path output_files::stage(const fs::path& target) {
-    if (!target.has_filename()) throw io_error("output '" + target.string() + "' names no file");
-    fs::path tmp = target.parent_path() /
-                   ("." + target.filename().string() + ".qforge-" + std::to_string(::getpid()) + ".partial");
-    staged_.emplace_back(tmp, target);
-    return tmp;
-}
+staged_file& output_files::stage(const fs::path& target) { return files_.emplace_back(target); }
 
 void output_files::stage_text(const fs::path& target, const std::string& text) {
-    const fs::path tmp = stage(target);
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) throw io_error("cannot create '" + target.string() + "' (" + tmp.string() + "): " + std::strerror(errno));
-    try {
-        write_all(fd, text, tmp, target);
-        if (::fsync(fd) != 0) throw io_error("cannot sync '" + target.string() + "': " + std::strerror(errno));
-    } catch (...) {
-        ::close(fd);
-        throw;
-    }
-    if (::close(fd) != 0) throw io_error("cannot close '" + target.string() + "': " + std::strerror(errno));
+    staged_file& f = stage(target);
+    f.write(std::as_bytes(std::span(text)));
+    f.finish();
 }
 
 void output_files::make_directory(const fs::path& dir) {
     std::error_code ec;
-    if (fs::is_directory(dir, ec)) return;
-    if (!fs::create_directory(dir, ec) || ec)
-        throw io_error("cannot create the output directory '" + dir.string() + "': " + ec.message());
-    created_dirs_.push_back(dir);
+    if (!fs::is_directory(dir, ec)) dirs_.emplace_back(dir);
 }
 
 void output_files::commit() {
-    for (const auto& [tmp, target] : staged_) {
-        std::error_code ec;
-        fs::rename(tmp, target, ec);
-        if (ec) throw io_error("cannot rename '" + tmp.string() + "' to '" + target.string() + "': " + ec.message());
-    }
-    committed_ = true;
+    for (staged_file& f : files_) f.commit();
+    for (staged_directory& d : dirs_) d.commit();
 }
 
 // ---- rewrite ---------------------------------------------------------------------------------
@@ -298,7 +265,7 @@ void rewrite_model(const input_model& in, const fs::path& out, const std::string
                 piece.writer.for_each_in_memory([&](const std::string& name, safetensors::dtype type,
                                                     const safetensors::shape_t& shape, std::span<const std::byte> bytes) {
                     if (rewrite.again) return writer.add_deferred(name, type, shape);  // made again below
-                    if (!made) made.emplace(targets[s].has_parent_path() ? targets[s].parent_path() : fs::path("."));
+                    if (!made) made.emplace(targets[s]);
                     writer.add_file_range(name, type, shape, made->fd(), made->append(bytes, name), bytes.size());
                 });
                 if (rewrite.again) {
@@ -312,7 +279,7 @@ void rewrite_model(const input_model& in, const fs::path& out, const std::string
             }
             bar.advance(v.bytes.size(), v.name);
         }
-        const fs::path staged = files.stage(targets[s]);
+        staged_file& staged = files.stage(targets[s]);
         writer.write_deferred(staged, [&](const safetensors::writer::put_fn& put) {
             for (const safetensors::tensor_view* v : replaced) {
                 shard_output piece;
@@ -324,7 +291,7 @@ void rewrite_model(const input_model& in, const fs::path& out, const std::string
             }
         });
         if (in.sharded) {
-            const safetensors::reader written(staged);
+            const safetensors::reader written(staged.temporary_path());
             for (const safetensors::tensor_view& v : written.tensors()) {
                 weight_map[std::string(v.name)] = targets[s].filename().string();
                 total_size += v.bytes.size();

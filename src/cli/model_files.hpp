@@ -5,6 +5,7 @@
 
 #include <qforge/config/hf.hpp>
 #include <qforge/io/checkpoint.hpp>
+#include <qforge/io/staged_file.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -42,27 +43,20 @@ struct input_model {
 };
 input_model open_model(const std::filesystem::path& in);
 
-// Output files of one command. Each is written beside its target under a temporary name and
-// renamed into place only by commit(), after every file has been written; without a commit the
-// destructor removes them (and any directory it created), so a failure leaves nothing behind.
+// Output files of one command, staged (qforge/io/staged_file.hpp) and renamed into place only by
+// commit(), after every file has been written; without a commit the destructor removes them (and
+// any directory it created), so a failure or a signal leaves nothing behind.
 class output_files {
 public:
-    output_files() = default;
-    output_files(const output_files&) = delete;
-    output_files& operator=(const output_files&) = delete;
-    ~output_files();
-
-    // The temporary path to write for `target` (its directory must exist, or be made by
-    // make_directory first).
-    std::filesystem::path stage(const std::filesystem::path& target);
+    // The staged file for `target` (its directory must exist, or be made by make_directory first).
+    staged_file& stage(const std::filesystem::path& target);
     void stage_text(const std::filesystem::path& target, const std::string& text);
     void make_directory(const std::filesystem::path& dir);
     void commit();
 
 private:
-    std::vector<std::pair<std::filesystem::path, std::filesystem::path>> staged_;  // temporary, target
-    std::vector<std::filesystem::path> created_dirs_;
-    bool committed_ = false;
+    std::deque<staged_directory> dirs_;  // destroyed after the files in them
+    std::deque<staged_file> files_;
 };
 
 // The replacement of one input tensor while it is being built (rewrite_model then moves its

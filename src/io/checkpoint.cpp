@@ -13,6 +13,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <set>
 #include <stdexcept>
 #include <utility>
@@ -65,7 +66,45 @@ bool ends_with(std::string_view s, std::string_view suffix) {
 }
 std::string strip(std::string_view s, std::string_view suffix) { return std::string(s.substr(0, s.size() - suffix.size())); }
 
-std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+// Shape arithmetic on sizes read from a file happens here, checked: a hostile shape (one that the
+// reader accepts because another dimension is 0, or one a JSON blob states) is an error naming the
+// tensor, never an overflow.
+std::int64_t checked_mul(const st::tensor_view& v, std::int64_t a, std::int64_t b) {
+    std::int64_t product = 0;
+    if (__builtin_mul_overflow(a, b, &product))
+        fail(v, "shape " + shape_text(v.shape) + ": " + std::to_string(a) + " * " + std::to_string(b) +
+                    " overflows 64 bits");
+    return product;
+}
+// ceil(a / b) for a >= 0, b > 0, without the overflow of (a + b - 1) / b.
+std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return a / b + (a % b != 0 ? 1 : 0); }
+// A size from the file narrowed to the type the reference holds it in, checked first.
+template <class T>
+T narrow(const st::tensor_view& v, std::int64_t x, std::string_view what) {
+    if (x < std::numeric_limits<T>::min() || x > std::numeric_limits<T>::max())
+        fail(v, std::string(what) + " " + std::to_string(x) + " is out of range");
+    return static_cast<T>(x);
+}
+
+// A stored scale, table entry or code that decodes to NaN or an infinity would make the weight's
+// values so: refused, naming the tensor, the flat index and the byte offset.
+template <class T, class Decode>
+void expect_finite(const st::tensor_view& v, std::span<const T> stored, Decode decode) {
+    for (std::size_t i = 0; i < stored.size(); ++i) {
+        const float x = decode(stored[i]);
+        if (!std::isfinite(x))
+            fail(v, "value [" + std::to_string(i) + "] is " + (std::isnan(x) ? "NaN" : "infinite") +
+                        " (byte offset " + std::to_string(v.file_offset + i * sizeof(T)) + ")");
+    }
+}
+template <class T>
+void expect_finite(const st::tensor_view& v, const std::vector<T>& stored) {
+    expect_finite(v, std::span<const T>(stored), [](T x) { return to_float(x); });
+}
+template <std::size_t N>
+void expect_finite(const st::tensor_view& v, const std::array<float, N>& stored) {
+    expect_finite(v, std::span<const float>(stored), [](float x) { return x; });
+}
 
 // Copies of tensor data (the format does not promise alignment).
 template <class T>
@@ -128,7 +167,9 @@ struct blob_reader {
     }
     std::int64_t integer(const char* key) const {
         const json& v = at(key);
-        if (!v.is_number_integer()) fail(view, std::string("quant_state \"") + key + "\" is not an integer: " + v.dump());
+        if (!v.is_number_integer() ||
+            (v.is_number_unsigned() && v.get<std::uint64_t>() > std::uint64_t{std::numeric_limits<std::int64_t>::max()}))
+            fail(view, std::string("quant_state \"") + key + "\" is not a 64-bit integer: " + v.dump());
         return v.get<std::int64_t>();
     }
     std::string text(const char* key) const {
@@ -158,7 +199,7 @@ void import_bnb4(const tensor_set& s, const detected_weight& d, const import_opt
     if (quant_type != (type == qforge::dtype::nf4 ? "nf4" : "fp4"))
         fail(blob_view, "quant_state \"quant_type\" is \"" + quant_type + "\", which contradicts the key's suffix");
     const std::int64_t blocksize = blob.integer("blocksize");
-    if (blocksize > 4096 || !is_power_of_two_group(static_cast<std::int32_t>(blocksize)))
+    if (blocksize < 32 || blocksize > 4096 || !is_power_of_two_group(static_cast<std::int32_t>(blocksize)))
         fail(blob_view, "quant_state \"blocksize\" " + std::to_string(blocksize) + " is not a power of two from 32 to 4096");
     const std::string dtype_name = blob.text("dtype");
     const auto original = dtype_of_torch_name(dtype_name);
@@ -179,7 +220,7 @@ void import_bnb4(const tensor_set& s, const detected_weight& d, const import_opt
     t.cols = cols;
     t.blocksize = static_cast<std::int32_t>(blocksize);
     t.nested = nested;
-    const std::int64_t blocks = ceil_div(n, blocksize), packed = (n + 1) / 2;
+    const std::int64_t blocks = ceil_div(n, blocksize), packed = ceil_div(n, 2);
 
     const st::tensor_view* weight = s.find(w);
     if (!weight) fail_missing(blob_view, w);
@@ -214,6 +255,7 @@ void import_bnb4(const tensor_set& s, const detected_weight& d, const import_opt
             fail(nested_absmax ? *nested_absmax : *nested_map,
                  "present, but the quant_state blob '" + std::string(blob_view.name) + "' has no nested_* keys");
         t.absmax = values<float>(*absmax);
+        expect_finite(*absmax, t.absmax);
     } else {
         if (blob.integer("nested_blocksize") != nested_blocksize)
             fail(blob_view, "quant_state \"nested_blocksize\" is " + blob.at("nested_blocksize").dump() + ", expected 256");
@@ -222,6 +264,8 @@ void import_bnb4(const tensor_set& s, const detected_weight& d, const import_opt
         const json& offset = blob.at("nested_offset");
         if (!offset.is_number()) fail(blob_view, "quant_state \"nested_offset\" is not a number: " + offset.dump());
         t.nested_offset = static_cast<float>(offset.get<double>());  // bitsandbytes holds it as a float32 tensor
+        if (!std::isfinite(t.nested_offset))
+            fail(blob_view, "quant_state \"nested_offset\" " + offset.dump() + " is not a finite float32");
         if (!nested_absmax) fail_missing(*weight, nested_absmax_key);
         if (!nested_map) fail_missing(*weight, nested_map_key);
         expect_dtype(*nested_absmax, sdt::F32);
@@ -229,7 +273,10 @@ void import_bnb4(const tensor_set& s, const detected_weight& d, const import_opt
         t.absmax_codes = raw_bytes(*absmax);
         t.nested_absmax = values<float>(*nested_absmax);
         t.nested_quant_map = table<256>(*nested_map);
+        expect_finite(*nested_absmax, t.nested_absmax);
+        expect_finite(*nested_map, t.nested_quant_map);
     }
+    expect_finite(*quant_map, t.quant_map);
 
     q.cfg = config{type, 4, t.blocksize, nested, layout::bnb4, act_of(opt, compute::f32)};
     q.shape = {rows, cols};
@@ -264,6 +311,7 @@ void import_bnb8(const tensor_set& s, const detected_weight& d, const import_opt
     t.cols = cols;
     t.codes = values<std::int8_t>(*weight);
     t.scb = values<float>(scb);
+    expect_finite(scb, t.scb);
     q.cfg = config{qforge::dtype::int8_row, 8, per_channel, false, layout::bnb8, act_of(opt, compute::i8)};
     q.shape = {rows, cols};
     q.data = std::move(t);
@@ -328,11 +376,11 @@ void import_gptq(const tensor_set& s, const detected_weight& d, const import_opt
     const integer_tensors it = integer_tensors_of(s, module);
     const std::int64_t groups = it.scales.shape[0], rows = it.scales.shape[1];
     if (rows % 32 != 0) fail(it.scales, "N = " + std::to_string(rows) + " is not a multiple of 32 (GPTQ packing)");
-    if (it.qzeros.shape[0] != groups || (it.qzeros.shape[1] * 32) % rows != 0)
+    if (it.qzeros.shape[0] != groups || checked_mul(it.qzeros, it.qzeros.shape[1], 32) % rows != 0)
         fail(it.qzeros, "shape " + shape_text(it.qzeros.shape) + " is not [G, N*bits/32] = [" + std::to_string(groups) +
                             ", N*bits/32] for N = " + std::to_string(rows) + " and bits 2, 3, 4 or 8");
     const std::int64_t bits = it.qzeros.shape[1] * 32 / rows;
-    if (!gptq_bits_supported(static_cast<int>(bits)))
+    if (bits > 8 || !gptq_bits_supported(static_cast<int>(bits)))
         fail(it.qzeros, "shape " + shape_text(it.qzeros.shape) + " means " + std::to_string(bits) +
                             "-bit zeros for N = " + std::to_string(rows) + "; GPTQ has 2, 3, 4 or 8 bits");
     if (opt.expected && opt.expected->bits != bits)
@@ -341,7 +389,7 @@ void import_gptq(const tensor_set& s, const detected_weight& d, const import_opt
     if (it.qweight.shape[1] != rows || it.qweight.shape[0] <= 0 || it.qweight.shape[0] % bits != 0)
         fail(it.qweight, "shape " + shape_text(it.qweight.shape) + " is not [K*" + std::to_string(bits) + "/32, N] with N = " +
                              std::to_string(rows) + " and K a multiple of 32");
-    const std::int64_t cols = it.qweight.shape[0] * 32 / bits;
+    const std::int64_t cols = checked_mul(it.qweight, it.qweight.shape[0], 32) / bits;
     const std::string g_idx_key = module + ".g_idx";
     const st::tensor_view* g_idx = s.find(g_idx_key);
     if (!g_idx) fail_missing(it.qweight, g_idx_key);
@@ -353,11 +401,12 @@ void import_gptq(const tensor_set& s, const detected_weight& d, const import_opt
     t.cols = cols;
     t.bits = static_cast<int>(bits);
     const std::int32_t group = gptq_group(it.scales, cols, groups, opt.expected);
-    t.group = group == per_channel ? static_cast<std::int32_t>(cols) : group;
+    t.group = group == per_channel ? narrow<std::int32_t>(it.qweight, cols, "K") : group;
     t.v2 = opt.expected && opt.expected->storage == layout::gptq_v2;
     t.qweight = values<std::int32_t>(it.qweight);
     t.qzeros = values<std::int32_t>(it.qzeros);
     t.scales = values<f16>(it.scales);
+    expect_finite(it.scales, t.scales);
     t.g_idx = values<std::int32_t>(*g_idx);
     for (std::size_t k = 0; k < t.g_idx.size(); ++k)
         if (t.g_idx[k] < 0 || t.g_idx[k] >= groups)
@@ -401,10 +450,11 @@ void import_awq(const tensor_set& s, const detected_weight& d, const import_opti
     ref::awq_tensor t;
     t.rows = rows;
     t.cols = cols;
-    t.group = static_cast<std::int32_t>(group);
+    t.group = narrow<std::int32_t>(it.scales, group, "group size");
     t.qweight = values<std::int32_t>(it.qweight);
     t.qzeros = values<std::int32_t>(it.qzeros);
     t.scales = values<f16>(it.scales);
+    expect_finite(it.scales, t.scales);
     q.cfg = config{qforge::dtype::int_asym, 4, t.group, false, layout::awq_gemm, act_of(opt, compute::f32)};
     q.shape = {rows, cols};
     q.data = std::move(t);
@@ -430,6 +480,10 @@ void import_fp8(const tensor_set& s, const detected_weight& d, const import_opti
     t.tile_rows = t.tile_cols = fp8_tile;
     t.codes = raw_bytes(*weight);
     t.scale_inv = values<float>(scale_inv);
+    const bool e4m3 = t.type == qforge::dtype::fp8_e4m3;
+    expect_finite(*weight, std::span<const std::uint8_t>(t.codes),
+                  [e4m3](std::uint8_t c) { return e4m3 ? e4m3_to_float(c) : e5m2_to_float(c); });
+    expect_finite(scale_inv, t.scale_inv);
     q.cfg = config{t.type, 8, static_cast<std::int32_t>(fp8_tile), false, layout::fp8_block, act_of(opt, compute::f32)};
     q.shape = {rows, cols};
     q.data = std::move(t);
@@ -446,16 +500,17 @@ void import_mx(const tensor_set& s, const detected_weight& d, const import_optio
     expect_dtype(*scales, sdt::U8, "E8M0 scales");
     const shape_t lead(blocks.shape.begin(), blocks.shape.end() - 1);  // [..., N, K/32]
     expect_shape(*scales, lead, "one E8M0 scale per 32 elements, [..., N, K/32] like " + std::string(blocks.name));
+    if (std::ranges::find(lead, 0) != lead.end()) fail(blocks, "shape " + shape_text(blocks.shape) + " is empty");
     std::int64_t rows = 1;
-    for (std::size_t i = 0; i + 1 < lead.size(); ++i) rows *= lead[i];  // numel of blocks does not overflow
-    const std::int64_t cols = lead.back() * mx_block;
-    if (rows <= 0 || cols <= 0) fail(blocks, "shape " + shape_text(blocks.shape) + " is empty");
+    for (std::size_t i = 0; i + 1 < lead.size(); ++i) rows = checked_mul(blocks, rows, lead[i]);
+    const std::int64_t cols = checked_mul(blocks, lead.back(), mx_block);
 
     ref::mx_tensor t;
     t.rows = rows;
     t.cols = cols;
     t.blocks = raw_bytes(blocks);
     t.scales = raw_bytes(*scales);
+    expect_finite(*scales, std::span<const std::uint8_t>(t.scales), e8m0_to_float);  // 0xFF is NaN
     q.cfg = config{qforge::dtype::e2m1, 4, static_cast<std::int32_t>(mx_block), false, layout::mx, act_of(opt, compute::f32)};
     q.shape = shape_t(lead.begin(), lead.end() - 1);
     q.shape.push_back(cols);
@@ -625,7 +680,7 @@ detection detect(const tensor_set& s) {
             const st::tensor_view* scales = s.find(module + ".scales");
             // AWQ packs along N ([K, N/8]), GPTQ along K ([K*b/32, N]); only GPTQ has g_idx.
             const bool awq = !s.find(module + ".g_idx") && scales && scales->shape.size() == 2 && v->shape.size() == 2 &&
-                             v->shape[1] * awq_pack_codes == scales->shape[1];
+                             scales->shape[1] % awq_pack_codes == 0 && v->shape[1] == scales->shape[1] / awq_pack_codes;
             found(module + std::string(dot_weight), awq ? method::awq : method::gptq,
                   {key, module + ".qzeros", module + ".scales", module + ".g_idx"});
         } else if (ends_with(key, fp8_scale_inv)) {
@@ -796,6 +851,27 @@ void dequantize_weight_into(const quantized_weight& q, st::dtype out, std::span<
         throw std::invalid_argument("dequantize: weight '" + q.name + "' needs " + std::to_string(n * st::itemsize(out)) +
                                     " bytes, the buffer has " + std::to_string(dst.size()));
     kernels::dequantize_checkpoint(q.data, type, dst.data(), pool);
+    // Import refuses non-finite scales; finite ones can still overflow (FP8 scale_inv * 448, or
+    // a value beyond the f16 range): find the first non-finite value, a chunk at a time (the
+    // inner loop vectorizes).
+    const std::size_t size = st::itemsize(out);
+    const std::uint32_t exponent = out == sdt::F32 ? 0x7F800000u : out == sdt::BF16 ? 0x7F80u : 0x7C00u;
+    const auto bits = [&](std::size_t i) {
+        std::uint32_t v = 0;  // little-endian host: the low bytes of v
+        std::memcpy(&v, dst.data() + i * size, size);
+        return v;
+    };
+    for (std::size_t c0 = 0; c0 < n; c0 += 4096) {
+        const std::size_t c1 = std::min(n, c0 + 4096);
+        bool bad = false;
+        for (std::size_t i = c0; i < c1; ++i) bad |= (bits(i) & exponent) == exponent;
+        if (!bad) continue;
+        const auto cols = static_cast<std::size_t>(q.cols());
+        for (std::size_t i = c0; i < c1; ++i)
+            if ((bits(i) & exponent) == exponent)
+                throw io_error("weight '" + q.name + "': dequantized value [" + std::to_string(i / cols) + ", " +
+                               std::to_string(i % cols) + "] is not finite in " + std::string(st::to_string(out)));
+    }
 }
 
 std::vector<std::byte> dequantize_weight(const quantized_weight& q, st::dtype out, thread_pool* pool) {

@@ -5,6 +5,8 @@
 
 #include <qforge/config/aliases.hpp>
 
+#include <re2/re2.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cstdint>
@@ -59,15 +61,21 @@ bool truthy(const json& v) {
     return false;
 }
 
-// One regex per exclusion pattern, compiled the way Python's re.match uses it (anchored at the
-// start by match_continuous at search time). Python and ECMAScript agree on the patterns configs use.
-std::regex compile_pattern(const std::string& key, std::size_t index, const std::string& pattern) {
-    try {
-        return std::regex(pattern, std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
-        fail(key + "[" + std::to_string(index) + "]",
-             "'" + pattern + "' is not a valid regular expression (" + e.what() + ")");
-    }
+// One RE2 per exclusion pattern (hf.hpp: why RE2, and the limits). Python's re.match is an
+// anchored search: RE2::ANCHOR_START at match time.
+std::unique_ptr<const re2::RE2> compile_pattern(const std::string& key, std::size_t index, const std::string& pattern) {
+    const std::string at = key + "[" + std::to_string(index) + "]";
+    if (pattern.size() > max_pattern_length)
+        fail(at, "the pattern is " + std::to_string(pattern.size()) + " bytes long; qforge accepts at most " +
+                     std::to_string(max_pattern_length));
+    re2::RE2::Options options;
+    options.set_log_errors(false);
+    options.set_max_mem(max_pattern_memory);
+    auto re = std::make_unique<const re2::RE2>(pattern, options);
+    if (!re->ok())
+        fail(at, "'" + pattern + "' is not a valid regular expression (" + re->error() +
+                     (re->error_code() == re2::RE2::ErrorPatternTooLarge ? ": too complex" : "") + ")");
+    return re;
 }
 
 // Reads one quantization_config object key by key; every key looked up counts as known, the
@@ -131,6 +139,9 @@ public:
     // A list of exclusion patterns: strings that must compile as regular expressions.
     hf_module_list pattern_list(const std::string& key) {
         hf_module_list list = string_list(key);
+        if (list && list->size() > max_patterns)
+            fail(key, "lists " + std::to_string(list->size()) + " patterns; qforge accepts at most " +
+                          std::to_string(max_patterns));
         if (list)
             for (std::size_t i = 0; i < list->size(); ++i) compile_pattern(key, i, (*list)[i]);
         return list;
@@ -646,9 +657,14 @@ hf_module_filter::hf_module_filter(const hf_quant_config& q) {
     for (std::size_t i = 0; i < patterns_.size(); ++i) regexes_.push_back(compile_pattern(key, i, patterns_[i]));
 }
 
+hf_module_filter::~hf_module_filter() = default;
+hf_module_filter::hf_module_filter(hf_module_filter&&) noexcept = default;
+hf_module_filter& hf_module_filter::operator=(hf_module_filter&&) noexcept = default;
+
 bool hf_module_filter::excluded(std::string_view name) const {
     for (std::size_t i = 0; i < patterns_.size(); ++i)
-        if (std::regex_search(name.begin(), name.end(), regexes_[i], std::regex_constants::match_continuous) ||
+        if (regexes_[i]->Match(re2::StringPiece(name.data(), name.size()), 0, name.size(), re2::RE2::ANCHOR_START,
+                               nullptr, 0) ||
             name.ends_with(patterns_[i]))
             return true;
     if (keep_suffixes_)

@@ -4,11 +4,12 @@
 // after `__metadata__`, compact JSON padded with spaces to a multiple of 8.
 #include <qforge/io/safetensors.hpp>
 
+#include <qforge/io/staged_file.hpp>
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <cerrno>
 #include <functional>
 #include <limits>
@@ -165,6 +166,11 @@ public:
         read_length();
         const nlohmann::json root = parse_json();
         data_size_ = bytes_.size() - header_length_size - header_size;
+        if (root.size() > max_tensors + 1)  // + __metadata__
+            fail(file_, nullptr,
+                 "header lists " + std::to_string(root.size()) + " entries; the limit is " +
+                     std::to_string(max_tensors) + " tensors",
+                 header_length_size);
         for (const auto& [key, value] : root.items()) {
             if (key == "__metadata__")
                 read_metadata(value);
@@ -222,6 +228,8 @@ private:
         } catch (const nlohmann::json::parse_error& e) {
             const std::uint64_t at = header_length_size + (e.byte > 0 ? e.byte - 1 : 0);
             fail(file_, nullptr, "header is not valid UTF-8 JSON: " + escape_non_ascii(e.what()), at);
+        } catch (const nlohmann::json::exception& e) {  // e.g. out_of_range: a number beyond a double (1e400)
+            fail(file_, nullptr, "header is not valid: " + escape_non_ascii(e.what()), header_length_size);
         }
         if (!root.is_object())
             fail(file_, nullptr, std::string("header is a JSON ") + root.type_name() + ", not an object",
@@ -270,6 +278,8 @@ private:
 
         const auto& shape = value.at("shape");
         if (!shape.is_array()) bad(std::string("'shape' is a JSON ") + shape.type_name() + ", not an array");
+        if (shape.size() > max_rank)
+            bad("'shape' has " + std::to_string(shape.size()) + " dimensions; the limit is " + std::to_string(max_rank));
         for (const auto& d : shape) {
             const auto dim = unsigned_value(d, std::numeric_limits<std::int64_t>::max());
             if (!dim) bad("'shape' entry " + d.dump() + " is not an integer in [0, 2^63)");
@@ -588,105 +598,6 @@ std::array<std::byte, 8> length_prefix(std::uint64_t n) {
     return out;
 }
 
-// The temporary file of one write(): removed on destruction unless committed.
-class temp_file {
-public:
-    temp_file(std::filesystem::path target) : target_(std::move(target)) {
-        static std::atomic<unsigned> counter{0};
-        path_ = target_;
-        path_ += ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
-        fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0666);
-        if (fd_ < 0) fail_at("cannot create the temporary file", errno, 0, nullptr);
-        created_ = true;
-    }
-    temp_file(const temp_file&) = delete;
-    temp_file& operator=(const temp_file&) = delete;
-    ~temp_file() {
-        if (fd_ >= 0) ::close(fd_);
-        if (created_ && !committed_) ::unlink(path_.c_str());
-    }
-
-    void write_all(std::span<const std::byte> data, const std::string* tensor) {
-        while (!data.empty()) {
-            const std::size_t chunk = std::min<std::size_t>(data.size(), std::size_t{1} << 30);
-            const ssize_t n = ::write(fd_, data.data(), chunk);
-            if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) fail_at("write failed", n < 0 ? errno : EIO, written_, tensor);
-            written_ += static_cast<std::uint64_t>(n);
-            data = data.subspan(static_cast<std::size_t>(n));
-        }
-    }
-
-    // data at byte `at` of the file (write_deferred's tensors, in any order).
-    void write_at(std::uint64_t at, std::span<const std::byte> data, const std::string* tensor) {
-        while (!data.empty()) {
-            const std::size_t chunk = std::min<std::size_t>(data.size(), std::size_t{1} << 30);
-            const ssize_t n = ::pwrite(fd_, data.data(), chunk, static_cast<off_t>(at));
-            if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) fail_at("write failed", n < 0 ? errno : EIO, at, tensor);
-            at += static_cast<std::uint64_t>(n);
-            data = data.subspan(static_cast<std::size_t>(n));
-        }
-    }
-    // Moves the sequential position past a region filled by write_at later.
-    void skip(std::uint64_t bytes, const std::string* tensor) {
-        written_ += bytes;
-        if (::lseek(fd_, static_cast<off_t>(written_), SEEK_SET) < 0) fail_at("seek failed", errno, written_, tensor);
-    }
-
-    // `size` bytes of the file `fd` from `offset`, copied in the kernel where it can.
-    void copy_from(int fd, std::uint64_t offset, std::uint64_t size, const std::string* tensor) {
-        auto off = static_cast<off_t>(offset);
-        while (size > 0) {
-            const ssize_t n = ::copy_file_range(fd, &off, fd_, nullptr, std::min<std::uint64_t>(size, std::uint64_t{1} << 30), 0);
-            if (n < 0 && errno == EINTR) continue;
-            if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) break;
-            if (n <= 0) fail_at("copy failed", n < 0 ? errno : EIO, written_, tensor);
-            written_ += static_cast<std::uint64_t>(n);
-            size -= static_cast<std::uint64_t>(n);
-        }
-        std::vector<std::byte> buf(std::min<std::uint64_t>(size, std::uint64_t{1} << 22));
-        while (size > 0) {  // no kernel copy between these files: through a buffer
-            const ssize_t n = ::pread(fd, buf.data(), std::min<std::uint64_t>(size, buf.size()), off);
-            if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) fail_at("read of the source failed", n < 0 ? errno : EIO, written_, tensor);
-            write_all(std::span<const std::byte>(buf.data(), static_cast<std::size_t>(n)), tensor);
-            off += n;
-            size -= static_cast<std::uint64_t>(n);
-        }
-    }
-
-    void commit() {
-        if (::fsync(fd_) != 0) fail_at("fsync failed", errno, written_, nullptr);
-        const int fd = std::exchange(fd_, -1);
-        if (::close(fd) != 0) fail_at("close failed", errno, written_, nullptr);
-        if (::rename(path_.c_str(), target_.c_str()) != 0)
-            fail_at("cannot rename the temporary file over the target", errno, written_, nullptr);
-        committed_ = true;
-        sync_directory();
-    }
-
-private:
-    std::filesystem::path target_, path_;
-    int fd_ = -1;
-    bool created_ = false, committed_ = false;
-    std::uint64_t written_ = 0;
-
-    [[noreturn]] void fail_at(const std::string& what, int err, std::uint64_t offset, const std::string* tensor) const {
-        fail(target_.string(), tensor, what + " (" + path_.string() + "): " + errno_text(err), offset);
-    }
-
-    // Makes the rename durable. Best effort: the target is already replaced, so a failure here
-    // must not be reported as a failed write.
-    void sync_directory() const {
-        const std::filesystem::path dir = target_.has_parent_path() ? target_.parent_path() : ".";
-        const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0) return;
-        (void)::fsync(fd);
-        ::close(fd);
-    }
-};
-
 }  // namespace
 
 // The file, piece by piece, in order: sink(bytes, tensor name or nullptr), or for a file range
@@ -733,8 +644,17 @@ void writer::write(const std::filesystem::path& out) const {
 
 void writer::write_deferred(const std::filesystem::path& out, const std::function<void(const put_fn&)>& fill) const {
     if (!out.has_filename()) throw io_error("safetensors writer: '" + out.string() + "' names no file");
+    staged_file file(out);  // removed again if planning or writing fails
+    write_deferred(file, fill);
+    file.commit();
+}
+
+void writer::write(staged_file& file) const {
+    write_deferred(file, [](const put_fn&) {});
+}
+
+void writer::write_deferred(staged_file& file, const std::function<void(const put_fn&)>& fill) const {
     const layout l = plan();  // every error that does not need the disk comes first
-    temp_file tmp(out);
     // Where each deferred tensor goes, and whether it came.
     std::unordered_map<std::string_view, std::pair<std::uint64_t, const entry*>> deferred;
     std::uint64_t at = header_length_size + l.header.size();
@@ -743,12 +663,10 @@ void writer::write_deferred(const std::filesystem::path& out, const std::functio
         at += e->size();
     }
     emit(
-        l, [&tmp](std::span<const std::byte> piece, const std::string* tensor) { tmp.write_all(piece, tensor); },
-        [&tmp](const entry& e) {
-            if (e.deferred)
-                tmp.skip(e.file_size, &e.name);
-            else
-                tmp.copy_from(e.fd, e.file_offset, e.file_size, &e.name);
+        l, [&file](std::span<const std::byte> piece, const std::string* tensor) { file.write(piece, tensor); },
+        [&file](const entry& e) {
+            if (e.deferred) file.skip(e.file_size, &e.name);
+            else file.copy_from(e.fd, e.file_offset, e.file_size, &e.name);
         });
     std::set<std::string_view> done;
     fill([&](std::string_view name, std::span<const std::byte> bytes) {
@@ -759,13 +677,13 @@ void writer::write_deferred(const std::filesystem::path& out, const std::functio
             writer_fail(n, "holds " + std::to_string(bytes.size()) + " bytes, its shape needs " +
                                std::to_string(it->second.second->file_size));
         if (!done.insert(it->first).second) writer_fail(n, "written twice");
-        tmp.write_at(it->second.first, bytes, &n);
+        file.write_at(it->second.first, bytes, &n);
     });
     if (done.size() != deferred.size()) {
         for (const auto& [name, place] : deferred)
             if (!done.contains(name)) writer_fail(std::string(name), "was never written");
     }
-    tmp.commit();
+    file.finish();
 }
 
 }  // namespace qforge::safetensors

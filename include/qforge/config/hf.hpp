@@ -13,13 +13,17 @@
 #include <nlohmann/json.hpp>
 
 #include <array>
+#include <memory>
 #include <optional>
-#include <regex>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <variant>
 #include <vector>
+
+namespace re2 {
+class RE2;
+}
 
 namespace qforge {
 
@@ -149,20 +153,35 @@ config to_config(const hf_quant_config& q);
 // qforge, fp8 e5m2, per-tensor fp8.
 hf_quant_config to_hf_quant_config(const config& c);
 
-// Which modules stay unquantized (formats.md §7). A pattern `key` excludes `name` when the regex
-// `key` matches at the start of name (Python re.match: anchored at the start, not at the end; this
-// also covers transformers' `key + "\."` form) or name ends with key. A null or absent list means
-// ["lm_head"]. For GPTQ, modules_in_block_to_quantize (flattened) additionally keeps only the
-// modules whose name ends with one of its entries.
+// Which modules stay unquantized (formats.md §7), as transformers' should_convert_module decides:
+// a pattern `key` excludes `name` when the regular expression `key` matches at the start of name
+// (Python re.match: anchored at the start, not at the end; this also covers transformers'
+// `key + "\."` form) or name ends with key. A null or absent list means ["lm_head"]. For GPTQ,
+// modules_in_block_to_quantize (flattened) additionally keeps only the modules whose name ends
+// with one of its entries.
+//
+// Patterns come from configs that strangers publish, so they run on RE2: matching takes time
+// linear in the name, with bounded memory and no recursion. A pattern is refused (hf_config_error
+// naming the key and index) when it is longer than max_pattern_length bytes, when RE2 cannot
+// compile it within max_pattern_memory bytes, or when its syntax is one Python's `re` rejects
+// too (e.g. "multiple repeat" `.**`, an unbalanced parenthesis, a bad escape such as `\8`).
+// RE2 also refuses the few Python constructs that need backtracking (backreferences, lookaround).
+inline constexpr std::size_t max_pattern_length = 1024;
+inline constexpr std::size_t max_patterns = 10'000;       // entries of one list
+inline constexpr std::int64_t max_pattern_memory = 1 << 20;  // RE2's max_mem, per pattern
+
 class hf_module_filter {
 public:
     explicit hf_module_filter(const hf_quant_config& q);
+    ~hf_module_filter();
+    hf_module_filter(hf_module_filter&&) noexcept;
+    hf_module_filter& operator=(hf_module_filter&&) noexcept;
     bool excluded(std::string_view module_name) const;
     const std::vector<std::string>& skip_patterns() const { return patterns_; }
 
 private:
     std::vector<std::string> patterns_;
-    std::vector<std::regex> regexes_;
+    std::vector<std::unique_ptr<const re2::RE2>> regexes_;
     std::optional<std::vector<std::string>> keep_suffixes_;
 };
 

@@ -1,7 +1,11 @@
 // Checkpoint layouts of every method (formats.md §1-6): which safetensors keys, dtypes and shapes
 // hold one quantized weight, read into the scalar reference's checkpoint-shaped structs (import)
 // and written back exactly as transformers loads them (export). Import -> export is
-// byte-identical for every file qforge accepts.
+// byte-identical for every file qforge accepts, but for one part: the bnb 4-bit quant_state blob
+// is written as bitsandbytes writes it (json.dumps with its key order, nested_offset as the repr
+// of its float32 value). A blob that is valid JSON in another layout (other spacing or key order,
+// extra keys, a nested_offset with more digits than its float32) imports to the same values and
+// exports in bitsandbytes' layout, hence with other bytes.
 //
 // A quantized weight is named by the plain tensor it stands for, `W = <module>.weight`:
 //   bnb 4-bit  W (packed codes), W.absmax, W.quant_map, [W.nested_absmax, W.nested_quant_map],
@@ -103,7 +107,9 @@ struct quantized_weight {
 };
 
 // Reads and validates every tensor of a detected weight (dtypes and shapes against each other,
-// the bnb blob, g_idx ranges, ...).
+// the bnb blob, g_idx ranges, ...). A scale, code table entry or code that decodes to NaN or an
+// infinity (GPTQ/AWQ scales, bnb absmax and tables, SCB, FP8 codes and scale_inv, E8M0 0xFF) is
+// refused, naming the tensor, the index and the byte offset.
 quantized_weight import_weight(const tensor_set& s, const detected_weight& d, const import_options& opt = {});
 // The weight `<module_prefix>.weight` of one file, whatever its method; io_error when it is not
 // quantized.
@@ -130,7 +136,8 @@ quantized_weight quantize_tensor(const st::tensor_view& v, const config& cfg, co
                                  thread_pool* pool = nullptr);
 
 // The plain weight's values as `out` (F32, BF16 or F16): the reference's f32 dequantization,
-// rounded to nearest even (on the SIMD kernels, split over `pool` when given).
+// rounded to nearest even (on the SIMD kernels, split over `pool` when given). io_error naming
+// the weight and [n, k] when a value is not finite in `out` (finite scales times codes can overflow).
 std::vector<std::byte> dequantize_weight(const quantized_weight& q, st::dtype out, thread_pool* pool = nullptr);
 // The same into `dst` (rows * cols * itemsize(out) bytes, else std::invalid_argument): a caller
 // that reuses one buffer for every tensor pays the page faults of fresh memory once.

@@ -29,6 +29,8 @@
 
 namespace qforge {
 
+class staged_file;
+
 // Any failure to read, validate or write a checkpoint file.
 struct io_error : std::runtime_error {
     using std::runtime_error::runtime_error;
@@ -49,8 +51,12 @@ std::string_view to_string(dtype t);                      // "F32", "F8_E4M3", .
 std::optional<dtype> parse_dtype(std::string_view name);  // exact, case-sensitive
 std::size_t itemsize(dtype t);                            // bytes per element
 
-// The library rejects headers larger than this, on reading and on writing.
+// Limits of the reader (docs/limits.md). Headers larger than max_header_size are rejected on
+// reading and on writing (as the Python library does); more tensors than max_tensors, or a shape
+// of more than max_rank dimensions, on reading.
 inline constexpr std::uint64_t max_header_size = 100'000'000;
+inline constexpr std::size_t max_tensors = 1'000'000;
+inline constexpr std::size_t max_rank = 32;
 
 // The dtype a C++ element type stands for, for the typed helpers. FP8 / E8M0 codes have no C++
 // type of their own: read them as std::uint8_t with an explicit dtype, e.g.
@@ -145,10 +151,11 @@ using metadata_map = std::map<std::string, std::string, std::less<>>;
 // across moves. The file must not be truncated while it is open (the mapping would fault).
 //
 // Rejected (io_error naming file, byte offset, tensor): file shorter than 8 bytes; header length
-// beyond the file or above max_header_size; header not UTF-8 JSON, not an object, or with a
-// duplicate key; an entry that is not an object with dtype (string), shape (array of integers
-// in [0, 2^63)) and data_offsets (two unsigned integers); unknown dtype; shape product or byte
-// size overflowing 64 bits; begin > end; end beyond the data section; end - begin != numel *
+// beyond the file or above max_header_size; header not UTF-8 JSON, not an object, with a
+// duplicate key or with a number beyond a double (1e400); more than max_tensors entries; an
+// entry that is not an object with dtype (string), shape (array of at most max_rank integers in
+// [0, 2^63)) and data_offsets (two unsigned integers); unknown dtype; shape product or byte size
+// overflowing 64 bits; begin > end; end beyond the data section; end - begin != numel *
 // itemsize; overlapping tensors; bytes of the data section not covered by any tensor;
 // `__metadata__` not a string -> string map (null counts as absent, as in the library).
 class reader {
@@ -226,9 +233,9 @@ public:
 
     // The whole file in memory.
     std::vector<std::byte> serialize() const;
-    // Writes `<out>.tmp.<pid>.<n>` in out's directory, fsyncs it, renames it over `out`, then
-    // fsyncs the directory. On any failure the temp file is removed, `out` is untouched, and an
-    // io_error names the file and the byte offset reached.
+    // Writes a staged file beside `out` (staged_file.hpp), fsyncs it, renames it over `out`, then
+    // fsyncs the directory. On any failure the temporary file is removed, `out` is untouched, and
+    // an io_error names `out` and the byte offset reached.
     void write(const std::filesystem::path& out) const;
     // As write(), for a writer with deferred tensors: writes the header and every other tensor,
     // then calls fill(put); put(name, bytes) writes the bytes of deferred tensor `name` in place
@@ -236,6 +243,10 @@ public:
     // put before fill returns.
     using put_fn = std::function<void(std::string_view name, std::span<const std::byte> bytes)>;
     void write_deferred(const std::filesystem::path& out, const std::function<void(const put_fn&)>& fill) const;
+    // The same into `file`, finished (fsync, close) but not committed: the caller commits (several
+    // files at once).
+    void write(staged_file& file) const;
+    void write_deferred(staged_file& file, const std::function<void(const put_fn&)>& fill) const;
 
 private:
     struct entry {

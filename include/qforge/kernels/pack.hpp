@@ -79,7 +79,7 @@ inline void rows_with_scales(packed_weights& p) {
     p.row_stride = p.row_codes_offset + pad(r.codes);
     weight_buffer rows(size(p.row_stride), 0);
     const auto copy = [](std::uint8_t* to, const weight_buffer& from, std::int64_t row, std::int64_t bytes) {
-        std::memcpy(to, from.data() + row * bytes, static_cast<std::size_t>(bytes));
+        if (bytes > 0) std::memcpy(to, from.data() + row * bytes, static_cast<std::size_t>(bytes));  // zeros may be empty (null)
     };
     for (std::int64_t n = 0; n < p.rows; ++n) {
         std::uint8_t* row = rows.data() + n * p.row_stride;

@@ -79,7 +79,7 @@ struct weights_view {
 inline constexpr std::int64_t llm_int8_max_cols = 2147483647 / (128 * 128);
 
 // The layouts whose rows can carry their scales (and zero points): bnb4, mx, qforge.
-inline bool rows_can_carry_scales(const config& cfg) {
+[[gnu::always_inline]] inline bool rows_can_carry_scales(const config& cfg) {
     return cfg.storage == layout::bnb4 || cfg.storage == layout::mx || cfg.storage == layout::qforge;
 }
 // In those layouts: the bits of a code (qforge: the integer width, 2, 3, 4 or 8; bnb4 and mx:
@@ -93,7 +93,7 @@ constexpr std::int64_t row_blocks_of(const config& cfg, std::int64_t cols) {
 struct row_parts {
     std::int64_t codes, scales, zeros;
 };
-inline row_parts row_bytes(const config& cfg, std::int64_t cols) {
+[[gnu::always_inline]] inline row_parts row_bytes(const config& cfg, std::int64_t cols) {
     const std::int64_t blocks = row_blocks_of(cfg, cols);
     return {cols * row_code_bits(cfg) / 8,
             blocks * (cfg.storage == layout::qforge ? 2 : cfg.storage == layout::mx || cfg.double_quant ? 1 : 4),

@@ -51,7 +51,7 @@ struct code_traits<dtype::fp4> : table_code_traits<dtype::fp4> {
 };
 // The code of table index i (0..15) of a bits-wide integer: its low bits. The f32 lookups index
 // by 4 bits; above a 2- or 3-bit code lie the next field's bits, so the table repeats.
-inline int integer_code(int i, int bits) { return bits < 4 ? i & ((1 << bits) - 1) : i; }
+[[gnu::always_inline]] inline int integer_code(int i, int bits) { return bits < 4 ? i & ((1 << bits) - 1) : i; }
 
 // Symmetric integers: value = code - 2^(bits-1), exact in both paths.
 template <>
@@ -83,7 +83,7 @@ inline constexpr bool has_zeros = P::type == dtype::int_asym;
 // Where the stored per-block values T (scales, zero points) of blocks [b0, ...) of row n are:
 // in the row (row_stride, weights.hpp) or in the dense [N, K / group] array at `values`.
 template <class P, class T>
-inline const T* row_blocks(const weights_view& w, const void* values, std::int64_t n, std::int64_t b0) {
+[[gnu::always_inline]] inline const T* row_blocks(const weights_view& w, const void* values, std::int64_t n, std::int64_t b0) {
     const auto* base = static_cast<const std::uint8_t*>(values);
     const std::int64_t dense = row_blocks_of(P::cfg, w.cols) * std::int64_t{sizeof(T)};
     return reinterpret_cast<const T*>(base + n * (w.row_stride != 0 ? w.row_stride : dense)) + b0;
@@ -132,7 +132,7 @@ struct layout_traits<layout::bnb4> {
         if constexpr (!P::double_quant) {
             // copied, in both arrangements: returning `row` made the cold NF4 GEMVs about 1.2x
             // slower (i8 and f32; measured, the cause not pinned down)
-            for (int i = 0; i < nb; ++i) buf[i] = row[i];
+            for (int i = 0; i < nb; ++i) buf[i] = simd::load<float>(row + i);
             return buf;
         } else {
             // formats.md §1: absmax = map[q] * nested_absmax[b / 256], then + offset (two roundings)

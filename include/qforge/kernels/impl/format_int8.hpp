@@ -40,7 +40,7 @@ constexpr void check_kernel_policy() {
 
 // The group size of the weights (per_channel: the whole row).
 template <class P>
-inline std::int64_t int8_group(const weights_view& w) {
+[[gnu::always_inline]] inline std::int64_t int8_group(const weights_view& w) {
     return P::group == per_channel ? w.cols : P::group;
 }
 

@@ -19,10 +19,10 @@ inline constexpr int gemm_i8_mr = std::is_base_of_v<xsimd::avx512f, A> ? 4 : 2;
 inline constexpr int gemm_i8_nr = 2;
 
 template <class T>
-inline T smaller(T a, T b) { return a < b ? a : b; }
+[[gnu::always_inline]] inline T smaller(T a, T b) { return a < b ? a : b; }
 
 // y[i, n] = bias[n] (or 0) for the M rows of the output range [n0, n1): the tiles add to it.
-inline void init_output(const float* bias, float* y, std::int64_t m, std::int64_t ldy, std::int64_t n0, std::int64_t n1) {
+[[gnu::always_inline]] inline void init_output(const float* bias, float* y, std::int64_t m, std::int64_t ldy, std::int64_t n0, std::int64_t n1) {
     for (std::int64_t i = 0; i < m; ++i)
         for (std::int64_t n = n0; n < n1; ++n) y[i * ldy + n] = bias ? bias[n] : 0.0f;
 }

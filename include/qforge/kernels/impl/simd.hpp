@@ -38,6 +38,16 @@ template <class A>
 inline constexpr bool has_vnni = std::is_base_of_v<avx512vnni, A>;
 
 // Calls f(std::integral_constant<int, I>{}) for I = 0 .. N-1, unrolled at compile time.
+// The T at p, which may be misaligned for T (checkpoints and dense arrays promise no alignment):
+// memcpy is the defined way to read it and compiles to one load. Always inlined, so that no
+// copy compiled with one ISA's flags can be shared with another's callers (check_symbols.py).
+template <class T>
+[[gnu::always_inline]] inline T load(const void* p) {
+    T v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
 template <int N, class F>
 inline void unroll(F&& f) {
     [&]<int... I>(std::integer_sequence<int, I...>) {
@@ -67,7 +77,7 @@ inline xsimd::batch<T, A> in_register(const T* p) {
 // ahead, a second prefetch further ahead into L2, or one prefetch per 2 or 4 lines took 0-13% longer.
 // The address may lie past the buffer: prefetches never fault.
 inline constexpr std::uintptr_t prefetch_distance = 4096;
-inline void prefetch_ahead(const void* p) {
+[[gnu::always_inline]] inline void prefetch_ahead(const void* p) {
     __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(p) + prefetch_distance), 0, 3);
 }
 
@@ -222,8 +232,9 @@ inline void store_i8(const i32v<A>& v, std::int8_t* out, requires_arch<xsimd::ge
 template <class A>
 inline void f16_to_f32(const std::uint16_t* h, int n, float* out, requires_arch<xsimd::generic>) {
     for (int i = 0; i < n; ++i) {
-        const std::uint32_t sign = static_cast<std::uint32_t>(h[i] & 0x8000u) << 16;
-        const std::uint32_t exp = (h[i] >> 10) & 0x1F, man = h[i] & 0x3FFu;
+        const std::uint16_t x = load<std::uint16_t>(h + i);
+        const std::uint32_t sign = static_cast<std::uint32_t>(x & 0x8000u) << 16;
+        const std::uint32_t exp = (x >> 10) & 0x1F, man = x & 0x3FFu;
         std::uint32_t bits;
         if (exp == 0x1F) {
             bits = sign | 0x7F800000u | (man << 13);
@@ -375,7 +386,7 @@ template <class A>
 inline void f16_to_f32(const std::uint16_t* h, int n, float* out, requires_arch<xsimd::avx2>) {
     int i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
-    for (; i < n; ++i) out[i] = _cvtsh_ss(h[i]);
+    for (; i < n; ++i) out[i] = _cvtsh_ss(load<std::uint16_t>(h + i));
 }
 #endif  // AVX2 (+F16C)
 
@@ -487,7 +498,7 @@ inline void f16_to_f32(const std::uint16_t* h, int n, float* out, requires_arch<
     int i = 0;
     for (; i + 16 <= n; i += 16)
         _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + i))));
-    for (; i < n; ++i) out[i] = _cvtsh_ss(h[i]);
+    for (; i < n; ++i) out[i] = _cvtsh_ss(load<std::uint16_t>(h + i));
 }
 #endif  // AVX-512 F/BW
 
