@@ -190,6 +190,23 @@ const kernel& registry::find(const config& cfg, op o) const {
     throw unsupported_config(msg, std::move(near));
 }
 
+config kernel_config_for(const config& stored, compute wanted) {
+    config k = stored;
+    if (is_gptq(k.storage) || k.storage == layout::awq_gemm) k.storage = layout::qforge;
+    k.act = wanted;
+    if (check(k) != config_rule::ok) {  // e.g. LLM.int8 with f32 activations: say which kernels exist
+        const registry& r = registry::global();
+        std::vector<std::string> near = r.nearest(k);
+        std::string msg = "qforge: no kernel runs " + canonical_name(stored) + " weights with " +
+                          std::string(to_string(wanted)) + " activations (" + std::string(describe(check(k)).message) +
+                          "); nearest supported:";
+        for (const std::string& n : near) msg += " " + n;
+        throw unsupported_config(msg, std::move(near));
+    }
+    (void)registry::global().find(k, op::gemv);  // throws unsupported_config naming the nearest
+    return k;
+}
+
 std::vector<std::string> registry::names() const {
     std::set<std::string> unique;
     for (const kernel& k : kernels_) unique.insert(std::string(k.name));
