@@ -18,6 +18,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "isa_under_test.hpp"
+
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -37,18 +39,6 @@ const std::vector<config> kernel_list = {
 #include <qforge_kernel_list.inc>
 #undef QFORGE_KERNEL
 };
-
-bool isa_under_test_runs() {
-    const char* forced = std::getenv("QFORGE_ISA");
-    if (forced == nullptr || *forced == '\0') return true;
-    const auto wanted = isa_from_string(forced);
-    REQUIRE(wanted.has_value());
-    if (!cpu_supports(*wanted)) {
-        WARN("this CPU has no " << forced << ": skipped");
-        return false;
-    }
-    return true;
-}
 
 // The configs this run tests: built, and compiled for the active ISA (else their avx512_vnni
 // kernel runs, tested in that run).
