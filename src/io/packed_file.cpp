@@ -85,6 +85,14 @@ void put(std::vector<std::uint8_t>& out, T v) {
     std::memcpy(out.data() + at, &v, sizeof(T));
 }
 
+// Whether v is the value of an enumerator of the vocabulary (config/vocabulary.hpp).
+template <class Tokens>
+bool known(const Tokens& tokens, std::uint8_t v) {
+    for (const auto& t : tokens)
+        if (static_cast<std::uint8_t>(t.value) == v) return true;
+    return false;
+}
+
 [[noreturn]] void fail(const std::filesystem::path& file, const std::string& why) {
     throw io_error("packed file " + file.string() + ": " + why);
 }
@@ -235,8 +243,8 @@ std::shared_ptr<const mapped> open(const std::filesystem::path& file) {
         std::uint8_t type = 0, bits = 0, dq = 0, storage = 0, act = 0, pad[3] = {};
         std::int32_t group = 0;
         get(type), get(bits), get(dq), get(storage), get(act), get(pad), get(group);
-        if (type > static_cast<std::uint8_t>(dtype::e2m1) || storage > static_cast<std::uint8_t>(layout::qforge) ||
-            act > static_cast<std::uint8_t>(compute::i8) || dq > 1 || pad[0] != 0 || pad[1] != 0 || pad[2] != 0)
+        if (!known(dtype_tokens, type) || !known(layout_tokens, storage) || !known(compute_tokens, act) || dq > 1 ||
+            pad[0] != 0 || pad[1] != 0 || pad[2] != 0)
             at(record_at, what)("unknown config field values");
         weights_view w;
         w.cfg = {static_cast<dtype>(type), bits, group, dq != 0, static_cast<layout>(storage), static_cast<compute>(act)};
