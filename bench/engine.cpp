@@ -168,7 +168,7 @@ void startup_checkpoint(benchmark::State& state, config cfg) {
         std::vector<matrix> ms;
         for (const checkpoint::detected_weight& d : checkpoint::detect(s).weights) {
             const checkpoint::quantized_weight q = checkpoint::import_weight(s, d);
-            ms.emplace_back(pack_weights(kernel_config_for(q.cfg, cfg.act), q.data, q.name));
+            ms.emplace_back(pack_weights(kernel_config_for(q.cfg, cfg.act, q.cols()), q.data, q.name));
         }
         run_all(ms);
     }

@@ -25,7 +25,7 @@ int main() {
 
     using P = qforge::qlora_nf4;
     const qforge::ref::quantized q = qforge::ref::quantize(P::cfg, std::span<const float>(w), n, k);
-    const qforge::packed_weights weights = qforge::pack_weights(P::cfg, q);  // bnb bytes as stored
+    const qforge::packed_weights weights = qforge::pack_weights<P>(q);  // bnb bytes as stored
 
     std::vector<float> x(k), y(n);
     for (std::int64_t i = 0; i < k; ++i) x[static_cast<std::size_t>(i)] = std::sin(0.01f * static_cast<float>(i));

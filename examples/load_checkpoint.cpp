@@ -30,11 +30,11 @@ namespace ck = qforge::checkpoint;
 
 // The kernel configs to try for a stored layout: its own compute path first, then f32
 // (kernel_config_for maps GPTQ / AWQ to qforge's layout and refuses paths with no kernel).
-std::vector<qforge::config> kernel_configs(const qforge::config& stored) {
+std::vector<qforge::config> kernel_configs(const qforge::config& stored, std::int64_t cols) {
     std::vector<qforge::config> out;
     for (const qforge::compute act : {stored.act, qforge::compute::f32}) {
         try {
-            const qforge::config k = qforge::kernel_config_for(stored, act);
+            const qforge::config k = qforge::kernel_config_for(stored, act, cols);
             if (out.empty() || out.back() != k) out.push_back(k);
         } catch (const qforge::unsupported_config&) {  // e.g. LLM.int8 has only the i8 path
         }
@@ -90,7 +90,7 @@ int main(int argc, char** argv) {
             const std::vector<double> reference = qforge::ref::gemv(q.data, x, bias);
             std::vector<float> y(static_cast<std::size_t>(rows));
             std::string path = "scalar reference (no kernel for this layout in this build)";
-            for (const qforge::config& kcfg : kernel_configs(q.cfg)) {
+            for (const qforge::config& kcfg : kernel_configs(q.cfg, cols)) {
                 try {
                     const qforge::kernel& k = qforge::registry::global().find(kcfg, qforge::op::gemv);
                     qforge::packed_weights packed = qforge::pack_weights(kcfg, q.data, q.name);  // repacked once

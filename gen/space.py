@@ -1,6 +1,14 @@
 """The design space: the product of the axes, and the one predicate that prunes it to the configs
 that get kernels. Adding a value to an axis (or relaxing the predicate) adds kernels, their
 tests and their benchmarks; nothing else needs to change.
+
+Which axes are compile time: all of them, for the configs below (the compiled tier: the group
+loop unrolled, the code table and the compute path fixed). The group is the one axis that is
+also a run-time value: a stored group that is a multiple of a compiled one runs on the compiled
+kernel with its scales repeated at pack time (the regrouped tier, kernels::kernel_config_of in
+include/qforge/kernels/kernels.hpp). So this space compiles the smallest group each layout needs
+(bnb block 64, integer group 32 or 128, FP8 tile 128) plus the common ones worth their own code
+(int4 g128: fewer scale bytes than g32), and no group is compiled twice for speed alone.
 """
 
 import itertools
@@ -8,20 +16,21 @@ import itertools
 from vocabulary import PER_CHANNEL, Config
 
 AXES = {
-    "type": ["nf4", "fp4", "int_sym", "fp8_e4m3", "e2m1", "int8_row", "int_asym"],
+    "type": ["nf4", "fp4", "int_sym", "fp8_e4m3", "e2m1", "int8_row", "int_asym", "fp8_e5m2"],
     "bits": [4, 8, 2, 3],
     "group": [32, 64, 128, PER_CHANNEL],
     "double_quant": [False, True],
     "storage": ["bnb4", "qforge", "fp8_block", "mx", "bnb8"],
-    "act": ["f32", "bf16", "i8"],
+    "act": ["f32", "bf16", "i8", "f16"],
 }
 
 
 def has_kernel(c: Config) -> bool:
     """The pruning predicate: what kernels/impl/ implements and is worth compiling.
 
-    - compute paths f32 and i8; bf16 (bitsandbytes' compute dtype, e.g. QLoRA) for the bnb formats
-      only; f16: no kernels yet;
+    - compute paths f32 and i8 where listed below; bf16 (bitsandbytes' compute dtype, e.g. QLoRA)
+      for the bnb formats, FP8 and MXFP4 (whose models run in bf16); f16 (bnb_4bit_compute_dtype
+      float16, and the f16 models of GPTQ / AWQ int4 g128) for the bnb formats and int4 g128;
     - bitsandbytes NF4 / FP4 in their checkpoint layout, blocksize 64 (transformers' only one),
       with and without double quantization;
     - symmetric int4 in qforge's repacked layout (GPTQ is repacked into it), groups 32 (the
@@ -32,20 +41,24 @@ def has_kernel(c: Config) -> bool:
       per channel (GPTQ group_size -1), f32 and i8 paths;
     - 2- and 3-bit GPTQ integers, sym and asym, group 128, f32 and i8 paths: 2-bit codes four per
       byte, 3-bit ones as 2-bit codes plus a plane of third bits (kernels/weights.hpp);
-    - FineGrainedFP8 E4M3 with 128x128 tiles (DeepSeek / transformers), f32 path;
+    - FineGrainedFP8 E4M3 with 128x128 tiles (DeepSeek / transformers), and E5M2 in the same tiles,
+      f32 and bf16 paths;
     - OCP MXFP4 (E2M1, E8M0 scale per 32), f32 and i8 paths (E2M1 levels times 2 are exact);
     - LLM.int8() (bitsandbytes load_in_8bit): int8 rows with one absmax each, the outlier-threshold
       matmul with int8 activations (kernels/impl/llm_int8.hpp).
     """
     if c.type in ("nf4", "fp4"):
-        return c.storage == "bnb4" and c.bits == 4 and c.group == 64 and c.act in ("f32", "bf16", "i8")
+        return c.storage == "bnb4" and c.bits == 4 and c.group == 64 and c.act in ("f32", "bf16", "i8", "f16")
     if c.type in ("int_sym", "int_asym"):
         groups = {4: (32, 128), 8: (128, PER_CHANNEL), 2: (128,), 3: (128,)}[c.bits]
-        return (c.storage == "qforge" and not c.double_quant and c.group in groups and c.act in ("f32", "i8"))
-    if c.type == "fp8_e4m3":
-        return c.storage == "fp8_block" and c.bits == 8 and c.group == 128 and not c.double_quant and c.act == "f32"
+        acts = ("f32", "i8", "f16") if (c.bits, c.group) == (4, 128) else ("f32", "i8")
+        return (c.storage == "qforge" and not c.double_quant and c.group in groups and c.act in acts)
+    if c.type in ("fp8_e4m3", "fp8_e5m2"):
+        return (c.storage == "fp8_block" and c.bits == 8 and c.group == 128 and not c.double_quant
+                and c.act in ("f32", "bf16"))
     if c.type == "e2m1":
-        return c.storage == "mx" and c.bits == 4 and c.group == 32 and not c.double_quant and c.act in ("f32", "i8")
+        return (c.storage == "mx" and c.bits == 4 and c.group == 32 and not c.double_quant
+                and c.act in ("f32", "i8", "bf16"))
     if c.type == "int8_row":
         return c.storage == "bnb8" and c.bits == 8 and c.group == PER_CHANNEL and not c.double_quant and c.act == "i8"
     return False

@@ -8,6 +8,10 @@
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(e2m1, 4, 32, false, mx, f32)>,
                            qforge::kernels::arch_t<qforge::isa::avx2>)
 #endif
+#if QFORGE_SELECTED_e2m1_g32_mx_bf16
+QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(e2m1, 4, 32, false, mx, bf16)>,
+                           qforge::kernels::arch_t<qforge::isa::avx2>)
+#endif
 #if QFORGE_SELECTED_e2m1_g32_mx_i8
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(e2m1, 4, 32, false, mx, i8)>,
                            qforge::kernels::arch_t<qforge::isa::avx2>)
@@ -19,6 +23,10 @@ void register_e2m1_mx_avx2(registry& r) {
 #if QFORGE_SELECTED_e2m1_g32_mx_f32
     register_policy<policy<QFORGE_KERNEL_CONFIG(e2m1, 4, 32, false, mx, f32)>, arch_t<isa::avx2>>(
         r, "e2m1_g32_mx_f32");
+#endif
+#if QFORGE_SELECTED_e2m1_g32_mx_bf16
+    register_policy<policy<QFORGE_KERNEL_CONFIG(e2m1, 4, 32, false, mx, bf16)>, arch_t<isa::avx2>>(
+        r, "e2m1_g32_mx_bf16");
 #endif
 #if QFORGE_SELECTED_e2m1_g32_mx_i8
     register_policy<policy<QFORGE_KERNEL_CONFIG(e2m1, 4, 32, false, mx, i8)>, arch_t<isa::avx2>>(

@@ -20,6 +20,10 @@ QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(int_asym, 4, 128,
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(int_asym, 4, 128, false, qforge, i8)>,
                            qforge::kernels::arch_t<qforge::isa::avx512>)
 #endif
+#if QFORGE_SELECTED_int4asym_g128_qf_f16
+QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(int_asym, 4, 128, false, qforge, f16)>,
+                           qforge::kernels::arch_t<qforge::isa::avx512>)
+#endif
 
 namespace qforge::kernels::generated {
 
@@ -39,6 +43,10 @@ void register_int4asym_qf_avx512(registry& r) {
 #if QFORGE_SELECTED_int4asym_g128_qf_i8
     register_policy<policy<QFORGE_KERNEL_CONFIG(int_asym, 4, 128, false, qforge, i8)>, arch_t<isa::avx512>>(
         r, "int4asym_g128_qf_i8");
+#endif
+#if QFORGE_SELECTED_int4asym_g128_qf_f16
+    register_policy<policy<QFORGE_KERNEL_CONFIG(int_asym, 4, 128, false, qforge, f16)>, arch_t<isa::avx512>>(
+        r, "int4asym_g128_qf_f16");
 #endif
     (void)r;
 }

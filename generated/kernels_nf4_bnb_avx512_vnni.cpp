@@ -16,6 +16,10 @@ QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false, bnb4, i8)>,
                            qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
 #endif
+#if QFORGE_SELECTED_nf4_b64_bnb_f16
+QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false, bnb4, f16)>,
+                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
+#endif
 #if QFORGE_SELECTED_nf4_b64_dq_bnb_f32
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true, bnb4, f32)>,
                            qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
@@ -26,6 +30,10 @@ QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true,
 #endif
 #if QFORGE_SELECTED_nf4_b64_dq_bnb_i8
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true, bnb4, i8)>,
+                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
+#endif
+#if QFORGE_SELECTED_nf4_b64_dq_bnb_f16
+QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true, bnb4, f16)>,
                            qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
 #endif
 
@@ -44,6 +52,10 @@ void register_nf4_bnb_avx512_vnni(registry& r) {
     register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false, bnb4, i8)>, arch_t<isa::avx512_vnni>>(
         r, "nf4_b64_bnb_i8");
 #endif
+#if QFORGE_SELECTED_nf4_b64_bnb_f16
+    register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false, bnb4, f16)>, arch_t<isa::avx512_vnni>>(
+        r, "nf4_b64_bnb_f16");
+#endif
 #if QFORGE_SELECTED_nf4_b64_dq_bnb_f32
     register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true, bnb4, f32)>, arch_t<isa::avx512_vnni>>(
         r, "nf4_b64_dq_bnb_f32");
@@ -55,6 +67,10 @@ void register_nf4_bnb_avx512_vnni(registry& r) {
 #if QFORGE_SELECTED_nf4_b64_dq_bnb_i8
     register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true, bnb4, i8)>, arch_t<isa::avx512_vnni>>(
         r, "nf4_b64_dq_bnb_i8");
+#endif
+#if QFORGE_SELECTED_nf4_b64_dq_bnb_f16
+    register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true, bnb4, f16)>, arch_t<isa::avx512_vnni>>(
+        r, "nf4_b64_dq_bnb_f16");
 #endif
     (void)r;
 }

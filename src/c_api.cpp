@@ -226,7 +226,7 @@ qforge_status qforge_matrix_load(const qforge_checkpoint* checkpoint, const char
                     threshold = static_cast<float>(bnb->llm_int8_threshold);
         }
         const qforge::checkpoint::quantized_weight q = qforge::checkpoint::import_weight(checkpoint->tensors, *d, options);
-        const qforge::config k = qforge::kernel_config_for(q.cfg, compute_of(wanted, q.cfg));
+        const qforge::config k = qforge::kernel_config_for(q.cfg, compute_of(wanted, q.cfg), q.cols());
         qforge::packed_weights p = qforge::pack_weights(k, q.data, q.name);
         p.outlier_threshold = threshold;
         *out = new_matrix(qforge::matrix(std::move(p)));

@@ -841,6 +841,32 @@ class CliTest(unittest.TestCase):
             with open(os.path.join(self.path("rtn"), name), "rb") as a, open(os.path.join(self.path("gptq"), name), "rb") as b:
                 self.assertEqual(a.read(), b.read(), name)
 
+    def test_sweep_on_a_model(self):
+        # the sample excludes embeddings and lm_head; the output error of GPTQ int4 g128 equals
+        # ||X W^T - X Q^T|| / ||X W^T|| of formats.md's round-to-nearest (the kernel sums in f32)
+        src, _, w = self.model(dtype="F32")
+        x = correlated_inputs(32, K, 5)
+        calib = self.calibration("inputs.safetensors", [(P + ".inputs", "F32", [32, K], pack("f", x))])
+        out, _ = self.ok("sweep", "--model", src, "--calibration", calib, "--threads", "0", "--configs",
+                         "int4sym_g128_gptq_f32", "e4m3_t128_fp8blk_f32", "--json", self.path("s.json"),
+                         "--plot", self.path("s.svg"))
+        self.assertIn("2 of 2 matching tensors", out)
+        self.assertIn(P + ".weight [%d, %d], 32 calibration tokens" % (N, K), out)
+        self.assertIn(Q + ".weight [%d, %d] (no <module>.inputs" % (N, K), out)
+        with open(self.path("s.json")) as f:
+            j = json.load(f)
+        self.assertEqual([c["name"] for c in j["configs"]], ["int4sym_g128_gptq_f32", "e4m3_t128_fp8blk_f32"])
+        q = gptq_sym_int4_v1(w[P + ".weight"], N, K)["values"]
+        ref = [sum(map(operator.mul, w[P + ".weight"][n * K:(n + 1) * K], x[t * K:(t + 1) * K]))
+               for t in range(32) for n in range(N)]
+        want = output_error(w[P + ".weight"], q, x, N, K) / math.sqrt(sum(v * v for v in ref))
+        self.assertAlmostEqual(j["configs"][0]["output_error"]["value"], want, delta=1e-4 * want)
+        with open(self.path("s.svg")) as f:
+            svg = f.read()
+        self.assertIn("<polyline", svg)
+        self.assertEqual(svg.count("<circle"), 2)
+        self.fails(2, ["--plot", "--model"], "sweep", "--plot", self.path("t.svg"))
+
     def correlated_model(self):
         """An F32 model, inputs for P only (512 rows), and junk calibration for modules not quantized."""
         src, _, w = self.model(dtype="F32")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks that a config rejected at compile time is rejected for the stated reason.
 
-usage: compile_fail.py COMPILER... -I<include> FILE
+usage: compile_fail.py COMPILER... -I<include>... FILE
 FILE holds a line `// expect: <config_rule>`. It must compile with -DQFORGE_CONTROL (a valid
 config in the same code) and fail without it, naming that rule in the compiler's message.
 """
@@ -9,9 +9,11 @@ import re
 import subprocess
 import sys
 
-compiler, include, source = sys.argv[1:-2], sys.argv[-2], sys.argv[-1]
+args, source = sys.argv[1:-1], sys.argv[-1]
+compiler = [a for a in args if not a.startswith("-I")]
+includes = [a for a in args if a.startswith("-I")]
 expect = re.search(r"//\s*expect:\s*(\w+)", open(source, encoding="utf-8").read()).group(1)
-base = compiler + ["-std=c++20", "-fsyntax-only", include, source]
+base = compiler + ["-std=c++20", "-fsyntax-only", *includes, source]
 
 control = subprocess.run(base + ["-DQFORGE_CONTROL"], capture_output=True, text=True)
 if control.returncode != 0:

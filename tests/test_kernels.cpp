@@ -5,9 +5,11 @@
 //   dequantize        bit-exact with ref::dequantize, and bit-identical on every ISA
 //   gemv/gemm f32     |y - y_ref| <= (K + 3) u (sum_k |W[n,k] x[k]| + |bias[n]|), u = 2^-24: the
 //                     worst case of any f32 summation order of K products (kernels/impl/f32.hpp)
-//   gemv/gemm bf16    against y_bf16 = sum_k bf16(W[n,k]) bf16(x[k]) (+ bias) computed here with
-//                     qforge::to_bf16: the f32 bound above on those products; and against the
-//                     exact product: |bf16(w) bf16(x) - w x| <= (2 u_b + u_b^2) |w x|, u_b = 2^-8
+//   gemv/gemm bf16    against y_r = sum_k r(W[n,k]) r(x[k]) (+ bias), r the rounding to bf16 / f16
+//   and f16           computed here with qforge::to_bf16 / to_f16: the f32 bound above on those
+//                     products; and against the exact product, with |r(v) - v| <= u_r |v| + t
+//                     (bf16: u_r = 2^-8, t = 0; f16: u_r = 2^-11, t = 2^-25 for subnormals):
+//                     |r(w) r(x) - w x| <= (u_r |w| + t) |x| + |r(w)| (u_r |x| + t)
 //   gemv/gemm i8      (a) against the exact product: the bound of kernels/impl/i8.hpp,
 //                         sum_k delta s_b |x_k| + (|W[n,k]| + delta s_b) xs_b / 2, plus f32 slack;
 //                     (b) against an exact emulation of the integer path written here from that
@@ -28,6 +30,7 @@
 #include <qforge/reference/reference.hpp>
 #include <qforge/synthetic.hpp>
 
+#include <boost/hana/for_each.hpp>
 #include <catch2/catch.hpp>
 
 #include "isa_under_test.hpp"
@@ -86,16 +89,41 @@ struct case_data {
 
 // Which checkpoint a qforge-layout case is packed from: GPTQ v1 with g_idx = k / group; GPTQ v2
 // with a random act-order g_idx; AWQ gemm (int_asym only). Other layouts: their own checkpoint.
-enum class source { gptq, gptq_act_order, awq };
+// `regrouped`: a checkpoint whose groups are whole multiples of the kernel's (kernel_config_of),
+// packed with the kernel's groups: integers per channel, bnb blocks of twice the kernel's with
+// double quant (its absmax decoded), FP8 one scale per tensor.
+enum class source { gptq, gptq_act_order, awq, regrouped };
+
+bool regroups(const config& cfg) {
+    if (cfg.storage == layout::qforge) return cfg.group != per_channel;
+    return (cfg.storage == layout::bnb4 && !cfg.double_quant) || cfg.storage == layout::fp8_block;
+}
 
 std::vector<source> sources_for(const config& cfg) {
-    if (cfg.storage != layout::qforge) return {source::gptq};
-    if (cfg.type == dtype::int_asym && cfg.bits == 4) return {source::gptq, source::gptq_act_order, source::awq};
-    return {source::gptq, source::gptq_act_order};
+    std::vector<source> s{source::gptq};
+    if (cfg.storage == layout::qforge) s.push_back(source::gptq_act_order);
+    if (cfg.storage == layout::qforge && cfg.type == dtype::int_asym && cfg.bits == 4) s.push_back(source::awq);
+    if (regroups(cfg)) s.push_back(source::regrouped);
+    return s;
 }
 
 const char* to_string(source s) {
-    return s == source::gptq ? "gptq" : s == source::gptq_act_order ? "gptq2 act-order" : "awq";
+    return s == source::gptq             ? "gptq"
+           : s == source::gptq_act_order ? "gptq2 act-order"
+           : s == source::awq            ? "awq"
+                                         : "a regrouped checkpoint";
+}
+
+// The stored config of a regrouped case of kernel config cfg.
+config regrouped_config(const config& cfg) {
+    config c = reference_config(cfg);
+    if (c.storage == layout::bnb4) {
+        c.group = 2 * cfg.group;
+        c.double_quant = true;
+    } else {
+        c.group = c.storage == layout::fp8_block ? per_tensor : per_channel;
+    }
+    return c;
 }
 
 // A valid GPTQ act-order checkpoint of the same weights: the columns quantized in a random order
@@ -154,7 +182,8 @@ case_data make_case(const config& cfg, std::int64_t n, std::int64_t k, std::uint
         c.storage = layout::awq_gemm;
         d.q = ref::quantize(c, std::span<const float>(src), ref_rows, k);
     } else {
-        d.q = ref::quantize(reference_config(cfg), std::span<const float>(src), ref_rows, k);
+        const config stored = from == source::regrouped ? regrouped_config(cfg) : reference_config(cfg);
+        d.q = ref::quantize(stored, std::span<const float>(src), ref_rows, k);
     }
     d.packed = pack_weights(cfg, d.q);
     d.w = ref::dequantize(d.q);
@@ -205,10 +234,11 @@ std::int64_t group_of(const config& c, std::int64_t k) { return c.group == per_c
 
 // The f32 block scale s_b of (row n, block b): absmax (reconstructed for double quant, as
 // formats.md §1 specifies) or the f16 GPTQ scale.
+// b is a block of the kernel's groups; regrouped checkpoints have larger ones (kernel_config_of).
 float block_scale(const case_data& d, const config& cfg, std::int64_t n, std::int64_t b) {
-    const std::int64_t k = d.packed.cols, blocks_per_row = k / group_of(cfg, k);
+    const std::int64_t k = d.packed.cols, blocks_per_row = k / group_of(cfg, k), first = b * group_of(cfg, k);
     if (const auto* t = std::get_if<ref::bnb4_tensor>(&d.q)) {
-        const std::int64_t flat = n * blocks_per_row + b;
+        const std::int64_t flat = (n * k + first) / t->blocksize;
         if (!t->nested) return t->absmax[static_cast<std::size_t>(flat)];
         const float product = t->nested_quant_map[t->absmax_codes[static_cast<std::size_t>(flat)]] *
                               t->nested_absmax[static_cast<std::size_t>(flat / nested_blocksize)];
@@ -216,9 +246,10 @@ float block_scale(const case_data& d, const config& cfg, std::int64_t n, std::in
     }
     if (const auto* t = std::get_if<ref::mx_tensor>(&d.q))
         return e8m0_to_float(t->scales[static_cast<std::size_t>(n * blocks_per_row + b)]);
-    if (const auto* t = std::get_if<ref::awq_tensor>(&d.q)) return to_float(t->scales[static_cast<std::size_t>(b * t->rows + n)]);
+    if (const auto* t = std::get_if<ref::awq_tensor>(&d.q))
+        return to_float(t->scales[static_cast<std::size_t>(first / t->group * t->rows + n)]);
     const auto& g = std::get<ref::gptq_tensor>(d.q);
-    return to_float(g.scales[static_cast<std::size_t>(b * g.rows + n)]);
+    return to_float(g.scales[static_cast<std::size_t>(first / g.group * g.rows + n)]);
 }
 
 std::uint8_t code_of(const case_data& d, std::int64_t n, std::int64_t k) {
@@ -244,12 +275,16 @@ std::uint8_t code_of(const case_data& d, std::int64_t n, std::int64_t k) {
 
 bool is_integer_type(const config& c) { return c.type == dtype::int_sym || c.type == dtype::int_asym; }
 
-// The zero point of (row n, group b) of an integer checkpoint, read from its qzeros.
-int zero_of(const case_data& d, std::int64_t n, std::int64_t b) {
-    if (const auto* t = std::get_if<ref::awq_tensor>(&d.q))
+// The zero point of (row n, kernel group b) of an integer checkpoint, read from its qzeros.
+int zero_of(const case_data& d, const config& cfg, std::int64_t n, std::int64_t kernel_b) {
+    const std::int64_t first = kernel_b * group_of(cfg, d.packed.cols);
+    if (const auto* t = std::get_if<ref::awq_tensor>(&d.q)) {
+        const std::int64_t b = first / t->group;
         return static_cast<int>(
             awq_code(static_cast<std::uint32_t>(t->qzeros[static_cast<std::size_t>(b * (t->rows / 8) + n / 8)]), static_cast<int>(n % 8)));
+    }
     const auto& g = std::get<ref::gptq_tensor>(d.q);
+    const std::int64_t b = first / g.group;
     std::uint32_t words[8];
     const std::int64_t zero_words = g.rows * g.bits / 32;
     for (int i = 0; i < g.bits; ++i)
@@ -338,18 +373,24 @@ void check_output(const config& cfg, const case_data& d, const float* x, std::in
         CHECK(std::abs(y - y_ref) <= quantization * 1.001 + static_cast<double>(k + 10) * u * (abs_sum + quantization) + 1e-30);
         return;
     }
-    if (cfg.act == compute::bf16) {
-        double y_bf16 = b, bf16_abs_sum = std::abs(b);
+    if (cfg.act == compute::bf16 || cfg.act == compute::f16) {
+        // operands rounded here with the reference conversions; |round(v) - v| <= ur |v| + tiny
+        // (tiny: half the f16 subnormal quantum; bf16 keeps f32's range, 0 for these weights)
+        const bool half = cfg.act == compute::f16;
+        const auto round = [&](float v) { return half ? to_float(to_f16(v)) : to_float(to_bf16(v)); };
+        const double ur = half ? 1.0 / 2048 : 1.0 / 256, tiny = half ? 0x1p-25 : 0.0;
+        double y_rounded = b, rounded_abs_sum = std::abs(b), rounding = 0.0;
         for (std::int64_t i = 0; i < k; ++i) {
-            const double p = static_cast<double>(to_float(to_bf16(wrow[i]))) * to_float(to_bf16(x[i]));
-            y_bf16 += p;
-            bf16_abs_sum += std::abs(p);
+            const double wr = round(wrow[i]), xr = round(x[i]);
+            y_rounded += wr * xr;
+            rounded_abs_sum += std::abs(wr * xr);
+            // |wr xr - w x| <= |wr - w| |x| + |wr| |xr - x|
+            rounding += (ur * std::abs(wrow[i]) + tiny) * std::abs(x[i]) + std::abs(wr) * (ur * std::abs(x[i]) + tiny);
         }
-        const double f32_slack = static_cast<double>(k + 3) * u * bf16_abs_sum * 1.001 + 1e-30;
-        const double ub = 1.0 / 256;
-        INFO("bf16 operands: " << y_bf16);
-        CHECK(std::abs(y - y_bf16) <= f32_slack);
-        CHECK(std::abs(y - y_ref) <= (2 * ub + ub * ub) * abs_sum + f32_slack);
+        const double f32_slack = static_cast<double>(k + 3) * u * rounded_abs_sum * 1.001 + 1e-30;
+        INFO((half ? "f16" : "bf16") << " operands: " << y_rounded);
+        CHECK(std::abs(y - y_rounded) <= f32_slack);
+        CHECK(std::abs(y - y_ref) <= rounding * 1.001 + f32_slack);
         return;
     }
     // the i8 path quantizes x per group of the stored column order (act-order: sorted by group)
@@ -363,7 +404,7 @@ void check_output(const config& cfg, const case_data& d, const float* x, std::in
     double bound = 0.0, slack_terms = std::abs(b), emulated = b;
     for (std::int64_t blk = 0; blk < k / group; ++blk) {
         const double s = block_scale(d, cfg, n, blk), xs = a.scale[static_cast<std::size_t>(blk)];
-        const int zero = is_integer_type(cfg) ? zero_of(d, n, blk) : 0;
+        const int zero = is_integer_type(cfg) ? zero_of(d, cfg, n, blk) : 0;
         std::int64_t dot = 0;
         for (std::int64_t i = blk * group; i < (blk + 1) * group; ++i) {
             const std::int64_t col = column(i);
@@ -603,6 +644,39 @@ TEST_CASE("gemm matches the reference for M >= 2 and equals gemv row by row in i
     }
 }
 
+TEST_CASE("kernel_config_of: the exact kernel, else the largest built group that divides the stored one") {
+    const auto c = [](dtype t, int bits, std::int32_t g, bool dq, layout s, compute a) { return config{t, static_cast<std::uint8_t>(bits), g, dq, s, a}; };
+    struct expectation {
+        config stored;
+        compute act;
+        std::int64_t cols;
+        config kernel;
+    };
+    const expectation cases[] = {
+        {c(dtype::nf4, 4, 64, true, layout::bnb4, compute::f32), compute::f32, 0, c(dtype::nf4, 4, 64, true, layout::bnb4, compute::f32)},
+        {c(dtype::nf4, 4, 128, false, layout::bnb4, compute::f32), compute::f32, 0, c(dtype::nf4, 4, 64, false, layout::bnb4, compute::f32)},
+        {c(dtype::fp4, 4, 256, true, layout::bnb4, compute::bf16), compute::bf16, 0, c(dtype::fp4, 4, 64, false, layout::bnb4, compute::bf16)},
+        {c(dtype::int_sym, 4, 64, false, layout::gptq_v1, compute::f32), compute::f32, 0, c(dtype::int_sym, 4, 32, false, layout::qforge, compute::f32)},
+        {c(dtype::int_asym, 4, 64, false, layout::awq_gemm, compute::f32), compute::f32, 0, c(dtype::int_asym, 4, 32, false, layout::qforge, compute::f32)},
+        {c(dtype::int_sym, 4, per_channel, false, layout::gptq_v1, compute::i8), compute::i8, 0, c(dtype::int_sym, 4, 32, false, layout::qforge, compute::i8)},
+        {c(dtype::int_sym, 4, per_channel, false, layout::gptq_v1, compute::i8), compute::i8, 4096, c(dtype::int_sym, 4, 128, false, layout::qforge, compute::i8)},
+        {c(dtype::int_sym, 8, 256, false, layout::gptq_v2, compute::i8), compute::i8, 0, c(dtype::int_sym, 8, 128, false, layout::qforge, compute::i8)},
+        {c(dtype::int_sym, 8, per_channel, false, layout::gptq_v1, compute::f32), compute::f32, 0, c(dtype::int_sym, 8, per_channel, false, layout::qforge, compute::f32)},
+        {c(dtype::fp8_e4m3, 8, per_tensor, false, layout::fp8_block, compute::f32), compute::f32, 0, c(dtype::fp8_e4m3, 8, 128, false, layout::fp8_block, compute::f32)},
+    };
+    for (const expectation& e : cases) {
+        INFO(canonical_name(e.stored) << " on " << to_string(e.act) << ", K = " << e.cols);
+        if (!kernels::kernel_built(e.kernel)) continue;  // -Dkernels left it out
+        // only built kernels of the same type, bits and storage compete: the expectation's group
+        // is the largest built divisor unless another built kernel beats it (a filtered build)
+        const config got = kernels::kernel_config_of(e.stored, e.act, e.cols);
+        CHECK(kernels::kernel_built(got));
+        CHECK(canonical_name(got) == canonical_name(e.kernel));
+    }
+    // no built kernel group divides bnb blocks of 32 (the smallest compiled block is 64)
+    CHECK(!kernels::kernel_built(kernels::kernel_config_of(c(dtype::nf4, 4, 32, false, layout::bnb4, compute::f32), compute::f32)));
+}
+
 TEST_CASE("the compile-time route runs the same kernel as the registry") {
     if (!isa_under_test_runs()) return;
     using P = policy<config{dtype::nf4, 4, 64, true, layout::bnb4, compute::i8}>;
@@ -620,6 +694,49 @@ TEST_CASE("the compile-time route runs the same kernel as the registry") {
     // the registry knows exactly the built kernels
     for (const auto& l : kernel_list)
         CHECK((registry::global().find(l.cfg, op::gemv, isa::sse4_2) != nullptr) == kernels::kernel_built(l.cfg));
+}
+
+TEST_CASE("every alias runs on both routes: the compile-time call equals the registry's kernel") {
+    if (!isa_under_test_runs()) return;
+    boost::hana::for_each(all_aliases, [](auto alias) {
+        using P = typename decltype(alias)::type;  // may name a checkpoint layout (gptq, awq)
+        using K = kernels::kernel_policy<P>;
+        INFO(canonical_name(P::cfg) << " -> " << canonical_name(K::cfg));
+        if constexpr (!kernels::kernel_built(K::cfg)) {
+            WARN(canonical_name(K::cfg) << " is not built (-Dkernels): skipped");
+        } else {
+            constexpr std::int64_t n = 64, k = 512, m = 3;
+            synthetic_spec spec;
+            spec.rows = n;
+            spec.cols = k;
+            spec.seed = 41;
+            const std::vector<float> w = synthetic_weights(spec);
+            const ref::quantized q = ref::quantize(P::cfg, std::span<const float>(w), n, k);
+            const packed_weights packed = pack_weights<P>(q);
+            CHECK(packed.cfg == K::cfg);
+            const kernel& registered_gemv = registry::global().find(K::cfg, op::gemv);
+            const kernel& registered_gemm = registry::global().find(K::cfg, op::gemm);
+            const std::vector<float> x = random_vector(static_cast<std::size_t>(m * k), 43);
+            std::vector<float> y1(n), y2(n), z1(m * n), z2(m * n), d(n * k);
+            qforge::gemv<P>(packed.view(), x.data(), y1.data());
+            registered_gemv.gemv(packed.view(), x.data(), nullptr, y2.data(), 0, n);
+            CHECK(std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float)) == 0);
+            qforge::gemm<P>(packed.view(), x.data(), m, nullptr, z1.data(), 0, n);
+            registered_gemm.gemm(packed.view(), x.data(), m, nullptr, z2.data(), 0, n);
+            CHECK(std::memcmp(z1.data(), z2.data(), z1.size() * sizeof(float)) == 0);
+            qforge::dequantize<P>(packed.view(), 0, n, d.data());
+            const std::vector<float> expected = ref::dequantize(q);
+            CHECK(std::memcmp(d.data(), expected.data(), d.size() * sizeof(float)) == 0);
+            // and the product is W x (the kernel tests bound every path tightly; here, within 2%)
+            const std::vector<double> y_ref = ref::gemv(q, std::span<const float>(x.data(), k));
+            double err = 0.0, norm = 0.0;
+            for (std::int64_t i = 0; i < n; ++i) {
+                err = std::max(err, std::abs(y1[static_cast<std::size_t>(i)] - y_ref[static_cast<std::size_t>(i)]));
+                norm = std::max(norm, std::abs(y_ref[static_cast<std::size_t>(i)]));
+            }
+            CHECK(err <= 0.02 * norm);
+        }
+    });
 }
 
 TEST_CASE("thread_pool: every row once, and split GEMV/GEMM equal to one call bit for bit") {
@@ -818,7 +935,7 @@ TEST_CASE("3-bit GPTQ codes are packed in units of a 2-bit span layout and a pla
 
 TEST_CASE("fp8 and mx dequantize decode every code and scale as the reference, NaN and subnormals included") {
     if (!isa_under_test_runs()) return;
-    // every E4M3 code, both signs, in two column tiles with different scales
+    // every E4M3 code, both signs, in two column tiles with different scales (f.type: E4M3)
     ref::fp8_tensor f;
     f.rows = 2;
     f.cols = 256;
@@ -832,7 +949,12 @@ TEST_CASE("fp8 and mx dequantize decode every code and scale as the reference, N
     for (int r = 0; r < 6; ++r)
         for (int j = 0; j < 16; ++j) x.blocks.push_back(static_cast<std::uint8_t>(((2 * j) % 16) | (((2 * j + 1) % 16) << 4)));
     x.scales = {0, 1, 127, 200, 254, 255};
-    for (const auto& [cfg, q] : {std::pair{configs::fp8_block128, ref::quantized(f)}, std::pair{configs::mxfp4, ref::quantized(x)}}) {
+    // every E5M2 code the same way (Inf and NaN codes included)
+    ref::fp8_tensor f5 = f;
+    f5.type = dtype::fp8_e5m2;
+    const config e5m2{dtype::fp8_e5m2, 8, 128, false, layout::fp8_block, compute::f32};
+    for (const auto& [cfg, q] : {std::pair{configs::fp8_block128, ref::quantized(f)}, std::pair{e5m2, ref::quantized(f5)},
+                                 std::pair{configs::mxfp4, ref::quantized(x)}}) {
         const std::vector<float> expected = ref::dequantize(q);
         const packed_weights p = pack_weights(cfg, q);
         for (isa i : all_isas) {
@@ -846,6 +968,8 @@ TEST_CASE("fp8 and mx dequantize decode every code and scale as the reference, N
         }
     }
     CHECK(std::isnan(ref::dequantize(ref::quantized(f))[0x7F]));  // the NaN codes are really tested
+    CHECK(std::isinf(ref::dequantize(ref::quantized(f5))[0xFC]));
+    CHECK(std::isnan(ref::dequantize(ref::quantized(f5))[0x7D]));
 }
 
 // ---- LLM.int8 (formats.md §2): the outlier-threshold matmul, bit for bit -------------------

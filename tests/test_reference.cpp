@@ -5,17 +5,19 @@
 #include <qforge/reference/reference.hpp>
 #include <qforge/synthetic.hpp>
 
+#include <boost/hana/unpack.hpp>
 #include <catch2/catch.hpp>
 
 #include <cmath>
 #include <limits>
+#include <vector>
 
 using namespace qforge;
 
 namespace {
-const config all_aliases[] = {configs::qlora_nf4,      configs::bnb_fp4,       configs::llm_int8,
-                              configs::gptq_int4_g128, configs::gptq_int3_g128, configs::gptq_int8_pc,
-                              configs::awq_int4_g128,  configs::fp8_block128,   configs::mxfp4};
+// The configs of every alias of aliases.hpp.
+const std::vector<config> alias_configs = boost::hana::unpack(
+    all_aliases, [](auto... alias) { return std::vector<config>{decltype(alias)::type::cfg...}; });
 
 double rmse(const std::vector<float>& a, const std::vector<float>& b) {
     double s = 0.0;
@@ -46,7 +48,7 @@ TEST_CASE("every alias round-trips with error far below the weights' spread, fro
         wb[i] = to_bf16(w[i]);
         wh[i] = to_f16(w[i]);
     }
-    for (const config& cfg : all_aliases) {
+    for (const config& cfg : alias_configs) {
         INFO(canonical_name(cfg));
         const auto q = ref::quantize(cfg, std::span<const float>(w), rows, cols);
         const std::vector<float> d = ref::dequantize(q);
@@ -81,7 +83,7 @@ TEST_CASE("quantization refuses NaN and Inf naming the tensor and the first bad 
     std::vector<float> w(64 * 128, 0.5f);
     w[1000] = std::numeric_limits<float>::infinity();
     w[2000] = std::numeric_limits<float>::quiet_NaN();
-    for (const config& cfg : all_aliases) {
+    for (const config& cfg : alias_configs) {
         INFO(canonical_name(cfg));
         CHECK_THROWS_WITH(ref::quantize(cfg, std::span<const float>(w), 64, 128, {.tensor_name = "layers.0.q_proj.weight"}),
                           Catch::Contains("layers.0.q_proj.weight") && Catch::Contains("Inf at flat index 1000"));

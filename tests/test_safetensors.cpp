@@ -8,10 +8,12 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -257,6 +259,71 @@ TEST_CASE("the writer produces the library's bytes", "[safetensors]") {
         CHECK(header_of(as_string(w.serialize())).rfind(
                   R"({"q\"\\\n\u0001)" "\xC3\xA9" R"(":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", 0) == 0);
     }
+}
+
+TEST_CASE("file ranges are written as the same bytes held in memory would be", "[safetensors]") {
+    temp_dir dir;
+    std::vector<float> weights(1000);
+    for (std::size_t i = 0; i < weights.size(); ++i) weights[i] = static_cast<float>(i) * 0.5f - 7.0f;
+    const std::vector<std::uint8_t> codes{1, 2, 3, 4, 5, 6};
+    // The source: 3 junk bytes, the weights, the codes.
+    const fs::path src = dir.path / "source.bin";
+    write_file(src, "abc" + std::string(reinterpret_cast<const char*>(weights.data()), weights.size() * 4) +
+                        std::string(codes.begin(), codes.end()));
+    const int fd = ::open(src.c_str(), O_RDONLY);
+    REQUIRE(fd >= 0);
+
+    st::writer in_memory, from_file;
+    in_memory.add("w", dtype::F32, {10, 100}, weights);
+    in_memory.add("codes", dtype::U8, {6}, codes);
+    in_memory.set_metadata("format", "pt");
+    from_file.add_file_range("w", dtype::F32, {10, 100}, fd, 3, weights.size() * 4);
+    from_file.add("codes", dtype::U8, {6}, codes);
+    from_file.set_metadata("format", "pt");
+    CHECK(from_file.serialize() == in_memory.serialize());
+    from_file.write(dir.path / "a.safetensors");
+    in_memory.write(dir.path / "b.safetensors");
+    CHECK(read_file(dir.path / "a.safetensors") == read_file(dir.path / "b.safetensors"));
+    int visited = 0;
+    from_file.for_each_in_memory([&](const std::string& name, dtype, const st::shape_t&, std::span<const std::byte>) {
+        CHECK(name == "codes");
+        ++visited;
+    });
+    CHECK(visited == 1);
+    CHECK_THROWS_WITH(from_file.add_file_range("x", dtype::F32, {3}, fd, 0, 8), Contains("needs 12"));
+    ::close(fd);
+}
+
+TEST_CASE("deferred tensors are written in place, in any order", "[safetensors]") {
+    temp_dir dir;
+    std::vector<float> a(300), b(7);
+    for (std::size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(i) - 0.5f;
+    for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(i) * 3.0f;
+    const std::vector<std::uint8_t> codes{9, 8, 7};
+    st::writer in_memory, deferred;
+    in_memory.add("a", dtype::F32, {3, 100}, a);
+    in_memory.add("b", dtype::F32, {7}, b);
+    in_memory.add("c", dtype::U8, {3}, codes);
+    deferred.add_deferred("a", dtype::F32, {3, 100});
+    deferred.add("c", dtype::U8, {3}, codes);
+    deferred.add_deferred("b", dtype::F32, {7});
+    deferred.write_deferred(dir.path / "d.safetensors", [&](const st::writer::put_fn& put) {
+        put("b", std::as_bytes(std::span(b)));
+        put("a", std::as_bytes(std::span(a)));
+    });
+    CHECK(read_file(dir.path / "d.safetensors") == as_string(in_memory.serialize()));
+    const auto bad = [&](const std::function<void(const st::writer::put_fn&)>& fill) {
+        deferred.write_deferred(dir.path / "e.safetensors", fill);
+    };
+    CHECK_THROWS_WITH(bad([&](const st::writer::put_fn& put) { put("a", std::as_bytes(std::span(a))); }),
+                      Contains("'b': was never written"));
+    CHECK_THROWS_WITH(bad([&](const st::writer::put_fn& put) { put("a", std::as_bytes(std::span(b))); }),
+                      Contains("holds 28 bytes, its shape needs 1200"));
+    CHECK_THROWS_WITH(bad([&](const st::writer::put_fn& put) { put("c", std::as_bytes(std::span(codes))); }),
+                      Contains("not a deferred tensor"));
+    CHECK_THROWS_WITH(deferred.write(dir.path / "f.safetensors"), Contains("never written"));
+    CHECK(!fs::exists(dir.path / "e.safetensors"));
+    CHECK(dir.entries() == std::vector<std::string>{"d.safetensors"});  // no temp file left
 }
 
 TEST_CASE("write then read round-trips data and header bytes", "[safetensors]") {

@@ -1,4 +1,4 @@
-"""Installs the peers of shared/reference/performance.md into a scratch folder (Python 3 stdlib).
+"""Installs the peers of docs/performance.md into a scratch folder (Python 3 stdlib).
 
 Debian packages come from apt-get only when dpkg says they are missing; the npm packages and the
 llama.cpp source (for ggml's headers only) go into the scratch folder, never into the repo.

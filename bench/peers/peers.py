@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""qforge against its peers (shared/reference/performance.md) on the same shapes, in the same run.
+"""qforge against its peers (docs/performance.md) on the same shapes, in the same run.
 
     /usr/bin/python3 bench/peers/peers.py --quick          # GEMV M=1 K4096xN11008, cold, 1 and 2 threads
     /usr/bin/python3 bench/peers/peers.py --m 1 --modes cold,hot

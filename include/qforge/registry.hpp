@@ -51,11 +51,12 @@ struct kernel {
 };
 
 // The config of the kernels that run weights stored as `stored` (a checkpoint's layout:
-// to_config(quantization_config), or checkpoint::quantized_weight::cfg) on the compute path
-// `wanted`: GPTQ (v1, v2) and AWQ weights are repacked into qforge's layout (pack_weights), the
-// other layouts run as stored. Throws unsupported_config (naming the nearest kernels) when this
-// build has no GEMV kernel for it, e.g. FP8 with i8 activations, or LLM.int8 with anything but i8.
-config kernel_config_for(const config& stored, compute wanted);
+// to_config(quantization_config), or checkpoint::quantized_weight::cfg) with K = cols on the
+// compute path `wanted`: kernels::kernel_config_of (GPTQ and AWQ repacked into qforge's layout,
+// the exact config when built, else a regrouped one), checked at run time. Throws
+// unsupported_config (naming the nearest kernels) when this build has no GEMV kernel for it, e.g.
+// FP8 with i8 activations, or LLM.int8 with anything but i8.
+config kernel_config_for(const config& stored, compute wanted, std::int64_t cols = 0);
 
 // No kernel for a config: the message lists the nearest supported names.
 struct unsupported_config : std::invalid_argument {

@@ -3,6 +3,7 @@
 #include "progress.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -10,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <string_view>
 
 namespace qforge::cli {
@@ -62,6 +64,70 @@ void write_all(int fd, const std::string& text, const fs::path& tmp, const fs::p
                            ": " + std::strerror(errno));
         done += static_cast<std::size_t>(n);
     }
+}
+
+// The replacement tensors of one output shard, written to an unnamed temporary file beside the
+// output as they are made: memory holds the tensors in work, not the shard. The shard's writer
+// then copies them from there in the kernel (safetensors::writer::add_file_range).
+class spool {
+public:
+    explicit spool(const fs::path& dir) {
+        fd_ = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+        if (fd_ < 0) {  // a file system without O_TMPFILE: a named file, unlinked at once
+            std::string name = (dir / ".qforge-spool-XXXXXX").string();
+            fd_ = ::mkostemp(name.data(), O_CLOEXEC);
+            if (fd_ < 0) throw io_error("cannot create a temporary file in '" + dir.string() + "': " + std::strerror(errno));
+            ::unlink(name.c_str());
+        }
+    }
+    spool(const spool&) = delete;
+    spool& operator=(const spool&) = delete;
+    ~spool() { ::close(fd_); }
+
+    int fd() const { return fd_; }
+
+    // Appends the bytes; returns their offset.
+    std::uint64_t append(std::span<const std::byte> bytes, std::string_view tensor) {
+        const std::uint64_t at = size_;
+        while (!bytes.empty()) {
+            const ssize_t n = ::write(fd_, bytes.data(), std::min<std::size_t>(bytes.size(), std::size_t{1} << 30));
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0)
+                throw io_error("cannot write tensor '" + std::string(tensor) + "' to a temporary file: " +
+                               std::strerror(n < 0 ? errno : EIO));
+            bytes = bytes.subspan(static_cast<std::size_t>(n));
+            size_ += static_cast<std::uint64_t>(n);
+        }
+        return at;
+    }
+
+private:
+    int fd_ = -1;
+    std::uint64_t size_ = 0;
+};
+
+// A read-only file descriptor, for copying unchanged tensors in the kernel.
+class input_fd {
+public:
+    explicit input_fd(const fs::path& file) : fd_(::open(file.c_str(), O_RDONLY | O_CLOEXEC)) {
+        if (fd_ < 0) throw io_error("cannot open '" + file.string() + "': " + std::strerror(errno));
+    }
+    input_fd(const input_fd&) = delete;
+    input_fd& operator=(const input_fd&) = delete;
+    ~input_fd() { ::close(fd_); }
+    int get() const { return fd_; }
+
+private:
+    int fd_;
+};
+
+// Drops the pages of a tensor read through the reader's mapping from this process (the page
+// cache keeps them): the resident memory of a rewrite stays a few tensors, not the model.
+void release(const safetensors::tensor_view& v) {
+    static const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const auto begin = (reinterpret_cast<std::uintptr_t>(v.bytes.data()) + page - 1) / page * page;
+    const auto end = (reinterpret_cast<std::uintptr_t>(v.bytes.data()) + v.bytes.size()) / page * page;
+    if (begin < end) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 }  // namespace
@@ -221,14 +287,42 @@ void rewrite_model(const input_model& in, const fs::path& out, const std::string
     std::uint64_t total_size = 0, total_parameters = 0;
     for (std::size_t s = 0; s < in.shards.size(); ++s) {
         const safetensors::reader& reader = in.shards[s];
-        shard_output shard;
-        for (const auto& [key, value] : reader.metadata()) shard.writer.set_metadata(key, value);
+        const input_fd source(reader.path());
+        std::optional<spool> made;
+        safetensors::writer writer;
+        for (const auto& [key, value] : reader.metadata()) writer.set_metadata(key, value);
+        std::vector<const safetensors::tensor_view*> replaced;  // to make `again`
         for (const safetensors::tensor_view& v : reader.tensors()) {
-            if (!rewrite.replace(v, shard) && !rewrite.dropped.contains(v.name)) shard.writer.add(v);
+            shard_output piece;  // this tensor's replacement, planned or spooled at once
+            if (rewrite.replace(v, piece)) {
+                piece.writer.for_each_in_memory([&](const std::string& name, safetensors::dtype type,
+                                                    const safetensors::shape_t& shape, std::span<const std::byte> bytes) {
+                    if (rewrite.again) return writer.add_deferred(name, type, shape);  // made again below
+                    if (!made) made.emplace(targets[s].has_parent_path() ? targets[s].parent_path() : fs::path("."));
+                    writer.add_file_range(name, type, shape, made->fd(), made->append(bytes, name), bytes.size());
+                });
+                if (rewrite.again) {
+                    replaced.push_back(&v);
+                    continue;  // progress when made again
+                }
+                release(v);
+            } else if (!rewrite.dropped.contains(v.name)) {
+                writer.add_file_range(std::string(v.name), v.type, safetensors::shape_t(v.shape.begin(), v.shape.end()),
+                                      source.get(), v.file_offset, v.bytes.size());
+            }
             bar.advance(v.bytes.size(), v.name);
         }
         const fs::path staged = files.stage(targets[s]);
-        shard.writer.write(staged);
+        writer.write_deferred(staged, [&](const safetensors::writer::put_fn& put) {
+            for (const safetensors::tensor_view* v : replaced) {
+                shard_output piece;
+                rewrite.again(*v, piece);
+                piece.writer.for_each_in_memory([&](const std::string& name, safetensors::dtype, const safetensors::shape_t&,
+                                                    std::span<const std::byte> bytes) { put(name, bytes); });
+                release(*v);
+                bar.advance(v->bytes.size(), v->name);
+            }
+        });
         if (in.sharded) {
             const safetensors::reader written(staged);
             for (const safetensors::tensor_view& v : written.tensors()) {

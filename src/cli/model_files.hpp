@@ -65,7 +65,8 @@ private:
     bool committed_ = false;
 };
 
-// The output of one input shard while it is being built.
+// The replacement of one input tensor while it is being built (rewrite_model then moves its
+// bytes out of memory).
 struct shard_output {
     safetensors::writer writer;
     std::deque<checkpoint::quantized_weight> keep;  // weights the writer borrows from
@@ -78,12 +79,20 @@ struct tensor_rewrite {
     std::function<bool(const safetensors::tensor_view&, shard_output& out)> replace;
     // Tensors consumed by some replacement (possibly from another shard): never copied.
     std::set<std::string, std::less<>> dropped;
+    // When set: replacements cheaper to make twice than to store (dequantize, convert). `replace`
+    // then only plans the output (its bytes are dropped at once; it may add the tensors with
+    // writer.add_deferred instead of making them) and `again`, called once more for each replaced
+    // tensor while the file is written, makes the same tensors (counting nothing), which go
+    // straight to their place in the output.
+    std::function<bool(const safetensors::tensor_view&, shard_output& out)> again;
 };
 
 // Rewrites `in` into `out` (a file for a single file; for a sharded model a directory, or the
 // path of the new index, whose directory receives the shards under their input names). Stages
 // every output file in `files` (the caller commits). Metadata is copied; the index's weight_map
-// and total_size are rewritten.
+// and total_size are rewritten. Streams: each replacement leaves memory once made (written in
+// place with `again`, else to an unnamed temporary file first), unchanged tensors are copied file
+// to file, so memory holds a few tensors.
 void rewrite_model(const input_model& in, const std::filesystem::path& out, const std::string& label,
                    const tensor_rewrite& rewrite, output_files& files);
 

@@ -22,7 +22,8 @@ std::size_t terminal_width() {
 }  // namespace
 
 progress::progress(std::string label, std::uint64_t total)
-    : enabled_(::isatty(STDERR_FILENO) == 1), label_(std::move(label)), total_(total) {}
+    : enabled_(::isatty(STDERR_FILENO) == 1), label_(std::move(label)), total_(total),
+      start_(std::chrono::steady_clock::now()) {}
 
 progress::~progress() {
     if (enabled_ && last_draw_ != std::chrono::steady_clock::time_point{}) {
@@ -48,6 +49,12 @@ void progress::draw(std::string_view item) {
     char percent[8];
     std::snprintf(percent, sizeof percent, "%3d%% ", static_cast<int>(fraction * 100.0));
     line += percent;
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    if (seconds > 0.0) {  // input read so far, per second
+        char rate[32];
+        std::snprintf(rate, sizeof rate, "%.0f MB/s ", static_cast<double>(done_) / seconds / 1e6);
+        line += rate;
+    }
     line += item;
     const std::size_t width = terminal_width();
     if (line.size() >= width) line.resize(width - 1);  // never wrap: \r must return to this line

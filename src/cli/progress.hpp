@@ -26,7 +26,7 @@ private:
     bool enabled_;
     std::string label_;
     std::uint64_t total_, done_ = 0;
-    std::chrono::steady_clock::time_point last_draw_{};
+    std::chrono::steady_clock::time_point start_, last_draw_{};
 };
 
 }  // namespace qforge::cli

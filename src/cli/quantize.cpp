@@ -5,6 +5,8 @@
 #include "model_files.hpp"
 
 #include <qforge/config/name.hpp>
+#include <qforge/memory.hpp>
+#include <qforge/parallel.hpp>
 
 #include <cstdio>
 #include <functional>
@@ -14,6 +16,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <thread>
 
 namespace qforge::cli {
 
@@ -86,31 +89,45 @@ struct counts {
 };
 
 // The rewrite of dequantize and convert: each quantized weight of `model` is imported and handed
-// to `emit`; its checkpoint tensors are dropped; every other tensor is copied.
-using weight_emitter =
-    std::function<void(const checkpoint::quantized_weight&, const safetensors::tensor_view&, shard_output&)>;
+// to `emit`; its checkpoint tensors are dropped; every other tensor is copied. `emit` runs twice
+// per weight (rewrite_model's `again`): first with plan_only, when it may add the output tensors
+// with add_deferred instead of making them.
+using weight_emitter = std::function<void(const checkpoint::quantized_weight&, const safetensors::tensor_view&,
+                                          shard_output&, bool plan_only)>;
 tensor_rewrite rewrite_quantized(const input_model& in, const detected_model& model, const config& cfg, counts& n,
                                  weight_emitter emit) {
     tensor_rewrite rewrite;
     rewrite.dropped = model.keys;
-    rewrite.replace = [&in, &model, cfg, &n, emit = std::move(emit)](const safetensors::tensor_view& v,
-                                                                     shard_output& out) {
-        ++n.total;
+    // Made twice (rewrite_model): once to plan the output, once to write it in place.
+    const auto make = [&in, &model, cfg, emit = std::move(emit)](const safetensors::tensor_view& v, shard_output& out,
+                                                                 bool plan_only) {
         const auto it = model.by_anchor.find(v.name);
-        if (it == model.by_anchor.end()) {
-            if (model.keys.contains(v.name)) ++n.dropped;
-            return false;
-        }
-        emit(checkpoint::import_weight(in.tensors, it->second, {cfg}), v, out);
-        ++n.replaced;
+        if (it == model.by_anchor.end()) return false;
+        emit(checkpoint::import_weight(in.tensors, it->second, {cfg}), v, out, plan_only);
         return true;
+    };
+    rewrite.again = [make](const safetensors::tensor_view& v, shard_output& out) { return make(v, out, false); };
+    rewrite.replace = [&model, &n, make](const safetensors::tensor_view& v, shard_output& out) {
+        ++n.total;
+        if (make(v, out, true)) {
+            ++n.replaced;
+            return true;
+        }
+        if (model.keys.contains(v.name)) ++n.dropped;
+        return false;
     };
     return rewrite;
 }
 
 struct common_options {
     std::string config, in, out, config_out;
+    int threads = 0;
 };
+
+// The workers of the SIMD quantizers and dequantizers: --threads, or one per hardware thread.
+int thread_count(int requested) {
+    return requested > 0 ? requested : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
 
 void add_common(CLI::App* cmd, common_options& o, const char* config_help) {
     cmd->add_option("--config", o.config, config_help)->required();
@@ -160,7 +177,6 @@ std::map<std::string, const module_calibration*, std::less<>> match_calibration(
 void add_quantize(CLI::App& app) {
     struct options : common_options {
         std::string calibration;
-        int threads = 0;
     };
     auto opt = std::make_shared<options>();
     CLI::App* cmd = app.add_subcommand(
@@ -172,7 +188,8 @@ void add_quantize(CLI::App& app) {
                     "GPTQ calibration file (gptq configs): per module <module>.inputs [tokens, K] activations, or "
                     "<module>.hessian [K, K] + <module>.nsamples from `qforge hessian`; modules without data are "
                     "rounded to nearest");
-    cmd->add_option("--threads", opt->threads, "worker threads of GPTQ calibration (default 0: one per hardware thread)")
+    cmd->add_option("--threads", opt->threads,
+                    "worker threads of the quantizers and of GPTQ calibration (default 0: one per hardware thread)")
         ->check(CLI::NonNegativeNumber);
     cmd->callback([opt] {
         const loaded_config cfg = load_config(opt->config);
@@ -195,13 +212,15 @@ void add_quantize(CLI::App& app) {
         }
         counts n;
         std::size_t n_calibrated = 0;
+        thread_pool pool(thread_count(opt->threads));
         tensor_rewrite rewrite;
         rewrite.replace = [&](const safetensors::tensor_view& v, shard_output& out) {
             ++n.total;
             if (!to_quantize(v, filter)) return false;
             const auto it = calibrated.find(v.name.substr(0, v.name.size() - std::string_view(".weight").size()));
             if (it == calibrated.end()) {
-                checkpoint::export_weight(out.writer, out.keep.emplace_back(checkpoint::quantize_tensor(v, cfg.cfg, settings)));
+                checkpoint::export_weight(out.writer,
+                                          out.keep.emplace_back(checkpoint::quantize_tensor(v, cfg.cfg, settings, &pool)));
             } else {
                 checkpoint::export_weight(out.writer, out.keep.emplace_back(quantize_calibrated(
                                                           v, it->first, *it->second, calib->path(), cfg, opt->threads)));
@@ -231,19 +250,30 @@ void add_dequantize(CLI::App& app) {
                     "output dtype of the weights (default: the original dtype where the checkpoint records it, "
                     "bnb 4-bit does; otherwise bf16)")
         ->check(CLI::IsMember({"f32", "bf16", "f16"}));
+    cmd->add_option("--threads", opt->threads, "worker threads (default 0: one per hardware thread)")
+        ->check(CLI::NonNegativeNumber);
     cmd->callback([opt] {
         const loaded_config cfg = load_config(opt->config);
         const input_model in = open_model(opt->in);
         const detected_model model = detect_quantized(in);
         const std::optional<sdt> forced = parse_out_dtype(opt->dtype);
+        thread_pool pool(thread_count(opt->threads));
+        std::vector<std::byte, weight_allocator<std::byte>> buffer;  // huge pages: few page faults
         counts n;
-        const tensor_rewrite rewrite = rewrite_quantized(in, model, cfg.cfg, n, [&](const auto& q, const auto& v, auto& out) {
-            if (!ends_with(q.name, ".weight"))
-                throw io_error("weight '" + q.name + "': a gpt-oss expert tensor (" + std::string(v.name) +
-                               "); transformers transposes those when it dequantizes, which qforge does not do");
-            const sdt type = forced.value_or(q.original_dtype.value_or(sdt::BF16));
-            out.writer.add_owned(q.name, type, q.shape, checkpoint::dequantize_weight(q, type));
-        });
+        const tensor_rewrite rewrite =
+            rewrite_quantized(in, model, cfg.cfg, n, [&](const auto& q, const auto& v, auto& out, bool plan_only) {
+                if (!ends_with(q.name, ".weight"))
+                    throw io_error("weight '" + q.name + "': a gpt-oss expert tensor (" + std::string(v.name) +
+                                   "); transformers transposes those when it dequantizes, which qforge does not do");
+                const sdt type = forced.value_or(q.original_dtype.value_or(sdt::BF16));
+                if (plan_only) return out.writer.add_deferred(q.name, type, q.shape);
+                // one buffer for every weight (each is written out before the next is made)
+                const auto bytes = static_cast<std::size_t>(q.rows() * q.cols()) * safetensors::itemsize(type);
+                if (buffer.size() < bytes) buffer.resize(bytes);
+                const std::span<std::byte> dst = std::span(buffer).first(bytes);
+                checkpoint::dequantize_weight_into(q, type, dst, &pool);
+                out.writer.add(q.name, type, q.shape, dst);
+            });
         output_files files;
         rewrite_model(in, opt->out, "dequantize", rewrite, files);
         files.commit();
@@ -269,7 +299,7 @@ void add_convert(CLI::App& app) {
         const input_model in = open_model(opt->in);
         const detected_model model = detect_quantized(in);
         counts n;
-        const tensor_rewrite rewrite = rewrite_quantized(in, model, cfg.cfg, n, [&](const auto& q, const auto&, auto& out) {
+        const tensor_rewrite rewrite = rewrite_quantized(in, model, cfg.cfg, n, [&](const auto& q, const auto&, auto& out, bool) {
             checkpoint::export_weight(out.writer, out.keep.emplace_back(checkpoint::convert(q, target)));
         });
         output_files files;

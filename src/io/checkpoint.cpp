@@ -4,6 +4,7 @@
 
 #include <qforge/format/packing.hpp>
 #include <qforge/format/tables.hpp>
+#include <qforge/kernels/quantize.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -746,7 +747,8 @@ quantize_settings settings_of(const hf_quant_config& q) {
     return s;
 }
 
-quantized_weight quantize_tensor(const st::tensor_view& v, const config& cfg, const quantize_settings& s) {
+quantized_weight quantize_tensor(const st::tensor_view& v, const config& cfg, const quantize_settings& s,
+                                 thread_pool* pool) {
     if (v.shape.size() != 2) fail(v, "shape " + shape_text(v.shape) + " is not 2-D: only [N, K] weights are quantized");
     const std::int64_t rows = v.shape[0], cols = v.shape[1];
     const ref::quantize_options opt{std::string(v.name), s.mx_rule};
@@ -763,14 +765,15 @@ quantized_weight quantize_tensor(const st::tensor_view& v, const config& cfg, co
                         std::to_string(item) + "-byte bnb_4bit_quant_storage dtype " +
                         std::string(st::to_string(s.bnb4_storage)));
     }
+    element type = element::f32;
+    switch (v.type) {
+        case sdt::F32: break;
+        case sdt::BF16: type = element::bf16; break;
+        case sdt::F16: type = element::f16; break;
+        default: fail(v, "dtype " + std::string(st::to_string(v.type)) + " cannot be quantized (F32, BF16 and F16 can)");
+    }
     try {
-        switch (v.type) {
-            case sdt::F32: q.data = ref::quantize(cfg, std::span<const float>(values<float>(v)), rows, cols, opt); break;
-            case sdt::BF16: q.data = ref::quantize(cfg, std::span<const bf16>(values<bf16>(v)), rows, cols, opt); break;
-            case sdt::F16: q.data = ref::quantize(cfg, std::span<const f16>(values<f16>(v)), rows, cols, opt); break;
-            default:
-                fail(v, "dtype " + std::string(st::to_string(v.type)) + " cannot be quantized (F32, BF16 and F16 can)");
-        }
+        q.data = kernels::quantize_checkpoint(cfg, {v.bytes.data(), type}, rows, cols, opt, pool);
     } catch (const std::invalid_argument& e) {
         // The reference names the tensor; add the file.
         throw io_error("checkpoint '" + std::string(v.file) + "': " + e.what());
@@ -778,25 +781,28 @@ quantized_weight quantize_tensor(const st::tensor_view& v, const config& cfg, co
     return q;
 }
 
-std::vector<std::byte> dequantize_weight(const quantized_weight& q, st::dtype out) {
-    const std::vector<float> w = ref::dequantize(q.data);
-    const auto encode = [&](auto convert) {
-        using T = decltype(convert(0.0f));
-        std::vector<std::byte> bytes(w.size() * sizeof(T));
-        for (std::size_t i = 0; i < w.size(); ++i) {
-            const T v = convert(w[i]);
-            std::memcpy(bytes.data() + i * sizeof(T), &v, sizeof(T));
-        }
-        return bytes;
-    };
+void dequantize_weight_into(const quantized_weight& q, st::dtype out, std::span<std::byte> dst, thread_pool* pool) {
+    element type = element::f32;
     switch (out) {
-        case sdt::F32: return encode([](float x) { return x; });
-        case sdt::BF16: return encode([](float x) { return to_bf16(x); });
-        case sdt::F16: return encode([](float x) { return to_f16(x); });
-        default: break;
+        case sdt::F32: break;
+        case sdt::BF16: type = element::bf16; break;
+        case sdt::F16: type = element::f16; break;
+        default:
+            throw std::invalid_argument("dequantize: output dtype " + std::string(st::to_string(out)) +
+                                        " is not F32, BF16 or F16");
     }
-    throw std::invalid_argument("dequantize: output dtype " + std::string(st::to_string(out)) +
-                                " is not F32, BF16 or F16");
+    const std::size_t n = q.rows() > 0 && q.cols() > 0 ? static_cast<std::size_t>(q.rows()) * static_cast<std::size_t>(q.cols()) : 0;
+    if (dst.size() != n * st::itemsize(out))  // (a bad shape: the reference throws before writing)
+        throw std::invalid_argument("dequantize: weight '" + q.name + "' needs " + std::to_string(n * st::itemsize(out)) +
+                                    " bytes, the buffer has " + std::to_string(dst.size()));
+    kernels::dequantize_checkpoint(q.data, type, dst.data(), pool);
+}
+
+std::vector<std::byte> dequantize_weight(const quantized_weight& q, st::dtype out, thread_pool* pool) {
+    const std::size_t n = q.rows() > 0 && q.cols() > 0 ? static_cast<std::size_t>(q.rows()) * static_cast<std::size_t>(q.cols()) : 0;
+    std::vector<std::byte> bytes(n * (out == sdt::F32 ? 4 : 2));
+    dequantize_weight_into(q, out, bytes, pool);
+    return bytes;
 }
 
 // ---- conversions -----------------------------------------------------------------------------

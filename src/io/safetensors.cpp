@@ -499,27 +499,50 @@ namespace {
 
 }  // namespace
 
-void writer::add_entry(std::string name, dtype type, shape_t shape, std::span<const std::byte> bytes,
-                       std::shared_ptr<const void> owner, std::size_t element_size) {
+void writer::check_entry(const std::string& name, dtype type, const shape_t& shape, std::uint64_t bytes) const {
     if (name == "__metadata__") writer_fail(name, "the name is reserved for the metadata map");
     if (!is_utf8(name)) writer_fail(name, "the name is not valid UTF-8");
     if (names_.contains(name)) writer_fail(name, "added twice");
-    if (element_size != 1 && element_size != itemsize(type))
-        writer_fail(name, std::to_string(element_size) + "-byte elements do not match dtype " +
-                              std::string(to_string(type)));
     if (std::ranges::any_of(shape, [](std::int64_t d) { return d < 0; }))
         writer_fail(name, "negative dimension in shape " + shape_text(shape));
     const auto size = checked_size(shape, type);
     if (!size) writer_fail(name, "shape " + shape_text(shape) + " overflows 64-bit element or byte counts");
-    if (size->bytes != bytes.size())
-        writer_fail(name, "holds " + std::to_string(bytes.size()) + " bytes but " + std::string(to_string(type)) +
-                              " " + shape_text(shape) + " needs " + std::to_string(size->bytes));
+    if (size->bytes != bytes)
+        writer_fail(name, "holds " + std::to_string(bytes) + " bytes but " + std::string(to_string(type)) + " " +
+                              shape_text(shape) + " needs " + std::to_string(size->bytes));
+}
+
+void writer::add_entry(std::string name, dtype type, shape_t shape, std::span<const std::byte> bytes,
+                       std::shared_ptr<const void> owner, std::size_t element_size) {
+    if (element_size != 1 && element_size != itemsize(type))
+        writer_fail(name, std::to_string(element_size) + "-byte elements do not match dtype " +
+                              std::string(to_string(type)));
+    check_entry(name, type, shape, bytes.size());
     names_.insert(name);
     entries_.push_back({std::move(name), type, std::move(shape), bytes, std::move(owner)});
 }
 
+void writer::add_file_range(std::string name, dtype type, shape_t shape, int fd, std::uint64_t offset,
+                            std::uint64_t size) {
+    if (fd < 0) writer_fail(name, "no file to copy from");
+    check_entry(name, type, shape, size);
+    names_.insert(name);
+    entries_.push_back({std::move(name), type, std::move(shape), {}, nullptr, fd, offset, size});
+}
+
 void writer::add(const tensor_view& v) {
     add_entry(std::string(v.name), v.type, shape_t(v.shape.begin(), v.shape.end()), v.bytes, nullptr, 1);
+}
+
+void writer::add_deferred(std::string name, dtype type, shape_t shape) {
+    const auto size = checked_size(shape, type);
+    if (!size) writer_fail(name, "shape " + shape_text(shape) + " overflows 64-bit element or byte counts");
+    check_entry(name, type, shape, size->bytes);
+    names_.insert(name);
+    entry e{std::move(name), type, std::move(shape), {}, nullptr};
+    e.file_size = size->bytes;
+    e.deferred = true;
+    entries_.push_back(std::move(e));
 }
 
 void writer::set_metadata(std::string key, std::string value) {
@@ -545,9 +568,9 @@ writer::layout writer::plan() const {
         nlohmann::ordered_json info = nlohmann::ordered_json::object();
         info["dtype"] = to_string(e->type);
         info["shape"] = e->shape;
-        info["data_offsets"] = {l.data_size, l.data_size + e->bytes.size()};
+        info["data_offsets"] = {l.data_size, l.data_size + e->size()};
         root[e->name] = std::move(info);
-        l.data_size += e->bytes.size();
+        l.data_size += e->size();
     }
     l.header = root.dump();
     l.header.resize((l.header.size() + 7) / 8 * 8, ' ');
@@ -594,6 +617,45 @@ public:
         }
     }
 
+    // data at byte `at` of the file (write_deferred's tensors, in any order).
+    void write_at(std::uint64_t at, std::span<const std::byte> data, const std::string* tensor) {
+        while (!data.empty()) {
+            const std::size_t chunk = std::min<std::size_t>(data.size(), std::size_t{1} << 30);
+            const ssize_t n = ::pwrite(fd_, data.data(), chunk, static_cast<off_t>(at));
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) fail_at("write failed", n < 0 ? errno : EIO, at, tensor);
+            at += static_cast<std::uint64_t>(n);
+            data = data.subspan(static_cast<std::size_t>(n));
+        }
+    }
+    // Moves the sequential position past a region filled by write_at later.
+    void skip(std::uint64_t bytes, const std::string* tensor) {
+        written_ += bytes;
+        if (::lseek(fd_, static_cast<off_t>(written_), SEEK_SET) < 0) fail_at("seek failed", errno, written_, tensor);
+    }
+
+    // `size` bytes of the file `fd` from `offset`, copied in the kernel where it can.
+    void copy_from(int fd, std::uint64_t offset, std::uint64_t size, const std::string* tensor) {
+        auto off = static_cast<off_t>(offset);
+        while (size > 0) {
+            const ssize_t n = ::copy_file_range(fd, &off, fd_, nullptr, std::min<std::uint64_t>(size, std::uint64_t{1} << 30), 0);
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) break;
+            if (n <= 0) fail_at("copy failed", n < 0 ? errno : EIO, written_, tensor);
+            written_ += static_cast<std::uint64_t>(n);
+            size -= static_cast<std::uint64_t>(n);
+        }
+        std::vector<std::byte> buf(std::min<std::uint64_t>(size, std::uint64_t{1} << 22));
+        while (size > 0) {  // no kernel copy between these files: through a buffer
+            const ssize_t n = ::pread(fd, buf.data(), std::min<std::uint64_t>(size, buf.size()), off);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) fail_at("read of the source failed", n < 0 ? errno : EIO, written_, tensor);
+            write_all(std::span<const std::byte>(buf.data(), static_cast<std::size_t>(n)), tensor);
+            off += n;
+            size -= static_cast<std::uint64_t>(n);
+        }
+    }
+
     void commit() {
         if (::fsync(fd_) != 0) fail_at("fsync failed", errno, written_, nullptr);
         const int fd = std::exchange(fd_, -1);
@@ -627,31 +689,82 @@ private:
 
 }  // namespace
 
-// The file, piece by piece, in order: sink(bytes, tensor name or nullptr).
-template <class Sink>
-void writer::emit(const layout& l, Sink&& sink) {
+// The file, piece by piece, in order: sink(bytes, tensor name or nullptr), or for a file range
+// or a deferred tensor file_sink(entry).
+template <class Sink, class FileSink>
+void writer::emit(const layout& l, Sink&& sink, FileSink&& file_sink) {
     const auto prefix = length_prefix(l.header.size());
     sink(std::span<const std::byte>(prefix), nullptr);
     sink(std::as_bytes(std::span(l.header)), nullptr);
-    for (const entry* e : l.in_order) sink(e->bytes, &e->name);
+    for (const entry* e : l.in_order) {
+        if (e->fd >= 0 || e->deferred)
+            file_sink(*e);
+        else
+            sink(e->bytes, &e->name);
+    }
 }
 
 std::vector<std::byte> writer::serialize() const {
     const layout l = plan();
     std::vector<std::byte> out(header_length_size + l.header.size() + l.data_size);
     std::byte* cursor = out.data();
-    emit(l, [&cursor](std::span<const std::byte> piece, const std::string*) {
-        if (!piece.empty()) std::memcpy(cursor, piece.data(), piece.size());
-        cursor += piece.size();
-    });
+    emit(
+        l,
+        [&cursor](std::span<const std::byte> piece, const std::string*) {
+            if (!piece.empty()) std::memcpy(cursor, piece.data(), piece.size());
+            cursor += piece.size();
+        },
+        [&cursor](const entry& e) {
+            if (e.deferred) writer_fail(e.name, "is deferred: only write_deferred writes it");
+            for (std::uint64_t done = 0; done < e.file_size;) {
+                const ssize_t n = ::pread(e.fd, cursor, e.file_size - done, static_cast<off_t>(e.file_offset + done));
+                if (n < 0 && errno == EINTR) continue;
+                if (n <= 0) writer_fail(e.name, "cannot read its bytes: " + errno_text(n < 0 ? errno : EIO));
+                cursor += n;
+                done += static_cast<std::uint64_t>(n);
+            }
+        });
     return out;
 }
 
 void writer::write(const std::filesystem::path& out) const {
+    write_deferred(out, [](const put_fn&) {});
+}
+
+void writer::write_deferred(const std::filesystem::path& out, const std::function<void(const put_fn&)>& fill) const {
     if (!out.has_filename()) throw io_error("safetensors writer: '" + out.string() + "' names no file");
     const layout l = plan();  // every error that does not need the disk comes first
     temp_file tmp(out);
-    emit(l, [&tmp](std::span<const std::byte> piece, const std::string* tensor) { tmp.write_all(piece, tensor); });
+    // Where each deferred tensor goes, and whether it came.
+    std::unordered_map<std::string_view, std::pair<std::uint64_t, const entry*>> deferred;
+    std::uint64_t at = header_length_size + l.header.size();
+    for (const entry* e : l.in_order) {
+        if (e->deferred) deferred.emplace(e->name, std::pair{at, e});
+        at += e->size();
+    }
+    emit(
+        l, [&tmp](std::span<const std::byte> piece, const std::string* tensor) { tmp.write_all(piece, tensor); },
+        [&tmp](const entry& e) {
+            if (e.deferred)
+                tmp.skip(e.file_size, &e.name);
+            else
+                tmp.copy_from(e.fd, e.file_offset, e.file_size, &e.name);
+        });
+    std::set<std::string_view> done;
+    fill([&](std::string_view name, std::span<const std::byte> bytes) {
+        const auto it = deferred.find(name);
+        const std::string n(name);
+        if (it == deferred.end()) writer_fail(n, "is not a deferred tensor of this writer");
+        if (bytes.size() != it->second.second->file_size)
+            writer_fail(n, "holds " + std::to_string(bytes.size()) + " bytes, its shape needs " +
+                               std::to_string(it->second.second->file_size));
+        if (!done.insert(it->first).second) writer_fail(n, "written twice");
+        tmp.write_at(it->second.first, bytes, &n);
+    });
+    if (done.size() != deferred.size()) {
+        for (const auto& [name, place] : deferred)
+            if (!done.contains(name)) writer_fail(std::string(name), "was never written");
+    }
     tmp.commit();
 }
 

@@ -71,9 +71,12 @@ std::uint8_t fp4_code(float y) {
     return sign | fp4_rank_code[count_below(fp4_thresholds, std::fabs(y))];
 }
 
-// An exact tie at a threshold goes to the even index, as the CUDA kernel does.
+// An exact tie at a threshold goes to the even index, as the CUDA kernel does. The thresholds are
+// sorted, so the count below y is a binary search (255 of them: double quantization of a large
+// tensor spent most of its time counting).
+static_assert(std::ranges::is_sorted(dynamic_thresholds));
 std::uint8_t dynamic_code(float y) {
-    std::size_t code = count_below(dynamic_thresholds, y);
+    std::size_t code = static_cast<std::size_t>(std::ranges::lower_bound(dynamic_thresholds, y) - dynamic_thresholds.begin());
     if (code < dynamic_thresholds.size() && y == dynamic_thresholds[code] && code % 2 == 1) ++code;
     return static_cast<std::uint8_t>(code);
 }
@@ -121,6 +124,27 @@ std::vector<std::uint8_t> unpack_high_first(std::span<const std::uint8_t> packed
     for (std::size_t i = 0; i < n; ++i) codes[i] = i % 2 == 0 ? packed[i / 2] >> 4 : packed[i / 2] & 0x0F;
     return codes;
 }
+
+// LLM.int8 row quantization, shared by the weights (CB, SCB) and the activations (XA, SCA):
+// code = RNE(x * (127 / absmax)); a zero row gets codes 0.
+void quantize_int8_row(std::span<const float> x, float absmax, std::span<std::int8_t> codes) {
+    if (absmax == 0.0f) {
+        std::ranges::fill(codes, std::int8_t{0});
+        return;
+    }
+    const float s = 127.0f / absmax;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+        const float y = std::isinf(s) ? (x[i] / absmax) * 127.0f : x[i] * s;
+        codes[i] = static_cast<std::int8_t>(std::nearbyint(y));  // default rounding mode: ties to even
+    }
+}
+
+void check_int8row(const char* where, const int8row_tensor& w) {
+    checked_size(where, w.codes.size(), w.rows, w.cols);
+    expect_size(where, "SCB", w.scb.size(), static_cast<std::size_t>(w.rows));
+}
+
+}  // namespace
 
 // The f32 nearest (ties to even) to the exact mean of non-negative finite f32 values. The sum is
 // kept exactly as an integer count of 2^-149 (the smallest subnormal) in 32-bit limbs: one value
@@ -175,27 +199,6 @@ float exact_mean(std::span<const float> v) {
     return std::ldexp(static_cast<float>(kept), static_cast<int>(drop) - 149);
 }
 
-// LLM.int8 row quantization, shared by the weights (CB, SCB) and the activations (XA, SCA):
-// code = RNE(x * (127 / absmax)); a zero row gets codes 0.
-void quantize_int8_row(std::span<const float> x, float absmax, std::span<std::int8_t> codes) {
-    if (absmax == 0.0f) {
-        std::ranges::fill(codes, std::int8_t{0});
-        return;
-    }
-    const float s = 127.0f / absmax;
-    for (std::size_t i = 0; i < x.size(); ++i) {
-        const float y = std::isinf(s) ? (x[i] / absmax) * 127.0f : x[i] * s;
-        codes[i] = static_cast<std::int8_t>(std::nearbyint(y));  // default rounding mode: ties to even
-    }
-}
-
-void check_int8row(const char* where, const int8row_tensor& w) {
-    checked_size(where, w.codes.size(), w.rows, w.cols);
-    expect_size(where, "SCB", w.scb.size(), static_cast<std::size_t>(w.rows));
-}
-
-}  // namespace
-
 // ---- §2 blockwise 8-bit --------------------------------------------------------------------
 
 blockwise8 quantize_blockwise8(std::span<const float> x, std::int32_t blocksize) {
@@ -241,6 +244,11 @@ bnb4_tensor quantize_bnb4(const config& cfg, std::span<const float> w, std::int6
         q.absmax = std::move(absmax);
         return q;
     }
+    double_quantize(q, std::move(absmax));
+    return q;
+}
+
+void double_quantize(bnb4_tensor& q, std::vector<float> absmax) {
     // Double quantization: absmax - mean(absmax), blockwise 8-bit in nested blocks of 256.
     q.nested = true;
     q.nested_offset = exact_mean(absmax);
@@ -249,7 +257,7 @@ bnb4_tensor quantize_bnb4(const config& cfg, std::span<const float> w, std::int6
     q.absmax_codes = std::move(nested.codes);
     q.nested_absmax = std::move(nested.absmax);
     q.nested_quant_map = dynamic_map;
-    return q;
+    q.absmax.clear();
 }
 
 std::vector<float> dequantize_bnb4(const bnb4_tensor& q) {
@@ -259,19 +267,23 @@ std::vector<float> dequantize_bnb4(const bnb4_tensor& q) {
     if (q.blocksize <= 0) fail(where, "blocksize " + std::to_string(q.blocksize) + " is not positive");
     const std::size_t n = static_cast<std::size_t>(q.rows) * static_cast<std::size_t>(q.cols);
     const auto bs = static_cast<std::size_t>(q.blocksize);
-    const std::size_t blocks = ceil_div(n, bs);
     expect_size(where, "packed", q.packed.size(), (n + 1) / 2);
-    std::vector<float> absmax;
-    if (q.nested) {
-        expect_size(where, "absmax_codes", q.absmax_codes.size(), blocks);
-        expect_size(where, "nested_absmax", q.nested_absmax.size(), ceil_div(blocks, nested_blocksize));
-        absmax = dequantize_blocks(q.absmax_codes, nested_blocksize, q.nested_absmax, q.nested_quant_map);
-        for (float& a : absmax) a += q.nested_offset;  // a second rounding, after the product's
-    } else {
+    return dequantize_blocks(unpack_high_first(q.packed, n), bs, bnb4_absmax(q), q.quant_map);
+}
+
+std::vector<float> bnb4_absmax(const bnb4_tensor& q) {
+    const char* where = "bnb4_absmax";
+    const std::size_t n = static_cast<std::size_t>(q.rows) * static_cast<std::size_t>(q.cols);
+    const std::size_t blocks = ceil_div(n, static_cast<std::size_t>(q.blocksize));
+    if (!q.nested) {
         expect_size(where, "absmax", q.absmax.size(), blocks);
-        absmax = q.absmax;
+        return q.absmax;
     }
-    return dequantize_blocks(unpack_high_first(q.packed, n), bs, absmax, q.quant_map);
+    expect_size(where, "absmax_codes", q.absmax_codes.size(), blocks);
+    expect_size(where, "nested_absmax", q.nested_absmax.size(), ceil_div(blocks, nested_blocksize));
+    std::vector<float> absmax = dequantize_blocks(q.absmax_codes, nested_blocksize, q.nested_absmax, q.nested_quant_map);
+    for (float& a : absmax) a += q.nested_offset;  // a second rounding, after the product's
+    return absmax;
 }
 
 // ---- §2 LLM.int8() ---------------------------------------------------------------------------

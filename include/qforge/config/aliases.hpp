@@ -3,6 +3,9 @@
 
 #include <qforge/config/config.hpp>
 
+#include <boost/hana/tuple.hpp>
+#include <boost/hana/type.hpp>
+
 namespace qforge {
 
 namespace configs {
@@ -34,5 +37,10 @@ using gptq_int8_pc = policy<configs::gptq_int8_pc>;
 using awq_int4_g128 = policy<configs::awq_int4_g128>;
 using fp8_block128 = policy<configs::fp8_block128>;
 using mxfp4 = policy<configs::mxfp4>;
+
+// Every alias above, as a compile-time list to walk (boost::hana::for_each): tests run each one
+// on both routes.
+inline constexpr auto all_aliases = boost::hana::tuple_t<qlora_nf4, bnb_fp4, llm_int8, gptq_int4_g128, gptq_int3_g128,
+                                                         gptq_int8_pc, awq_int4_g128, fp8_block128, mxfp4>;
 
 }  // namespace qforge

@@ -37,7 +37,7 @@ inline constexpr std::array<std::uint8_t, 8> fp4_rank_code{0, 1, 6, 7, 4, 5, 2, 
 inline constexpr std::array<float, 16> e2m1_table{0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
                                                   -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
 
-// The signed 'dynamic' 8-bit map of bitsandbytes (shared/reference/dynamic_map_8bit.tsv), as f32
+// The signed 'dynamic' 8-bit map of bitsandbytes (bitsandbytes `create_dynamic_map(signed=True)`), as f32
 // bit patterns, ascending; index 127 is 0.0, index 255 is 1.0.
 inline constexpr std::array<std::uint32_t, 256> dynamic_map_bits{
     0xbf7e3333, 0xbf7a9999, 0xbf770000, 0xbf736666, 0xbf6fcccc, 0xbf6c3333, 0xbf68999a, 0xbf650000,

@@ -30,6 +30,10 @@
 #include <string_view>
 #include <vector>
 
+namespace qforge {
+class thread_pool;
+}
+
 namespace qforge::checkpoint {
 
 namespace st = safetensors;
@@ -118,14 +122,20 @@ struct quantize_settings {
 // The settings a quantization_config implies (mx_scale_rule, bnb_4bit_quant_storage).
 quantize_settings settings_of(const hf_quant_config& q);
 
-// Round-to-nearest quantization (the scalar reference) of a 2-D F32/BF16/F16 tensor into layout
-// `cfg`; the weight keeps the tensor's name and records its dtype. Errors (NaN/Inf, shapes the
-// layout cannot hold, other dtypes) name the file and the tensor.
-quantized_weight quantize_tensor(const st::tensor_view& v, const config& cfg, const quantize_settings& s = {});
+// Round-to-nearest quantization of a 2-D F32/BF16/F16 tensor into layout `cfg` (the SIMD
+// kernels, kernels/quantize.hpp: the scalar reference's bytes), split over `pool` when given; the
+// weight keeps the tensor's name and records its dtype. Errors (NaN/Inf, shapes the layout cannot
+// hold, other dtypes) name the file and the tensor.
+quantized_weight quantize_tensor(const st::tensor_view& v, const config& cfg, const quantize_settings& s = {},
+                                 thread_pool* pool = nullptr);
 
 // The plain weight's values as `out` (F32, BF16 or F16): the reference's f32 dequantization,
-// rounded to nearest even.
-std::vector<std::byte> dequantize_weight(const quantized_weight& q, st::dtype out);
+// rounded to nearest even (on the SIMD kernels, split over `pool` when given).
+std::vector<std::byte> dequantize_weight(const quantized_weight& q, st::dtype out, thread_pool* pool = nullptr);
+// The same into `dst` (rows * cols * itemsize(out) bytes, else std::invalid_argument): a caller
+// that reuses one buffer for every tensor pays the page faults of fresh memory once.
+void dequantize_weight_into(const quantized_weight& q, st::dtype out, std::span<std::byte> dst,
+                            thread_pool* pool = nullptr);
 
 // ---- lossless layout conversions ----------------------------------------------------------
 

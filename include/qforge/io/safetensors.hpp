@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -197,15 +198,27 @@ public:
         add_entry(std::move(name), type, std::move(shape), std::as_bytes(elements), nullptr, sizeof(T));
     }
     // Takes ownership of `data`.
-    template <class T>
-    void add_owned(std::string name, dtype type, shape_t shape, std::vector<T> data) {
+    template <class T, class Allocator>
+    void add_owned(std::string name, dtype type, shape_t shape, std::vector<T, Allocator> data) {
         static_assert(std::is_trivially_copyable_v<T>);
-        auto owner = std::make_shared<const std::vector<T>>(std::move(data));
+        auto owner = std::make_shared<const std::vector<T, Allocator>>(std::move(data));
         add_entry(std::move(name), type, std::move(shape), std::as_bytes(std::span<const T>(*owner)), owner,
                   sizeof(T));
     }
     // Copies a tensor of an open file through unchanged (borrows: keep the reader open).
     void add(const tensor_view& v);
+    // A tensor whose `size` bytes are those of the open file descriptor `fd` from `offset`: copied
+    // in the kernel when writing (copy_file_range), never held in memory. Keep fd open until then.
+    void add_file_range(std::string name, dtype type, shape_t shape, int fd, std::uint64_t offset, std::uint64_t size);
+    // A tensor whose bytes are given only while writing, by write_deferred.
+    void add_deferred(std::string name, dtype type, shape_t shape);
+    // Every tensor added so far but file ranges, in the order added: f(name, dtype, shape, bytes),
+    // bytes empty for a deferred tensor.
+    template <class F>
+    void for_each_in_memory(F&& f) const {
+        for (const entry& e : entries_)
+            if (e.fd < 0) f(e.name, e.type, e.shape, e.bytes);
+    }
 
     void set_metadata(std::string key, std::string value);  // overwrites; key and value UTF-8
 
@@ -217,6 +230,12 @@ public:
     // fsyncs the directory. On any failure the temp file is removed, `out` is untouched, and an
     // io_error names the file and the byte offset reached.
     void write(const std::filesystem::path& out) const;
+    // As write(), for a writer with deferred tensors: writes the header and every other tensor,
+    // then calls fill(put); put(name, bytes) writes the bytes of deferred tensor `name` in place
+    // (any order, each once, the size add_deferred's shape implies). Every deferred tensor must be
+    // put before fill returns.
+    using put_fn = std::function<void(std::string_view name, std::span<const std::byte> bytes)>;
+    void write_deferred(const std::filesystem::path& out, const std::function<void(const put_fn&)>& fill) const;
 
 private:
     struct entry {
@@ -225,6 +244,10 @@ private:
         shape_t shape;
         std::span<const std::byte> bytes;
         std::shared_ptr<const void> owner;  // keeps owned data alive; null when borrowed
+        int fd = -1;                        // a file range instead of bytes (add_file_range)
+        std::uint64_t file_offset = 0, file_size = 0;
+        bool deferred = false;              // file_size bytes given by write_deferred's fill
+        std::uint64_t size() const { return fd < 0 && !deferred ? bytes.size() : file_size; }
     };
     struct layout {
         std::string header;                  // padded
@@ -234,9 +257,10 @@ private:
 
     void add_entry(std::string name, dtype type, shape_t shape, std::span<const std::byte> bytes,
                    std::shared_ptr<const void> owner, std::size_t element_size);
+    void check_entry(const std::string& name, dtype type, const shape_t& shape, std::uint64_t bytes) const;
     layout plan() const;
-    template <class Sink>
-    static void emit(const layout& l, Sink&& sink);
+    template <class Sink, class FileSink>
+    static void emit(const layout& l, Sink&& sink, FileSink&& file_sink);
 
     std::vector<entry> entries_;
     std::set<std::string, std::less<>> names_;

@@ -85,10 +85,59 @@ constexpr bool kernel_built(const config& c) {
     return false;
 }
 
+// The kernel config of this build that runs weights stored as `stored` on compute path `act`;
+// kernel_built() of the result is false when this build has none. The rule, in order:
+//   - GPTQ (v1, v2) and AWQ weights run in qforge's layout (storage qf), the others as stored;
+//   - the exact config when it is built;
+//   - otherwise, regrouped: a built kernel whose group divides the stored group (per channel: the
+//     whole row; per tensor: FP8's whole tensor), the largest such. pack_weights then repeats each
+//     stored scale (and zero point) for the kernel's groups: the same values, more scale bytes.
+//     Double-quantized absmax cannot be repeated as codes (its nested blocks would shift): a
+//     regrouped bnb kernel has double_quant false, and pack_weights decodes the absmax to f32.
+//     Per channel with `cols` unknown (0), the smallest kernel group, which divides every K the
+//     layout allows; with `cols`, the largest that divides it.
+// The fully unrolled kernels are the compile-time tier (gen/space.py); this is the run-time tier:
+// every group size runs at SIMD speed on the nearest compiled one.
+constexpr config kernel_config_of(const config& stored, compute act, std::int64_t cols = 0) {
+    config want = stored;
+    want.act = act;
+    if (is_gptq(want.storage) || want.storage == layout::awq_gemm) want.storage = layout::qforge;
+    if (kernel_built(want)) return want;
+    const auto whole = [&](std::int32_t g) { return g == per_channel || g == per_tensor; };
+    const auto divides = [&](std::int32_t g) {
+        if (g <= 0) return false;
+        if (whole(want.group)) return cols == 0 || cols % g == 0;
+        return want.group % g == 0;
+    };
+    const generated_kernel* best = nullptr;
+    for (const generated_kernel& k : generated_kernels) {
+        const config& c = k.cfg;
+        if (!k.built || c.type != want.type || c.bits != want.bits || c.storage != want.storage || c.act != act ||
+            c.double_quant || !divides(c.group))
+            continue;
+        if (best == nullptr || (whole(want.group) && cols == 0 ? c.group < best->cfg.group : c.group > best->cfg.group))
+            best = &k;
+    }
+    return best ? best->cfg : want;  // want: not built
+}
+
+// The policy whose kernels run weights that policy P describes: P itself for a kernel layout,
+// else kernel_config_of on P's compute path (gptq_int4_g128 runs int4sym_g128_qf_f32).
+template <class P>
+using kernel_policy = policy<kernel_config_of(P::cfg, P::act)>;
+
+// A compile-time call of a policy without kernels fails here, naming this type and the config it
+// looked for (kernel_policy<P>).
+template <config C>
+struct no_kernel_in_this_build {
+    static_assert(kernel_built(C), "qforge: no kernel runs this policy in this build: add the config in this "
+                                   "type's name to gen/space.py, or include it in -Dkernels");
+    static constexpr bool value = true;
+};
+
 template <class P>
 constexpr void require_built() {
-    static_assert(kernel_built(P::cfg),
-                  "qforge: no kernel for this policy in this build: add it to gen/space.py, or include it in -Dkernels");
+    static_assert(no_kernel_in_this_build<P::cfg>::value);
 }
 
 }  // namespace qforge::kernels
@@ -120,8 +169,9 @@ void with_active_arch(F&& f) {
 }
 
 namespace detail {
-template <class P>
+template <class Policy>
 void dequantize_as(const weights_view& w, std::int64_t n0, std::int64_t n1, void* out, element type) {
+    using P = kernels::kernel_policy<Policy>;
     kernels::require_built<P>();
     check_weights(P::cfg, w);
     check_rows(w, n0, n1);
@@ -130,7 +180,9 @@ void dequantize_as(const weights_view& w, std::int64_t n0, std::int64_t n1, void
 }
 }  // namespace detail
 
-// Run the kernel of policy P for the active ISA (see isa.hpp), without the registry.
+// Run the kernel of policy P for the active ISA (see isa.hpp), without the registry. P may name a
+// checkpoint layout (an alias such as gptq_int4_g128): the kernels of kernels::kernel_policy<P>
+// run, on weights packed for them (pack_weights<P>).
 template <class P>
 void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, float* out) {
     detail::dequantize_as<P>(w, n0, n1, out, element::f32);
@@ -145,8 +197,9 @@ void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, f16* ou
     detail::dequantize_as<P>(w, n0, n1, out, element::f16);
 }
 
-template <class P>
+template <class Policy>
 void gemv(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
+    using P = kernels::kernel_policy<Policy>;
     kernels::require_built<P>();
     detail::check_weights(P::cfg, w);
     detail::check_rows(w, n0, n1);
@@ -160,9 +213,10 @@ void gemv(const weights_view& w, const float* x, float* y, const float* bias = n
     gemv<P>(w, x, bias, y, 0, w.rows);
 }
 
-template <class P>
+template <class Policy>
 void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
           std::int64_t n1) {
+    using P = kernels::kernel_policy<Policy>;
     kernels::require_built<P>();
     detail::check_weights(P::cfg, w);
     detail::check_rows(w, n0, n1);

@@ -6,7 +6,7 @@
 //                                  also zero points per (row, group); act-order g_idx: columns
 //                                  sorted by group and the permutation (weights.hpp)
 //   awq_tensor  -> layout::qforge  AWQ gemm (N-interleaved) repacked once into the same layout
-//   fp8_tensor  -> layout::fp8_block   E4M3 codes and f32 scale_inv as they are (K whole tiles)
+//   fp8_tensor  -> layout::fp8_block   E4M3 / E5M2 codes and f32 scale_inv as they are (K whole tiles)
 //   mx_tensor   -> layout::mx          MXFP4 blocks with the nibbles of each byte swapped
 //                                      (element 2i high, as bnb4), E8M0 scale bytes as they are
 //   int8row_tensor -> layout::bnb8     LLM.int8 CB bytes and f32 SCB as they are; the outlier
@@ -20,7 +20,9 @@
 
 #include <qforge/config/name.hpp>
 #include <qforge/format/packing.hpp>
+#include <qforge/kernels/kernels.hpp>
 #include <qforge/kernels/weights.hpp>
+#include <qforge/reference/layouts.hpp>
 #include <qforge/reference/reference.hpp>
 
 #include <array>
@@ -37,6 +39,19 @@ namespace detail {
 
 [[noreturn]] inline void pack_error(std::string_view tensor, const std::string& why) {
     throw std::invalid_argument("tensor '" + std::string(tensor) + "': " + why);
+}
+
+// rows x groups values -> rows x out_groups, out[i][j] = v[i][j / r]: a value per kernel group,
+// where r kernel groups make one stored group (out_groups <= groups * r: bnb4's flat blocks).
+template <class T>
+std::vector<T> repeat_groups(const std::vector<T>& v, std::int64_t rows, std::int64_t groups, std::int64_t r,
+                             std::int64_t out_groups) {
+    if (r == 1) return v;
+    std::vector<T> out(static_cast<std::size_t>(rows * out_groups));
+    for (std::int64_t i = 0; i < rows; ++i)
+        for (std::int64_t j = 0; j < out_groups; ++j)
+            out[static_cast<std::size_t>(i * out_groups + j)] = v[static_cast<std::size_t>(i * groups + j / r)];
+    return out;
 }
 
 template <class T>
@@ -79,26 +94,33 @@ inline void rows_with_scales(packed_weights& p) {
 
 namespace detail {
 
+// A kernel whose blocks divide the checkpoint's (regrouped, kernel_config_of) reads every absmax
+// once per kernel block: absmax'[j] = absmax[j / r], r = blocksize / kernel block, decoded to f32
+// first when double-quantized. A block of the kernel then lies inside one checkpoint block even
+// where the checkpoint's blocks cross rows.
 inline packed_weights pack_bnb4(const config& cfg, const ref::bnb4_tensor& t, std::string_view tensor) {
-    if (t.type != cfg.type || t.blocksize != cfg.group || t.nested != cfg.double_quant)
+    const bool as_stored = cfg.group == t.blocksize && cfg.double_quant == t.nested;
+    if (t.type != cfg.type || cfg.group <= 0 || t.blocksize % cfg.group != 0 || (cfg.double_quant && !as_stored))
         pack_error(tensor, "bitsandbytes " + std::string(to_string(t.type)) + " blocksize " +
                                std::to_string(t.blocksize) + (t.nested ? " (double quant)" : "") +
                                " does not match the kernel config " + canonical_name(cfg));
-    if (t.cols % t.blocksize != 0)
-        pack_error(tensor, "K = " + std::to_string(t.cols) + " is not a multiple of the blocksize " +
-                               std::to_string(t.blocksize) + ": blocks would cross rows");
+    if (t.cols % cfg.group != 0)
+        pack_error(tensor, "K = " + std::to_string(t.cols) + " is not a multiple of the kernel's block " +
+                               std::to_string(cfg.group) + ": its blocks would cross rows");
     packed_weights p;
     p.cfg = cfg;
     p.rows = t.rows;
     p.cols = t.cols;
     p.codes.assign(t.packed.begin(), t.packed.end());
-    if (t.nested) {
+    if (as_stored && t.nested) {
         p.scales.assign(t.absmax_codes.begin(), t.absmax_codes.end());
         p.nested_map.assign(t.nested_quant_map.begin(), t.nested_quant_map.end());
         p.nested_absmax = t.nested_absmax;
         p.nested_offset = t.nested_offset;
     } else {
-        append_bytes(p.scales, t.absmax);
+        const std::vector<float> absmax = ref::bnb4_absmax(t);
+        append_bytes(p.scales, repeat_groups(absmax, 1, static_cast<std::int64_t>(absmax.size()), t.blocksize / cfg.group,
+                                             t.rows * t.cols / cfg.group));
     }
     p.code_table.assign(t.quant_map.begin(), t.quant_map.end());
     return p;
@@ -185,24 +207,28 @@ inline std::vector<std::int32_t> act_order_perm(const ref::gptq_tensor& t, std::
     return perm;
 }
 
-// The integer kernel config and the checkpoint must agree on bits and group (per_channel: K).
-inline void check_int_config(const config& cfg, int bits, std::int64_t group, std::int64_t k, const char* method,
-                             std::string_view tensor) {
+// The integer kernel config and the checkpoint must agree on bits, and the kernel's group
+// (per_channel: K) must divide the checkpoint's, which divides K. Returns the number of kernel
+// groups per checkpoint group (1, or more when regrouped: kernel_config_of).
+inline std::int64_t check_int_config(const config& cfg, int bits, std::int64_t group, std::int64_t k,
+                                     const char* method, std::string_view tensor) {
     if (bits != cfg.bits || !gptq_bits_supported(bits) || (cfg.type != dtype::int_sym && cfg.type != dtype::int_asym))
         pack_error(tensor, "the qforge layout holds 2, 3, 4 or 8-bit integers of the config's width; got " +
                                std::to_string(bits) + "-bit " + method + " for " + canonical_name(cfg));
-    if (group != (cfg.group == per_channel ? k : cfg.group) || k % group != 0)
+    const std::int64_t kernel_group = cfg.group == per_channel ? k : cfg.group;
+    if (group <= 0 || kernel_group <= 0 || k % group != 0 || group % kernel_group != 0)
         pack_error(tensor, std::string(method) + " group " + std::to_string(group) + " with K = " + std::to_string(k) +
                                " does not fit the kernel config " + canonical_name(cfg));
+    return group / kernel_group;
 }
 
-// zeros [N, G] (row-major, as the kernels read them) for int_asym; for int_sym every zero point
-// must be 2^(b-1) and nothing is stored.
+// zeros [N, G] (row-major) for int_asym, each repeated r times ([N, G r], as the kernels read
+// them); for int_sym every zero point must be 2^(b-1) and nothing is stored.
 inline void store_zeros(const config& cfg, const std::vector<std::uint8_t>& zeros_nG, packed_weights& p,
-                        std::int64_t groups, std::string_view tensor) {
+                        std::int64_t groups, std::int64_t r, std::string_view tensor) {
     const std::int64_t n = p.rows;
     if (cfg.type == dtype::int_asym) {
-        p.zeros.assign(zeros_nG.begin(), zeros_nG.end());
+        append_bytes(p.zeros, repeat_groups(zeros_nG, n, groups, r, groups * r));
         return;
     }
     const int sym_zero = 1 << (cfg.bits - 1);
@@ -214,14 +240,14 @@ inline void store_zeros(const config& cfg, const std::vector<std::uint8_t>& zero
                                        std::to_string(sym_zero) + "); use the int_asym kernels");
 }
 
-// f16 scales [G, N] (checkpoint) -> [N, G] (kernels).
-inline void store_scales(const std::vector<f16>& scales_gN, packed_weights& p, std::int64_t groups) {
+// f16 scales [G, N] (checkpoint) -> [N, G r] (kernels), each repeated r times.
+inline void store_scales(const std::vector<f16>& scales_gN, packed_weights& p, std::int64_t groups, std::int64_t r) {
     const std::int64_t n = p.rows;
     std::vector<std::uint16_t> scales(static_cast<std::size_t>(n * groups));
     for (std::int64_t g = 0; g < groups; ++g)
         for (std::int64_t c = 0; c < n; ++c)
             scales[static_cast<std::size_t>(c * groups + g)] = scales_gN[static_cast<std::size_t>(g * n + c)].bits;
-    append_bytes(p.scales, scales);
+    append_bytes(p.scales, repeat_groups(scales, n, groups, r, groups * r));
 }
 
 // GPTQ (v1 or v2, any zero points, act-order or not) -> qforge layout, repacked once. int_sym
@@ -232,7 +258,7 @@ inline void store_scales(const std::vector<f16>& scales_gN, packed_weights& p, s
 inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_tensor& t, std::string_view tensor) {
     const std::int64_t n = t.rows, k = t.cols;
     const int bits = t.bits;
-    check_int_config(cfg, bits, t.group, k, "GPTQ", tensor);
+    const std::int64_t r = check_int_config(cfg, bits, t.group, k, "GPTQ", tensor);
     if (const int span = bits < 4 ? 64 : 32; k % span != 0)
         pack_error(tensor, "K = " + std::to_string(k) + " is not a multiple of " + std::to_string(span) +
                                " (the qforge layout stores " + std::to_string(bits) + "-bit codes in spans of " +
@@ -252,7 +278,7 @@ inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_ten
             zeros[static_cast<std::size_t>(c * groups + g)] =
                 static_cast<std::uint8_t>(gptq_zero_from_field(bits, fields[static_cast<std::size_t>(c)], t.v2));
     }
-    store_zeros(cfg, zeros, p, groups, tensor);
+    store_zeros(cfg, zeros, p, groups, r, tensor);
 
     const std::int64_t row_bytes = k * bits / 8;
     p.codes.assign(static_cast<std::size_t>(n * row_bytes), 0);
@@ -277,7 +303,7 @@ inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_ten
                 if (bits == 8) std::memcpy(row + r0 * gptq_run_codes, codes.data(), gptq_run_codes);
                 else put_qforge_codes(bits, codes.data(), r0 * gptq_run_codes, (r1 - r0) * gptq_run_codes, row);
             }
-        store_scales(t.scales, p, groups);
+        store_scales(t.scales, p, groups, r);
         return p;
     }
     std::vector<std::uint8_t> column(static_cast<std::size_t>(k)), sorted(static_cast<std::size_t>(k));
@@ -289,14 +315,14 @@ inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_ten
         if (bits == 8) std::memcpy(row, sorted.data(), sorted.size());
         else put_qforge_codes(bits, sorted.data(), 0, k, row);
     }
-    store_scales(t.scales, p, groups);
+    store_scales(t.scales, p, groups, r);
     return p;
 }
 
 // AWQ gemm (codes and zeros packed along N in AWQ's nibble order) -> qforge layout, repacked once.
 inline packed_weights pack_awq_to_qforge(const config& cfg, const ref::awq_tensor& t, std::string_view tensor) {
     const std::int64_t n = t.rows, k = t.cols;
-    check_int_config(cfg, 4, t.group, k, "AWQ", tensor);
+    const std::int64_t r = check_int_config(cfg, 4, t.group, k, "AWQ", tensor);
     if (n % awq_pack_codes != 0 || k % 32 != 0)
         pack_error(tensor, "AWQ shape [" + std::to_string(n) + ", " + std::to_string(k) +
                                "] needs N a multiple of 8 and K of 32");
@@ -313,7 +339,7 @@ inline packed_weights pack_awq_to_qforge(const config& cfg, const ref::awq_tenso
     std::vector<std::uint8_t> zeros(static_cast<std::size_t>(n * groups));
     for (std::int64_t c = 0; c < n; ++c)
         for (std::int64_t g = 0; g < groups; ++g) zeros[static_cast<std::size_t>(c * groups + g)] = code(t.qzeros, g, c);
-    store_zeros(cfg, zeros, p, groups, tensor);
+    store_zeros(cfg, zeros, p, groups, r, tensor);
 
     // 32 rows of K at a time: their packed words are L2-resident while every output row takes
     // its 16-byte span
@@ -324,23 +350,33 @@ inline packed_weights pack_awq_to_qforge(const config& cfg, const ref::awq_tenso
             for (std::int64_t i = 0; i < 32; ++i) span_codes[i] = code(t.qweight, s * 32 + i, c);
             put_qforge_codes<4>(span_codes, s * 32, 32, p.codes.data() + c * (k / 2));
         }
-    store_scales(t.scales, p, groups);
+    store_scales(t.scales, p, groups, r);
     return p;
 }
 
+// A kernel tile inside a stored tile (regrouped, e.g. per tensor on 128 x 128 tiles) reads the
+// stored tile's scale_inv.
 inline packed_weights pack_fp8(const config& cfg, const ref::fp8_tensor& t, std::string_view tensor) {
-    if (t.type != cfg.type || t.tile_rows != cfg.group || t.tile_cols != cfg.group)
+    const std::int64_t g = cfg.group;
+    if (t.type != cfg.type || g <= 0 || t.tile_cols % g != 0 || (t.tile_rows % g != 0 && t.tile_rows < t.rows))
         pack_error(tensor, "FP8 " + std::string(to_string(t.type)) + " with tile " + std::to_string(t.tile_rows) + "x" +
                                std::to_string(t.tile_cols) + " does not match the kernel config " + canonical_name(cfg));
-    if (t.cols % cfg.group != 0)
-        pack_error(tensor, "K = " + std::to_string(t.cols) + " is not a multiple of the tile " +
-                               std::to_string(cfg.group) + ": the fp8 kernels need whole tiles along K");
+    if (t.cols % g != 0)
+        pack_error(tensor, "K = " + std::to_string(t.cols) + " is not a multiple of the tile " + std::to_string(g) +
+                               ": the fp8 kernels need whole tiles along K");
     packed_weights p;
     p.cfg = cfg;
     p.rows = t.rows;
     p.cols = t.cols;
     p.codes.assign(t.codes.begin(), t.codes.end());
-    append_bytes(p.scales, t.scale_inv);
+    const std::int64_t tile_rows = (t.rows + g - 1) / g, tile_cols = t.cols / g;
+    const std::int64_t stored_cols = (t.cols + t.tile_cols - 1) / t.tile_cols;
+    std::vector<float> scale_inv(static_cast<std::size_t>(tile_rows * tile_cols));
+    for (std::int64_t i = 0; i < tile_rows; ++i)
+        for (std::int64_t j = 0; j < tile_cols; ++j)
+            scale_inv[static_cast<std::size_t>(i * tile_cols + j)] =
+                t.scale_inv.at(static_cast<std::size_t>(i * g / t.tile_rows * stored_cols + j * g / t.tile_cols));
+    append_bytes(p.scales, scale_inv);
     return p;
 }
 
@@ -421,6 +457,13 @@ inline packed_weights pack_weights(const config& kernel_cfg, const ref::quantize
     packed_weights p = detail::pack_dense(kernel_cfg, q, tensor);
     rows_with_scales(p);
     return p;
+}
+
+// For the compile-time route: weights described by policy P (an alias such as gptq_int4_g128
+// included), packed for the kernels that run them, kernels::kernel_policy<P>.
+template <class P>
+packed_weights pack_weights(const ref::quantized& q, std::string_view tensor = "weight") {
+    return pack_weights(kernels::kernel_policy<P>::cfg, q, tensor);
 }
 
 }  // namespace qforge

@@ -20,7 +20,7 @@ namespace qforge {
 //   qforge codes: per row K/2 bytes; in every 16-byte span s, byte j holds element 32s+j in its
 //          low nibble and element 32s+16+j in its high nibble (so a 16-byte load decodes into
 //          32 consecutive elements); scales: f16 bits per (row, group), row-major [N, K/group]
-//   fp8_block codes: one E4M3 byte per element, row-major [N, K]; scales: f32 scale_inv per
+//   fp8_block codes: one E4M3 / E5M2 byte per element, row-major [N, K]; scales: f32 scale_inv per
 //          group x group tile, row-major [ceil(N/group), K/group]
 //   mx     codes: per row K/2 bytes, element 2i in the HIGH nibble (the checkpoint's nibbles
 //          swapped by pack_weights); scales: one E8M0 byte per (row, block of 32), [N, K/32]

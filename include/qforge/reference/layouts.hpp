@@ -12,6 +12,13 @@ void check_finite(std::span<const float> w, const std::string& tensor_name);
 // §1 (and §2's blockwise 8-bit for the nested absmax)
 bnb4_tensor quantize_bnb4(const config& cfg, std::span<const float> w, std::int64_t rows, std::int64_t cols);
 std::vector<float> dequantize_bnb4(const bnb4_tensor& q);
+// The double quantization of a bnb 4-bit tensor's f32 absmax (q.packed and the rest are kept):
+// offset = exact_mean(absmax), then quantize_blockwise8(absmax - offset, 256).
+void double_quantize(bnb4_tensor& q, std::vector<float> absmax);
+// The f32 nearest (ties to even) to the exact mean of non-negative finite f32 values.
+float exact_mean(std::span<const float> v);
+// The f32 absmax of every block: as stored, or decoded from double quantization (§1).
+std::vector<float> bnb4_absmax(const bnb4_tensor& q);
 blockwise8 quantize_blockwise8(std::span<const float> x, std::int32_t blocksize);
 std::vector<float> dequantize_blockwise8(const blockwise8& q, std::span<const float, 256> map);
 

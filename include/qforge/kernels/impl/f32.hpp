@@ -6,9 +6,10 @@
 // GEMM dequantizes a panel of W exactly (dequantize.hpp) and runs an f32 dot-product tile on it.
 // Error bound (any summation order, u = 2^-24): |y - y_exact| <= (K + 2) u sum_k |W[n,k] x[k]|.
 //
-// The bf16 compute path (bitsandbytes' bnb_4bit_compute_dtype=bfloat16) runs the same code with
-// bf16 operands: x and every exactly dequantized weight are rounded to bf16 (RNE), products and
-// sums stay in f32. So the scale is applied per weight before rounding, not per block.
+// The bf16 and f16 compute paths (bitsandbytes' bnb_4bit_compute_dtype bfloat16 / float16) run the
+// same code with rounded operands: x and every exactly dequantized weight are rounded to bf16 or
+// f16 (RNE), products and sums stay in f32. So the scale is applied per weight before rounding,
+// not per block.
 #pragma once
 
 #include <qforge/kernels/impl/dequantize.hpp>
@@ -28,7 +29,7 @@ namespace qforge::kernels {
 // ignores the index bits above a 2-bit code (format.hpp). 3-bit codes are first completed per
 // field, a byte each (the low bits plus the third from the window's bit plane), then looked up as
 // byte i / parts of each lane. x is permuted once per call into that order (tail blocks: natural).
-// bf16 operands (bitsandbytes' compute dtype bfloat16): see the header of this file.
+// bf16 / f16 operands: see the header of this file.
 //
 // Why it runs below the read bandwidth on this machine (Zen 5, 3.45 GHz): a 64-byte window of
 // nibbles takes 8 lookups (vpermps), 8 FMAs, the block's scale FMA and 7 shifts (NF4 block 64:
@@ -42,18 +43,25 @@ namespace qforge::kernels {
 // subtraction 10.0. Cold, 0.7 of a 39 GB/s bandwidth (this machine's best runs) would ask 8.3
 // cycles per window for int4 g128 (66 bytes with its scale) and 9.1 for NF4 block 64 (72 bytes):
 // about what the GEMV takes hot.
+// The bf16 and f16 compute paths round every operand (x and each exactly dequantized weight) to
+// the compute dtype; products and sums stay in f32.
 template <class P>
-inline constexpr bool bf16_operands = P::act == compute::bf16;
+inline constexpr bool rounded_operands = P::act == compute::bf16 || P::act == compute::f16;
 
-template <class P, class A>
-inline float operand(float v) {
-    if constexpr (bf16_operands<P>) return simd::round_bf16<A>(v);
+template <class P, class A, class V>
+inline V operand(const V& v) {
+    if constexpr (P::act == compute::bf16) return simd::round_bf16<A>(v);
+    else if constexpr (P::act == compute::f16) return simd::round_f16<A>(v);
     else return v;
 }
+
+// x rounded to the compute dtype once per call (bf16 / f16 paths; f32: x itself), in scratch slot 1.
 template <class P, class A>
-inline simd::f32v<A> operand(const simd::f32v<A>& v) {
-    if constexpr (bf16_operands<P>) return simd::round_bf16<A>(v);
-    else return v;
+const float* rounded_x(const float* x, std::int64_t k) {
+    if constexpr (!rounded_operands<P>) return x;
+    auto* xr = static_cast<float*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(k) * sizeof(float)));
+    for (std::int64_t i = 0; i < k; ++i) xr[i] = operand<P, A>(x[i]);
+    return xr;
 }
 
 // perm (act-order, weights.hpp): stored column k multiplies x[perm[k]], gathered here too.
@@ -84,6 +92,20 @@ float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const sim
     // one zero point per step: subtracted from the table once, not from every looked-up register
     // (exact either way: small integers; int4 g128 asym: 8 subtractions fewer per window)
     constexpr bool zero_in_table = has_zeros<P> && bpw == 1;
+    // bf16 / f16 operands: where a window holds one block (two on AVX-512, looked up as a pair of
+    // tables), the block's values times its scale are rounded once into the step's table, so the
+    // lookups return the rounded weights; elsewhere every looked-up register is scaled and rounded.
+    // The same values either way.
+#if XSIMD_WITH_AVX512F
+    constexpr bool table_pair = rounded_operands<P> && bpw == 2 && std::is_base_of_v<xsimd::avx512f, A>;
+#else
+    constexpr bool table_pair = false;
+#endif
+    constexpr bool rounded_table = (rounded_operands<P> && bpw == 1) || table_pair;
+    const auto rounded = [&](const simd::table16<A>& t, float zero, float scale) {
+        return simd::table_map<A>(has_zeros<P> ? simd::table_minus<A>(t, zero) : t,
+                                  [&](const F& v) { return operand<P, A>(F(v * F(scale))); });
+    };
 
     const std::uint8_t* codes = row_codes<P, A>(w, n);
     F acc(0.0f);
@@ -98,9 +120,19 @@ float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const sim
             F even(0.0f), odd(0.0f);  // two chains: FMA latency
             const std::int64_t local = (step - c0) * bpw;
             const F step_scale = simd::expand_scales<bpw, A>(scales + local);
-            const simd::table16<A> step_table = zero_in_table ? simd::table_minus<A>(table, zeros[local]) : table;
+            const auto zero_at = [&](int b) { return has_zeros<P> ? zeros[local + b] : 0.0f; };
+            const auto step_table = [&] {
+#if XSIMD_WITH_AVX512F
+                if constexpr (table_pair)
+                    return simd::table16_pair{rounded(table, zero_at(0), scales[local]).t,
+                                              rounded(table, zero_at(1), scales[local + 1]).t};
+                else
+#endif
+                if constexpr (rounded_table) return rounded(table, zero_at(0), scales[local]);
+                else return zero_in_table ? simd::table_minus<A>(table, zeros[local]) : table;
+            }();
             [[maybe_unused]] F step_zero;
-            if constexpr (has_zeros<P> && !zero_in_table) step_zero = simd::expand_scales<bpw, A>(zeros + local);
+            if constexpr (has_zeros<P> && !zero_in_table && !table_pair) step_zero = simd::expand_scales<bpw, A>(zeros + local);
             simd::unroll<S::windows_per_step>([&](auto wi) {
                 const window_codes wc = window_at<P, A, S::V>(codes, s.k, step * S::windows_per_step + wi);
                 simd::prefetch_ahead(wc.low);
@@ -121,14 +153,14 @@ float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const sim
                     if constexpr (split_planes<P>)
                         idx = i < S::parts ? whole[i % S::parts] : I(whole[i % S::parts] >> (8 * (i / S::parts)));
                     F v = simd::lookup<A>(step_table, idx);
-                    if constexpr (has_zeros<P> && !zero_in_table) v = v - step_zero;  // exact: code - zero
-                    if constexpr (bf16_operands<P>) v = simd::round_bf16<A>(v * step_scale);
+                    if constexpr (has_zeros<P> && !zero_in_table && !table_pair) v = v - step_zero;  // exact: code - zero
+                    if constexpr (rounded_operands<P> && !rounded_table) v = operand<P, A>(F(v * step_scale));
                     const F xv = F::load_unaligned(xw + i * S::lanes);
                     if constexpr (i % 2 == 0) even = simd::fma<A>(v, xv, even);
                     else odd = simd::fma<A>(v, xv, odd);
                 });
             });
-            if constexpr (bf16_operands<P>) acc = acc + (even + odd);
+            if constexpr (rounded_operands<P>) acc = acc + (even + odd);
             else acc = simd::fma<A>(even + odd, step_scale, acc);
         }
     }
@@ -143,10 +175,10 @@ float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const sim
         for (std::int64_t k = b * S::group; k < (b + 1) * S::group; ++k) {
             float v = values[L::template code_at<A, code_bits<P>>(codes, s.k, k)];
             if constexpr (has_zeros<P>) v -= zr[b - b0];
-            if constexpr (bf16_operands<P>) part += operand<P, A>(v * sc[b - b0]) * xp[k];
+            if constexpr (rounded_operands<P>) part += operand<P, A>(v * sc[b - b0]) * xp[k];
             else part += v * xp[k];
         }
-        out += bf16_operands<P> ? part : part * sc[b - b0];
+        out += rounded_operands<P> ? part : part * sc[b - b0];
     }
     return out;
 }

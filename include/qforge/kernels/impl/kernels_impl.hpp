@@ -21,9 +21,6 @@
 
 namespace qforge::kernels {
 
-template <class P>
-inline constexpr bool no_compute_path = false;
-
 // Columns [k0, k0 + kc) (whole blocks) of row n in f32: the rows of the f32 GEMM's panels.
 template <class P, class A>
 void dequantize_columns(const weights_view& w, const simd::table16<A>& table, std::int64_t n, std::int64_t k0,
@@ -118,15 +115,14 @@ void gemv_i8(const weights_view& w, const float* x, const float* bias, float* y,
 template <class P, class A>
 void gemv(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
     check_kernel_policy<P>();
-    if constexpr (native_bf16<P, A>) gemv_bf16<P, A>(w, x, bias, y, n0, n1);
-    else if constexpr (P::act == compute::f32 || P::act == compute::bf16) gemv_f32<P, A>(w, x, bias, y, n0, n1);
+    if constexpr (native_bf16_gemv<P, A>) gemv_bf16<P, A>(w, x, bias, y, n0, n1);
     else if constexpr (P::act == compute::i8) gemv_i8<P, A>(w, x, bias, y, n0, n1);
-    else static_assert(no_compute_path<P>, "qforge: the f16 compute path has no kernels yet");
+    else gemv_f32<P, A>(w, x, bias, y, n0, n1);  // f32, and bf16 / f16 with rounded operands
 }
 
 // ---- GEMM (cache blocking and register tiles: gemm_tiles.hpp) ---------------------------------
 
-// Also the bf16 path: emulated (operands rounded to bf16 in f32) or, on avx512_bf16, with
+// Also the bf16 and f16 paths: emulated (operands rounded in f32) or, for bf16 on avx512_bf16, with
 // panels and X stored as bf16 and vdpbf16ps dot products (bf16.hpp).
 template <class P, class A>
 void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
@@ -149,9 +145,9 @@ void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float
         auto* xb = static_cast<std::uint16_t*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m * k) * sizeof(E)));
         bf16::operands<A>(x, m * k, xb);
         xe = xb;
-    } else if constexpr (bf16_operands<P>) {  // X rounded to bf16 once
+    } else if constexpr (rounded_operands<P>) {  // X rounded to bf16 / f16 once
         auto* xb = static_cast<float*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m * k) * sizeof(float)));
-        for (std::int64_t i = 0; i < m * k; ++i) xb[i] = simd::round_bf16<A>(x[i]);
+        for (std::int64_t i = 0; i < m * k; ++i) xb[i] = operand<P, A>(x[i]);
         xe = xb;
     } else {
         xe = x;
@@ -167,9 +163,9 @@ void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float
                     bf16::operands<A>(exact, kc, row);
                 } else {
                     dequantize_columns<P, A>(w, table, p0 + r, k0, kc, row);
-                    if constexpr (bf16_operands<P>)
+                    if constexpr (rounded_operands<P>)
                         for (std::int64_t c = 0; c < kc; c += simd::lanes<A>)
-                            simd::round_bf16<A>(simd::f32v<A>::load_unaligned(row + c)).store_unaligned(row + c);
+                            operand<P, A>(simd::f32v<A>::load_unaligned(row + c)).store_unaligned(row + c);
                 }
             }
             for (std::int64_t i0 = 0; i0 < m; i0 += MR)
@@ -265,10 +261,9 @@ template <class P, class A>
 void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
           std::int64_t n1) {
     check_kernel_policy<P>();
-    if constexpr (P::act == compute::f32 || P::act == compute::bf16) gemm_f32<P, A>(w, x, m, bias, y, n0, n1);
+    if constexpr (P::act != compute::i8) gemm_f32<P, A>(w, x, m, bias, y, n0, n1);  // f32, bf16, f16
     else if constexpr (vnni_gemm::applies<P, A>) gemm_i8_vnni<P, A>(w, x, m, bias, y, n0, n1);
-    else if constexpr (P::act == compute::i8) gemm_i8<P, A>(w, x, m, bias, y, n0, n1);
-    else static_assert(no_compute_path<P>, "qforge: the f16 compute path has no kernels yet");
+    else gemm_i8<P, A>(w, x, m, bias, y, n0, n1);
 }
 
 // ---- registration: descriptors filled from the policy ------------------------------------

@@ -11,9 +11,11 @@
 #include <xsimd/xsimd.hpp>
 
 #include <bit>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <type_traits>
 #include <utility>
@@ -514,6 +516,37 @@ template <class A>
 inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& odd) {
     ext::store_interleaved<A>(out, even, odd, A{});
 }
+// Every entry of t mapped by f (f32v<A> -> f32v<A>): a table scaled and rounded once per block.
+template <class A, class Fn>
+inline table16<A> table_map(const table16<A>& t, Fn f) {
+#if XSIMD_WITH_AVX512F
+    if constexpr (std::is_base_of_v<xsimd::avx512f, A>) return {f(f32v<A>(t.t))};
+    else
+#endif
+#if XSIMD_WITH_AVX2
+    if constexpr (std::is_base_of_v<xsimd::avx2, A>) return {f(f32v<A>(t.lo)), f(f32v<A>(t.hi))};
+    else
+#endif
+    {
+        table16<A> r;
+        for (int i = 0; i < 16; i += lanes<A>) f(f32v<A>::load_aligned(t.v + i)).store_aligned(r.v + i);
+        return r;
+    }
+}
+#if XSIMD_WITH_AVX512F
+// Two tables looked up as one: lanes 0-7 read `lower`, lanes 8-15 `upper` (a window of two blocks,
+// whose elements fill the lower and upper halves of every lookup's lanes); the low 4 index bits.
+struct table16_pair {
+    __m512 lower, upper;
+};
+template <class A>
+inline f32v<A> lookup(const table16_pair& t, const i32v<A>& idx) {
+    const __m512i half = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 16, 16, 16, 16, 16, 16, 16, 16);
+    // (idx & 15) | half in one ternary-logic op (truth table 0xEA: (a & b) | c)
+    const __m512i i = _mm512_ternarylogic_epi32(idx, _mm512_set1_epi32(15), half, 0xEA);
+    return _mm512_permutex2var_ps(t.lower, i, t.upper);
+}
+#endif
 template <int Shift, int Bits, class A>
 inline u8v<A> code_field(const u8v<A>& v) { return ext::code_field<Shift, Bits, A>(v, A{}); }
 template <std::uint8_t Value, class A>
@@ -562,6 +595,52 @@ inline float round_bf16(float v) {
     bits = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
     std::memcpy(&v, &bits, sizeof bits);
     return v;
+}
+
+// f32 -> nearest f16 (ties to even), returned as f32: the value qforge::to_f16 stores. Values
+// from 65520 up become infinity, f16 subnormals are kept, NaN stays NaN. With F16C it is a round
+// trip through f16; without (SSE), the mantissa is rounded to 10 bits in the normal range, and
+// below 2^-14 by adding 0.5, where the sum's ulp is the f16 subnormal quantum 2^-24.
+namespace ext {
+template <class A>
+inline f32v<A> round_f16(const f32v<A>& v, requires_arch<xsimd::generic>) {
+    using F = f32v<A>;
+    using I = i32v<A>;
+    const F a = xsimd::abs(v);
+    const I bits = xsimd::bitwise_cast<I>(a);
+    const I normal = (bits + I(0xFFF) + ((bits >> 13) & I(1))) & I(~0x1FFF);
+    F r = xsimd::select(a < F(0x1p-14f), (a + F(0.5f)) - F(0.5f), xsimd::bitwise_cast<F>(normal));
+    r = xsimd::select(a >= F(65520.0f), F(std::numeric_limits<float>::infinity()), r);
+    r = xsimd::bitwise_cast<F>(xsimd::bitwise_cast<I>(r) | (xsimd::bitwise_cast<I>(v) & I(std::numeric_limits<std::int32_t>::min())));
+    return xsimd::select(v != v, v, r);
+}
+#if XSIMD_WITH_AVX2
+template <class A>
+inline f32v<A> round_f16(const f32v<A>& v, requires_arch<xsimd::avx2>) {
+    return f32v<A>(_mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)));
+}
+#endif
+#if XSIMD_WITH_AVX512F
+template <class A>
+inline f32v<A> round_f16(const f32v<A>& v, requires_arch<xsimd::avx512f>) {
+    return f32v<A>(_mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)));
+}
+#endif
+}  // namespace ext
+template <class A>
+inline f32v<A> round_f16(const f32v<A>& v) { return ext::round_f16<A>(v, A{}); }
+template <class A>
+inline float round_f16(float v) {
+    if (v != v) return v;
+    const float a = std::fabs(v);
+    float r;
+    if (a >= 65520.0f) r = std::numeric_limits<float>::infinity();
+    else if (a < 0x1p-14f) r = (a + 0.5f) - 0.5f;
+    else {
+        const std::uint32_t bits = std::bit_cast<std::uint32_t>(a);
+        r = std::bit_cast<float>((bits + 0xFFFu + ((bits >> 13) & 1u)) & ~0x1FFFu);
+    }
+    return std::copysign(r, v);
 }
 
 // f32 -> bf16 / f16 bit patterns, RNE, exactly as qforge::to_bf16 / to_f16 (format/float.hpp):

@@ -1,0 +1,35 @@
+// Round-to-nearest quantization into the checkpoint layouts (formats.md §1-6) and dequantization
+// out of them, on SIMD kernels and optionally a thread pool. The bytes equal the scalar
+// reference's (ref::quantize / ref::dequantize, which stay the oracle), on every ISA; so do the
+// errors: any input the kernels refuse (NaN/Inf, a scale fp16 cannot hold, a shape the layout
+// cannot hold) is handed to the reference, which throws its own message.
+//
+//   auto q = qforge::kernels::quantize_checkpoint(qforge::configs::qlora_nf4, {w.data(), element::bf16}, n, k);
+//   qforge::kernels::dequantize_checkpoint(q, element::bf16, out.data(), &pool);
+#pragma once
+
+#include <qforge/kernels/weights.hpp>
+#include <qforge/reference/reference.hpp>
+
+#include <cstdint>
+
+namespace qforge {
+class thread_pool;
+}
+
+namespace qforge::kernels {
+
+// A dense row-major [rows, cols] tensor of f32, bf16 or f16 elements (any alignment).
+struct tensor_source {
+    const void* data = nullptr;
+    element type = element::f32;
+};
+
+// The reference's ref::quantize, bit for bit; work split over `pool` when given.
+ref::quantized quantize_checkpoint(const config& cfg, tensor_source w, std::int64_t rows, std::int64_t cols,
+                                   const ref::quantize_options& opt = {}, thread_pool* pool = nullptr);
+
+// The reference's dequantize, rounded (RNE) to `out`: `dst` receives rows * cols elements.
+void dequantize_checkpoint(const ref::quantized& q, element out, void* dst, thread_pool* pool = nullptr);
+
+}  // namespace qforge::kernels
