@@ -28,17 +28,16 @@ namespace {
 
 namespace ck = qforge::checkpoint;
 
-// Kernel configs for a checkpoint layout, the weight's own compute type first, then f32: bnb 4-bit
-// runs as stored, 4-bit GPTQ is repacked into qforge's layout; none where no kernel family exists.
-std::vector<qforge::config> kernel_configs(qforge::config k) {
-    if (qforge::is_gptq(k.storage))
-        k.storage = qforge::layout::qforge;
-    else if (k.storage != qforge::layout::bnb4)
-        return {};
-    std::vector<qforge::config> out{k};
-    if (k.act != qforge::compute::f32) {
-        k.act = qforge::compute::f32;
-        out.push_back(k);
+// The kernel configs to try for a stored layout: its own compute path first, then f32
+// (kernel_config_for maps GPTQ / AWQ to qforge's layout and refuses paths with no kernel).
+std::vector<qforge::config> kernel_configs(const qforge::config& stored, std::int64_t cols) {
+    std::vector<qforge::config> out;
+    for (const qforge::compute act : {stored.act, qforge::compute::f32}) {
+        try {
+            const qforge::config k = qforge::kernel_config_for(stored, act, cols);
+            if (out.empty() || out.back() != k) out.push_back(k);
+        } catch (const qforge::unsupported_config&) {  // e.g. LLM.int8 has only the i8 path
+        }
     }
     return out;
 }
@@ -90,8 +89,8 @@ int main(int argc, char** argv) {
 
             const std::vector<double> reference = qforge::ref::gemv(q.data, x, bias);
             std::vector<float> y(static_cast<std::size_t>(rows));
-            std::string path = "scalar reference (no kernel for this layout)";
-            for (const qforge::config& kcfg : kernel_configs(q.cfg)) {
+            std::string path = "scalar reference (no kernel for this layout in this build)";
+            for (const qforge::config& kcfg : kernel_configs(q.cfg, cols)) {
                 try {
                     const qforge::kernel& k = qforge::registry::global().find(kcfg, qforge::op::gemv);
                     qforge::packed_weights packed = qforge::pack_weights(kcfg, q.data, q.name);  // repacked once

@@ -85,7 +85,9 @@ qforge_selected_kernels_h = custom_target('qforge_selected_kernels.h',
   input: 'qforge_kernel_list.inc',
   command: [python, meson.project_source_root() / 'gen' / 'select_kernels.py',
             '--list', '@INPUT@', '--glob', get_option('kernels'), '--out', '@OUTPUT@'],
-  depend_files: [meson.project_source_root() / 'gen' / 'select_kernels.py'])
+  depend_files: [meson.project_source_root() / 'gen' / 'select_kernels.py'],
+  install: true,
+  install_dir: get_option('includedir'))
 
 generated_inc = include_directories('.')
 # What every user of the kernels needs: the lists and the selection header (built first).
@@ -108,11 +110,13 @@ endif
 
 qforge_kernel_objects = []
 qforge_kernel_libs = {{}}
+# Always -O3, whatever the build type (a parent project's debug build included).
 foreach isa_name, sources : kernel_isa_sources
   kernel_lib = static_library('qforge_kernels_' + isa_name, sources,
     cpp_args: kernel_common_args + kernel_isa_flags[isa_name],
     include_directories: inc,
-    dependencies: [xsimd_dep, qforge_generated_dep])
+    dependencies: [xsimd_dep, qforge_generated_dep],
+    override_options: ['optimization=3'])
   qforge_kernel_objects += kernel_lib.extract_all_objects(recursive: false)
   qforge_kernel_libs += {{isa_name: kernel_lib}}
 endforeach

@@ -190,6 +190,23 @@ const kernel& registry::find(const config& cfg, op o) const {
     throw unsupported_config(msg, std::move(near));
 }
 
+config kernel_config_for(const config& stored, compute wanted, std::int64_t cols) {
+    config want = stored;
+    want.act = wanted;
+    if (check(want) != config_rule::ok && !(is_gptq(want.storage) || want.storage == layout::awq_gemm)) {
+        // e.g. LLM.int8 with f32 activations: say which kernels exist
+        std::vector<std::string> near = registry::global().nearest(want);
+        std::string msg = "qforge: no kernel runs " + canonical_name(stored) + " weights with " +
+                          std::string(to_string(wanted)) + " activations (" +
+                          std::string(describe(check(want)).message) + "); nearest supported:";
+        for (const std::string& n : near) msg += " " + n;
+        throw unsupported_config(msg, std::move(near));
+    }
+    const config k = kernels::kernel_config_of(stored, wanted, cols);
+    (void)registry::global().find(k, op::gemv);  // throws unsupported_config naming the nearest
+    return k;
+}
+
 std::vector<std::string> registry::names() const {
     std::set<std::string> unique;
     for (const kernel& k : kernels_) unique.insert(std::string(k.name));

@@ -33,6 +33,8 @@
 #include <boost/hana/for_each.hpp>
 #include <catch2/catch.hpp>
 
+#include "isa_under_test.hpp"
+
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -61,19 +63,6 @@ const std::vector<listed_kernel> kernel_list = {
 };
 
 constexpr double u = 1.0 / (1 << 24);  // f32 unit roundoff
-
-// The ISA this run tests; false (with a warning) when the CPU cannot run it.
-bool isa_under_test_runs() {
-    const char* forced = std::getenv("QFORGE_ISA");
-    if (forced == nullptr || *forced == '\0') return true;
-    const auto wanted = isa_from_string(forced);
-    REQUIRE(wanted.has_value());
-    if (!cpu_supports(*wanted)) {
-        WARN("this CPU has no " << forced << ": skipped");
-        return false;
-    }
-    return true;
-}
 
 // The kernel the registry picks for this run, or nullptr when -Dkernels filtered it out.
 const kernel* registered(const config& cfg, op o) {

@@ -30,6 +30,10 @@ struct kernel {
     dequantize_fn dequantize_ptr = nullptr;  // set when kind == op::dequantize
     gemv_fn gemv_ptr = nullptr;              // set when kind == op::gemv
     gemm_fn gemm_ptr = nullptr;              // set when kind == op::gemm
+    // op::gemv kernels that transform x (the i8 path, except LLM.int8 and 8-bit integers): the
+    // GEMV in two parts (kernels/weights.hpp); null otherwise (x is used as it is)
+    prepare_fn prepare_ptr = nullptr;
+    gemv_prepared_fn gemv_prepared_ptr = nullptr;
 
     // <name>_<op>_<isa>, e.g. nf4_b64_bnb_f32_gemv_avx512
     std::string full_name() const;
@@ -45,6 +49,14 @@ struct kernel {
     void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
               std::int64_t n1) const;
 };
+
+// The config of the kernels that run weights stored as `stored` (a checkpoint's layout:
+// to_config(quantization_config), or checkpoint::quantized_weight::cfg) with K = cols on the
+// compute path `wanted`: kernels::kernel_config_of (GPTQ and AWQ repacked into qforge's layout,
+// the exact config when built, else a regrouped one), checked at run time. Throws
+// unsupported_config (naming the nearest kernels) when this build has no GEMV kernel for it, e.g.
+// FP8 with i8 activations, or LLM.int8 with anything but i8.
+config kernel_config_for(const config& stored, compute wanted, std::int64_t cols = 0);
 
 // No kernel for a config: the message lists the nearest supported names.
 struct unsupported_config : std::invalid_argument {

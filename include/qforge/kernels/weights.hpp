@@ -166,6 +166,14 @@ using dequantize_fn = void (*)(const weights_view& w, std::int64_t n0, std::int6
 // y[n] = sum_k W[n, k] x[k] (+ bias[n]) for n in [n0, n1); x has K elements, y and bias N.
 using gemv_fn = void (*)(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0,
                          std::int64_t n1);
+// The GEMV in two parts where the kernel transforms x (the i8 path: quantized per block and
+// permuted): prepare writes x's preparation for w's K and column order to mem and returns its
+// bytes (mem null: only the bytes); gemv_prepared then computes rows [n0, n1) as gemv_fn does,
+// with the same bits. The preparation is read only: threads and matrices of the same kernel,
+// K and column order (perm) may share it.
+using prepare_fn = std::size_t (*)(const weights_view& w, const float* x, void* mem);
+using gemv_prepared_fn = void (*)(const weights_view& w, const void* prepared, const float* bias, float* y,
+                                  std::int64_t n0, std::int64_t n1);
 // Y[i, n] = sum_k X[i, k] W[n, k] (+ bias[n]) for i < m, n in [n0, n1); X is [m, K] and Y is
 // [m, N], both row-major and dense.
 using gemm_fn = void (*)(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y,

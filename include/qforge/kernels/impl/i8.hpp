@@ -84,6 +84,14 @@ float quantize_block(const float* xb, std::int64_t len, std::int8_t* out, std::i
     return amax / 127.0f;
 }
 
+// The prepared row held in s.bytes of memory at mem (written by quantize_activations).
+template <class P, class A>
+i8_row prepared_row(const i8_shape<P, A>& s, const void* mem) {
+    const auto* base = static_cast<const std::uint8_t*>(mem);
+    return {reinterpret_cast<const std::int8_t*>(base), reinterpret_cast<const float*>(base + s.xsb_off),
+            reinterpret_cast<const float*>(base + s.qsum_off)};
+}
+
 template <class P, class A>
 i8_row quantize_activations(const i8_shape<P, A>& s, const float* x, void* mem) {
     using S = i8_shape<P, A>;
@@ -117,7 +125,7 @@ i8_row quantize_activations(const i8_shape<P, A>& s, const float* x, void* mem) 
             }
         }
     }
-    return {q, xs_block, qsum};
+    return prepared_row(s, mem);
 }
 
 // The weight side of the i8 path: int8 levels of the 16 codes in the registers the dot needs.

@@ -75,17 +75,41 @@ void gemv_f32(const weights_view& w, const float* x, const float* bias, float* y
     }
 }
 
+// The i8 GEMV in two parts, so that x is prepared once for every matrix and thread that reads it
+// (kernel::prepare, engine.hpp): x gathered to the stored column order, quantized per block and
+// permuted to the code registers' order (i8.hpp); then the rows on the prepared bytes.
+// (LLM.int8 and the 8-bit qforge layout quantize x inside their own gemv_i8 overloads.)
+template <class P>
+inline constexpr bool has_prepared_gemv = P::act == compute::i8 && P::storage != layout::bnb8 &&
+                                          !(P::storage == layout::qforge && P::bits == 8);
+
 template <class P, class A>
-void gemv_i8(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
+std::size_t prepare_gemv(const weights_view& w, const float* x, void* mem) {
+    const i8_shape<P, A> s(w.cols);
+    if (mem != nullptr) quantize_activations<P, A>(s, gather_columns<A, 1>(w, x, 1), mem);
+    return s.bytes;
+}
+
+// Not inlined into gemv_i8: one copy of the row loop per kernel (compile time).
+template <class P, class A>
+[[gnu::noinline]] void gemv_prepared(const weights_view& w, const void* prepared, const float* bias, float* y,
+                                     std::int64_t n0, std::int64_t n1) {
     const i8_shape<P, A> s(w.cols);
     const i8_levels<P, A> levels(w);
-    const i8_row xq = quantize_activations<P, A>(s, gather_columns<A, 1>(w, x, 1), simd::scratch<A, 0>::get(s.bytes));
+    const i8_row xq = prepared_row<P, A>(s, prepared);
     for_each_row<A>(
         n0, n1, [&](std::int64_t n) { return i8_gemv_row<P, A>(w, s, levels, xq, n); },
         [&](std::int64_t n, float dots) {
             const float v = dots / code_traits<P::type>::i8_scale + i8_tail<P, A>(w, s, levels, xq, n);
             y[n] = bias ? v + bias[n] : v;
         });
+}
+
+template <class P, class A>
+void gemv_i8(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
+    void* mem = simd::scratch<A, 0>::get(prepare_gemv<P, A>(w, x, nullptr));
+    prepare_gemv<P, A>(w, x, mem);
+    gemv_prepared<P, A>(w, mem, bias, y, n0, n1);
 }
 
 template <class P, class A>
@@ -256,8 +280,14 @@ void register_policy(registry& r, std::string_view name) {
     k.dequantize_ptr = nullptr;
     k.kind = op::gemv;
     k.gemv_ptr = &gemv<P, A>;
+    if constexpr (has_prepared_gemv<P>) {
+        k.prepare_ptr = &prepare_gemv<P, A>;
+        k.gemv_prepared_ptr = &gemv_prepared<P, A>;
+    }
     r.add(k);
     k.gemv_ptr = nullptr;
+    k.prepare_ptr = nullptr;
+    k.gemv_prepared_ptr = nullptr;
     k.kind = op::gemm;
     k.gemm_ptr = &gemm<P, A>;
     r.add(k);
