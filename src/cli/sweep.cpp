@@ -62,25 +62,32 @@ struct row {
     std::string name;
     double bits_per_weight, rmse, max_abs_error, sqnr_db;
     std::optional<gemv_speed> speed;  // when a GEMV kernel exists for the config
+    std::string tier;                 // "compiled", "regrouped" or "-" (scalar reference only)
 };
 
-// GPTQ and AWQ checkpoints run on qforge's repacked layout; every other layout runs as stored.
-config kernel_config(config c) {
-    if (is_gptq(c.storage) || c.storage == layout::awq_gemm) c.storage = layout::qforge;
-    return c;
-}
-
-std::optional<gemv_speed> measure_speed(const config& cfg, const ref::quantized& q, int threads) {
-    const config kcfg = kernel_config(cfg);
-    if (check(kcfg) != config_rule::ok) return std::nullopt;
-    const kernel* k = nullptr;
+// The kernel config that runs cfg on K columns (kernel_config_for: GPTQ and AWQ repacked into
+// qforge's layout, groups without a compiled kernel regrouped), or none.
+std::optional<config> kernel_config(const config& cfg, std::int64_t cols) {
+    if (check(cfg) != config_rule::ok) return std::nullopt;
     try {
-        k = &registry::global().find(kcfg, op::gemv);
+        return kernel_config_for(cfg, cfg.act, cols);
     } catch (const unsupported_config&) {
         return std::nullopt;
     }
+}
+
+// Which tier of kernels runs cfg: its own compiled kernel, or one of a smaller group (gen/space.py).
+std::string tier_of(const config& cfg, std::int64_t cols) {
+    const std::optional<config> k = kernel_config(cfg, cols);
+    if (!k) return "-";
+    return k->group == cfg.group && k->double_quant == cfg.double_quant ? "compiled" : "regrouped";
+}
+
+std::optional<gemv_speed> measure_speed(const config& cfg, const ref::quantized& q, std::int64_t cols, int threads) {
+    const std::optional<config> kcfg = kernel_config(cfg, cols);
+    if (!kcfg) return std::nullopt;
     try {
-        return measure_gemv_cold(*k, pack_weights(kcfg, q), threads);
+        return measure_gemv_cold(registry::global().find(*kcfg, op::gemv), pack_weights(*kcfg, q), threads);
     } catch (const std::invalid_argument&) {
         return std::nullopt;  // e.g. a checkpoint the kernel layout cannot hold
     }
@@ -98,7 +105,7 @@ row measure(const config& cfg, const std::vector<float>& w, std::int64_t rows, s
     }
     return {canonical_name(cfg), ref::bits_per_weight(cfg, rows, cols), std::sqrt(noise / static_cast<double>(w.size())),
             max_err, noise > 0.0 ? 10.0 * std::log10(signal / noise) : INFINITY,
-            threads > 0 ? measure_speed(cfg, q, threads) : std::nullopt};
+            threads > 0 ? measure_speed(cfg, q, cols, threads) : std::nullopt, tier_of(cfg, cols)};
 }
 
 void write_json(const std::filesystem::path& path, const std::vector<row>& rows, const synthetic_spec& spec,
@@ -111,7 +118,8 @@ void write_json(const std::filesystem::path& path, const std::vector<row>& rows,
                             {"bits_per_weight", r.bits_per_weight},
                             {"rmse", r.rmse},
                             {"max_abs_error", r.max_abs_error},
-                            {"sqnr_db", r.sqnr_db}};
+                            {"sqnr_db", r.sqnr_db},
+                            {"tier", r.tier}};
         if (r.speed)
             c["gemv"] = {{"seconds", r.speed->seconds},
                          {"bytes_per_second", r.speed->bytes_per_second},
@@ -226,22 +234,23 @@ struct model_row {
     std::optional<double> mm_seconds;
 };
 
-const kernel* find_kernel(const config& cfg, op o) {
-    const config k = kernel_config(cfg);
-    if (check(k) != config_rule::ok) return nullptr;
+const kernel* find_kernel(const config& cfg, std::int64_t cols, op o) {
+    const std::optional<config> k = kernel_config(cfg, cols);
+    if (!k) return nullptr;
     try {
-        return &registry::global().find(k, o);
+        return &registry::global().find(*k, o);
     } catch (const unsupported_config&) {
         return nullptr;
     }
 }
 
 // Median time of Y = X W^T for M rows of X, weights hot, rows split over `threads`.
-std::optional<double> gemm_seconds(const config& cfg, const ref::quantized& q, std::int64_t m, int threads) {
-    const kernel* k = find_kernel(cfg, op::gemm);
+std::optional<double> gemm_seconds(const config& cfg, const ref::quantized& q, std::int64_t cols, std::int64_t m,
+                                   int threads) {
+    const kernel* k = find_kernel(cfg, cols, op::gemm);
     if (k == nullptr) return std::nullopt;
     try {
-        const packed_weights w = pack_weights(kernel_config(cfg), q);
+        const packed_weights w = pack_weights(k->cfg, q);
         std::vector<float> x(static_cast<std::size_t>(m * w.cols)), y(static_cast<std::size_t>(m * w.rows));
         for (std::size_t i = 0; i < x.size(); ++i) x[i] = std::sin(static_cast<float>(i) * 0.37f);
         thread_pool pool(threads);
@@ -287,11 +296,11 @@ model_row measure_model(const config& cfg, const std::vector<model_sample>& samp
         weights += n;
         if (s.tokens > 0) {  // Y from the config's own kernel, as an engine computes it
             std::vector<double> y;
-            const kernel* k = find_kernel(cfg, op::gemm);
+            const kernel* k = find_kernel(cfg, s.cols, op::gemm);
             std::optional<packed_weights> packed;
             if (k != nullptr) {
                 try {
-                    packed.emplace(pack_weights(kernel_config(cfg), q));
+                    packed.emplace(pack_weights(k->cfg, q));
                 } catch (const std::invalid_argument&) {
                 }
             }
@@ -311,8 +320,8 @@ model_row measure_model(const config& cfg, const std::vector<model_sample>& samp
             }
         }
         if (i == timed && threads > 0) {
-            r.m1 = measure_speed(cfg, q, threads);
-            r.mm_seconds = gemm_seconds(cfg, q, m, threads);
+            r.m1 = measure_speed(cfg, q, s.cols, threads);
+            r.mm_seconds = gemm_seconds(cfg, q, s.cols, m, threads);
         }
     }
     r.bits_per_weight /= weights;
@@ -498,18 +507,19 @@ void add_sweep(CLI::App& app) {
         if (threads > 0)
             std::printf("GEMV y = W x, weights cold (from DRAM), %d thread(s), isa %s; read bandwidth %.1f GB/s\n", threads,
                         std::string(to_string(active_isa())).c_str(), membw * 1e-9);
-        std::printf("%-26s %8s %11s %11s %8s %10s %8s %8s\n", "config", "bits/w", "rmse", "max|err|", "sqnr dB",
-                    "gemv us", "GB/s", "of bw");
+        std::printf("%-26s %8s %11s %11s %8s %10s %8s %8s  %s\n", "config", "bits/w", "rmse", "max|err|", "sqnr dB",
+                    "gemv us", "GB/s", "of bw", "kernels");
         std::vector<row> rows;
         for (const config& c : cfgs) {
             const row r = measure(c, w, opt->spec.rows, opt->spec.cols, threads);
             std::printf("%-26s %8.4f %11.4e %11.4e %8.2f", r.name.c_str(), r.bits_per_weight, r.rmse, r.max_abs_error,
                         r.sqnr_db);
             if (r.speed)
-                std::printf(" %10.1f %8.1f %7.0f%%\n", r.speed->seconds * 1e6, r.speed->bytes_per_second * 1e-9,
+                std::printf(" %10.1f %8.1f %7.0f%%", r.speed->seconds * 1e6, r.speed->bytes_per_second * 1e-9,
                             100.0 * r.speed->bytes_per_second / membw);
             else
-                std::printf(" %10s %8s %8s\n", "-", "-", "-");
+                std::printf(" %10s %8s %8s", "-", "-", "-");
+            std::printf("  %s\n", r.tier.c_str());
             std::fflush(stdout);
             rows.push_back(r);
         }
