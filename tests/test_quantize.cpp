@@ -138,12 +138,13 @@ bool integer_layout(const config& cfg) { return cfg.storage == layout::gptq_v1 |
 std::vector<float> boundaries_of(const config& cfg) {
     std::vector<float> b;
     switch (cfg.storage) {
-        case layout::bnb4:
-            for (float t : cfg.type == dtype::nf4 ? std::vector<float>(midpoints(nf4_table).begin(), midpoints(nf4_table).end())
-                                                  : std::vector<float>(fp4_thresholds.begin(), fp4_thresholds.end()))
-                b.push_back(t);
+        case layout::bnb4: {
+            const auto mids = midpoints(nf4_table);  // one array: begin() and end() of the same object
+            if (cfg.type == dtype::nf4) b.assign(mids.begin(), mids.end());
+            else b.assign(fp4_thresholds.begin(), fp4_thresholds.end());
             for (float t : nf4_table) b.push_back(t);
             break;
+        }
         case layout::fp8_block:  // midpoints between neighbouring E4M3 / E5M2 values, normal and subnormal
             for (int e = -16; e < 8; ++e)
                 for (int m = 0; m < 8; ++m) {

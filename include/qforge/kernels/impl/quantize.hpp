@@ -260,7 +260,9 @@ struct kernels_for {
                 }
                 for (; i < n; ++i) {
                     const float y = quotient ? (x[i] / a) * 127.0f : x[i] * s;
-                    codes[off + i] = static_cast<std::int8_t>(__builtin_nearbyintf(y));
+                    // NaN / Inf input: `ok` is false and the codes are thrown away, but the
+                    // conversion must stay defined (UB for a NaN)
+                    codes[off + i] = y == y ? static_cast<std::int8_t>(__builtin_nearbyintf(y)) : 0;
                 }
             });
         }
@@ -290,7 +292,7 @@ struct kernels_for {
         }
         for (; i < n; ++i) {
             const float q = __builtin_nearbyintf(x[i] / scale) + zero;
-            codes[i] = static_cast<std::uint8_t>(q < 0.0f ? 0.0f : (maxq < q ? maxq : q));
+            codes[i] = static_cast<std::uint8_t>(!(q > 0.0f) ? 0.0f : (maxq < q ? maxq : q));  // NaN (then !ok): 0
         }
     }
 
@@ -344,7 +346,11 @@ struct kernels_for {
                 }
                 if (xmin == 0.0f && xmax == 0.0f) xmin = -1.0f, xmax = 1.0f;
                 const float scale = (xmax - xmin) / maxq;
-                const int zero = j.sym ? 1 << (j.bits - 1) : static_cast<int>(__builtin_nearbyintf(-xmin / scale));
+                // NaN / Inf input or an unstorable scale (then !ok, the results are thrown away):
+                // kept in range so that the conversion is defined; valid zeros are 0..maxq
+                float z = __builtin_nearbyintf(-xmin / scale);
+                z = z == z ? (z < -65536.0f ? -65536.0f : z > 65536.0f ? 65536.0f : z) : 0.0f;
+                const int zero = j.sym ? 1 << (j.bits - 1) : static_cast<int>(z);
                 ok = stored_scale(scale, j.scales[g * j.rows + n]) && ok;
                 j.zeros[g * j.rows + n] = static_cast<std::uint8_t>(zero);
                 for_chunks(j.src, first, j.group, [&](const float* x, std::size_t off, std::size_t c) {
@@ -400,7 +406,7 @@ struct kernels_for {
                     const float range = hi - lo;
                     const float scale = (range < 1e-5f ? 1e-5f : range) / 15.0f;
                     const float z = -__builtin_nearbyintf(lo / scale);
-                    const float zero = z < 0.0f ? 0.0f : (15.0f < z ? 15.0f : z);
+                    const float zero = !(z > 0.0f) ? 0.0f : (15.0f < z ? 15.0f : z);  // NaN (then !ok): 0
                     ok = stored_scale(scale, j.scales[g * j.rows + n]) && ok;
                     j.zeros[g * j.rows + n] = static_cast<std::uint8_t>(zero);
                     for_chunks(j.src, first, j.group, [&](const float* x, std::size_t off, std::size_t cnt) {
