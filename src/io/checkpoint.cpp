@@ -854,24 +854,26 @@ void dequantize_weight_into(const quantized_weight& q, st::dtype out, std::span<
     // Import refuses non-finite scales; finite ones can still overflow (FP8 scale_inv * 448, or
     // a value beyond the f16 range): find the first non-finite value, a chunk at a time (the
     // inner loop vectorizes).
-    const std::size_t size = st::itemsize(out);
-    const std::uint32_t exponent = out == sdt::F32 ? 0x7F800000u : out == sdt::BF16 ? 0x7F80u : 0x7C00u;
-    const auto bits = [&](std::size_t i) {
-        std::uint32_t v = 0;  // little-endian host: the low bytes of v
-        std::memcpy(&v, dst.data() + i * size, size);
-        return v;
+    const auto check = [&]<class T>(T exponent) {  // T: the element's bits, its exponent field all ones
+        const auto v = [&](std::size_t i) {  // memcpy of a constant size: any alignment, still vectorized
+            T x;
+            std::memcpy(&x, dst.data() + i * sizeof(T), sizeof(T));
+            return x;
+        };
+        for (std::size_t c0 = 0; c0 < n; c0 += 4096) {
+            const std::size_t c1 = std::min(n, c0 + 4096);
+            bool bad = false;
+            for (std::size_t i = c0; i < c1; ++i) bad |= (v(i) & exponent) == exponent;
+            if (!bad) continue;
+            const auto cols = static_cast<std::size_t>(q.cols());
+            for (std::size_t i = c0; i < c1; ++i)
+                if ((v(i) & exponent) == exponent)
+                    throw io_error("weight '" + q.name + "': dequantized value [" + std::to_string(i / cols) + ", " +
+                                   std::to_string(i % cols) + "] is not finite in " + std::string(st::to_string(out)));
+        }
     };
-    for (std::size_t c0 = 0; c0 < n; c0 += 4096) {
-        const std::size_t c1 = std::min(n, c0 + 4096);
-        bool bad = false;
-        for (std::size_t i = c0; i < c1; ++i) bad |= (bits(i) & exponent) == exponent;
-        if (!bad) continue;
-        const auto cols = static_cast<std::size_t>(q.cols());
-        for (std::size_t i = c0; i < c1; ++i)
-            if ((bits(i) & exponent) == exponent)
-                throw io_error("weight '" + q.name + "': dequantized value [" + std::to_string(i / cols) + ", " +
-                               std::to_string(i % cols) + "] is not finite in " + std::string(st::to_string(out)));
-    }
+    if (out == sdt::F32) check(std::uint32_t{0x7F800000u});
+    else check(static_cast<std::uint16_t>(out == sdt::BF16 ? 0x7F80u : 0x7C00u));
 }
 
 std::vector<std::byte> dequantize_weight(const quantized_weight& q, st::dtype out, thread_pool* pool) {
