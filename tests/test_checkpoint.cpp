@@ -5,6 +5,7 @@
 #include <qforge/config/name.hpp>
 #include <qforge/format/tables.hpp>
 #include <qforge/io/checkpoint.hpp>
+#include <qforge/parallel.hpp>
 #include <qforge/reference/reference.hpp>
 #include <qforge/synthetic.hpp>
 
@@ -724,6 +725,24 @@ TEST_CASE("non-finite scales, tables and codes are refused at import, naming ten
         CHECK_THROWS_WITH(ck::dequantize_weight(q, sdt::F32),
                           Catch::Contains("weight '" + weight_name + "'") && Catch::Contains("not finite in F32"));
     }
+    SECTION("the element named is the first one that overflows, with and without a thread pool") {
+        std::vector<entry> es = entries_of(quantized(configs::fp8_block128, 300, 300));
+        std::vector<float> scale_inv(9, 1.0f);
+        scale_inv[4] = scale_inv[8] = 3e38f;  // blocks [1, 1] and [2, 2]: rows 128.. and 256..
+        find_entry(es, weight_name + "_scale_inv").bytes = bytes_of(scale_inv);
+        temp_dir dir;
+        write_entries(dir / "f.safetensors", es);
+        const ck::quantized_weight q = ck::import_module(st::reader(dir / "f.safetensors"), "model.layers.0.mlp.down_proj");
+        const std::vector<float> exact = ref::dequantize(q.data);
+        const auto first = static_cast<std::size_t>(
+            std::find_if(exact.begin(), exact.end(), [](float v) { return !std::isfinite(v); }) - exact.begin());
+        REQUIRE(first / 300 >= 128);
+        REQUIRE(first / 300 < 256);
+        const std::string where = "[" + std::to_string(first / 300) + ", " + std::to_string(first % 300) + "]";
+        thread_pool pool(4);
+        CHECK_THROWS_WITH(ck::dequantize_weight(q, sdt::F32), Catch::Contains(where));
+        CHECK_THROWS_WITH(ck::dequantize_weight(q, sdt::F32, &pool), Catch::Contains(where));
+    }
 }
 
 TEST_CASE("a quant_state blob in another JSON layout: same values, exported in bitsandbytes' layout", "[checkpoint]") {
@@ -827,8 +846,11 @@ TEST_CASE("GPTQ v1 <-> v2 and AWQ -> GPTQ are lossless", "[checkpoint][convert]"
 
     for (const config& c : {configs::awq_int4_g128, config{dtype::int_asym, 4, 32, false, layout::awq_gemm, compute::f32}}) {
         const ck::quantized_weight awq = quantized(c, 64, 256, sdt::F16);
+        thread_pool pool(3);  // each thread transposes its own runs of columns: the same words
         for (const layout target : {layout::gptq_v1, layout::gptq_v2}) {
             const ck::quantized_weight g = ck::convert(awq, target);
+            CHECK(std::get<ref::gptq_tensor>(ck::convert(awq, target, &pool).data).qweight ==
+                  std::get<ref::gptq_tensor>(g.data).qweight);
             CHECK(g.cfg == config{dtype::int_asym, 4, c.group, false, target, compute::f32});
             CHECK(same_bits(ref::dequantize(g.data), ref::dequantize(awq.data)));
             const auto& t = std::get<ref::gptq_tensor>(g.data);

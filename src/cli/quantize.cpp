@@ -129,6 +129,10 @@ int thread_count(int requested) {
     return requested > 0 ? requested : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 }
 
+void add_threads(CLI::App* cmd, int& threads, const std::string& what) {
+    cmd->add_option("--threads", threads, what + " (default 0: one per hardware thread)")->check(CLI::NonNegativeNumber);
+}
+
 void add_common(CLI::App* cmd, common_options& o, const char* config_help) {
     cmd->add_option("--config", o.config, config_help)->required();
     cmd->add_option("IN", o.in, "input: a .safetensors file, or a model.safetensors.index.json of a sharded model")
@@ -188,9 +192,7 @@ void add_quantize(CLI::App& app) {
                     "GPTQ calibration file (gptq configs): per module <module>.inputs [tokens, K] activations, or "
                     "<module>.hessian [K, K] + <module>.nsamples from `qforge hessian`; modules without data are "
                     "rounded to nearest");
-    cmd->add_option("--threads", opt->threads,
-                    "worker threads of the quantizers and of GPTQ calibration (default 0: one per hardware thread)")
-        ->check(CLI::NonNegativeNumber);
+    add_threads(cmd, opt->threads, "worker threads of the quantizers and of GPTQ calibration");
     cmd->callback([opt] {
         const loaded_config cfg = load_config(opt->config);
         if (!opt->calibration.empty() && cfg.hf.method() != hf_method::gptq)
@@ -250,8 +252,7 @@ void add_dequantize(CLI::App& app) {
                     "output dtype of the weights (default: the original dtype where the checkpoint records it, "
                     "bnb 4-bit does; otherwise bf16)")
         ->check(CLI::IsMember({"f32", "bf16", "f16"}));
-    cmd->add_option("--threads", opt->threads, "worker threads (default 0: one per hardware thread)")
-        ->check(CLI::NonNegativeNumber);
+    add_threads(cmd, opt->threads, "worker threads");
     cmd->callback([opt] {
         const loaded_config cfg = load_config(opt->config);
         const input_model in = open_model(opt->in);
@@ -293,14 +294,16 @@ void add_convert(CLI::App& app) {
         ->required()
         ->check(CLI::IsMember({"gptq", "gptq_v2"}));
     cmd->add_option("--config-out", opt->config_out, "also write the output's quantization_config here");
+    add_threads(cmd, opt->threads, "worker threads");
     cmd->callback([opt] {
         const loaded_config cfg = load_config(opt->config);
         const layout target = opt->to == "gptq_v2" ? layout::gptq_v2 : layout::gptq_v1;
         const input_model in = open_model(opt->in);
         const detected_model model = detect_quantized(in);
+        thread_pool pool(thread_count(opt->threads));
         counts n;
         const tensor_rewrite rewrite = rewrite_quantized(in, model, cfg.cfg, n, [&](const auto& q, const auto&, auto& out, bool) {
-            checkpoint::export_weight(out.writer, out.keep.emplace_back(checkpoint::convert(q, target)));
+            checkpoint::export_weight(out.writer, out.keep.emplace_back(checkpoint::convert(q, target, &pool)));
         });
         output_files files;
         rewrite_model(in, opt->out, "convert", rewrite, files);

@@ -116,6 +116,7 @@ void staged_file::check_open() const {
 
 void staged_file::write(std::span<const std::byte> data, const std::string* tensor) {
     check_open();
+    const std::uint64_t start = written_;
     while (!data.empty()) {
         const std::size_t chunk = std::min<std::size_t>(data.size(), std::size_t{1} << 30);
         const ssize_t n = ::write(fd_, data.data(), chunk);
@@ -124,10 +125,12 @@ void staged_file::write(std::span<const std::byte> data, const std::string* tens
         written_ += static_cast<std::uint64_t>(n);
         data = data.subspan(static_cast<std::size_t>(n));
     }
+    start_writeback(start, written_ - start);
 }
 
 void staged_file::write_at(std::uint64_t at, std::span<const std::byte> data, const std::string* tensor) {
     check_open();
+    const std::uint64_t start = at, bytes = data.size();
     while (!data.empty()) {
         const std::size_t chunk = std::min<std::size_t>(data.size(), std::size_t{1} << 30);
         const ssize_t n = ::pwrite(fd_, data.data(), chunk, static_cast<off_t>(at));
@@ -136,6 +139,7 @@ void staged_file::write_at(std::uint64_t at, std::span<const std::byte> data, co
         at += static_cast<std::uint64_t>(n);
         data = data.subspan(static_cast<std::size_t>(n));
     }
+    start_writeback(start, bytes);
 }
 
 void staged_file::skip(std::uint64_t bytes, const std::string* tensor) {
@@ -146,6 +150,7 @@ void staged_file::skip(std::uint64_t bytes, const std::string* tensor) {
 
 void staged_file::copy_from(int fd, std::uint64_t offset, std::uint64_t size, const std::string* tensor) {
     check_open();
+    const std::uint64_t start = written_;
     auto off = static_cast<off_t>(offset);
     while (size > 0) {
         const ssize_t n = ::copy_file_range(fd, &off, fd_, nullptr, std::min<std::uint64_t>(size, std::uint64_t{1} << 30), 0);
@@ -164,6 +169,16 @@ void staged_file::copy_from(int fd, std::uint64_t offset, std::uint64_t size, co
         off += n;
         size -= static_cast<std::uint64_t>(n);
     }
+    start_writeback(start, written_ - start);
+}
+
+// Starts writing the range to disk now, without waiting, so that finish()'s fsync waits only for
+// the last pieces instead of the whole file: the disk works while the next tensor is computed.
+// (Dequantizing a 361 MB checkpoint spent up to a quarter of its time in the final fsync.)
+// Best effort: fsync still reports every error.
+void staged_file::start_writeback(std::uint64_t at, std::uint64_t bytes) const {
+    if (bytes >= (std::uint64_t{1} << 20))
+        (void)::sync_file_range(fd_, static_cast<off_t>(at), static_cast<off_t>(bytes), SYNC_FILE_RANGE_WRITE);
 }
 
 void staged_file::finish() {

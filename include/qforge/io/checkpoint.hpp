@@ -149,10 +149,10 @@ void dequantize_weight_into(const quantized_weight& q, st::dtype out, std::span<
 // GPTQ v1 <-> v2: rewrites the zero fields (v1 stores (z - 1) mod 2^b, v2 stores z).
 ref::gptq_tensor convert_gptq(const ref::gptq_tensor& t, bool to_v2);
 // AWQ gemm -> GPTQ: the same codes, zeros and scales repacked along K; g_idx = k / group.
-// Needs N and K to be multiples of 32 (GPTQ's packing).
-ref::gptq_tensor awq_to_gptq(const ref::awq_tensor& t, bool v2);
+// Needs N and K to be multiples of 32 (GPTQ's packing). The transpose runs on `pool` if given.
+ref::gptq_tensor awq_to_gptq(const ref::awq_tensor& t, bool v2, thread_pool* pool = nullptr);
 // Converts a GPTQ or AWQ weight to `target` (gptq_v1 or gptq_v2); dequantizes to the same values.
-quantized_weight convert(const quantized_weight& q, layout target);
+quantized_weight convert(const quantized_weight& q, layout target, thread_pool* pool = nullptr);
 
 // ---- small pieces, public for tests ----------------------------------------------------------
 

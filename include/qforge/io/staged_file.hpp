@@ -50,6 +50,7 @@ private:
     [[noreturn]] void fail(const std::string& what, int err, const std::string* tensor = nullptr,
                            std::uint64_t at = ~std::uint64_t{0}) const;
     void check_open() const;
+    void start_writeback(std::uint64_t at, std::uint64_t bytes) const;
 };
 
 // A directory created for outputs, removed again (when empty) unless committed; also by
