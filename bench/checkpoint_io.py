@@ -5,9 +5,12 @@ usage: bench/checkpoint_io.py [--qforge build/qforge] [--dir build-io] [--thread
 
 Writes (once) a 360 MB bf16 checkpoint of four 11008 x 4096 weights (LLM-like values: Gaussian,
 sigma 0.02) and the same tensors as a sharded model (two shards and an index). Each round times, in
-turn: `cp` of the file, `qforge quantize` to NF4 with double quantization and to GPTQ int4 g128
-(round to nearest), and `qforge dequantize` of the NF4 result; then prints the medians and their
-ratios to `cp`. The peak resident memory of quantize (`/usr/bin/time -v`, when installed) is
+turn: `cp` of the file, `qforge quantize` to NF4 with double quantization, to GPTQ int4 g128 and to
+AWQ int4 g128 (round to nearest), `qforge dequantize` of the NF4 result and `qforge convert` of the
+AWQ result to GPTQ; then prints the medians and their ratios to `cp`. Every command writes a file
+that does not exist yet, as a first run would: the previous round's output is removed, untimed,
+before each (replacing a file keeps the old one's pages until the rename, which on this VM made
+the new pages several times as expensive to fill as the reused ones `cp -f` gets). The peak resident memory of quantize (`/usr/bin/time -v`, when installed) is
 measured once on the file and once on the sharded model. Python 3 standard library only; the
 page cache is warm for every command alike (the input was just written or read).
 """
@@ -104,21 +107,31 @@ def main():
                    "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": "bfloat16"}, f)
     with open(d("gptq.json"), "w") as f:
         json.dump({"quant_method": "gptq", "bits": 4, "group_size": 128}, f)
+    with open(d("awq.json"), "w") as f:
+        json.dump({"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"}, f)
     q = [args.qforge]
     t = ["--threads", str(args.threads)]
     cases = {
         "cp": ["cp", single, d("copy.safetensors")],
         "quantize nf4-dq": q + ["quantize", "--config", d("nf4.json"), single, d("nf4.safetensors")] + t,
         "quantize gptq int4 g128": q + ["quantize", "--config", d("gptq.json"), single, d("gptq.safetensors")] + t,
+        "quantize awq int4 g128": q + ["quantize", "--config", d("awq.json"), single, d("awq.safetensors")] + t,
         "dequantize nf4-dq": q + ["dequantize", "--config", d("nf4.json"), d("nf4.safetensors"), d("back.safetensors")] + t,
+        "convert awq -> gptq": q + ["convert", "--to", "gptq", "--config", d("awq.json"), d("awq.safetensors"),
+                                    d("converted.safetensors")] + t,
     }
     size_mb = os.path.getsize(single) / 1e6
     times = {name: [] for name in cases}
-    timed(cases["quantize nf4-dq"])  # the dequantize input, and a warm page cache
-    input_mb = {name: (os.path.getsize(d("nf4.safetensors")) / 1e6 if name.startswith("dequantize") else size_mb)
-                for name in cases}
+    for inputs in ["quantize nf4-dq", "quantize awq int4 g128"]:
+        timed(cases[inputs])  # the dequantize and convert inputs, and a warm page cache
+    input_mb = {name: size_mb for name in cases}
+    input_mb["dequantize nf4-dq"] = os.path.getsize(d("nf4.safetensors")) / 1e6
+    input_mb["convert awq -> gptq"] = os.path.getsize(d("awq.safetensors")) / 1e6
     for _ in range(args.rounds):
         for name, cmd in cases.items():
+            output = cmd[-3] if cmd[-2] == "--threads" else cmd[-1]
+            if os.path.exists(output):
+                os.remove(output)
             times[name].append(timed(cmd))
     cp = statistics.median(times["cp"])
     print("%.0f MB bf16 checkpoint (%d x [%d, %d]), %d threads, medians of %d rounds (min .. max)"
