@@ -276,17 +276,10 @@ void dequantize_checkpoint(const ref::quantized& q, element out, void* dst, thre
                 if (t.rows <= 0 || t.cols <= 0 || t.blocksize <= 0 || t.blocksize > 4096 || t.blocksize % 2 != 0) return false;
                 const size_t n = count(t.rows, t.cols), bs = static_cast<size_t>(t.blocksize), blocks = (n + bs - 1) / bs;
                 if (t.packed.size() != (n + 1) / 2) return false;
-                std::vector<float> absmax;
-                if (t.nested) {
-                    if (t.absmax_codes.size() != blocks || t.nested_absmax.size() != (blocks + 255) / 256) return false;
-                    absmax.resize(blocks);
-                    for (size_t i = 0; i < blocks; ++i) {
-                        const float product = t.nested_quant_map[t.absmax_codes[i]] * t.nested_absmax[i / 256];
-                        absmax[i] = product + t.nested_offset;  // a second rounding, after the product's
-                    }
-                } else if (t.absmax.size() != blocks) {
+                if (t.nested ? t.absmax_codes.size() != blocks || t.nested_absmax.size() != (blocks + 255) / 256
+                             : t.absmax.size() != blocks)
                     return false;
-                }
+                const std::vector<float> absmax = t.nested ? ref::bnb4_absmax(t) : std::vector<float>{};
                 const quant::bnb4_dq_job job{t.packed.data(), t.nested ? absmax.data() : t.absmax.data(),
                                              t.quant_map.data(), n, bs, sink};
                 split_void(pool, blocks, 64, [&](size_t b0, size_t b1) { k.bnb4_dq(job, b0, b1); });
