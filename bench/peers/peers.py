@@ -90,7 +90,9 @@ def available_qforge_kernels(exe, wanted):
 
 def run_qforge(exe, kernels, k, n, m, threads, modes, args, group):
     op = "gemv" if m == 1 else "gemm"
-    regex = (f"^(membw/read/t{threads}|{op}/({'|'.join(kernels)})/K{k}xN{n}/M{m}/t{threads}/({'|'.join(modes)}))$")
+    # the peaks too, for the rooflines of plot.py (measured with every group: the clock may move)
+    regex = (f"^(membw/read/t{threads}|peak/(vnni|fma|bf16)/t{threads}|"
+             f"{op}/({'|'.join(kernels)})/K{k}xN{n}/M{m}/t{threads}/({'|'.join(modes)}))$")
     cmd = [str(exe), f"--benchmark_filter={regex}", f"--benchmark_repetitions={args.reps}",
            f"--benchmark_min_time={args.min_time}",  # every repetition is in the JSON, then the aggregates
            # repetitions of all cases (and membw) in random order, so a load spike hits them alike
@@ -203,7 +205,7 @@ def run_ort(scratch, models, block, level, k, n, m, threads, mode, args, group):
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in ALL_SHAPES), help="KxN list (default: %(default)s)")
-    p.add_argument("--m", default="1,8,32,128", help="batch rows M (1 = GEMV; default: %(default)s)")
+    p.add_argument("--m", default="1,2,4,8,16,32,128", help="batch rows M (1 = GEMV; default: %(default)s)")
     p.add_argument("--threads", default="1,2", help="thread counts (default: %(default)s)")
     p.add_argument("--modes", default="cold,hot", help="cold and/or hot (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="the headline case only: GEMV M=1 K4096xN11008 cold, 1 and 2 threads")

@@ -1,6 +1,7 @@
 """Result records shared by peers.py and plot.py (Python 3 stdlib).
 
-A record is a dict with: source ("qforge", "ggml", "onnxruntime", or "membw"), kernel (qforge's
+A record is a dict with: source ("qforge", "ggml", "onnxruntime", "membw", or "peak": the
+arithmetic peak peak/<vnni|fma|bf16>/t<n> in ops_per_second), kernel (qforge's
 canonical name or a peer name such as "ggml_q4_0_repack"), op ("gemv", "gemm", "membw"), K, N, M,
 threads, mode ("cold"/"hot"), bytes_per_second (weight bytes: codes + scales + zeros), GFLOPS
 (2 M N K / time) and, once merged, membw_bytes_per_second and frac_membw. Its name follows
@@ -10,6 +11,7 @@ import re
 
 NAME = re.compile(r"^(gemv|gemm)/([^/]+)/K(\d+)xN(\d+)/M(\d+)/t(\d+)/(cold|hot)$")
 MEMBW = re.compile(r"^membw/read/t(\d+)$")
+PEAK = re.compile(r"^peak/(vnni|fma|bf16)/t(\d+)$")
 
 # Weight bytes per block of weights, for the peers' formats (the GB/s denominators):
 # ggml q4_0: f16 scale + 32 4-bit codes; q4_K: f16 d, f16 dmin, 12 bytes of 6-bit scales/mins and
@@ -45,7 +47,8 @@ def records_from_gbench(doc, group=None):
     """Records from Google Benchmark JSON (bench_kernels --benchmark_format=json): the median
     aggregate of each benchmark when repetitions ran, else its single run; best_bytes_per_second and
     best_GFLOPS from the fastest repetition when the repetitions are in the file. membw/read/t<n>
-    gives records with source "membw"."""
+    gives records with source "membw", peak/<path>/t<n> records with source "peak"; a kernel case's
+    roofline counter is kept."""
     entries = doc.get("benchmarks", [])
     has_median = {e.get("run_name") for e in entries if e.get("aggregate_name") == "median"}
     best = {}
@@ -72,12 +75,18 @@ def records_from_gbench(doc, group=None):
                 extra.update(best_GFLOPS=best[run_name]["GFLOPS"])
         if m:
             op, kernel, k, n, mm, t, mode = m.groups()
+            if e.get("roofline"):
+                extra.update(roofline=e["roofline"])
             records.append(make_record("qforge", kernel, op, int(k), int(n), int(mm), int(t), mode,
                                        e.get("bytes_per_second"), e.get("GFLOPS"), label=e.get("label"), **extra))
         elif MEMBW.match(run_name):
             t = int(MEMBW.match(run_name).group(1))
             records.append(dict(source="membw", kernel="membw", op="membw", threads=t, name=run_name,
                                 bytes_per_second=e.get("bytes_per_second"), **extra))
+        elif PEAK.match(run_name) and (e.get("GOPS") or e.get("GFLOPS")):
+            path, t = PEAK.match(run_name).groups()  # vnni counts int8 operations, fma and bf16 flops
+            records.append(dict(source="peak", kernel=path, op="peak", threads=int(t), name=run_name,
+                                ops_per_second=1e9 * (e.get("GOPS") or e.get("GFLOPS")), **extra))
     return records
 
 
@@ -109,7 +118,7 @@ def merge_rounds(records):
     Call after attach_membw, so each round is measured against its own membw."""
     merged, order = {}, []
     for r in records:
-        if r["source"] == "membw":
+        if r["source"] in ("membw", "peak"):
             order.append(r)
             continue
         key = (r["source"], r["name"])

@@ -53,6 +53,16 @@ class Records(unittest.TestCase):
         self.assertEqual(gemv["GFLOPS"], 52.0)
         self.assertEqual((gemv["best_bytes_per_second"], gemv["best_GFLOPS"]), (17e9, 59.0))
 
+    def test_peaks_and_rooflines(self):  # peak/<path>/t<n> as ops/s; a kernel case keeps its roofline
+        doc = {"benchmarks": [gbench_entry("peak/vnni/t1", GOPS=870.0), gbench_entry("peak/fma/t2", GFLOPS=420.0),
+                              gbench_entry("gemm/int4sym_g128_qf_i8/K4096xN11008/M8/t1/cold", bytes_per_second=5e9,
+                                           GFLOPS=100.0, roofline=0.4)]}
+        recs = {r["name"]: r for r in results.merge_rounds(results.attach_membw(results.records_from_gbench(doc)))}
+        self.assertEqual((recs["peak/vnni/t1"]["source"], recs["peak/vnni/t1"]["kernel"]), ("peak", "vnni"))
+        self.assertEqual(recs["peak/vnni/t1"]["ops_per_second"], 870e9)
+        self.assertEqual((recs["peak/fma/t2"]["threads"], recs["peak/fma/t2"]["ops_per_second"]), (2, 420e9))
+        self.assertEqual(recs["gemm/int4sym_g128_qf_i8/K4096xN11008/M8/t1/cold"]["roofline"], 0.4)
+
     def test_membw_fraction_prefers_the_same_group(self):
         recs = results.records_from_gbench(self.doc, group="g")
         recs.append(dict(source="membw", kernel="membw", op="membw", threads=1, name="membw/read/t1",
