@@ -89,7 +89,7 @@ def draw(plt, records, op, m, mode, metric, out, membw=None):
 
 # The weight format a kernel or peer computes on: the panels of the time-against-M plot.
 def family(kernel):
-    if kernel.startswith(("int4", "ggml_q4", "onnxruntime")):
+    if kernel.startswith(("int4", "ggml_q4", "ort_int4")):
         return "int4"
     if kernel.startswith(("e2m1", "ggml_mxfp4")):
         return "MXFP4"
