@@ -972,6 +972,76 @@ TEST_CASE("fp8 and mx dequantize decode every code and scale as the reference, N
     CHECK(std::isnan(ref::dequantize(ref::quantized(f5))[0x7D]));
 }
 
+TEST_CASE("bf16 gemv of fp8 and mx: every finite code under tile scales inside, at and beyond the table's range") {
+    if (!isa_under_test_runs()) return;
+    // FP8: row 0 holds the codes 0..127 in every column tile, row 1 the same codes negative; the
+    // tiles' scales cover the table path (|s| in [2^-100, 2^100], format_fp8.hpp), its bounds and
+    // the per-weight rounding beyond it (zero, underflowing and huge scales), both signs
+    const std::vector<float> tile_scales = {0.75f, 3.0e-3f, -1.5f, 0x1p-100f, 0x1p100f, -0x1p-100f, 0x1p-101f,
+                                            0x1p101f, 0.0f, -0x1p-120f, 0x1p105f, 0x1.fffffep-101f};
+    const std::int64_t tiles = static_cast<std::int64_t>(tile_scales.size()), k = 128 * tiles;
+    for (const dtype type : {dtype::fp8_e4m3, dtype::fp8_e5m2}) {
+        const config cfg{type, 8, 128, false, layout::fp8_block, compute::bf16};
+        const kernel* kv = registered(cfg, op::gemv);
+        if (kv == nullptr) continue;
+        const int largest = type == dtype::fp8_e4m3 ? 0x7E : 0x7B;  // the codes above are NaN (and Inf)
+        ref::fp8_tensor f;
+        f.type = type;
+        f.rows = 2;
+        f.cols = k;
+        for (std::int64_t r = 0; r < 2; ++r)
+            for (std::int64_t j = 0; j < k; ++j)
+                f.codes.push_back(static_cast<std::uint8_t>(std::min<int>(static_cast<int>(j % 128), largest) | (r << 7)));
+        f.scale_inv = tile_scales;
+        case_data d;
+        d.q = f;
+        d.packed = pack_weights(cfg, d.q);
+        d.w = ref::dequantize(d.q);
+        d.rows = d.ref_rows = 2;
+        const std::vector<float> x = random_vector(static_cast<std::size_t>(k), 71);
+        const std::vector<double> y_ref = reference_gemm(d, x, 1, {});
+        std::vector<float> y(2, sentinel);
+        kv->gemv(d.packed.view(), x.data(), nullptr, y.data(), 0, 2);
+        for (std::int64_t r = 0; r < 2; ++r)
+            check_output(cfg, d, x.data(), r, nullptr, y_ref[static_cast<std::size_t>(r)], y[static_cast<std::size_t>(r)],
+                         kv->full_name() + " edge scales");
+        // one tile at a time: each tile's sum is checked on its own (a large tile hides none)
+        for (std::int64_t t = 0; t < tiles; ++t) {
+            std::vector<float> xt(static_cast<std::size_t>(k), 0.0f);
+            std::copy_n(x.begin() + t * 128, 128, xt.begin() + t * 128);
+            const std::vector<double> yt_ref = reference_gemm(d, xt, 1, {});
+            kv->gemv(d.packed.view(), xt.data(), nullptr, y.data(), 0, 2);
+            for (std::int64_t r = 0; r < 2; ++r)
+                check_output(cfg, d, xt.data(), r, nullptr, yt_ref[static_cast<std::size_t>(r)], y[static_cast<std::size_t>(r)],
+                             kv->full_name() + " tile " + std::to_string(t) + " of scale " + std::to_string(tile_scales[static_cast<std::size_t>(t)]));
+        }
+    }
+    // MXFP4: every E2M1 code under the E8M0 scales 2^-127 (subnormal), 2^-126, 1 and 2^100; its
+    // bf16 weights are bf16 numbers, not rounded (f32.hpp)
+    const config mx{dtype::e2m1, 4, 32, false, layout::mx, compute::bf16};
+    if (const kernel* kv = registered(mx, op::gemv)) {
+        ref::mx_tensor q;
+        q.rows = 4;
+        q.cols = 256;
+        for (int r = 0; r < 4; ++r)
+            for (int j = 0; j < 128; ++j) q.blocks.push_back(static_cast<std::uint8_t>(((2 * j) % 16) | (((2 * j + 1) % 16) << 4)));
+        for (const std::uint8_t s : {0, 1, 127, 227})
+            for (int b = 0; b < 8; ++b) q.scales.push_back(s);
+        case_data d;
+        d.q = q;
+        d.packed = pack_weights(mx, d.q);
+        d.w = ref::dequantize(d.q);
+        d.rows = d.ref_rows = 4;
+        const std::vector<float> x = random_vector(256, 72);
+        const std::vector<double> y_ref = reference_gemm(d, x, 1, {});
+        std::vector<float> y(4, sentinel);
+        kv->gemv(d.packed.view(), x.data(), nullptr, y.data(), 0, 4);
+        for (std::int64_t r = 0; r < 4; ++r)
+            check_output(mx, d, x.data(), r, nullptr, y_ref[static_cast<std::size_t>(r)], y[static_cast<std::size_t>(r)],
+                         kv->full_name() + " edge scales");
+    }
+}
+
 // ---- LLM.int8 (formats.md §2): the outlier-threshold matmul, bit for bit -------------------
 
 namespace {
