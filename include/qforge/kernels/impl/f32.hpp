@@ -128,6 +128,11 @@ float gemv_f32_row(const weights_view& w, const f32_shape<P, A>& s, const simd::
 
     const std::uint8_t* codes = row_codes<P, A>(w, n);
     F acc(0.0f);
+    // FMA chains: two per step where the step's sum is scaled; rounded weights need no step sum,
+    // so their chains run through the row (a sum per step took 2 of the 17 vector ops of a block
+    // of NF4 f16), four of them (a half window has only 4 lookups: FMA latency)
+    constexpr int chains = rounded_weights<P> ? 4 : 2;
+    F p0(0.0f), p1(0.0f), p2(0.0f), p3(0.0f);  // named, not an array: GCC kept arrays in memory
     float buf[scale_chunk];
     [[maybe_unused]] float zbuf[has_zeros<P> ? scale_chunk : 1];
     for (std::int64_t c0 = 0; c0 < s.steps; c0 += steps_per_chunk) {
@@ -136,7 +141,7 @@ float gemv_f32_row(const weights_view& w, const f32_shape<P, A>& s, const simd::
         const float* scales = L::template row_scales<P, A>(w, n, c0 * bpw, nb, buf);
         [[maybe_unused]] const float* zeros = has_zeros<P> ? row_zeros<P, A>(w, n, c0 * bpw, nb, zbuf) : nullptr;
         for (std::int64_t step = c0; step < c1; ++step) {
-            F even(0.0f), odd(0.0f);  // two chains: FMA latency
+            if constexpr (!rounded_weights<P>) p0 = p1 = F(0.0f);
             const std::int64_t local = (step - c0) * bpw;
             const F step_scale = simd::expand_scales<bpw, A>(scales + local);
             const auto zero_at = [&](int b) { return has_zeros<P> ? zeros[local + b] : 0.0f; };
@@ -170,14 +175,14 @@ float gemv_f32_row(const weights_view& w, const f32_shape<P, A>& s, const simd::
                     if constexpr (has_zeros<P> && !zero_in_table) v = v - step_zero;  // exact: code - zero
                     if constexpr (rounded_weights<P> && !rounded_table) v = operand<P, A>(F(v * step_scale));
                     const F xv = F::load_unaligned(xw + i * S::lanes);
-                    if constexpr (i % 2 == 0) even = simd::fma<A>(v, xv, even);
-                    else odd = simd::fma<A>(v, xv, odd);
+                    F& chain = i % chains == 0 ? p0 : i % chains == 1 ? p1 : i % chains == 2 ? p2 : p3;
+                    chain = simd::fma<A>(v, xv, chain);
                 });
             });
-            if constexpr (rounded_weights<P>) acc = acc + (even + odd);
-            else acc = simd::fma<A>(even + odd, step_scale, acc);
+            if constexpr (!rounded_weights<P>) acc = simd::fma<A>(p0 + p1, step_scale, acc);
         }
     }
+    if constexpr (rounded_weights<P>) acc = (p0 + p1) + (p2 + p3);
     float out = xsimd::hadd(acc);
     if (s.tail_blocks == 0) return out;
     // the blocks after the last full window, in scalar code

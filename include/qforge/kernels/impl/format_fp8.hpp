@@ -194,16 +194,24 @@ void permute_x(const float* x, std::int64_t k, X* xp) {
 template <dtype T, class A>
 __m512i table(const __m512& u, float s) {
     constexpr int m = mantissa_bits<T>, period = 2 << m;
-    // RNE to bf16 (products normal here): the high halves of simd::round_bf16's f32s
-    const __m512i rounded = xsimd::bitwise_cast<simd::i32v<A>>(simd::round_bf16<A>(simd::f32v<A>(_mm512_mul_ps(u, _mm512_set1_ps(s)))));
+    constexpr bool native = std::is_base_of_v<avx512bf16, A>;
+    const __m512 products = _mm512_mul_ps(u, _mm512_set1_ps(s));
+    // RNE to bf16 (the products are normal): vcvtneps2bf16, else the high halves of round_bf16's f32s
+    __m512i rounded;
+    if constexpr (native) {
+        const __m256bh b = _mm512_cvtneps_pbh(products);
+        rounded = _mm512_castsi256_si512(reinterpret_cast<const __m256i&>(b));
+    } else {
+        rounded = xsimd::bitwise_cast<simd::i32v<A>>(simd::round_bf16<A>(simd::f32v<A>(products)));
+    }
     const auto words = [](auto f) {
         std::array<std::int16_t, 32> a{};
         for (int j = 0; j < 32; ++j) a[static_cast<std::size_t>(j)] = static_cast<std::int16_t>(f(j % period));
         return a;
     };
-    alignas(64) static constexpr auto high_halves = words([](int i) { return 2 * i + 1; });
+    alignas(64) static constexpr auto entry = words([](int i) { return native ? i : 2 * i + 1; });
     alignas(64) static constexpr auto minus = words([](int i) { return i >= (1 << m) ? 1 << 7 : 0; });
-    return _mm512_sub_epi16(_mm512_permutexvar_epi16(_mm512_load_si512(high_halves.data()), rounded),
+    return _mm512_sub_epi16(_mm512_permutexvar_epi16(_mm512_load_si512(entry.data()), rounded),
                             _mm512_load_si512(minus.data()));
 }
 
