@@ -972,6 +972,95 @@ TEST_CASE("fp8 and mx dequantize decode every code and scale as the reference, N
     CHECK(std::isnan(ref::dequantize(ref::quantized(f5))[0x7D]));
 }
 
+namespace {
+
+// A case of the checkpoint tensor q, all of whose rows the kernel computes.
+case_data case_of(const config& cfg, const ref::quantized& q, std::int64_t rows) {
+    case_data d;
+    d.q = q;
+    d.packed = pack_weights(cfg, d.q);
+    d.w = ref::dequantize(d.q);
+    d.rows = d.ref_rows = rows;
+    return d;
+}
+
+// k's GEMV of every row of d against the reference, in the bounds of check_output.
+void check_gemv(const kernel& k, const config& cfg, const case_data& d, const std::vector<float>& x,
+                const std::string& where) {
+    const std::vector<double> y_ref = reference_gemm(d, x, 1, {});
+    std::vector<float> y(static_cast<std::size_t>(d.rows), sentinel);
+    k.gemv(d.packed.view(), x.data(), nullptr, y.data(), 0, d.rows);
+    for (std::int64_t r = 0; r < d.rows; ++r)
+        check_output(cfg, d, x.data(), r, nullptr, y_ref[static_cast<std::size_t>(r)], y[static_cast<std::size_t>(r)],
+                     k.full_name() + " " + where);
+}
+
+}  // namespace
+
+TEST_CASE("bf16 gemv of fp8 and mx: every finite code under tile scales inside, at and beyond the table's range") {
+    if (!isa_under_test_runs()) return;
+    // FP8: row 0 holds the codes 0..127 in every column tile, row 1 the same codes negative; the
+    // tiles' scales cover the table path (|s| in [2^-100, 2^100], format_fp8.hpp), its bounds and
+    // the per-weight rounding beyond it (zero, underflowing and huge scales), both signs
+    const std::vector<float> tile_scales = {0.75f, 3.0e-3f, -1.5f, 0x1p-100f, 0x1p100f, -0x1p-100f, 0x1p-101f,
+                                            0x1p101f, 0.0f, -0x1p-120f, 0x1p105f, 0x1.fffffep-101f};
+    const std::int64_t tiles = static_cast<std::int64_t>(tile_scales.size()), k = 128 * tiles;
+    for (const dtype type : {dtype::fp8_e4m3, dtype::fp8_e5m2}) {
+        const config cfg{type, 8, 128, false, layout::fp8_block, compute::bf16};
+        const kernel* kv = registered(cfg, op::gemv);
+        if (kv == nullptr) continue;
+        const int largest = type == dtype::fp8_e4m3 ? 0x7E : 0x7B;  // the codes above are NaN (and Inf)
+        ref::fp8_tensor f;
+        f.type = type;
+        f.rows = 2;
+        f.cols = k;
+        for (std::int64_t r = 0; r < 2; ++r)
+            for (std::int64_t j = 0; j < k; ++j)
+                f.codes.push_back(static_cast<std::uint8_t>(std::min<int>(static_cast<int>(j % 128), largest) | (r << 7)));
+        f.scale_inv = tile_scales;
+        const case_data d = case_of(cfg, f, 2);
+        const std::vector<float> x = random_vector(static_cast<std::size_t>(k), 71);
+        check_gemv(*kv, cfg, d, x, "edge scales");
+        // one tile at a time: each tile's sum is checked on its own (a large tile hides none)
+        for (std::int64_t t = 0; t < tiles; ++t) {
+            std::vector<float> xt(static_cast<std::size_t>(k), 0.0f);
+            std::copy_n(x.begin() + t * 128, 128, xt.begin() + t * 128);
+            check_gemv(*kv, cfg, d, xt, "tile " + std::to_string(t) + " of scale " + std::to_string(tile_scales[static_cast<std::size_t>(t)]));
+        }
+    }
+    // MXFP4: every E2M1 code under the E8M0 scales 2^-127 (subnormal), 2^-126, 1 and 2^100; its
+    // bf16 weights are bf16 numbers, not rounded (f32.hpp)
+    const config mx{dtype::e2m1, 4, 32, false, layout::mx, compute::bf16};
+    if (const kernel* kv = registered(mx, op::gemv)) {
+        ref::mx_tensor q;
+        q.rows = 4;
+        q.cols = 256;
+        for (int r = 0; r < 4; ++r)
+            for (int j = 0; j < 128; ++j) q.blocks.push_back(static_cast<std::uint8_t>(((2 * j) % 16) | (((2 * j + 1) % 16) << 4)));
+        for (const std::uint8_t s : {0, 1, 127, 227})
+            for (int b = 0; b < 8; ++b) q.scales.push_back(s);
+        check_gemv(*kv, mx, case_of(mx, q, 4), random_vector(256, 72), "edge scales");
+    }
+}
+
+TEST_CASE("f16 gemv of bnb4: blocks whose products leave f16's normal range") {
+    if (!isa_under_test_runs()) return;
+    // Each block's table is rounded to f16 once (f32.hpp): row 0 as quantized, each other row with
+    // one block of an edge absmax (tiny: subnormal products; zero; negative; 65504; just above it,
+    // where the largest products round down to 65504)
+    for (const dtype type : {dtype::nf4, dtype::fp4}) {
+        const config cfg{type, 4, 64, false, layout::bnb4, compute::f16};
+        const kernel* kv = registered(cfg, op::gemv);
+        if (kv == nullptr) continue;
+        const std::int64_t n = 6, k = 512;
+        auto t = std::get<ref::bnb4_tensor>(make_case(cfg, n, k, 83).q);
+        REQUIRE(t.absmax.size() == static_cast<std::size_t>(n * k / 64));
+        const float edge[] = {1.0e-4f, 0.0f, -0.5f, 65504.0f, 65504.0f * 1.0001f};
+        for (int r = 1; r < n; ++r) t.absmax[static_cast<std::size_t>(r * (k / 64) + r)] = edge[r - 1];
+        check_gemv(*kv, cfg, case_of(cfg, t, n), random_vector(static_cast<std::size_t>(k), 84, 0.5f), "edge absmax");
+    }
+}
+
 // ---- LLM.int8 (formats.md §2): the outlier-threshold matmul, bit for bit -------------------
 
 namespace {

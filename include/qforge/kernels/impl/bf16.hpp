@@ -23,8 +23,9 @@
 namespace qforge::kernels {
 
 // vdpbf16ps runs the GEMM of every format (its panels are dequantized rows) and the GEMV of the
-// bitsandbytes 4-bit formats (16-entry code tables, blocks of 64 or more); the other GEMVs of the
-// bf16 path round their operands in f32 (f32.hpp).
+// bitsandbytes 4-bit formats (16-entry code tables, blocks of 64 or more, here) and of FP8
+// (gemv_fp8_bf16, format_fp8.hpp); the other GEMVs of the bf16 path round their operands in f32
+// (f32.hpp), MXFP4's exactly without rounding (its weights are bf16 numbers).
 template <class P, class A>
 inline constexpr bool native_bf16 = P::act == compute::bf16 && std::is_base_of_v<avx512bf16, A>;
 template <class P, class A>

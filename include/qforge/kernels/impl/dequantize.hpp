@@ -17,12 +17,14 @@ inline constexpr int scale_chunk = 256;
 // scales are spread over the register's lanes: lanes [i*lanes/NB, (i+1)*lanes/NB) belong to block
 // i, because byte j of a window belongs to block j / (group/parts) in both layouts), else a block
 // of several windows. K need not be a multiple of the window: the blocks after the last full
-// window are the "tail".
-template <class P, class A>
+// window are the "tail". LaneBytes: code bytes per 32-bit lane of the register (4: a whole
+// register of codes; 2: half of one, zero-extended, see f32.hpp).
+template <class P, class A, int LaneBytes = 4>
 struct window_shape {
     static constexpr int bits = field_bits<P>;  // of a code within a byte of the window
     static constexpr int parts = codes_per_byte<P>;
-    static constexpr int V = simd::vbytes<A>;
+    static constexpr int lane_bytes = LaneBytes;
+    static constexpr int V = simd::lanes<A> * LaneBytes;
     static constexpr int W = parts * V;
     static constexpr int lanes = simd::lanes<A>;
     static constexpr int group = P::group;

@@ -48,12 +48,37 @@ namespace qforge::kernels {
 template <class P>
 inline constexpr bool rounded_operands = P::act == compute::bf16 || P::act == compute::f16;
 
+// Where every weight of a format is a number of the compute dtype, rounding it is the identity and
+// the weights take the f32 path (the block scale applied to the block's sum). MXFP4 in bf16: an
+// E2M1 value v is a multiple of 1/2 below 8 with at most 2 significant bits, the E8M0 scale s a
+// power of two 2^e, e >= -127 (or NaN). So v s is exact in f32 (a multiple of 2^-128 where it is
+// below 2^-126, an f32 subnormal then) or overflows to Inf, and every such f32 is a bf16 number:
+// bf16 has f32's exponents and its subnormals are the multiples of 2^-133. And since s is a power
+// of two, sum_k (v_k s) x_k and s sum_k v_k x_k round alike term by term, barring the underflow of
+// partial sums (the factored form, the f32 path's, is then the more accurate one).
+template <class P>
+inline constexpr bool exact_weights = P::act == compute::bf16 && P::type == dtype::e2m1 && P::storage == layout::mx;
+template <class P>
+inline constexpr bool rounded_weights = rounded_operands<P> && !exact_weights<P>;
+
 template <class P, class A, class V>
 inline V operand(const V& v) {
     if constexpr (P::act == compute::bf16) return simd::round_bf16<A>(v);
     else if constexpr (P::act == compute::f16) return simd::round_f16<A>(v);
     else return v;
 }
+
+// On AVX-512 a register of 64 code bytes spans two blocks where a block is 64 nibbles (bnb4 block
+// 64). Where the weights are rounded per block (bf16 / f16) a window is then half a register of
+// codes, two bytes per 32-bit lane: one block, whose rounded table one-table permutes look up.
+// (Both blocks' tables looked up as a pair took a two-table permute and an index op per lookup;
+// on this machine's Zen 5, measured with 8 independent instructions of each kind, vpermt2ps and
+// FMA pairs take 1.25x as long as vpermps and FMA pairs, and ternary-logic ops compete with both.)
+template <class P, class A>
+inline constexpr bool half_windows = std::is_base_of_v<xsimd::avx512f, A> && rounded_weights<P> && !split_planes<P> &&
+                                     window_shape<P, A>::blocks_per_window == 2;
+template <class P, class A>
+using f32_shape = window_shape<P, A, half_windows<P, A> ? 2 : 4>;
 
 // x rounded to the compute dtype once per call (bf16 / f16 paths; f32: x itself), in scratch slot 1.
 template <class P, class A>
@@ -66,24 +91,24 @@ const float* rounded_x(const float* x, std::int64_t k) {
 
 // perm (act-order, weights.hpp): stored column k multiplies x[perm[k]], gathered here too.
 template <class P, class A>
-void permute_for_f32(const window_shape<P, A>& s, const float* x, const std::int32_t* perm, float* xp) {
-    using S = window_shape<P, A>;
+void permute_for_f32(const f32_shape<P, A>& s, const float* x, const std::int32_t* perm, float* xp) {
+    using S = f32_shape<P, A>;
     using L = layout_traits<P::storage>;
     const auto at = [&](std::int64_t k) { return operand<P, A>(perm ? x[perm[k]] : x[k]); };
     const std::int64_t full = s.steps * S::step_elems;
     for (std::int64_t w0 = 0; w0 < full; w0 += S::W)
-        for (int i = 0; i < 32 / S::bits; ++i)
+        for (int i = 0; i < S::lane_bytes * S::parts; ++i)
             for (int j = 0; j < S::lanes; ++j)
                 xp[w0 + i * S::lanes + j] =
-                    at(w0 + L::template element_of<S::bits>(4 * j + i / S::parts, i % S::parts));
+                    at(w0 + L::template element_of<S::bits>(S::lane_bytes * j + i / S::parts, i % S::parts));
     for (std::int64_t k = full; k < s.k; ++k) xp[k] = at(k);
 }
 
 // sum_k W[n, k] x[k] from the permuted xp.
 template <class P, class A>
-float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const simd::table16<A>& table,
+float gemv_f32_row(const weights_view& w, const f32_shape<P, A>& s, const simd::table16<A>& table,
                    const float* values, const float* xp, std::int64_t n) {
-    using S = window_shape<P, A>;
+    using S = f32_shape<P, A>;
     using L = layout_traits<P::storage>;
     using F = simd::f32v<A>;
     using I = simd::i32v<A>;
@@ -92,16 +117,10 @@ float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const sim
     // one zero point per step: subtracted from the table once, not from every looked-up register
     // (exact either way: small integers; int4 g128 asym: 8 subtractions fewer per window)
     constexpr bool zero_in_table = has_zeros<P> && bpw == 1;
-    // bf16 / f16 operands: where a window holds one block (two on AVX-512, looked up as a pair of
-    // tables), the block's values times its scale are rounded once into the step's table, so the
-    // lookups return the rounded weights; elsewhere every looked-up register is scaled and rounded.
-    // The same values either way.
-#if XSIMD_WITH_AVX512F
-    constexpr bool table_pair = rounded_operands<P> && bpw == 2 && std::is_base_of_v<xsimd::avx512f, A>;
-#else
-    constexpr bool table_pair = false;
-#endif
-    constexpr bool rounded_table = (rounded_operands<P> && bpw == 1) || table_pair;
+    // bf16 / f16 operands: where a window holds one block (half_windows), the block's values times
+    // its scale are rounded once into the step's table, so the lookups return the rounded weights;
+    // elsewhere every looked-up register is scaled and rounded. The same values either way.
+    constexpr bool rounded_table = rounded_weights<P> && bpw == 1;
     const auto rounded = [&](const simd::table16<A>& t, float zero, float scale) {
         return simd::table_map<A>(has_zeros<P> ? simd::table_minus<A>(t, zero) : t,
                                   [&](const F& v) { return operand<P, A>(F(v * F(scale))); });
@@ -109,6 +128,11 @@ float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const sim
 
     const std::uint8_t* codes = row_codes<P, A>(w, n);
     F acc(0.0f);
+    // FMA chains: two per step where the step's sum is scaled; rounded weights need no step sum,
+    // so their chains run through the row (a sum per step took 2 of the 17 vector ops of a block
+    // of NF4 f16), four of them (a half window has only 4 lookups: FMA latency)
+    constexpr int chains = rounded_weights<P> ? 4 : 2;
+    F p0(0.0f), p1(0.0f), p2(0.0f), p3(0.0f);  // named, not an array: GCC kept arrays in memory
     float buf[scale_chunk];
     [[maybe_unused]] float zbuf[has_zeros<P> ? scale_chunk : 1];
     for (std::int64_t c0 = 0; c0 < s.steps; c0 += steps_per_chunk) {
@@ -117,27 +141,22 @@ float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const sim
         const float* scales = L::template row_scales<P, A>(w, n, c0 * bpw, nb, buf);
         [[maybe_unused]] const float* zeros = has_zeros<P> ? row_zeros<P, A>(w, n, c0 * bpw, nb, zbuf) : nullptr;
         for (std::int64_t step = c0; step < c1; ++step) {
-            F even(0.0f), odd(0.0f);  // two chains: FMA latency
+            if constexpr (!rounded_weights<P>) p0 = p1 = F(0.0f);
             const std::int64_t local = (step - c0) * bpw;
             const F step_scale = simd::expand_scales<bpw, A>(scales + local);
             const auto zero_at = [&](int b) { return has_zeros<P> ? zeros[local + b] : 0.0f; };
             const auto step_table = [&] {
-#if XSIMD_WITH_AVX512F
-                if constexpr (table_pair)
-                    return simd::table16_pair{rounded(table, zero_at(0), scales[local]).t,
-                                              rounded(table, zero_at(1), scales[local + 1]).t};
-                else
-#endif
                 if constexpr (rounded_table) return rounded(table, zero_at(0), scales[local]);
                 else return zero_in_table ? simd::table_minus<A>(table, zeros[local]) : table;
             }();
             [[maybe_unused]] F step_zero;
-            if constexpr (has_zeros<P> && !zero_in_table && !table_pair) step_zero = simd::expand_scales<bpw, A>(zeros + local);
+            if constexpr (has_zeros<P> && !zero_in_table) step_zero = simd::expand_scales<bpw, A>(zeros + local);
             simd::unroll<S::windows_per_step>([&](auto wi) {
                 const window_codes wc = window_at<P, A, S::V>(codes, s.k, step * S::windows_per_step + wi);
                 simd::prefetch_ahead(wc.low);
                 const float* xw = xp + (step * S::windows_per_step + wi) * S::W;
-                const I c8 = I::load_unaligned(reinterpret_cast<const std::int32_t*>(wc.low));
+                const I c8 = S::lane_bytes == 4 ? I::load_unaligned(reinterpret_cast<const std::int32_t*>(wc.low))
+                                                : simd::load_u16_as_i32<A>(wc.low);
                 [[maybe_unused]] I whole[split_planes<P> ? S::parts : 1];  // 3-bit: the codes of field p
                 if constexpr (split_planes<P>) {
                     simd::prefetch_ahead(wc.high);  // a 96-byte unit spans 2 cache lines
@@ -146,24 +165,24 @@ float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const sim
                         whole[p] = xsimd::bitwise_cast<I>(simd::add_bit_bytes<4, A>(field, wc.high + p * wc.high_stride));
                     });
                 }
-                simd::unroll<32 / S::bits>([&](auto i) {
+                simd::unroll<S::lane_bytes * S::parts>([&](auto i) {
                     // a table lookup is 1 op: cheaper than (code & 15) - zero converted, also for integers;
                     // 3-bit codes: byte i / parts of each lane of field i % parts, bit 3 clear
                     I idx = i == 0 ? c8 : I(c8 >> (S::bits * i));
                     if constexpr (split_planes<P>)
                         idx = i < S::parts ? whole[i % S::parts] : I(whole[i % S::parts] >> (8 * (i / S::parts)));
                     F v = simd::lookup<A>(step_table, idx);
-                    if constexpr (has_zeros<P> && !zero_in_table && !table_pair) v = v - step_zero;  // exact: code - zero
-                    if constexpr (rounded_operands<P> && !rounded_table) v = operand<P, A>(F(v * step_scale));
+                    if constexpr (has_zeros<P> && !zero_in_table) v = v - step_zero;  // exact: code - zero
+                    if constexpr (rounded_weights<P> && !rounded_table) v = operand<P, A>(F(v * step_scale));
                     const F xv = F::load_unaligned(xw + i * S::lanes);
-                    if constexpr (i % 2 == 0) even = simd::fma<A>(v, xv, even);
-                    else odd = simd::fma<A>(v, xv, odd);
+                    F& chain = i % chains == 0 ? p0 : i % chains == 1 ? p1 : i % chains == 2 ? p2 : p3;
+                    chain = simd::fma<A>(v, xv, chain);
                 });
             });
-            if constexpr (rounded_operands<P>) acc = acc + (even + odd);
-            else acc = simd::fma<A>(even + odd, step_scale, acc);
+            if constexpr (!rounded_weights<P>) acc = simd::fma<A>(p0 + p1, step_scale, acc);
         }
     }
+    if constexpr (rounded_weights<P>) acc = (p0 + p1) + (p2 + p3);
     float out = xsimd::hadd(acc);
     if (s.tail_blocks == 0) return out;
     // the blocks after the last full window, in scalar code
@@ -175,10 +194,10 @@ float gemv_f32_row(const weights_view& w, const window_shape<P, A>& s, const sim
         for (std::int64_t k = b * S::group; k < (b + 1) * S::group; ++k) {
             float v = values[L::template code_at<A, code_bits<P>>(codes, s.k, k)];
             if constexpr (has_zeros<P>) v -= zr[b - b0];
-            if constexpr (rounded_operands<P>) part += operand<P, A>(v * sc[b - b0]) * xp[k];
+            if constexpr (rounded_weights<P>) part += operand<P, A>(v * sc[b - b0]) * xp[k];
             else part += v * xp[k];
         }
-        out += rounded_operands<P> ? part : part * sc[b - b0];
+        out += rounded_weights<P> ? part : part * sc[b - b0];
     }
     return out;
 }

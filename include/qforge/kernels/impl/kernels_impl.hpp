@@ -63,7 +63,7 @@ void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, void* o
 
 template <class P, class A>
 void gemv_f32(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
-    const window_shape<P, A> s(w.cols);
+    const f32_shape<P, A> s(w.cols);
     auto* xp = static_cast<float*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(w.cols) * sizeof(float)));
     permute_for_f32<P, A>(s, x, w.perm, xp);
     alignas(64) float values[16];

@@ -81,6 +81,21 @@ inline constexpr std::uintptr_t prefetch_distance = 4096;
     __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(p) + prefetch_distance), 0, 3);
 }
 
+// lanes 16-bit words at p zero-extended to the int32 lanes (AVX-512: half a register of codes)
+template <class A>
+inline i32v<A> load_u16_as_i32(const std::uint8_t* p) {
+#if XSIMD_WITH_AVX512F
+    if constexpr (std::is_base_of_v<xsimd::avx512f, A>)
+        return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    else
+#endif
+    {
+        alignas(64) std::int32_t t[lanes<A>];
+        for (int i = 0; i < lanes<A>; ++i) t[i] = load<std::uint16_t>(p + 2 * i);
+        return i32v<A>::load_aligned(t);
+    }
+}
+
 // 16-entry f32 lookup table in the representation each arch looks up fastest.
 template <class A, class = void>
 struct table16 {
@@ -544,20 +559,6 @@ inline table16<A> table_map(const table16<A>& t, Fn f) {
         return r;
     }
 }
-#if XSIMD_WITH_AVX512F
-// Two tables looked up as one: lanes 0-7 read `lower`, lanes 8-15 `upper` (a window of two blocks,
-// whose elements fill the lower and upper halves of every lookup's lanes); the low 4 index bits.
-struct table16_pair {
-    __m512 lower, upper;
-};
-template <class A>
-inline f32v<A> lookup(const table16_pair& t, const i32v<A>& idx) {
-    const __m512i half = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 16, 16, 16, 16, 16, 16, 16, 16);
-    // (idx & 15) | half in one ternary-logic op (truth table 0xEA: (a & b) | c)
-    const __m512i i = _mm512_ternarylogic_epi32(idx, _mm512_set1_epi32(15), half, 0xEA);
-    return _mm512_permutex2var_ps(t.lower, i, t.upper);
-}
-#endif
 template <int Shift, int Bits, class A>
 inline u8v<A> code_field(const u8v<A>& v) { return ext::code_field<Shift, Bits, A>(v, A{}); }
 template <std::uint8_t Value, class A>
