@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Writes the seed corpora of fuzz/corpus/ (committed; rerun only to change them).
 
-usage: make_seeds.py PATH/TO/qforge
+usage: make_seeds.py PATH/TO/qforge PATH/TO/packed_seeds   (both from a -Dfuzz=true build)
 
 Small valid inputs of every kind each target reads: plain and quantized safetensors files (every
 checkpoint method, made by `qforge quantize`), quantization_configs, an index over the shards
-fuzz_index.cpp writes, calibration files.
+fuzz_index.cpp writes, calibration files, packed weight files (written by the library itself:
+fuzz/packed_seeds.cpp).
 """
 
 import json
@@ -39,7 +40,8 @@ def put(target, name, blob):
 
 
 def main():
-    qforge = os.path.abspath(sys.argv[1])
+    qforge, packed_seeds = (os.path.abspath(a) for a in sys.argv[1:3])
+    subprocess.run([packed_seeds, os.path.join(HERE, "corpus", "packed")], check=True)
     rng = random.Random(0)
     n, k = 32, 128
     w = struct.pack("<%de" % (n * k), *[rng.gauss(0, 0.02) for _ in range(n * k)])

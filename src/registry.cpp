@@ -66,7 +66,12 @@ void check_weights(const config& kernel_cfg, const weights_view& w) {
                  std::to_string(r.codes + r.scales + r.zeros) + " bytes)");
     }
     if (kernel_cfg.type == dtype::int_asym && w.zeros == nullptr) fail("asymmetric integers need zero points (zeros)");
-    if (is_table_type(kernel_cfg.type) && w.code_table == nullptr) fail("the weights have no code table (quant_map)");
+    if (is_table_type(kernel_cfg.type)) {
+        if (w.code_table == nullptr) fail("the weights have no code table (quant_map)");
+        // 16 values, checked on every call: the i8 path converts them to int8 levels
+        if (!std::all_of(w.code_table, w.code_table + 16, [](float v) { return std::isfinite(v); }))
+            fail("the code table (quant_map) holds a non-finite value");
+    }
     if (kernel_cfg.double_quant && (w.nested_map == nullptr || w.nested_absmax == nullptr))
         fail("double quantization needs nested_map and nested_absmax");
     if (kernel_cfg.storage == layout::bnb8) {  // as ref::int8_matmul

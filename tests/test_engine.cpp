@@ -302,6 +302,70 @@ TEST_CASE("packed files: every layout round-trips through a mapped file with the
     std::filesystem::remove(path);
 }
 
+TEST_CASE("packed files: an act-order permutation must hold every column once") {
+    // A repeated column would leave another column of dequantize's output unwritten (fuzz_packed
+    // checks that every element is written).
+    std::vector<config> cfgs;
+    for (const config& c : configs_under_test())
+        if (c.storage == layout::qforge) cfgs.push_back(c);
+    if (cfgs.empty()) return;
+    const weights a = make(cfgs.front(), N, K, 6);
+    std::vector<std::int32_t> perm(K);
+    for (std::int64_t j = 0; j < K; ++j) perm[static_cast<std::size_t>(j)] = static_cast<std::int32_t>(K - 1 - j);
+    weights_view v = a.m.view();
+    v.perm = perm.data();
+    const auto path = temp_file("perm.qfpack");
+    packed_file::save(path, {{"w", v}});
+    REQUIRE_NOTHROW(packed_file::open(path));
+    std::vector<char> bytes = read_all(path);
+    const std::size_t perm_field = 24 + 4 + 1 + 52 + 16 * 6;  // the array (offset, bytes) of perm
+    std::uint64_t perm_at = 0;
+    std::memcpy(&perm_at, bytes.data() + perm_field, sizeof(perm_at));
+    poke<std::int32_t>(bytes, perm_at + 4 * 3, perm[1]);  // column perm[1] twice, column perm[3] never
+    write_all(path, bytes);
+    CHECK_THROWS_WITH(packed_file::open(path), Catch::Contains(path.string()) &&
+                                                   Catch::Contains("byte " + std::to_string(perm_at + 12)) &&
+                                                   Catch::Contains("twice"));
+    perm[3] = perm[1];
+    CHECK_THROWS_AS(packed_file::save(path, {{"w", v}}), std::invalid_argument);
+    std::filesystem::remove(path);
+}
+
+TEST_CASE("a non-finite code table is refused by the kernels and by packed files") {
+    // The i8 path converts the table to int8 levels: a NaN there was undefined behaviour (UBSan,
+    // found by fuzz_packed on a packed nf4_b64_bnb_i8 matrix).
+    std::vector<config> cfgs;
+    for (const config& c : configs_under_test())
+        if (c.type == dtype::nf4 || c.type == dtype::fp4) cfgs.push_back(c);
+    if (cfgs.empty()) return;
+    for (const config& cfg : cfgs) {
+        INFO(canonical_name(cfg));
+        const weights a = make(cfg, N, K, 6);
+        for (const float bad : {std::nanf(""), INFINITY}) {
+            std::vector<float> table(a.m.view().code_table, a.m.view().code_table + 16);
+            table[5] = bad;
+            weights_view v = a.m.view();
+            v.code_table = table.data();
+            const std::vector<float> x = input(K, 0.5f);
+            std::vector<float> y(N);
+            CHECK_THROWS_WITH(matrix(v, nullptr).gemv(activations{x.data()}, nullptr, {y.data()}, 0, N),
+                              Catch::Contains("code table"));
+            CHECK_THROWS_WITH(a.m.gemv_kernel().gemv(v, x.data(), nullptr, y.data(), 0, N), Catch::Contains("code table"));
+        }
+    }
+    const weights a = make(cfgs.front(), N, K, 6);
+    const auto path = temp_file("table.qfpack");
+    packed_file::save(path, {{"w", a.m.view()}});
+    std::vector<char> bytes = read_all(path);
+    const std::size_t table_field = 24 + 4 + 1 + 52 + 16 * 3;  // the array (offset, bytes) of code_table
+    std::uint64_t table_at = 0;
+    std::memcpy(&table_at, bytes.data() + table_field, sizeof(table_at));
+    poke<float>(bytes, table_at + 4 * 5, std::nanf(""));
+    write_all(path, bytes);
+    CHECK_THROWS_WITH(packed_file::open(path), Catch::Contains(path.string()) && Catch::Contains("code table"));
+    std::filesystem::remove(path);
+}
+
 TEST_CASE("packed files: truncation, bad offsets and overflow are refused naming the file and byte") {
     const std::vector<config> cfgs = configs_under_test();
     if (cfgs.empty()) return;

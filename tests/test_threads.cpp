@@ -1,18 +1,25 @@
 // Kernels and the thread pool used from several threads at once, for ThreadSanitizer (.ci/test
 // builds this test with -fsanitize=thread): the registry's first use, one packed weight shared by
-// concurrent GEMVs / GEMMs / dequantizes, and pools run side by side. Every result must equal the
-// single-threaded one bit for bit.
+// concurrent GEMVs / GEMMs / dequantizes, pools run side by side, and activations prepared once
+// (engine.hpp's prepared_x, the C API's qforge_prepared) shared by every thread while each thread
+// also prepares its own. Every result must equal the single-threaded one bit for bit.
 #include <qforge/config/aliases.hpp>
 #include <qforge/config/name.hpp>
+#include <qforge/engine.hpp>
+#include <qforge/io/packed_file.hpp>
 #include <qforge/kernels/pack.hpp>
 #include <qforge/parallel.hpp>
+#include <qforge/qforge.h>
 #include <qforge/registry.hpp>
 #include <qforge/synthetic.hpp>
 
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <cstring>
+#include <filesystem>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 using namespace qforge;
@@ -34,6 +41,23 @@ void together(F fn) {
     for (std::thread& th : pool) th.join();
 }
 
+// The kernel configs of the layouts this test packs (rows with their scales: bnb4, qforge).
+std::vector<config> row_configs() {
+    std::vector<config> out;
+    for (const std::string& name : registry::global().names()) {
+        const config cfg = parse_name(name);
+        if (cfg.storage == layout::bnb4 || cfg.storage == layout::qforge) out.push_back(cfg);
+    }
+    return out;
+}
+
+packed_weights make(const config& cfg, std::uint64_t seed) {
+    config source = cfg;
+    if (source.storage == layout::qforge) source.storage = layout::gptq_v1;
+    const std::vector<float> w = synthetic_weights({.rows = rows, .cols = cols, .seed = seed});
+    return pack_weights(cfg, ref::quantize(source, std::span<const float>(w), rows, cols));
+}
+
 }  // namespace
 
 TEST_CASE("the registry's first use from several threads", "[threads]") {
@@ -44,19 +68,14 @@ TEST_CASE("the registry's first use from several threads", "[threads]") {
 
 TEST_CASE("one packed weight, concurrent kernels and pools", "[threads]") {
     int tested = 0;
-    for (const std::string& name : registry::global().names()) {
-        const config cfg = parse_name(name);
-        if (cfg.storage != layout::bnb4 && cfg.storage != layout::qforge) continue;
-        INFO(name);
+    for (const config& cfg : row_configs()) {
+        INFO(canonical_name(cfg));
         ++tested;
         // the best kernel for this CPU, as an engine gets it
         const kernel* gemv = &registry::global().find(cfg, op::gemv);
         const kernel* gemm = &registry::global().find(cfg, op::gemm);
         const kernel* deq = &registry::global().find(cfg, op::dequantize);
-        config source = cfg;
-        if (source.storage == layout::qforge) source.storage = layout::gptq_v1;
-        const std::vector<float> w = synthetic_weights({.rows = rows, .cols = cols, .seed = 5});
-        const packed_weights packed = pack_weights(cfg, ref::quantize(source, std::span<const float>(w), rows, cols));
+        const packed_weights packed = make(cfg, 5);
         const std::vector<float> x = synthetic_weights({.rows = batch, .cols = cols, .seed = 6});
 
         std::vector<float> y1(rows), ym(static_cast<std::size_t>(batch * rows)), d(static_cast<std::size_t>(rows * cols));
@@ -80,4 +99,61 @@ TEST_CASE("one packed weight, concurrent kernels and pools", "[threads]") {
         for (const int r : ok) CHECK(r == 1);
     }
     CHECK(tested > 0);
+}
+
+TEST_CASE("activations prepared once, shared by threads: engine calls and the C API", "[threads]") {
+    const std::vector<config> cfgs = row_configs();
+    REQUIRE(!cfgs.empty());
+    for (const config& cfg : cfgs) {
+        const std::string name = canonical_name(cfg);
+        INFO(name);
+        const matrix q(make(cfg, 5)), k(make(cfg, 7));  // Q and K: one kernel, one K, one prepared x
+        const std::vector<float> x = synthetic_weights({.rows = 1, .cols = cols, .seed = 6});
+        const activations raw{x.data()};
+        std::vector<float> yq(rows), yk(rows);
+        q.gemv(raw, nullptr, {yq.data()}, 0, rows);
+        k.gemv(raw, nullptr, {yk.data()}, 0, rows);
+        const prepared_x shared(q, raw);
+
+        // the C API's handles over the same weights, through a packed file
+        const auto path = std::filesystem::temp_directory_path() /
+                          ("qforge_test_threads_" + std::to_string(::getpid()) + "_" + name + ".qfpack");
+        packed_file::save(path, {{"q", q.view()}, {"k", k.view()}});
+        qforge_matrix *cq = nullptr, *ck = nullptr;
+        qforge_prepared* cx = nullptr;
+        REQUIRE(qforge_packed_load(path.c_str(), "q", &cq) == QFORGE_OK);
+        REQUIRE(qforge_packed_load(path.c_str(), "k", &ck) == QFORGE_OK);
+        REQUIRE(qforge_prepare(cq, x.data(), QFORGE_F32, &cx) == QFORGE_OK);
+
+        std::vector<int> ok(threads, 0);
+        together([&](int t) {
+            std::vector<float> a(rows), b(rows), c(rows), own_y(rows), ca(rows), cb(rows), cc(rows);
+            const gemv_target targets[] = {{&q, nullptr, {a.data()}}, {&k, nullptr, {b.data()}}};
+            const qforge_gemv_target ctargets[] = {{cq, nullptr, ca.data(), QFORGE_F32, 0.0f},
+                                                   {ck, nullptr, cb.data(), QFORGE_F32, 0.0f}};
+            prepared_x own;  // prepared again every round, in this thread's scratch memory
+            thread_pool pool(2);
+            std::atomic<int> c_failed{0};  // C calls that failed (pool workers count them)
+            for (int round = 0; round < 3; ++round) {
+                own.prepare(q, raw);
+                pool.parallel_for(0, 2 * rows, 16, [&](std::int64_t n0, std::int64_t n1) {
+                    gemv(targets, shared, n0, n1);
+                    c_failed += qforge_gemv_many(ctargets, 2, cx, n0, n1) != QFORGE_OK;
+                });
+                pool.parallel_for(0, rows, 16, [&](std::int64_t n0, std::int64_t n1) {
+                    q.gemv(shared, nullptr, {c.data()}, n0, n1);
+                    k.gemv(own, nullptr, {own_y.data()}, n0, n1);
+                    c_failed += qforge_gemv_prepared(cq, cx, nullptr, 0.0f, cc.data(), QFORGE_F32, n0, n1) != QFORGE_OK;
+                });
+            }
+            ok[static_cast<std::size_t>(t)] = c_failed == 0 && same_bits(a, yq) && same_bits(b, yk) && same_bits(c, yq) &&
+                                              same_bits(own_y, yk) && same_bits(ca, yq) && same_bits(cb, yk) &&
+                                              same_bits(cc, yq);
+        });
+        for (const int r : ok) CHECK(r == 1);
+        qforge_prepared_free(cx);
+        qforge_matrix_free(cq);
+        qforge_matrix_free(ck);
+        std::filesystem::remove(path);
+    }
 }

@@ -93,6 +93,26 @@ bool known(const Tokens& tokens, std::uint8_t v) {
     return false;
 }
 
+// The first stored column of perm (cols entries) that is outside [0, cols) or repeats an earlier
+// one, with why; -1 when perm is a permutation. (A repeated column would leave another column of
+// a dequantized row unwritten.)
+std::int64_t not_a_permutation(const std::int32_t* perm, std::int64_t cols, std::string& why) {
+    std::vector<bool> seen(static_cast<std::size_t>(cols));
+    for (std::int64_t j = 0; j < cols; ++j) {
+        const std::int32_t c = perm[j];
+        if (c < 0 || c >= cols) {
+            why = "act-order column " + std::to_string(c) + " is outside [0, " + std::to_string(cols) + ")";
+            return j;
+        }
+        if (seen[static_cast<std::size_t>(c)]) {
+            why = "act-order column " + std::to_string(c) + " appears twice (perm must hold each column once)";
+            return j;
+        }
+        seen[static_cast<std::size_t>(c)] = true;
+    }
+    return -1;
+}
+
 [[noreturn]] void fail(const std::filesystem::path& file, const std::string& why) {
     throw io_error("packed file " + file.string() + ": " + why);
 }
@@ -116,6 +136,9 @@ void save(const std::filesystem::path& file, std::span<const named_weights> matr
         const std::string why = expected_sizes(m.weights, m.weights.perm != nullptr, s);
         if (!why.empty()) throw std::invalid_argument("packed file: '" + std::string(m.name) + "': " + why);
         detail::check_weights(m.weights.cfg, m.weights);
+        std::string bad_perm;
+        if (m.weights.perm != nullptr && not_a_permutation(m.weights.perm, m.weights.cols, bad_perm) >= 0)
+            throw std::invalid_argument("packed file: '" + std::string(m.name) + "': " + bad_perm);
         std::array<std::uint64_t, arrays> off{};
         for (std::size_t i = 0; i < arrays; ++i)
             if (s[i] != 0) {
@@ -283,10 +306,10 @@ std::shared_ptr<const mapped> open(const std::filesystem::path& file) {
         w.nested_map = static_cast<const float*>(ptr(nested_map_i));
         w.nested_absmax = static_cast<const float*>(ptr(nested_absmax_i));
         w.perm = static_cast<const std::int32_t*>(ptr(perm_i));
+        std::string bad_perm;
         if (w.perm != nullptr)
-            for (std::int64_t j = 0; j < w.cols; ++j)
-                if (w.perm[j] < 0 || w.perm[j] >= w.cols)
-                    at(off[perm_i] + 4 * static_cast<std::uint64_t>(j), what)("act-order column " + std::to_string(w.perm[j]) + " is outside [0, " + std::to_string(w.cols) + ")");
+            if (const std::int64_t j = not_a_permutation(w.perm, w.cols, bad_perm); j >= 0)
+                at(off[perm_i] + 4 * static_cast<std::uint64_t>(j), what)(bad_perm);
         try {
             detail::check_weights(w.cfg, w);
         } catch (const std::invalid_argument& e) {

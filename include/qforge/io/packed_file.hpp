@@ -20,8 +20,9 @@
 //
 // open() refuses, with an io_error naming the file, the entry and the byte offset: a wrong magic,
 // a truncated file, a directory or array outside the file (overflow-checked), misaligned arrays,
-// an invalid config, array sizes other than the shape and layout give, act-order permutations
-// out of range. The mapping is advised MADV_HUGEPAGE and MADV_WILLNEED (as weight_buffer's memory).
+// an invalid config, array sizes other than the shape and layout give, an act-order perm that is
+// not a permutation of the columns. It reads no scale or code: values are the writer's (NaN
+// included). The mapping is advised MADV_HUGEPAGE and MADV_WILLNEED (as weight_buffer's memory).
 #pragma once
 
 #include <qforge/io/safetensors.hpp>
@@ -43,7 +44,8 @@ struct named_weights {
 
 // Writes the matrices to a temporary file next to `file`, then renames it into place. Throws
 // io_error (naming the file) on write errors, std::invalid_argument for weights it cannot store
-// (dense bnb4 / mx / qforge weights: pack them with pack_weights first; duplicate names).
+// (dense bnb4 / mx / qforge weights: pack them with pack_weights first; duplicate names; a perm
+// that is not a permutation).
 void save(const std::filesystem::path& file, std::span<const named_weights> matrices);
 inline void save(const std::filesystem::path& file, std::initializer_list<named_weights> matrices) {
     save(file, std::span<const named_weights>(matrices.begin(), matrices.size()));
