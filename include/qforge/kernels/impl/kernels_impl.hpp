@@ -15,6 +15,7 @@
 #include <qforge/kernels/kernels.hpp>
 #include <qforge/registry.hpp>
 
+#include <bit>
 #include <cstdint>
 #include <string_view>
 #include <type_traits>
@@ -98,7 +99,12 @@ template <class P, class A>
     const i8_levels<P, A> levels(w);
     const i8_row xq = prepared_row<P, A>(s, prepared);
     for_each_row<A>(
-        n0, n1, [&](std::int64_t n) { return i8_gemv_row<P, A>(w, s, levels, xq, n); },
+        n0, n1,
+        [&](std::int64_t n) {
+            row_sum<A> sum[1];
+            i8_rows<P, A, 1>(w, s, levels, &xq, n, sum);
+            return sum[0];
+        },
         [&](std::int64_t n, float dots) {
             const float v = dots / code_traits<P::type>::i8_scale + i8_tail<P, A>(w, s, levels, xq, n);
             y[n] = bias ? v + bias[n] : v;
@@ -210,6 +216,45 @@ void gemm_i8(const weights_view& w, const float* x, std::int64_t m, const float*
             for (std::int64_t n = n0; n < n1; ++n) y[i * ldy + n] += i8_tail<P, A>(w, s, levels, rows[i], n);
 }
 
+// The i8 GEMM for few rows of X (m <= gemm_i8_rows_max): one pass over W in the GEMV's order, each
+// decoded register of codes feeding up to gemm_i8_rows_mr X rows (i8_rows); more X rows run as
+// further tiles on the same W row, then in L1. Tiles are powers of two (fewer instantiations).
+template <class P, class A>
+void gemm_i8_rows(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
+                  std::int64_t n1) {
+    using S = i8_shape<P, A>;
+    using F = simd::f32v<A>;
+    constexpr int MR = gemm_i8_rows_mr<A>, lanes = simd::lanes<A>;
+    static_assert(MR <= lanes, "one transposed sum per tile");
+    const std::int64_t ldy = w.rows, k = w.cols;
+    const S s(k);
+    const i8_levels<P, A> levels(w);
+    auto* mem = static_cast<std::uint8_t*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(m) * s.bytes));
+    auto* rows = static_cast<i8_row*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m) * sizeof(i8_row)));
+    x = gather_columns<A, 2>(w, x, m);
+    for (std::int64_t i = 0; i < m; ++i) rows[i] = quantize_activations<P, A>(s, x + i * k, mem + i * s.bytes);
+    for (std::int64_t n = n0; n < n1; ++n)
+        for (std::int64_t i0 = 0; i0 < m;) {
+            const std::int64_t left = m - i0;
+            simd::unroll<std::bit_width(unsigned{MR})>([&](auto e) {
+                constexpr int mt = MR >> decltype(e)::value;
+                if (left < mt || (mt < MR && left >= 2 * mt)) return;  // the largest tile that fits
+                row_sum<A> sum[mt];
+                i8_rows<P, A, mt>(w, s, levels, rows + i0, n, sum);
+                F parts[lanes];
+                for (int i = 0; i < lanes; ++i) parts[i] = i < mt ? sum[i < mt ? i : 0].lanes : F(0.0f);
+                alignas(64) float dots[lanes];
+                simd::sum_rows<A>(parts).store_aligned(dots);
+                for (int i = 0; i < mt; ++i) {
+                    const float v = (dots[i] + sum[i].rest) / code_traits<P::type>::i8_scale +
+                                    i8_tail<P, A>(w, s, levels, rows[i0 + i], n);
+                    y[(i0 + i) * ldy + n] = bias ? v + bias[n] : v;
+                }
+                i0 += mt;
+            });
+        }
+}
+
 // The i8 GEMM with VNNI: W decoded per panel into row-interleaved levels (i8_gemm_vnni.hpp).
 template <class P, class A>
 void gemm_i8_vnni(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
@@ -261,9 +306,14 @@ template <class P, class A>
 void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
           std::int64_t n1) {
     check_kernel_policy<P>();
-    if constexpr (P::act != compute::i8) gemm_f32<P, A>(w, x, m, bias, y, n0, n1);  // f32, bf16, f16
-    else if constexpr (vnni_gemm::applies<P, A>) gemm_i8_vnni<P, A>(w, x, m, bias, y, n0, n1);
-    else gemm_i8<P, A>(w, x, m, bias, y, n0, n1);
+    if constexpr (P::act != compute::i8) {
+        gemm_f32<P, A>(w, x, m, bias, y, n0, n1);  // f32, bf16, f16
+    } else {
+        if constexpr (has_prepared_gemv<P>)  // the codes of the GEMV's row (not 8-bit integers)
+            if (m <= gemm_i8_rows_max<A>) return gemm_i8_rows<P, A>(w, x, m, bias, y, n0, n1);
+        if constexpr (vnni_gemm::applies<P, A>) gemm_i8_vnni<P, A>(w, x, m, bias, y, n0, n1);
+        else gemm_i8<P, A>(w, x, m, bias, y, n0, n1);
+    }
 }
 
 // ---- registration: descriptors filled from the policy ------------------------------------
