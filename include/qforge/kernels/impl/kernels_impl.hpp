@@ -192,6 +192,16 @@ void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float
     }
 }
 
+// The m rows of X prepared for the i8 GEMMs (i8.hpp), in the stored column order of W.
+template <class P, class A>
+const i8_row* prepare_rows(const weights_view& w, const i8_shape<P, A>& s, const float* x, std::int64_t m) {
+    auto* mem = static_cast<std::uint8_t*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(m) * s.bytes));
+    auto* rows = static_cast<i8_row*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m) * sizeof(i8_row)));
+    x = gather_columns<A, 2>(w, x, m);
+    for (std::int64_t i = 0; i < m; ++i) rows[i] = quantize_activations<P, A>(s, x + i * w.cols, mem + i * s.bytes);
+    return rows;
+}
+
 template <class P, class A>
 void gemm_i8(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
              std::int64_t n1) {
@@ -202,10 +212,7 @@ void gemm_i8(const weights_view& w, const float* x, std::int64_t m, const float*
     init_output(bias, y, m, ldy, n0, n1);
     const S s(k);
     const i8_levels<P, A> levels(w);
-    auto* mem = static_cast<std::uint8_t*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(m) * s.bytes));
-    auto* rows = static_cast<i8_row*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m) * sizeof(i8_row)));
-    x = gather_columns<A, 2>(w, x, m);
-    for (std::int64_t i = 0; i < m; ++i) rows[i] = quantize_activations<P, A>(s, x + i * k, mem + i * s.bytes);
+    const i8_row* rows = prepare_rows<P, A>(w, s, x, m);
 
     each_tile<MR, NR>(m, n0, n1, s.steps, slice_steps, y, ldy,
                       [&](auto mt, auto nt, auto i0, auto n, auto s0, auto s1, auto& out) {
@@ -229,10 +236,7 @@ void gemm_i8_rows(const weights_view& w, const float* x, std::int64_t m, const f
     const std::int64_t ldy = w.rows, k = w.cols;
     const S s(k);
     const i8_levels<P, A> levels(w);
-    auto* mem = static_cast<std::uint8_t*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(m) * s.bytes));
-    auto* rows = static_cast<i8_row*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m) * sizeof(i8_row)));
-    x = gather_columns<A, 2>(w, x, m);
-    for (std::int64_t i = 0; i < m; ++i) rows[i] = quantize_activations<P, A>(s, x + i * k, mem + i * s.bytes);
+    const i8_row* rows = prepare_rows<P, A>(w, s, x, m);
     for (std::int64_t n = n0; n < n1; ++n)
         for (std::int64_t i0 = 0; i0 < m;) {
             const std::int64_t left = m - i0;
