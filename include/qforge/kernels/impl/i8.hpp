@@ -302,12 +302,14 @@ template <class A, class Row, class Finish>
 // where dot_ib is the integer dot of the unsigned (offset form) or signed weights with xq_i and
 // off_b the offset the unsigned weights carry (the zero point for int_asym, none in the sign
 // form). The block scales are multiplied once per row, the offsets leave the inner loop as one
-// short dot over the blocks, and the codes are prefetched. MR = 1 is the GEMV's row (two
-// accumulators alternate steps); MR > 1 the small-M GEMM's (gemm_i8_rows): each register of codes
-// is decoded once for all MR rows, so W is read and decoded once per MR rows of X.
+// short dot over the blocks, and the codes are prefetched. The small-M GEMM's tile
+// (gemm_i8_rows): each register of codes is decoded once for all MR rows, so W is read and
+// decoded once per MR rows of X; with MR = 1 two accumulators alternate steps, as in the GEMV.
 // One row of W at a time keeps W one stream: two rows per pass sharing the activation loads
-// (i8_tile with NR = 2, both rows prefetched) took 12-23% longer in the GEMV, 4096x11008 cold,
-// and no less time in the small-M GEMM (4 x 2 tiles against 8 x 1, M = 4..16).
+// took no less time (4 x 2 tiles against 8 x 1, M = 4..16, 4096x11008 cold).
+// The GEMV keeps its own row (i8_gemv_row below, the same arithmetic): with this one at MR = 1
+// instead, its 4096x11008 cold times moved both ways, NF4 b64 1.3 -> 2.2 ms, int4 g128 2.0 ->
+// 1.0 ms (alternating runs, loaded machine; cause not pinned down).
 template <class P, class A, int MR>
 void i8_rows(const weights_view& w, const i8_shape<P, A>& s, const i8_levels<P, A>& lv, const i8_row* x,
              std::int64_t n, row_sum<A> (&out)[MR]) {
@@ -384,6 +386,80 @@ void i8_rows(const weights_view& w, const i8_shape<P, A>& s, const i8_levels<P, 
         for (int c = 1; c < chains; ++c) sum = sum + acc[c][i];
         out[i] = {sum - F(weight_offset<P, A>) * off[i], -weight_offset<P, A> * off_tail[i]};
     }
+}
+
+// One GEMV row over the full steps (the GEMV's own loop: i8_tile serves the GEMM), as the row_sum
+// of the numerator (gemv_i8 divides by i8_scale):
+//   y[n] = sum_b cs_b (dot_b - off_b qsum_b) / i8_scale,   cs_b = scale[n, b] * xs_b
+// where dot_b is the integer dot of the unsigned (offset form) or signed weights with xq and
+// off_b the offset the unsigned weights carry (the zero point for int_asym, none in the sign
+// form). The block scales are multiplied once per row, the offsets leave the inner loop as one
+// short dot over the blocks, two accumulators alternate steps, and the codes are prefetched.
+// One row at a time keeps W one stream: two rows per pass sharing the activation loads (i8_tile
+// with NR = 2, both rows prefetched) took 12-23% longer, 4096x11008 cold.
+template <class P, class A>
+row_sum<A> i8_gemv_row(const weights_view& w, const i8_shape<P, A>& s, const i8_levels<P, A>& lv, const i8_row& x,
+                       std::int64_t n) {
+    using S = i8_shape<P, A>;
+    using L = layout_traits<P::storage>;
+    using F = simd::f32v<A>;
+    using I = simd::i32v<A>;
+    using U = simd::u8v<A>;
+    constexpr int bpw = S::blocks_per_window, wps = S::windows_per_step, lanes = S::lanes;
+    constexpr int steps_per_chunk = scale_chunk / bpw;
+    constexpr bool offsets = weight_offset<P, A> != 0.0f;
+
+    const std::uint8_t* codes = row_codes<P, A>(w, n);
+    // the integer dot of one step, as f32 (exact: |dot| <= 255 * 127 * group < 2^24)
+    const auto step_dot = [&](std::int64_t step) {
+        I dot[1] = {I(0)};
+        simd::unroll<wps>([&](auto wi) {
+            const std::int64_t window = step * wps + wi;
+            const window_codes wc = window_at<P, A, S::V>(codes, w.cols, window);
+            if constexpr (wi == 0) {
+                simd::prefetch_ahead(wc.low);
+                if constexpr (split_planes<P>) simd::prefetch_ahead(wc.high);  // a 96-byte unit spans 2 lines
+            }
+            U xq[1][S::parts];
+            load_window_acts<P, A>(x, window, xq[0]);
+            add_window_dots<P, A, 1>(lv, wc, xq, dot);
+        });
+        return xsimd::to_float(dot[0]);
+    };
+
+    alignas(64) float cs[scale_chunk];
+    [[maybe_unused]] float zbuf[has_zeros<P> ? scale_chunk : 1];
+    F acc0(0.0f), acc1(0.0f), off(0.0f);
+    float off_tail = 0.0f;
+    for (std::int64_t c0 = 0; c0 < s.steps; c0 += steps_per_chunk) {
+        const std::int64_t c1 = s.steps - c0 < steps_per_chunk ? s.steps : c0 + steps_per_chunk;
+        const std::int64_t b0 = c0 * bpw;
+        const int nb = static_cast<int>((c1 - c0) * bpw);
+        const float* ws = L::template row_scales<P, A>(w, n, b0, nb, cs);
+        [[maybe_unused]] const float* zeros = has_zeros<P> ? row_zeros<P, A>(w, n, b0, nb, zbuf) : nullptr;
+        const float* xs = x.xs_block + b0;
+        const float* qs = x.qsum + b0;
+        int b = 0;
+        for (; b + lanes <= nb; b += lanes) {
+            const F c = F::load_unaligned(ws + b) * F::load_unaligned(xs + b);
+            c.store_aligned(cs + b);
+            if constexpr (has_zeros<P>) off = simd::fma<A>(c, F::load_unaligned(zeros + b) * F::load_unaligned(qs + b), off);
+            else if constexpr (offsets) off = simd::fma<A>(c, F::load_unaligned(qs + b), off);
+        }
+        for (; b < nb; ++b) {
+            cs[b] = ws[b] * xs[b];
+            if constexpr (has_zeros<P>) off_tail += cs[b] * (zeros[b] * qs[b]);
+            else if constexpr (offsets) off_tail += cs[b] * qs[b];
+        }
+        std::int64_t step = c0;
+        for (; step + 2 <= c1; step += 2) {
+            acc0 = simd::fma<A>(step_dot(step), simd::expand_scales<bpw, A>(cs + (step - c0) * bpw), acc0);
+            acc1 = simd::fma<A>(step_dot(step + 1), simd::expand_scales<bpw, A>(cs + (step + 1 - c0) * bpw), acc1);
+        }
+        if (step < c1) acc0 = simd::fma<A>(step_dot(step), simd::expand_scales<bpw, A>(cs + (step - c0) * bpw), acc0);
+    }
+    // the offset is 128, 2^(bits-1), 1 or 0: offset * off is exact
+    return {(acc0 + acc1) - F(weight_offset<P, A>) * off, -weight_offset<P, A> * off_tail};
 }
 
 // The blocks after the last full window (only when a register spans several blocks and K is not

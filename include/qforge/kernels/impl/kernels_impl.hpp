@@ -99,12 +99,7 @@ template <class P, class A>
     const i8_levels<P, A> levels(w);
     const i8_row xq = prepared_row<P, A>(s, prepared);
     for_each_row<A>(
-        n0, n1,
-        [&](std::int64_t n) {
-            row_sum<A> sum[1];
-            i8_rows<P, A, 1>(w, s, levels, &xq, n, sum);
-            return sum[0];
-        },
+        n0, n1, [&](std::int64_t n) { return i8_gemv_row<P, A>(w, s, levels, xq, n); },
         [&](std::int64_t n, float dots) {
             const float v = dots / code_traits<P::type>::i8_scale + i8_tail<P, A>(w, s, levels, xq, n);
             y[n] = bias ? v + bias[n] : v;
