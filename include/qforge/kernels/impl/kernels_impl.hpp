@@ -233,11 +233,12 @@ void gemm_i8_rows(const weights_view& w, const float* x, std::int64_t m, const f
     const i8_levels<P, A> levels(w);
     const i8_row* rows = prepare_rows<P, A>(w, s, x, m);
     for (std::int64_t n = n0; n < n1; ++n)
-        for (std::int64_t i0 = 0; i0 < m;) {
+        for (std::int64_t i0 = 0, done = 0; i0 < m; i0 += done) {
             const std::int64_t left = m - i0;
             simd::unroll<std::bit_width(unsigned{MR})>([&](auto e) {
                 constexpr int mt = MR >> decltype(e)::value;
                 if (left < mt || (mt < MR && left >= 2 * mt)) return;  // the largest tile that fits
+                done = mt;
                 row_sum<A> sum[mt];
                 i8_rows<P, A, mt>(w, s, levels, rows + i0, n, sum);
                 F parts[lanes];
@@ -249,7 +250,6 @@ void gemm_i8_rows(const weights_view& w, const float* x, std::int64_t m, const f
                                     i8_tail<P, A>(w, s, levels, rows[i0 + i], n);
                     y[(i0 + i) * ldy + n] = bias ? v + bias[n] : v;
                 }
-                i0 += mt;
             });
         }
 }
