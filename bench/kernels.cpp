@@ -4,8 +4,13 @@
 //   <op>/<canonical name>/K<k>xN<n>/M<m>/t<threads>/<hot|cold>
 //                                             K x N: 4096 x 4096, 4096 x 11008, 11008 x 4096, and for the
 //                                             GEMV also 1024 x 4096 (short rows)
+//                                             M = 8, 32, 128; at 4096 x 11008 also M = 1, 2, 4, 16, 512
 //   membw/read/t<threads>                     512 MiB read with 512-bit (or 256-bit) loads, from memory
 //                                             allocated as the weights are (huge pages, memory.hpp)
+//   peak/<vnni|fma|bf16>/t<threads>           the arithmetic peak of the GEMMs' compute paths: 12
+//                                             independent zmm chains of vpdpbusd (int8 ops, 2 per
+//                                             multiply-add), vfmadd231ps or vdpbf16ps (flops), the
+//                                             fastest iteration; skipped on CPUs without the instruction
 //   repack/<int4sym|int2asym|int3asym|int4asym>_g128_<gptq|gptq_actorder|awq>_to_qf/K<k>xN<n>
 //                                             the one-time checkpoint -> qforge layout repack
 //   repack/nf4_b64_bnb_to_rows/K<k>xN<n>     pack_weights of a bitsandbytes NF4 tensor: each row's
@@ -16,11 +21,15 @@
 //                                             view of a bnb checkpoint) instead of pack_weights' rows
 //
 // Counters, from the wall clock: bytes_per_second (weight bytes: codes + scales + nested absmax + zeros,
-// per pass over W), GFLOPS (2 M N K), and frac_membw (bytes_per_second / membw/read of the same
-// thread count, when that benchmark ran earlier in the same process). "cold" rotates over copies of the
+// per pass over W), GFLOPS (2 M N K), frac_membw (bytes_per_second / membw/read of the same
+// thread count, when that benchmark ran earlier in the same process), and roofline: the time the
+// machine needs, max(weight bytes / membw/read, 2 M N K / peak of the kernel's compute path), over
+// the measured time (when both ran earlier in the same process; i8: vnni, bf16 on avx512_bf16:
+// bf16, else fma). "cold" rotates over copies of the
 // weights totalling more than 256 MiB, so each pass streams W from DRAM; "hot" reuses one copy.
 // The kernel is the registry's pick for the active ISA (QFORGE_ISA forces another one).
 #include <qforge/config/name.hpp>
+#include <qforge/isa.hpp>
 #include <qforge/format/tables.hpp>
 #include <qforge/kernels/kernels.hpp>
 #include <qforge/kernels/pack.hpp>
@@ -30,6 +39,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -38,6 +49,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 using namespace qforge;
@@ -61,6 +73,13 @@ const listed_kernel kernel_list[] = {
 // Read bandwidth per thread count, as measured by membw/read in this process.
 std::map<int, double>& measured_membw() {
     static std::map<int, double> m;
+    return m;
+}
+
+// The arithmetic peaks (op/s) per (compute path, thread count), as measured by peak/<path>.
+enum class peak_kind { vnni, fma, bf16 };
+std::map<std::pair<peak_kind, int>, double>& measured_peak() {
+    static std::map<std::pair<peak_kind, int>, double> m;
     return m;
 }
 
@@ -162,6 +181,88 @@ void set_wall_clock_rates(benchmark::State& state, double bytes_per_second, doub
     if (bw != measured_membw().end()) state.counters["frac_membw"] = bytes_per_second / bw->second;
 }
 
+// ---- peak/<vnni|fma|bf16> -------------------------------------------------------------------
+// 12 independent accumulator chains hide the instruction's latency (4-5 cycles at 2 per cycle).
+// Returns the operations of `reps` passes of 12 instructions.
+
+__attribute__((target("avx512f,avx512vnni"))) double peak_vnni_loop(std::int64_t reps, float* sink) {
+    __m512i acc[12];
+    for (auto& a : acc) a = _mm512_setzero_si512();
+    __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(-5);
+    for (std::int64_t r = 0; r < reps; ++r) {
+        for (auto& c : acc) c = _mm512_dpbusd_epi32(c, a, b);
+        __asm__("" : "+v"(a), "+v"(b));  // an opaque use per pass: keeps every chain in the loop
+    }
+    alignas(64) std::int32_t lanes[16];
+    _mm512_store_si512(lanes, acc[0]);
+    for (int i = 1; i < 12; ++i) _mm512_store_si512(lanes, _mm512_add_epi32(_mm512_load_si512(lanes), acc[i]));
+    *sink += static_cast<float>(lanes[0]);
+    return static_cast<double>(reps) * 12 * 64 * 2;
+}
+
+__attribute__((target("avx512f"))) double peak_fma_loop(std::int64_t reps, float* sink) {
+    __m512 acc[12];
+    for (auto& a : acc) a = _mm512_setzero_ps();
+    __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(1e-3f);
+    for (std::int64_t r = 0; r < reps; ++r) {
+        for (auto& c : acc) c = _mm512_fmadd_ps(c, a, b);
+        __asm__("" : "+v"(a), "+v"(b));
+    }
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, acc[0]);
+    for (int i = 1; i < 12; ++i) _mm512_store_ps(lanes, _mm512_add_ps(_mm512_load_ps(lanes), acc[i]));
+    *sink += lanes[0];
+    return static_cast<double>(reps) * 12 * 16 * 2;
+}
+
+__attribute__((target("avx512f,avx512bf16"))) double peak_bf16_loop(std::int64_t reps, float* sink) {
+    __m512 acc[12];
+    for (auto& a : acc) a = _mm512_setzero_ps();
+    __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3a83);  // 1, 1e-3
+    for (std::int64_t r = 0; r < reps; ++r) {
+        for (auto& c : acc) c = _mm512_dpbf16_ps(c, a, b);
+        __asm__("" : "+v"(a), "+v"(b));
+    }
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, acc[0]);
+    for (int i = 1; i < 12; ++i) _mm512_store_ps(lanes, _mm512_add_ps(_mm512_load_ps(lanes), acc[i]));
+    *sink += lanes[0];
+    return static_cast<double>(reps) * 12 * 32 * 2;
+}
+
+void peak(benchmark::State& state, peak_kind kind, int threads) {
+    const cpu_features& f = cpu();
+    if (!f.avx512bw || (kind == peak_kind::vnni && !f.avx512_vnni) || (kind == peak_kind::bf16 && !f.avx512_bf16)) {
+        state.SkipWithError("the CPU lacks the instruction");
+        for (auto _ : state) {
+        }
+        return;
+    }
+    constexpr std::int64_t reps = 1 << 20;  // about 2 ms per thread
+    thread_pool pool(threads);
+    std::vector<float> sink(static_cast<std::size_t>(threads) * 16);  // a cache line each
+    // the fastest iteration: a shared machine's noise (other processes on the core) only ever
+    // slows one down, and the peak is what the core attains
+    double rate = 0.0;
+    for (auto _ : state) {
+        std::vector<double> done(static_cast<std::size_t>(threads));
+        const auto start = std::chrono::steady_clock::now();
+        pool.run([&](int t) {
+            float* s = sink.data() + 16 * t;
+            done[static_cast<std::size_t>(t)] = kind == peak_kind::vnni  ? peak_vnni_loop(reps, s)
+                                                : kind == peak_kind::fma ? peak_fma_loop(reps, s)
+                                                                         : peak_bf16_loop(reps, s);
+        });
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        double ops = 0.0;
+        for (double d : done) ops += d;
+        rate = std::max(rate, ops / seconds);
+    }
+    benchmark::DoNotOptimize(sink.data());
+    state.counters[kind == peak_kind::vnni ? "GOPS" : "GFLOPS"] = rate * 1e-9;
+    measured_peak()[{kind, threads}] = rate;
+}
+
 // ---- membw/read ---------------------------------------------------------------------------
 
 void membw_read(benchmark::State& state, int threads) {
@@ -217,8 +318,16 @@ void run_kernel(benchmark::State& state, const config cfg, op kind, shape s, std
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const double passes = static_cast<double>(state.iterations());
-    set_wall_clock_rates(state, passes * static_cast<double>(bytes) / seconds,
-                         passes * 2e-9 * static_cast<double>(m * s.n * s.k) / seconds, threads);
+    const double ops = 2.0 * static_cast<double>(m * s.n * s.k);
+    set_wall_clock_rates(state, passes * static_cast<double>(bytes) / seconds, passes * 1e-9 * ops / seconds, threads);
+    const peak_kind path = cfg.act == compute::i8                                     ? peak_kind::vnni
+                           : cfg.act == compute::bf16 && k.arch == isa::avx512_bf16 ? peak_kind::bf16
+                                                                                    : peak_kind::fma;
+    const auto bw = measured_membw().find(threads);
+    const auto top = measured_peak().find({path, threads});
+    if (bw != measured_membw().end() && top != measured_peak().end())
+        state.counters["roofline"] =
+            std::max(static_cast<double>(bytes) / bw->second, ops / top->second) / (seconds / passes);
     state.SetLabel(k.full_name());
 }
 
@@ -297,6 +406,10 @@ void register_all() {
     for (int t : {1, 2})
         benchmark::RegisterBenchmark(("membw/read/t" + std::to_string(t)).c_str(), membw_read, t)
             ->Unit(benchmark::kMillisecond);
+    for (const auto& [kind, name] : {std::pair{peak_kind::vnni, "vnni"}, std::pair{peak_kind::fma, "fma"}, std::pair{peak_kind::bf16, "bf16"}})
+        for (int t : {1, 2})
+            benchmark::RegisterBenchmark(("peak/" + std::string(name) + "/t" + std::to_string(t)).c_str(), peak, kind, t)
+                ->Unit(benchmark::kMillisecond);
     const std::vector<shape> shapes = {{4096, 4096}, {4096, 11008}, {11008, 4096}};
     // the GEMV also on short rows (a small model's hidden size), where the work per row counts
     std::vector<shape> gemv_shapes = shapes;
@@ -305,7 +418,9 @@ void register_all() {
         if (!kernels::kernel_built(l.cfg)) continue;  // filtered out by -Dkernels
         for (op kind : {op::gemv, op::gemm})
             for (shape s : kind == op::gemv ? gemv_shapes : shapes)
-                for (std::int64_t m : kind == op::gemv ? std::vector<std::int64_t>{1} : std::vector<std::int64_t>{8, 32, 128})
+                for (std::int64_t m : kind == op::gemv ? std::vector<std::int64_t>{1}
+                                      : s.n == 11008 && s.k == 4096 ? std::vector<std::int64_t>{1, 2, 4, 8, 16, 32, 128, 512}
+                                                                    : std::vector<std::int64_t>{8, 32, 128})
                     for (int t : {1, 2})
                         for (bool cold : {true, false}) {
                             const std::string name = std::string(to_string(kind)) + "/" + l.name + "/" + shape_name(s) +

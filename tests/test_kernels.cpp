@@ -609,15 +609,17 @@ TEST_CASE("gemv matches the reference within the stated bounds, with bias, unali
     }
 }
 
-TEST_CASE("gemm matches the reference for M >= 2 and equals gemv row by row in its bounds") {
+TEST_CASE("gemm matches the reference for M = 1 to 17 and equals gemv row by row in its bounds") {
     if (!isa_under_test_runs()) return;
     for (const auto& l : kernel_list) {
         const kernel* k = registered(l.cfg, op::gemm);
         if (k == nullptr) continue;
         for (const source from : sources_for(l.cfg))
         for (auto [n, kk] : shapes_for(l.cfg)) {
-            for (std::int64_t m : {2, 3, 5, 17}) {
-                if (kk > 1024 && m > 2) continue;  // K slices of the cache blocking: once is enough
+            // every register tile of the small-M path (M <= 16: tiles of 8, 4, 2, 1 rows) and the panels
+            for (std::int64_t m : {1, 2, 3, 5, 7, 8, 9, 11, 13, 16, 17}) {
+                // K slices of the cache blocking: once per path is enough
+                if (kk > 1024 && m != 2 && m != 13 && m != 17) continue;
                 const std::uint64_t seed = 11 + static_cast<std::uint64_t>(n * kk + m);
                 const case_data d = make_case(l.cfg, n, kk, seed, from);
                 INFO("from " << to_string(from));

@@ -296,6 +296,98 @@ template <class A, class Row, class Finish>
     }
 }
 
+// One row n of W over the full steps against MR prepared activation rows x[0 .. MR), as the
+// row_sum of each numerator (the callers divide by i8_scale):
+//   y[i, n] = sum_b cs_ib (dot_ib - off_b qsum_ib) / i8_scale,   cs_ib = scale[n, b] * xs_ib
+// where dot_ib is the integer dot of the unsigned (offset form) or signed weights with xq_i and
+// off_b the offset the unsigned weights carry (the zero point for int_asym, none in the sign
+// form). The block scales are multiplied once per row, the offsets leave the inner loop as one
+// short dot over the blocks, and the codes are prefetched. The small-M GEMM's tile
+// (gemm_i8_rows): each register of codes is decoded once for all MR rows, so W is read and
+// decoded once per MR rows of X; with MR = 1 two accumulators alternate steps, as in the GEMV.
+// One row of W at a time keeps W one stream: two rows per pass sharing the activation loads
+// took no less time (4 x 2 tiles against 8 x 1, M = 4..16, 4096x11008 cold).
+// The GEMV keeps its own row (i8_gemv_row below, the same arithmetic): with this one at MR = 1
+// instead, its 4096x11008 cold times moved both ways, NF4 b64 1.3 -> 2.2 ms, int4 g128 2.0 ->
+// 1.0 ms (alternating runs, loaded machine; cause not pinned down).
+template <class P, class A, int MR>
+void i8_rows(const weights_view& w, const i8_shape<P, A>& s, const i8_levels<P, A>& lv, const i8_row* x,
+             std::int64_t n, row_sum<A> (&out)[MR]) {
+    using S = i8_shape<P, A>;
+    using L = layout_traits<P::storage>;
+    using F = simd::f32v<A>;
+    using I = simd::i32v<A>;
+    using U = simd::u8v<A>;
+    constexpr int bpw = S::blocks_per_window, wps = S::windows_per_step, lanes = S::lanes;
+    constexpr int steps_per_chunk = scale_chunk / bpw;
+    constexpr bool offsets = weight_offset<P, A> != 0.0f;
+    constexpr int chains = MR == 1 ? 2 : 1;  // accumulators per X row (MR > 1: MR chains already)
+
+    const std::uint8_t* codes = row_codes<P, A>(w, n);
+    alignas(64) float cs[MR][scale_chunk];
+    // acc[i] += the integer dots of one step with X row i (as f32, exact: |dot| <= 255 * 127 *
+    // group < 2^24) times cs
+    const auto add_step = [&](std::int64_t step, std::int64_t local, auto& acc) {
+        I dot[MR];
+        for (I& d : dot) d = I(0);
+        simd::unroll<wps>([&](auto wi) {
+            const std::int64_t window = step * wps + wi;
+            const window_codes wc = window_at<P, A, S::V>(codes, w.cols, window);
+            if constexpr (wi == 0) {
+                simd::prefetch_ahead(wc.low);
+                if constexpr (split_planes<P>) simd::prefetch_ahead(wc.high);  // a 96-byte unit spans 2 lines
+            }
+            U xq[MR][S::parts];
+            simd::unroll<MR>([&](auto i) { load_window_acts<P, A>(x[i], window, xq[i]); });
+            add_window_dots<P, A, MR>(lv, wc, xq, dot);
+        });
+        simd::unroll<MR>([&](auto i) {
+            acc[i] = simd::fma<A>(xsimd::to_float(dot[i]), simd::expand_scales<bpw, A>(cs[i] + local * bpw), acc[i]);
+        });
+    };
+
+    [[maybe_unused]] float zbuf[has_zeros<P> ? scale_chunk : 1];
+    F acc[chains][MR], off[MR];
+    float off_tail[MR] = {};
+    for (int i = 0; i < MR; ++i) {
+        off[i] = F(0.0f);
+        for (auto& a : acc) a[i] = F(0.0f);
+    }
+    for (std::int64_t c0 = 0; c0 < s.steps; c0 += steps_per_chunk) {
+        const std::int64_t c1 = s.steps - c0 < steps_per_chunk ? s.steps : c0 + steps_per_chunk;
+        const std::int64_t b0 = c0 * bpw;
+        const int nb = static_cast<int>((c1 - c0) * bpw);
+        const float* ws = L::template row_scales<P, A>(w, n, b0, nb, cs[0]);
+        [[maybe_unused]] const float* zeros = has_zeros<P> ? row_zeros<P, A>(w, n, b0, nb, zbuf) : nullptr;
+        for (int i = MR - 1; i >= 0; --i) {  // cs[0] last: ws may point into it
+            const float* xs = x[i].xs_block + b0;
+            const float* qs = x[i].qsum + b0;
+            int b = 0;
+            for (; b + lanes <= nb; b += lanes) {
+                const F c = F::load_unaligned(ws + b) * F::load_unaligned(xs + b);
+                c.store_aligned(cs[i] + b);
+                if constexpr (has_zeros<P>) off[i] = simd::fma<A>(c, F::load_unaligned(zeros + b) * F::load_unaligned(qs + b), off[i]);
+                else if constexpr (offsets) off[i] = simd::fma<A>(c, F::load_unaligned(qs + b), off[i]);
+            }
+            for (; b < nb; ++b) {
+                cs[i][b] = ws[b] * xs[b];
+                if constexpr (has_zeros<P>) off_tail[i] += cs[i][b] * (zeros[b] * qs[b]);
+                else if constexpr (offsets) off_tail[i] += cs[i][b] * qs[b];
+            }
+        }
+        std::int64_t step = c0;
+        for (; step + chains <= c1; step += chains)
+            simd::unroll<chains>([&](auto c) { add_step(step + c, step + c - c0, acc[c]); });
+        for (; step < c1; ++step) add_step(step, step - c0, acc[0]);
+    }
+    // the offset is 128, 2^(bits-1), 1 or 0: offset * off is exact
+    for (int i = 0; i < MR; ++i) {
+        F sum = acc[0][i];
+        for (int c = 1; c < chains; ++c) sum = sum + acc[c][i];
+        out[i] = {sum - F(weight_offset<P, A>) * off[i], -weight_offset<P, A> * off_tail[i]};
+    }
+}
+
 // One GEMV row over the full steps (the GEMV's own loop: i8_tile serves the GEMM), as the row_sum
 // of the numerator (gemv_i8 divides by i8_scale):
 //   y[n] = sum_b cs_b (dot_b - off_b qsum_b) / i8_scale,   cs_b = scale[n, b] * xs_b

@@ -15,6 +15,7 @@
 #include <qforge/kernels/kernels.hpp>
 #include <qforge/registry.hpp>
 
+#include <bit>
 #include <cstdint>
 #include <string_view>
 #include <type_traits>
@@ -186,6 +187,16 @@ void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float
     }
 }
 
+// The m rows of X prepared for the i8 GEMMs (i8.hpp), in the stored column order of W.
+template <class P, class A>
+const i8_row* prepare_rows(const weights_view& w, const i8_shape<P, A>& s, const float* x, std::int64_t m) {
+    auto* mem = static_cast<std::uint8_t*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(m) * s.bytes));
+    auto* rows = static_cast<i8_row*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m) * sizeof(i8_row)));
+    x = gather_columns<A, 2>(w, x, m);
+    for (std::int64_t i = 0; i < m; ++i) rows[i] = quantize_activations<P, A>(s, x + i * w.cols, mem + i * s.bytes);
+    return rows;
+}
+
 template <class P, class A>
 void gemm_i8(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
              std::int64_t n1) {
@@ -196,10 +207,7 @@ void gemm_i8(const weights_view& w, const float* x, std::int64_t m, const float*
     init_output(bias, y, m, ldy, n0, n1);
     const S s(k);
     const i8_levels<P, A> levels(w);
-    auto* mem = static_cast<std::uint8_t*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(m) * s.bytes));
-    auto* rows = static_cast<i8_row*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m) * sizeof(i8_row)));
-    x = gather_columns<A, 2>(w, x, m);
-    for (std::int64_t i = 0; i < m; ++i) rows[i] = quantize_activations<P, A>(s, x + i * k, mem + i * s.bytes);
+    const i8_row* rows = prepare_rows<P, A>(w, s, x, m);
 
     each_tile<MR, NR>(m, n0, n1, s.steps, slice_steps, y, ldy,
                       [&](auto mt, auto nt, auto i0, auto n, auto s0, auto s1, auto& out) {
@@ -208,6 +216,42 @@ void gemm_i8(const weights_view& w, const float* x, std::int64_t m, const float*
     if (s.tail_blocks > 0)
         for (std::int64_t i = 0; i < m; ++i)
             for (std::int64_t n = n0; n < n1; ++n) y[i * ldy + n] += i8_tail<P, A>(w, s, levels, rows[i], n);
+}
+
+// The i8 GEMM for few rows of X (m <= gemm_i8_rows_max): one pass over W in the GEMV's order, each
+// decoded register of codes feeding up to gemm_i8_rows_mr X rows (i8_rows); more X rows run as
+// further tiles on the same W row, then in L1. Tiles are powers of two (fewer instantiations).
+template <class P, class A>
+void gemm_i8_rows(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
+                  std::int64_t n1) {
+    using S = i8_shape<P, A>;
+    using F = simd::f32v<A>;
+    constexpr int MR = gemm_i8_rows_mr<A>, lanes = simd::lanes<A>;
+    static_assert(MR <= lanes, "one transposed sum per tile");
+    const std::int64_t ldy = w.rows, k = w.cols;
+    const S s(k);
+    const i8_levels<P, A> levels(w);
+    const i8_row* rows = prepare_rows<P, A>(w, s, x, m);
+    for (std::int64_t n = n0; n < n1; ++n)
+        for (std::int64_t i0 = 0, done = 0; i0 < m; i0 += done) {
+            const std::int64_t left = m - i0;
+            simd::unroll<std::bit_width(unsigned{MR})>([&](auto e) {
+                constexpr int mt = MR >> decltype(e)::value;
+                if (left < mt || (mt < MR && left >= 2 * mt)) return;  // the largest tile that fits
+                done = mt;
+                row_sum<A> sum[mt];
+                i8_rows<P, A, mt>(w, s, levels, rows + i0, n, sum);
+                F parts[lanes];
+                for (int i = 0; i < lanes; ++i) parts[i] = i < mt ? sum[i < mt ? i : 0].lanes : F(0.0f);
+                alignas(64) float dots[lanes];
+                simd::sum_rows<A>(parts).store_aligned(dots);
+                for (int i = 0; i < mt; ++i) {
+                    const float v = (dots[i] + sum[i].rest) / code_traits<P::type>::i8_scale +
+                                    i8_tail<P, A>(w, s, levels, rows[i0 + i], n);
+                    y[(i0 + i) * ldy + n] = bias ? v + bias[n] : v;
+                }
+            });
+        }
 }
 
 // The i8 GEMM with VNNI: W decoded per panel into row-interleaved levels (i8_gemm_vnni.hpp).
@@ -261,9 +305,14 @@ template <class P, class A>
 void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
           std::int64_t n1) {
     check_kernel_policy<P>();
-    if constexpr (P::act != compute::i8) gemm_f32<P, A>(w, x, m, bias, y, n0, n1);  // f32, bf16, f16
-    else if constexpr (vnni_gemm::applies<P, A>) gemm_i8_vnni<P, A>(w, x, m, bias, y, n0, n1);
-    else gemm_i8<P, A>(w, x, m, bias, y, n0, n1);
+    if constexpr (P::act != compute::i8) {
+        gemm_f32<P, A>(w, x, m, bias, y, n0, n1);  // f32, bf16, f16
+    } else {
+        if constexpr (has_prepared_gemv<P>)  // the codes of the GEMV's row (not 8-bit integers)
+            if (m <= gemm_i8_rows_max<A>) return gemm_i8_rows<P, A>(w, x, m, bias, y, n0, n1);
+        if constexpr (vnni_gemm::applies<P, A>) gemm_i8_vnni<P, A>(w, x, m, bias, y, n0, n1);
+        else gemm_i8<P, A>(w, x, m, bias, y, n0, n1);
+    }
 }
 
 // ---- registration: descriptors filled from the policy ------------------------------------
