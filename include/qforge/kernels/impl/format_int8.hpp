@@ -35,7 +35,6 @@ constexpr void check_kernel_policy() {
     static_assert(P::type == dtype::int_sym || P::type == dtype::int_asym, "qforge 8-bit kernels: integers only");
     static_assert(P::group == per_channel || (P::group >= 32 && P::group % 32 == 0),
                   "qforge 8-bit kernels: group must be a multiple of 32 or per_channel");
-    static_assert(P::act == compute::f32 || P::act == compute::i8, "qforge 8-bit kernels: f32 and i8 paths");
 }
 
 // The group size of the weights (per_channel: the whole row).
@@ -100,11 +99,17 @@ float int8_dot_f32(const weights_view& w, std::int64_t n, const float* x) {
     each_block_scale<P, A>(w, n, 0, k / gs, [&](std::int64_t b, float scale, float zero) {
         const F z(has_zeros<P> ? zero : 128.0f);
         F even(0.0f), odd(0.0f);  // two chains: FMA latency (gs is a multiple of 2 * lanes)
+        // bf16 / f16: each weight rounded after its scale, x rounded by the caller
+        const auto value = [&](std::int64_t i) {
+            if constexpr (rounded_operands<P>) return operand<P, A>(F(int8_values<A>(codes + i, z) * F(scale)));
+            else return int8_values<A>(codes + i, z);
+        };
         for (std::int64_t i = b * gs; i < (b + 1) * gs; i += 2 * lanes) {
-            even = simd::fma<A>(int8_values<A>(codes + i, z), F::load_unaligned(x + i), even);
-            odd = simd::fma<A>(int8_values<A>(codes + i + lanes, z), F::load_unaligned(x + i + lanes), odd);
+            even = simd::fma<A>(value(i), F::load_unaligned(x + i), even);
+            odd = simd::fma<A>(value(i + lanes), F::load_unaligned(x + i + lanes), odd);
         }
-        acc = simd::fma<A>(even + odd, F(scale), acc);
+        if constexpr (rounded_operands<P>) acc = acc + (even + odd);
+        else acc = simd::fma<A>(even + odd, F(scale), acc);
     });
     return xsimd::hadd(acc);
 }
@@ -112,7 +117,7 @@ float int8_dot_f32(const weights_view& w, std::int64_t n, const float* x) {
 template <class P, class A>
     requires int8_policy<P>
 void gemv_f32(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
-    x = gather_columns<A, 0>(w, x, 1);
+    x = rounded_x<P, A>(gather_columns<A, 0>(w, x, 1), w.cols);
     for (std::int64_t n = n0; n < n1; ++n) {
         const float v = int8_dot_f32<P, A>(w, n, x);
         y[n] = bias ? v + bias[n] : v;
