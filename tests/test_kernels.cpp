@@ -13,7 +13,9 @@
 //   gemv/gemm i8      (a) against the exact product: the bound of kernels/impl/i8.hpp,
 //                         sum_k delta s_b |x_k| + (|W[n,k]| + delta s_b) xs_b / 2, plus f32 slack;
 //                     (b) against an exact emulation of the integer path written here from that
-//                         header's description: only f32 rounding of the per-block combination
+//                         header's description: only f32 rounding of the per-block combination,
+//                         of terms as large as the offset form makes them (integers, and table
+//                         levels + 128 with VNNI)
 //   LLM.int8 (bnb8)   bit-identical with ref::int8_matmul on every ISA (its own test case below,
 //                     with and without outlier columns); against the exact product, the bound of
 //                     activations quantized per row: amax / 254 sum_k |W[n,k]| plus f32 slack
@@ -414,6 +416,9 @@ void check_output(const config& cfg, const case_data& d, const float* x, std::in
     const auto levels = i8_levels(cfg, d);
     const auto* gptq = std::get_if<ref::gptq_tensor>(&d.q);
     const int checkpoint_bits = gptq ? gptq->bits : cfg.bits;
+    // With VNNI, table levels enter vpdpbusd as level + 128 and 128 sum(xq) is subtracted in f32
+    // (i8.hpp): f32 rounds sums of that size, as the offset form of the integers below.
+    const bool vnni_offset = kernels::kernel_isa(cfg, active_isa()) >= isa::avx512_vnni;
     double bound = 0.0, slack_terms = std::abs(b), emulated = b;
     for (std::int64_t blk = 0; blk < k / group; ++blk) {
         const double s = block_scale(d, cfg, n, blk), xs = a.scale[static_cast<std::size_t>(blk)];
@@ -424,9 +429,11 @@ void check_output(const config& cfg, const case_data& d, const float* x, std::in
             const double wabs = std::abs(static_cast<double>(wrow[col]));
             const int code = code_of(d, n, col);  // integers: the checkpoint's code minus its zero point
             bound += delta * std::abs(s) * std::abs(x[col]) + (wabs + delta * std::abs(s)) * xs / 2;
-            slack_terms += (is_integer_type(cfg) ? std::abs(s) * integer_lane_weight(cfg, code, zero, checkpoint_bits)
-                                                 : wabs + delta * std::abs(s)) *
-                           (std::abs(x[col]) + xs / 2);
+            const double lane_weight =
+                is_integer_type(cfg) ? std::abs(s) * integer_lane_weight(cfg, code, zero, checkpoint_bits)
+                : vnni_offset ? std::abs(s) * (std::abs(levels[static_cast<std::size_t>(code)]) + 2 * 128) / lambda
+                              : wabs + delta * std::abs(s);
+            slack_terms += lane_weight * (std::abs(x[col]) + xs / 2);
             dot += static_cast<std::int64_t>(is_integer_type(cfg) ? code - zero : levels[static_cast<std::size_t>(code)]) *
                    a.q[static_cast<std::size_t>(i)];
         }
@@ -685,6 +692,7 @@ TEST_CASE("kernel_config_of: the exact kernel, else the largest built group that
         {c(dtype::int_asym, 3, 32, false, layout::gptq_v2, compute::i8), compute::i8, 0, c(dtype::int_asym, 4, 32, false, layout::qforge, compute::i8)},
         {c(dtype::int_asym, 3, 128, false, layout::gptq_v1, compute::bf16), compute::bf16, 0, c(dtype::int_asym, 4, 32, false, layout::qforge, compute::bf16)},
         {c(dtype::int_sym, 2, per_channel, false, layout::gptq_v1, compute::i8), compute::i8, 4160, c(dtype::int_sym, 4, 32, false, layout::qforge, compute::i8)},
+        {c(dtype::int_asym, 3, per_channel, false, layout::gptq_v1, compute::f32), compute::f32, 0, c(dtype::int_asym, 4, 32, false, layout::qforge, compute::f32)},
     };
     for (const expectation& e : cases) {
         INFO(canonical_name(e.stored) << " on " << to_string(e.act) << ", K = " << e.cols);

@@ -95,8 +95,8 @@ constexpr bool kernel_built(const config& c) {
 //     stored scale (and zero point) for the kernel's groups: the same values, more scale bytes.
 //     Double-quantized absmax cannot be repeated as codes (its nested blocks would shift): a
 //     regrouped bnb kernel has double_quant false, and pack_weights decodes the absmax to f32.
-//     Per channel with `cols` unknown (0), the smallest kernel group, which divides every K the
-//     layout allows; with `cols`, the largest that divides it;
+//     Per channel with `cols` unknown (0), a group that divides every K the layout allows (the
+//     integer layouts: 32, GPTQ's K granularity); with `cols`, the largest that divides it;
 //   - widened: 2- and 3-bit integers without such a kernel (groups below 128: their code windows
 //     span 64 elements; the bf16 and f16 paths) run on the 4-bit kernel of the same kind, compiled
 //     or regrouped. pack_weights stores each code c as c + 8 - 2^(bits-1) (int_sym: the same
@@ -110,7 +110,7 @@ constexpr config nearest_group(const config& want, std::int64_t cols) {
     const auto whole = [&](std::int32_t g) { return g == per_channel || g == per_tensor; };
     const auto divides = [&](std::int32_t g) {
         if (g <= 0) return false;
-        if (whole(want.group)) return cols == 0 || cols % g == 0;
+        if (whole(want.group)) return cols == 0 ? want.storage != layout::qforge || g == 32 : cols % g == 0;
         return want.group % g == 0;
     };
     const generated_kernel* best = nullptr;
