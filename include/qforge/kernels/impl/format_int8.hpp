@@ -24,6 +24,9 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+
+#include <immintrin.h>
 
 namespace qforge::kernels {
 
@@ -169,11 +172,12 @@ void int8_tile_i8(const weights_view& w, const int8_act_row* x, std::int64_t n, 
     for (int i = 0; i < MR; ++i)
         for (int r = 0; r < NR; ++r) acc[i][r] = offset_lanes[i][r] = F(0.0f);
     // dot[i][r] += the register of codes code_at(r) against the activations act_at(i)
+    // (code_at / act_at return the registers)
     const auto add = [](auto code_at, auto act_at, I(&dot)[MR][NR]) {
         U xv[MR];
-        simd::unroll<MR>([&](auto i) { xv[i] = U::load_unaligned(act_at(i)); });
+        simd::unroll<MR>([&](auto i) { xv[i] = act_at(i); });
         simd::unroll<NR>([&](auto r) {
-            const U c = U::load_unaligned(code_at(r)) ^ U(static_cast<std::uint8_t>(0x80));  // code - 128, signed
+            const U c = code_at(r) ^ U(static_cast<std::uint8_t>(0x80));  // code - 128, signed
             const U magnitude = simd::apply_sign<A>(c, c);
             simd::unroll<MR>([&](auto i) {
                 dot[i][r] = simd::dot_u8s8<A>(dot[i][r], magnitude, simd::apply_sign<A>(xv[i], c));
@@ -211,27 +215,31 @@ void int8_tile_i8(const weights_view& w, const int8_act_row* x, std::int64_t n, 
             std::int64_t j = b * gs;
             const auto add_at = [&](std::int64_t at, I(&to)[MR][NR]) {
                 for (int r = 0; r < NR; ++r) simd::prefetch_ahead(codes[r] + at);
-                add([&](int r) { return codes[r] + at; },
-                    [&](int i) { return reinterpret_cast<const std::uint8_t*>(x[i].q) + at; }, to);
+                add([&](int r) { return U::load_unaligned(codes[r] + at); },
+                    [&](int i) { return U::load_unaligned(reinterpret_cast<const std::uint8_t*>(x[i].q) + at); }, to);
             };
             for (; j + chains * V <= end; j += chains * V)
                 simd::unroll<chains>([&](auto c) { add_at(j + c * V, chain[c]); });
             for (; j + V <= end; j += V) add_at(j, dot);
-            if (j < end) {  // a block end that fills no register: padded with code 128 (c = 0), x 0
-                // (copied whole, not byte by byte: every block of g32 on AVX-512 comes here; the
-                // byte loop made its i8 GEMV 0.4 GB/s)
-                alignas(64) std::uint8_t c8[NR][V], x8[MR][V];
+            if (j < end) {  // a block end that fills no register (every block of g32 on AVX-512)
+                for (int r = 0; r < NR; ++r) simd::prefetch_ahead(codes[r] + j);
                 const auto in = static_cast<std::size_t>(end - j);
-                for (int r = 0; r < NR; ++r) {
-                    simd::prefetch_ahead(codes[r] + j);
-                    std::memset(c8[r], 0x80, V);
-                    std::memcpy(c8[r], codes[r] + j, in);
+                if constexpr (std::is_base_of_v<xsimd::avx512bw, A>) {  // masked loads: x 0 past the end
+                    const __mmask64 m = (std::uint64_t{1} << in) - 1;
+                    add([&](int r) { return U(_mm512_maskz_loadu_epi8(m, codes[r] + j)); },
+                        [&](int i) { return U(_mm512_maskz_loadu_epi8(m, x[i].q + j)); }, dot);
+                } else {  // padded with code 128 (c = 0), x 0
+                    alignas(64) std::uint8_t c8[NR][V], x8[MR][V];
+                    for (int r = 0; r < NR; ++r) {
+                        std::memset(c8[r], 0x80, V);
+                        std::memcpy(c8[r], codes[r] + j, in);
+                    }
+                    for (int i = 0; i < MR; ++i) {
+                        std::memset(x8[i], 0, V);
+                        std::memcpy(x8[i], x[i].q + j, in);
+                    }
+                    add([&](int r) { return U::load_aligned(c8[r]); }, [&](int i) { return U::load_aligned(x8[i]); }, dot);
                 }
-                for (int i = 0; i < MR; ++i) {
-                    std::memset(x8[i], 0, V);
-                    std::memcpy(x8[i], x[i].q + j, in);
-                }
-                add([&](int r) { return c8[r]; }, [&](int i) { return x8[i]; }, dot);
             }
             for (int c = 1; c < chains; ++c)
                 for (int i = 0; i < MR; ++i)
