@@ -3,12 +3,20 @@ that get kernels. Adding a value to an axis (or relaxing the predicate) adds ker
 tests and their benchmarks; nothing else needs to change.
 
 Which axes are compile time: all of them, for the configs below (the compiled tier: the group
-loop unrolled, the code table and the compute path fixed). The group is the one axis that is
-also a run-time value: a stored group that is a multiple of a compiled one runs on the compiled
-kernel with its scales repeated at pack time (the regrouped tier, kernels::kernel_config_of in
-include/qforge/kernels/kernels.hpp). So this space compiles the smallest group each layout needs
-(bnb block 64, integer group 32 or 128, FP8 tile 128) plus the common ones worth their own code
-(int4 g128: fewer scale bytes than g32), and no group is compiled twice for speed alone.
+loop unrolled, the code table and the compute path fixed). Two axes are also run-time values
+(include/qforge/kernels/kernels.hpp, kernel_config_of), so that every config that validates runs on
+one of these kernels without compiling its own:
+  - the group (the regrouped tier): a stored group that is a multiple of a compiled one runs on
+    the compiled kernel with its scales repeated at pack time (bnb double-quant absmax decoded);
+  - the width of 2- and 3-bit integers (the widened tier): where no 2- or 3-bit kernel fits
+    (groups below 128: their code windows span 64 elements; the bf16 and f16 paths) the codes are
+    stored as 4-bit codes of the same value and run on the int4 kernels.
+So this space compiles, per format, the smallest group its layout needs (bnb block 32, integer
+group 32, FP8 tile 128, MX block 32) on every compute path the format has (f32, bf16, f16; i8 where
+its levels allow), plus the common ones worth their own code (bnb block 64 with and without double
+quant: transformers' default; int4 / int8 g128, 2- and 3-bit g128: fewer scale or code bytes;
+8-bit per channel), and no group is compiled twice for speed alone. The test "the whole
+vocabulary" (tests/test_kernels.cpp) proves that every valid config finds a kernel.
 """
 
 import itertools
@@ -28,37 +36,41 @@ AXES = {
 def has_kernel(c: Config) -> bool:
     """The pruning predicate: what kernels/impl/ implements and is worth compiling.
 
-    - compute paths f32 and i8 where listed below; bf16 (bitsandbytes' compute dtype, e.g. QLoRA)
-      for the bnb formats, FP8 and MXFP4 (whose models run in bf16); f16 (bnb_4bit_compute_dtype
-      float16, and the f16 models of GPTQ / AWQ int4 g128) for the bnb formats and int4 g128;
-    - bitsandbytes NF4 / FP4 in their checkpoint layout, blocksize 64 (transformers' only one),
-      with and without double quantization;
+    - compute paths f32 and i8 where listed below; bf16 (bitsandbytes' compute dtype, e.g. QLoRA;
+      the dtype of FP8 and MXFP4 models) and f16 (bnb_4bit_compute_dtype float16, the f16 models
+      of GPTQ / AWQ) for every format at its smallest group, so that every group and width has
+      them through the run-time tiers; f16 also for int4 g128 (GPTQ / AWQ's common f16 models);
+    - bitsandbytes NF4 / FP4 in their checkpoint layout, blocksize 64 (transformers' default)
+      with and without double quantization, and blocksize 32 (the smallest; its double-quant
+      checkpoints run regrouped, the absmax decoded);
     - symmetric int4 in qforge's repacked layout (GPTQ is repacked into it), groups 32 (the
-      smallest K granularity) and 128 (the common one);
+      smallest K granularity: every path, so every group and width has one) and 128 (the common one);
     - asymmetric int4 (GPTQ sym=False, AWQ; zero point per (row, group)) in the same qforge layout,
-      groups 32 and 128, f32 and i8 paths;
-    - 8-bit GPTQ integers, sym and asym, one byte per weight in the qforge layout, group 128 and
-      per channel (GPTQ group_size -1), f32 and i8 paths;
+      the same groups and paths;
+    - 8-bit GPTQ integers, sym and asym, one byte per weight in the qforge layout, group 32 (every
+      path), group 128 and per channel (GPTQ group_size -1), f32 and i8 paths;
     - 2- and 3-bit GPTQ integers, sym and asym, group 128, f32 and i8 paths: 2-bit codes four per
       byte, 3-bit ones as 2-bit codes plus a plane of third bits (kernels/weights.hpp);
     - FineGrainedFP8 E4M3 with 128x128 tiles (DeepSeek / transformers), and E5M2 in the same tiles,
-      f32 and bf16 paths;
-    - OCP MXFP4 (E2M1, E8M0 scale per 32), f32 and i8 paths (E2M1 levels times 2 are exact);
+      f32, bf16 and f16 paths;
+    - OCP MXFP4 (E2M1, E8M0 scale per 32), f32, bf16, f16 and i8 paths (E2M1 levels times 2 are exact);
     - LLM.int8() (bitsandbytes load_in_8bit): int8 rows with one absmax each, the outlier-threshold
       matmul with int8 activations (kernels/impl/llm_int8.hpp).
     """
     if c.type in ("nf4", "fp4"):
-        return c.storage == "bnb4" and c.bits == 4 and c.group == 64 and c.act in ("f32", "bf16", "i8", "f16")
+        return (c.storage == "bnb4" and c.bits == 4 and (c.group == 64 or (c.group == 32 and not c.double_quant))
+                and c.act in ("f32", "bf16", "i8", "f16"))
     if c.type in ("int_sym", "int_asym"):
-        groups = {4: (32, 128), 8: (128, PER_CHANNEL), 2: (128,), 3: (128,)}[c.bits]
-        acts = ("f32", "i8", "f16") if (c.bits, c.group) == (4, 128) else ("f32", "i8")
+        groups = {4: (32, 128), 8: (32, 128, PER_CHANNEL), 2: (128,), 3: (128,)}[c.bits]
+        acts = {(4, 128): ("f32", "i8", "f16"), (4, 32): ("f32", "i8", "bf16", "f16"),
+                (8, 32): ("f32", "i8", "bf16", "f16")}.get((c.bits, c.group), ("f32", "i8"))
         return (c.storage == "qforge" and not c.double_quant and c.group in groups and c.act in acts)
     if c.type in ("fp8_e4m3", "fp8_e5m2"):
         return (c.storage == "fp8_block" and c.bits == 8 and c.group == 128 and not c.double_quant
-                and c.act in ("f32", "bf16"))
+                and c.act in ("f32", "bf16", "f16"))
     if c.type == "e2m1":
         return (c.storage == "mx" and c.bits == 4 and c.group == 32 and not c.double_quant
-                and c.act in ("f32", "i8", "bf16"))
+                and c.act in ("f32", "i8", "bf16", "f16"))
     if c.type == "int8_row":
         return c.storage == "bnb8" and c.bits == 8 and c.group == PER_CHANNEL and not c.double_quant and c.act == "i8"
     return False

@@ -16,6 +16,10 @@ QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(e2m1, 4, 32, fals
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(e2m1, 4, 32, false, mx, i8)>,
                            qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
 #endif
+#if QFORGE_SELECTED_e2m1_g32_mx_f16
+QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(e2m1, 4, 32, false, mx, f16)>,
+                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
+#endif
 
 namespace qforge::kernels::generated {
 
@@ -31,6 +35,10 @@ void register_e2m1_mx_avx512_vnni(registry& r) {
 #if QFORGE_SELECTED_e2m1_g32_mx_i8
     register_policy<policy<QFORGE_KERNEL_CONFIG(e2m1, 4, 32, false, mx, i8)>, arch_t<isa::avx512_vnni>>(
         r, "e2m1_g32_mx_i8");
+#endif
+#if QFORGE_SELECTED_e2m1_g32_mx_f16
+    register_policy<policy<QFORGE_KERNEL_CONFIG(e2m1, 4, 32, false, mx, f16)>, arch_t<isa::avx512_vnni>>(
+        r, "e2m1_g32_mx_f16");
 #endif
     (void)r;
 }

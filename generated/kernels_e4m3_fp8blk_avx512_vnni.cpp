@@ -12,6 +12,10 @@ QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(fp8_e4m3, 8, 128,
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(fp8_e4m3, 8, 128, false, fp8_block, bf16)>,
                            qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
 #endif
+#if QFORGE_SELECTED_e4m3_t128_fp8blk_f16
+QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(fp8_e4m3, 8, 128, false, fp8_block, f16)>,
+                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
+#endif
 
 namespace qforge::kernels::generated {
 
@@ -23,6 +27,10 @@ void register_e4m3_fp8blk_avx512_vnni(registry& r) {
 #if QFORGE_SELECTED_e4m3_t128_fp8blk_bf16
     register_policy<policy<QFORGE_KERNEL_CONFIG(fp8_e4m3, 8, 128, false, fp8_block, bf16)>, arch_t<isa::avx512_vnni>>(
         r, "e4m3_t128_fp8blk_bf16");
+#endif
+#if QFORGE_SELECTED_e4m3_t128_fp8blk_f16
+    register_policy<policy<QFORGE_KERNEL_CONFIG(fp8_e4m3, 8, 128, false, fp8_block, f16)>, arch_t<isa::avx512_vnni>>(
+        r, "e4m3_t128_fp8blk_f16");
 #endif
     (void)r;
 }

@@ -8,8 +8,16 @@
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 32, false, qforge, f32)>,
                            qforge::kernels::arch_t<qforge::isa::sse4_2>)
 #endif
+#if QFORGE_SELECTED_int4sym_g32_qf_bf16
+QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 32, false, qforge, bf16)>,
+                           qforge::kernels::arch_t<qforge::isa::sse4_2>)
+#endif
 #if QFORGE_SELECTED_int4sym_g32_qf_i8
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 32, false, qforge, i8)>,
+                           qforge::kernels::arch_t<qforge::isa::sse4_2>)
+#endif
+#if QFORGE_SELECTED_int4sym_g32_qf_f16
+QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 32, false, qforge, f16)>,
                            qforge::kernels::arch_t<qforge::isa::sse4_2>)
 #endif
 #if QFORGE_SELECTED_int4sym_g128_qf_f32
@@ -32,9 +40,17 @@ void register_int4sym_qf_sse4_2(registry& r) {
     register_policy<policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 32, false, qforge, f32)>, arch_t<isa::sse4_2>>(
         r, "int4sym_g32_qf_f32");
 #endif
+#if QFORGE_SELECTED_int4sym_g32_qf_bf16
+    register_policy<policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 32, false, qforge, bf16)>, arch_t<isa::sse4_2>>(
+        r, "int4sym_g32_qf_bf16");
+#endif
 #if QFORGE_SELECTED_int4sym_g32_qf_i8
     register_policy<policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 32, false, qforge, i8)>, arch_t<isa::sse4_2>>(
         r, "int4sym_g32_qf_i8");
+#endif
+#if QFORGE_SELECTED_int4sym_g32_qf_f16
+    register_policy<policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 32, false, qforge, f16)>, arch_t<isa::sse4_2>>(
+        r, "int4sym_g32_qf_f16");
 #endif
 #if QFORGE_SELECTED_int4sym_g128_qf_f32
     register_policy<policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 128, false, qforge, f32)>, arch_t<isa::sse4_2>>(

@@ -4,6 +4,10 @@
 #include <qforge/kernels/impl/kernels_impl.hpp>
 #include <qforge_selected_kernels.h>
 
+#if QFORGE_SELECTED_nf4_b32_bnb_bf16
+QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 32, false, bnb4, bf16)>,
+                           qforge::kernels::arch_t<qforge::isa::avx512_bf16>)
+#endif
 #if QFORGE_SELECTED_nf4_b64_bnb_bf16
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false, bnb4, bf16)>,
                            qforge::kernels::arch_t<qforge::isa::avx512_bf16>)
@@ -16,6 +20,10 @@ QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true,
 namespace qforge::kernels::generated {
 
 void register_nf4_bnb_avx512_bf16(registry& r) {
+#if QFORGE_SELECTED_nf4_b32_bnb_bf16
+    register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 32, false, bnb4, bf16)>, arch_t<isa::avx512_bf16>>(
+        r, "nf4_b32_bnb_bf16");
+#endif
 #if QFORGE_SELECTED_nf4_b64_bnb_bf16
     register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false, bnb4, bf16)>, arch_t<isa::avx512_bf16>>(
         r, "nf4_b64_bnb_bf16");

@@ -198,7 +198,8 @@ const kernel& registry::find(const config& cfg, op o) const {
 config kernel_config_for(const config& stored, compute wanted, std::int64_t cols) {
     config want = stored;
     want.act = wanted;
-    if (check(want) != config_rule::ok && !(is_gptq(want.storage) || want.storage == layout::awq_gemm)) {
+    if (const config_rule r = check(want); r != config_rule::ok) {
+        if (describe(r).field != "act") validate(want);  // not a config: the error names its field
         // e.g. LLM.int8 with f32 activations: say which kernels exist
         std::vector<std::string> near = registry::global().nearest(want);
         std::string msg = "qforge: no kernel runs " + canonical_name(stored) + " weights with " +

@@ -15,6 +15,7 @@ import operator
 import os
 import pty
 import random
+import re
 import select
 import signal
 import struct
@@ -950,6 +951,43 @@ class CliTest(unittest.TestCase):
         for name in list(shards) + ["model.safetensors.index.json"]:
             with open(os.path.join(self.path("rtn"), name), "rb") as a, open(os.path.join(self.path("gptq"), name), "rb") as b:
                 self.assertEqual(a.read(), b.read(), name)
+
+    def sweep_rows(self, *args):
+        """Runs `qforge sweep` on synthetic weights; returns its notes and {name: table row fields}."""
+        out, _ = self.ok("sweep", "--rows", "64", "--cols", "256", *args)
+        lines = out.splitlines()
+        header = next(i for i, line in enumerate(lines) if line.startswith("config "))
+        return lines[:header], {f[0]: f for f in (line.split() for line in lines[header + 1:])}
+
+    def test_sweep_takes_every_kernel_name(self):
+        # every name registry.names() lists (the generated list, as selected for this build) runs
+        # on its own compiled kernel; names of qforge's layout on the GPTQ checkpoint repacked into it
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(repo, "generated", "qforge_kernel_list.inc")) as f:
+            names = re.findall(r"^QFORGE_KERNEL\((\w+),", f.read(), flags=re.M)
+        selected = os.path.join(os.path.dirname(QFORGE), "generated", "qforge_selected_kernels.h")
+        if os.path.exists(selected):
+            with open(selected) as f:
+                built = set(re.findall(r"^#define QFORGE_SELECTED_(\w+) 1$", f.read(), flags=re.M))
+            names = [n for n in names if n in built]
+        notes, rows = self.sweep_rows("--threads", "0", "--configs", *names)
+        for name in names:
+            checkpoint = name.replace("_qf_", "_gptq_")
+            if checkpoint != name:
+                self.assertIn("%s is qforge's kernel layout: measured on its GPTQ checkpoint %s" % (name, checkpoint), notes)
+            self.assertIn(checkpoint, rows, name)
+            self.assertEqual(rows[checkpoint][-1], "compiled", name)
+
+    def test_sweep_names_the_tier_and_times_it(self):
+        # a checkpoint without a kernel of its own runs regrouped or widened, with a GEMV time
+        notes, rows = self.sweep_rows("--threads", "1", "--configs", "int2sym_g64_gptq_f32", "nf4_b128_dq_bnb_f16",
+                                      "int4sym_g128_gptq_f32")
+        for name, tier in (("int2sym_g64_gptq_f32", "widened"), ("nf4_b128_dq_bnb_f16", "regrouped"),
+                           ("int4sym_g128_gptq_f32", "compiled")):
+            if rows[name][-1] == "-":
+                continue  # -Dkernels left its kernel out
+            self.assertEqual(rows[name][-1], tier, name)
+            self.assertGreater(float(rows[name][5]), 0.0, name)
 
     def test_sweep_on_a_model(self):
         # the sample excludes embeddings and lm_head; the output error of GPTQ int4 g128 equals

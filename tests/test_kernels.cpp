@@ -13,7 +13,9 @@
 //   gemv/gemm i8      (a) against the exact product: the bound of kernels/impl/i8.hpp,
 //                         sum_k delta s_b |x_k| + (|W[n,k]| + delta s_b) xs_b / 2, plus f32 slack;
 //                     (b) against an exact emulation of the integer path written here from that
-//                         header's description: only f32 rounding of the per-block combination
+//                         header's description: only f32 rounding of the per-block combination,
+//                         of terms as large as the offset form makes them (integers, and table
+//                         levels + 128 with VNNI)
 //   LLM.int8 (bnb8)   bit-identical with ref::int8_matmul on every ISA (its own test case below,
 //                     with and without outlier columns); against the exact product, the bound of
 //                     activations quantized per row: amax / 254 sum_k |W[n,k]| plus f32 slack
@@ -91,8 +93,9 @@ struct case_data {
 // with a random act-order g_idx; AWQ gemm (int_asym only). Other layouts: their own checkpoint.
 // `regrouped`: a checkpoint whose groups are whole multiples of the kernel's (kernel_config_of),
 // packed with the kernel's groups: integers per channel, bnb blocks of twice the kernel's with
-// double quant (its absmax decoded), FP8 one scale per tensor.
-enum class source { gptq, gptq_act_order, awq, regrouped };
+// double quant (its absmax decoded), FP8 one scale per tensor. `widened2`, `widened3`: a 2- or
+// 3-bit GPTQ checkpoint of the same group run on a 4-bit kernel (kernel_config_of).
+enum class source { gptq, gptq_act_order, awq, regrouped, widened2, widened3 };
 
 bool regroups(const config& cfg) {
     if (cfg.storage == layout::qforge) return cfg.group != per_channel;
@@ -104,6 +107,7 @@ std::vector<source> sources_for(const config& cfg) {
     if (cfg.storage == layout::qforge) s.push_back(source::gptq_act_order);
     if (cfg.storage == layout::qforge && cfg.type == dtype::int_asym && cfg.bits == 4) s.push_back(source::awq);
     if (regroups(cfg)) s.push_back(source::regrouped);
+    if (cfg.storage == layout::qforge && cfg.bits == 4) s.insert(s.end(), {source::widened2, source::widened3});
     return s;
 }
 
@@ -111,6 +115,8 @@ const char* to_string(source s) {
     return s == source::gptq             ? "gptq"
            : s == source::gptq_act_order ? "gptq2 act-order"
            : s == source::awq            ? "awq"
+           : s == source::widened2       ? "a widened 2-bit checkpoint"
+           : s == source::widened3       ? "a widened 3-bit checkpoint"
                                          : "a regrouped checkpoint";
 }
 
@@ -166,34 +172,39 @@ void keep_first_rows(packed_weights& p, std::int64_t rows, std::int64_t n) {
     keep(p.zeros);
 }
 
+// The rows of the checkpoint behind an n-row case of kernel config cfg.
+std::int64_t reference_rows(const config& cfg, std::int64_t n) {
+    return cfg.storage == layout::qforge ? (n + 31) / 32 * 32 : n;
+}
+
+// Checkpoint q (reference_rows(cfg, n) rows) packed for kernel config cfg, keeping n rows.
+case_data pack_case(const config& cfg, ref::quantized q, std::int64_t n) {
+    case_data d;
+    d.q = std::move(q);
+    d.packed = pack_weights(cfg, d.q);
+    d.w = ref::dequantize(d.q);
+    d.rows = n;
+    d.ref_rows = reference_rows(cfg, n);
+    if (d.ref_rows != n) {
+        keep_first_rows(d.packed, d.ref_rows, n);
+        d.w.resize(static_cast<std::size_t>(n * d.packed.cols));
+    }
+    return d;
+}
+
 case_data make_case(const config& cfg, std::int64_t n, std::int64_t k, std::uint64_t seed, source from = source::gptq) {
-    const std::int64_t ref_rows = cfg.storage == layout::qforge ? (n + 31) / 32 * 32 : n;
+    const std::int64_t ref_rows = reference_rows(cfg, n);
     synthetic_spec spec;
     spec.rows = ref_rows;
     spec.cols = k;
     spec.seed = seed;
     spec.outlier_rate = 1.0 / 256;
     const std::vector<float> src = synthetic_weights(spec);
-    case_data d;
-    if (from == source::gptq_act_order) {
-        d.q = act_order_checkpoint(cfg, src, ref_rows, k, seed + 7);
-    } else if (from == source::awq) {
-        config c = cfg;
-        c.storage = layout::awq_gemm;
-        d.q = ref::quantize(c, std::span<const float>(src), ref_rows, k);
-    } else {
-        const config stored = from == source::regrouped ? regrouped_config(cfg) : reference_config(cfg);
-        d.q = ref::quantize(stored, std::span<const float>(src), ref_rows, k);
-    }
-    d.packed = pack_weights(cfg, d.q);
-    d.w = ref::dequantize(d.q);
-    d.rows = n;
-    d.ref_rows = ref_rows;
-    if (ref_rows != n) {
-        keep_first_rows(d.packed, ref_rows, n);
-        d.w.resize(static_cast<std::size_t>(n * k));
-    }
-    return d;
+    if (from == source::gptq_act_order) return pack_case(cfg, act_order_checkpoint(cfg, src, ref_rows, k, seed + 7), n);
+    config stored = from == source::regrouped ? regrouped_config(cfg) : reference_config(cfg);
+    if (from == source::awq) stored.storage = layout::awq_gemm;
+    if (from == source::widened2 || from == source::widened3) stored.bits = from == source::widened2 ? 2 : 3;
+    return pack_case(cfg, ref::quantize(stored, std::span<const float>(src), ref_rows, k), n);
 }
 
 // ref::gemm on the case's first `rows` outputs: Y [m, rows].
@@ -343,8 +354,10 @@ activation_blocks quantize_x(const float* x, std::int64_t k, std::int64_t group)
 // lanes and adds -zero * sum(xq) (kernels/impl/i8.hpp), the 8-bit path sums (code - 128) xq and
 // adds (128 - zero) * sum(xq) (format_int8.hpp). Exact integers, but f32 rounds the per-lane
 // partial sums, whose size is bounded by these weights times |xq| (>= |code - zero|).
-double integer_lane_weight(const config& cfg, int code, int zero) {
+// Widened int_sym codes (2 or 3 bits in a 4-bit kernel) are code - zero + 8 against the zero 8.
+double integer_lane_weight(const config& cfg, int code, int zero, int checkpoint_bits) {
     if (cfg.bits == 8) return std::abs(code - 128) + std::abs(128 - zero);
+    if (cfg.type == dtype::int_sym && checkpoint_bits != cfg.bits) return (code - zero + 8) + 8;
     return code + zero;
 }
 
@@ -401,6 +414,11 @@ void check_output(const config& cfg, const case_data& d, const float* x, std::in
     const activation_blocks a = quantize_x(xg.data(), k, group);
     const double delta = level_error(cfg, d), lambda = i8_scale(cfg.type);
     const auto levels = i8_levels(cfg, d);
+    const auto* gptq = std::get_if<ref::gptq_tensor>(&d.q);
+    const int checkpoint_bits = gptq ? gptq->bits : cfg.bits;
+    // With VNNI, table levels enter vpdpbusd as level + 128 and 128 sum(xq) is subtracted in f32
+    // (i8.hpp): f32 rounds sums of that size, as the offset form of the integers below.
+    const bool vnni_offset = kernels::kernel_isa(cfg, active_isa()) >= isa::avx512_vnni;
     double bound = 0.0, slack_terms = std::abs(b), emulated = b;
     for (std::int64_t blk = 0; blk < k / group; ++blk) {
         const double s = block_scale(d, cfg, n, blk), xs = a.scale[static_cast<std::size_t>(blk)];
@@ -411,9 +429,11 @@ void check_output(const config& cfg, const case_data& d, const float* x, std::in
             const double wabs = std::abs(static_cast<double>(wrow[col]));
             const int code = code_of(d, n, col);  // integers: the checkpoint's code minus its zero point
             bound += delta * std::abs(s) * std::abs(x[col]) + (wabs + delta * std::abs(s)) * xs / 2;
-            slack_terms += (is_integer_type(cfg) ? std::abs(s) * integer_lane_weight(cfg, code, zero)
-                                                 : wabs + delta * std::abs(s)) *
-                           (std::abs(x[col]) + xs / 2);
+            const double lane_weight =
+                is_integer_type(cfg) ? std::abs(s) * integer_lane_weight(cfg, code, zero, checkpoint_bits)
+                : vnni_offset ? std::abs(s) * (std::abs(levels[static_cast<std::size_t>(code)]) + 2 * 128) / lambda
+                              : wabs + delta * std::abs(s);
+            slack_terms += lane_weight * (std::abs(x[col]) + xs / 2);
             dot += static_cast<std::int64_t>(is_integer_type(cfg) ? code - zero : levels[static_cast<std::size_t>(code)]) *
                    a.q[static_cast<std::size_t>(i)];
         }
@@ -665,6 +685,16 @@ TEST_CASE("kernel_config_of: the exact kernel, else the largest built group that
         {c(dtype::int_sym, 8, 256, false, layout::gptq_v2, compute::i8), compute::i8, 0, c(dtype::int_sym, 8, 128, false, layout::qforge, compute::i8)},
         {c(dtype::int_sym, 8, per_channel, false, layout::gptq_v1, compute::f32), compute::f32, 0, c(dtype::int_sym, 8, per_channel, false, layout::qforge, compute::f32)},
         {c(dtype::fp8_e4m3, 8, per_tensor, false, layout::fp8_block, compute::f32), compute::f32, 0, c(dtype::fp8_e4m3, 8, 128, false, layout::fp8_block, compute::f32)},
+        // bnb blocks of 32 double-quantized: their absmax decoded (the same group)
+        {c(dtype::nf4, 4, 32, true, layout::bnb4, compute::i8), compute::i8, 0, c(dtype::nf4, 4, 32, false, layout::bnb4, compute::i8)},
+        {c(dtype::int_asym, 8, 64, false, layout::gptq_v1, compute::bf16), compute::bf16, 0, c(dtype::int_asym, 8, 32, false, layout::qforge, compute::bf16)},
+        // widened: 2- and 3-bit codes on the 4-bit kernels where their own do not fit
+        {c(dtype::int_sym, 2, 128, false, layout::gptq_v1, compute::f32), compute::f32, 0, c(dtype::int_sym, 2, 128, false, layout::qforge, compute::f32)},
+        {c(dtype::int_sym, 2, 64, false, layout::gptq_v1, compute::f32), compute::f32, 0, c(dtype::int_sym, 4, 32, false, layout::qforge, compute::f32)},
+        {c(dtype::int_asym, 3, 32, false, layout::gptq_v2, compute::i8), compute::i8, 0, c(dtype::int_asym, 4, 32, false, layout::qforge, compute::i8)},
+        {c(dtype::int_asym, 3, 128, false, layout::gptq_v1, compute::bf16), compute::bf16, 0, c(dtype::int_asym, 4, 32, false, layout::qforge, compute::bf16)},
+        {c(dtype::int_sym, 2, per_channel, false, layout::gptq_v1, compute::i8), compute::i8, 4160, c(dtype::int_sym, 4, 32, false, layout::qforge, compute::i8)},
+        {c(dtype::int_asym, 3, per_channel, false, layout::gptq_v1, compute::f32), compute::f32, 0, c(dtype::int_asym, 4, 32, false, layout::qforge, compute::f32)},
     };
     for (const expectation& e : cases) {
         INFO(canonical_name(e.stored) << " on " << to_string(e.act) << ", K = " << e.cols);
@@ -675,8 +705,111 @@ TEST_CASE("kernel_config_of: the exact kernel, else the largest built group that
         CHECK(kernels::kernel_built(got));
         CHECK(canonical_name(got) == canonical_name(e.kernel));
     }
-    // no built kernel group divides bnb blocks of 32 (the smallest compiled block is 64)
-    CHECK(!kernels::kernel_built(kernels::kernel_config_of(c(dtype::nf4, 4, 32, false, layout::bnb4, compute::f32), compute::f32)));
+    // the tier each case runs on
+    CHECK(kernels::kernel_tier(c(dtype::int_sym, 4, 128, false, layout::gptq_v1, compute::f32), c(dtype::int_sym, 4, 128, false, layout::qforge, compute::f32)) == "compiled");
+    CHECK(kernels::kernel_tier(c(dtype::nf4, 4, 32, true, layout::bnb4, compute::f32), c(dtype::nf4, 4, 32, false, layout::bnb4, compute::f32)) == "regrouped");
+    CHECK(kernels::kernel_tier(c(dtype::int_sym, 2, 64, false, layout::gptq_v1, compute::f32), c(dtype::int_sym, 4, 32, false, layout::qforge, compute::f32)) == "widened");
+}
+
+namespace {
+
+// Every config the vocabulary spells: each dtype, layout and compute path of vocabulary.hpp, bits
+// 1 to 8 around the valid 2, 3, 4, 8, every group the rules allow and some they refuse, per channel
+// and per tensor, with and without double quant.
+std::vector<config> vocabulary_product() {
+    const std::uint8_t widths[] = {1, 2, 3, 4, 5, 8};
+    const std::int32_t groups[] = {16, 32, 48, 64, 128, 256, 512, 1024, 2048, 4096, 8192, per_channel, per_tensor};
+    std::vector<config> out;
+    for (const auto& t : dtype_tokens)
+        for (const std::uint8_t bits : widths)
+            for (const std::int32_t g : groups)
+                for (const bool dq : {false, true})
+                    for (const auto& l : layout_tokens)
+                        for (const auto& a : compute_tokens) out.push_back({t.value, bits, g, dq, l.value, a.value});
+    return out;
+}
+
+// The fields of a config that may not validate (canonical_name needs a valid one).
+std::string spelled(const config& c) {
+    return std::string(to_string(c.type)) + " bits " + std::to_string(c.bits) + " group " + std::to_string(c.group) +
+           (c.double_quant ? " dq " : " ") + std::string(to_string(c.storage)) + " " + std::string(to_string(c.act));
+}
+
+// A small K of whole stored and kernel groups: the group itself (at least 128, an FP8 tile); per
+// channel 192, which no 128-wide group divides (2-bit per channel then runs widened, int4 on g32).
+std::int64_t walk_cols(const config& c) {
+    if (c.group == per_channel) return 192;
+    if (c.group == per_tensor) return 256;
+    return std::max<std::int64_t>(c.group, 128);
+}
+
+}  // namespace
+
+// The coverage promise (README, "Which configs have kernels"): every config that validates runs on
+// kernels of every op through kernel_config_for, at SIMD speed on this ISA, with the dequantized
+// values of the reference bit for bit and GEMV / GEMM outputs within the compute path's bound; every
+// config that does not validate is refused by the registry and by kernel_config_for.
+TEST_CASE("the whole vocabulary: every valid config runs on kernels, every invalid one is refused") {
+    if (!isa_under_test_runs()) return;
+    const bool full_build = std::all_of(std::begin(kernels::generated_kernels), std::end(kernels::generated_kernels),
+                                        [](const kernels::generated_kernel& k) { return k.built; });
+    std::int64_t valid = 0, invalid = 0, skipped = 0;
+    for (const config& c : vocabulary_product()) {
+        INFO(spelled(c));
+        if (check(c) != config_rule::ok) {
+            ++invalid;
+            for (const op o : {op::dequantize, op::gemv, op::gemm})
+                CHECK_THROWS_AS(registry::global().find(c, o), unsupported_config);
+            CHECK_THROWS_AS(kernel_config_for(c, c.act), std::invalid_argument);
+            continue;
+        }
+        ++valid;
+        const std::int64_t n = 5, k = walk_cols(c);
+        config kc;
+        try {
+            kc = kernel_config_for(c, c.act, k);
+        } catch (const unsupported_config& e) {
+            if (full_build) FAIL_CHECK(e.what());
+            ++skipped;  // -Dkernels left its kernel out
+            continue;
+        }
+        INFO("runs on " << canonical_name(kc) << " (" << kernels::kernel_tier(c, kc) << ")");
+        CHECK(kc == kernels::kernel_config_of(c, c.act, k));
+        CHECK(kc.act == c.act);
+        const kernel* ops[3] = {};
+        for (const op o : {op::dequantize, op::gemv, op::gemm}) {
+            const kernel& found = registry::global().find(kc, o);
+            CHECK(found.arch == kernels::kernel_isa(kc, active_isa()));
+            ops[static_cast<int>(o)] = &found;
+        }
+        synthetic_spec spec;
+        spec.rows = reference_rows(kc, n);
+        spec.cols = k;
+        spec.seed = 1000 + static_cast<std::uint64_t>(valid);
+        const std::vector<float> src = synthetic_weights(spec);
+        const case_data d = pack_case(kc, ref::quantize(reference_config(c), std::span<const float>(src), spec.rows, k), n);
+
+        std::vector<float> w(d.w.size(), sentinel);
+        ops[static_cast<int>(op::dequantize)]->dequantize(d.packed.view(), 0, n, w.data());
+        CHECK(std::memcmp(w.data(), d.w.data(), w.size() * sizeof(float)) == 0);
+
+        const std::int64_t m = 2;
+        const std::vector<float> x = random_vector(static_cast<std::size_t>(m * k), spec.seed + 1);
+        const std::vector<float> bias = random_vector(static_cast<std::size_t>(n), spec.seed + 2, 0.1f);
+        const std::vector<double> y_ref = reference_gemm(d, x, m, bias);
+        std::vector<float> y(static_cast<std::size_t>(n), sentinel), ym(static_cast<std::size_t>(m * n), sentinel);
+        ops[static_cast<int>(op::gemv)]->gemv(d.packed.view(), x.data(), bias.data(), y.data(), 0, n);
+        ops[static_cast<int>(op::gemm)]->gemm(d.packed.view(), x.data(), m, bias.data(), ym.data(), 0, n);
+        for (std::int64_t r = 0; r < n; ++r) {
+            check_output(kc, d, x.data(), r, bias.data(), y_ref[static_cast<std::size_t>(r)], y[static_cast<std::size_t>(r)], "gemv");
+            for (std::int64_t i = 0; i < m; ++i)
+                check_output(kc, d, x.data() + i * k, r, bias.data(), y_ref[static_cast<std::size_t>(i * n + r)],
+                             ym[static_cast<std::size_t>(i * n + r)], "gemm row " + std::to_string(i));
+        }
+    }
+    if (skipped > 0) WARN(skipped << " valid configs skipped: their kernels are not in this build (-Dkernels)");
+    CHECK(valid > 0);
+    CHECK(invalid > 0);
 }
 
 TEST_CASE("the compile-time route runs the same kernel as the registry") {

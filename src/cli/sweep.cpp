@@ -62,7 +62,7 @@ struct row {
     std::string name;
     double bits_per_weight, rmse, max_abs_error, sqnr_db;
     std::optional<gemv_speed> speed;  // when a GEMV kernel exists for the config
-    std::string tier;                 // "compiled", "regrouped" or "-" (scalar reference only)
+    std::string tier;                 // kernels::kernel_tier ("compiled", "regrouped", "widened") or "-"
 };
 
 // The kernel config that runs cfg on K columns (kernel_config_for: GPTQ and AWQ repacked into
@@ -76,11 +76,22 @@ std::optional<config> kernel_config(const config& cfg, std::int64_t cols) {
     }
 }
 
-// Which tier of kernels runs cfg: its own compiled kernel, or one of a smaller group (gen/space.py).
+// Which tier of kernels runs cfg (kernels::kernel_tier; "-": the scalar reference only).
 std::string tier_of(const config& cfg, std::int64_t cols) {
     const std::optional<config> k = kernel_config(cfg, cols);
-    if (!k) return "-";
-    return k->group == cfg.group && k->double_quant == cfg.double_quant ? "compiled" : "regrouped";
+    return k ? std::string(kernels::kernel_tier(cfg, *k)) : "-";
+}
+
+// A config name as --configs takes it: a checkpoint's (int4sym_g128_gptq_f32), or a kernel
+// layout's as registry.names() lists them (int4sym_g128_qf_i8), which no checkpoint is stored in:
+// that one is measured on the GPTQ checkpoint that repacks into it, said before the table.
+config checkpoint_config(const std::string& name) {
+    config c = parse_name(name);
+    if (c.storage != layout::qforge) return c;
+    c.storage = layout::gptq_v1;
+    std::printf("%s is qforge's kernel layout: measured on its GPTQ checkpoint %s\n", name.c_str(),
+                canonical_name(c).c_str());
+    return c;
 }
 
 std::optional<gemv_speed> measure_speed(const config& cfg, const ref::quantized& q, std::int64_t cols, int threads) {
@@ -467,7 +478,8 @@ void add_sweep(CLI::App& app) {
     cmd->add_option("--rows", opt->spec.rows, "rows (N) of the synthetic weights")->capture_default_str()->check(CLI::PositiveNumber);
     cmd->add_option("--cols", opt->spec.cols, "columns (K) of the synthetic weights")->capture_default_str()->check(CLI::PositiveNumber);
     cmd->add_option("--seed", opt->spec.seed, "seed of the synthetic weights")->capture_default_str();
-    cmd->add_option("--configs", opt->names, "canonical config names (default: the built-in set)");
+    cmd->add_option("--configs", opt->names,
+                    "canonical config names, of checkpoints or of kernels (default: the built-in set)");
     cmd->add_option("--json", opt->json, "also write the table as JSON to this file");
     cmd->add_option("--threads", opt->threads, "threads of the GEMV timing; 0 skips the speed columns")
         ->capture_default_str()
@@ -493,7 +505,7 @@ void add_sweep(CLI::App& app) {
                     "python3-matplotlib)");
     cmd->callback([opt] {
         std::vector<config> cfgs;
-        for (const std::string& n : opt->names) cfgs.push_back(parse_name(n));
+        for (const std::string& n : opt->names) cfgs.push_back(checkpoint_config(n));
         if (cfgs.empty()) cfgs = default_set;
         if (!opt->model.model.empty()) return run_model_sweep(opt->model, cfgs, opt->threads, opt->json);
         if (!opt->model.calibration.empty() || !opt->model.plot.empty() || !opt->model.tensors.empty())

@@ -1,6 +1,9 @@
 // expect: no_kernel_in_this_build
-// A policy that validates but has no kernel (no compiled bnb block divides 32) fails at compile
-// time, naming the config it looked for.
+// A policy whose kernels this build left out (as -Dkernels does; the default build has a kernel
+// for every valid config) fails at compile time, naming the config it looked for.
+#include <qforge_selected_kernels.h>
+#undef QFORGE_SELECTED_nf4_b32_bnb_f32
+#define QFORGE_SELECTED_nf4_b32_bnb_f32 0
 #include <qforge/config/aliases.hpp>
 #include <qforge/kernels/kernels.hpp>
 using namespace qforge;

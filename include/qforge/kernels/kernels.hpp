@@ -18,6 +18,7 @@
 #include <qforge_selected_kernels.h>
 
 #include <cstdint>
+#include <string_view>
 
 namespace qforge::kernels {
 
@@ -88,37 +89,65 @@ constexpr bool kernel_built(const config& c) {
 // The kernel config of this build that runs weights stored as `stored` on compute path `act`;
 // kernel_built() of the result is false when this build has none. The rule, in order:
 //   - GPTQ (v1, v2) and AWQ weights run in qforge's layout (storage qf), the others as stored;
-//   - the exact config when it is built;
-//   - otherwise, regrouped: a built kernel whose group divides the stored group (per channel: the
-//     whole row; per tensor: FP8's whole tensor), the largest such. pack_weights then repeats each
+//   - compiled: the exact config when it is built;
+//   - regrouped: a built kernel whose group divides the stored group (per channel: the whole
+//     row; per tensor: FP8's whole tensor), the largest such. pack_weights then repeats each
 //     stored scale (and zero point) for the kernel's groups: the same values, more scale bytes.
 //     Double-quantized absmax cannot be repeated as codes (its nested blocks would shift): a
 //     regrouped bnb kernel has double_quant false, and pack_weights decodes the absmax to f32.
-//     Per channel with `cols` unknown (0), the smallest kernel group, which divides every K the
-//     layout allows; with `cols`, the largest that divides it.
-// The fully unrolled kernels are the compile-time tier (gen/space.py); this is the run-time tier:
-// every group size runs at SIMD speed on the nearest compiled one.
-constexpr config kernel_config_of(const config& stored, compute act, std::int64_t cols = 0) {
-    config want = stored;
-    want.act = act;
-    if (is_gptq(want.storage) || want.storage == layout::awq_gemm) want.storage = layout::qforge;
+//     Per channel with `cols` unknown (0), a group that divides every K the layout allows (the
+//     integer layouts: 32, GPTQ's K granularity); with `cols`, the largest that divides it;
+//   - widened: 2- and 3-bit integers without such a kernel (groups below 128: their code windows
+//     span 64 elements; the bf16 and f16 paths) run on the 4-bit kernel of the same kind, compiled
+//     or regrouped. pack_weights stores each code c as c + 8 - 2^(bits-1) (int_sym: the same
+//     value, scale (c - 2^(bits-1))) or as c with its zero point (int_asym): the same values,
+//     twice or 4/3 the code bytes.
+// The fully unrolled kernels are the compile-time tier (gen/space.py); the other two are the
+// run-time tier: every config that validates runs at SIMD speed on a compiled kernel.
+namespace detail {
+constexpr config nearest_group(const config& want, std::int64_t cols) {
     if (kernel_built(want)) return want;
     const auto whole = [&](std::int32_t g) { return g == per_channel || g == per_tensor; };
     const auto divides = [&](std::int32_t g) {
         if (g <= 0) return false;
-        if (whole(want.group)) return cols == 0 || cols % g == 0;
+        if (whole(want.group)) return cols == 0 ? want.storage != layout::qforge || g == 32 : cols % g == 0;
         return want.group % g == 0;
     };
     const generated_kernel* best = nullptr;
     for (const generated_kernel& k : generated_kernels) {
         const config& c = k.cfg;
-        if (!k.built || c.type != want.type || c.bits != want.bits || c.storage != want.storage || c.act != act ||
+        if (!k.built || c.type != want.type || c.bits != want.bits || c.storage != want.storage || c.act != want.act ||
             c.double_quant || !divides(c.group))
             continue;
         if (best == nullptr || (whole(want.group) && cols == 0 ? c.group < best->cfg.group : c.group > best->cfg.group))
             best = &k;
     }
     return best ? best->cfg : want;  // want: not built
+}
+}  // namespace detail
+
+// Whether weights stored as `stored` may run on 4-bit integer kernels (the widened tier).
+constexpr bool widens(const config& stored) {
+    return (stored.type == dtype::int_sym || stored.type == dtype::int_asym) && stored.bits < 4;
+}
+
+constexpr config kernel_config_of(const config& stored, compute act, std::int64_t cols = 0) {
+    config want = stored;
+    want.act = act;
+    if (is_gptq(want.storage) || want.storage == layout::awq_gemm) want.storage = layout::qforge;
+    const config k = detail::nearest_group(want, cols);
+    if (kernel_built(k) || !widens(want)) return k;
+    config wide = want;
+    wide.bits = 4;
+    const config kw = detail::nearest_group(wide, cols);
+    return kernel_built(kw) ? kw : k;
+}
+
+// The tier that runs `stored` on kernel config `kernel` (kernel_config_of): "compiled",
+// "regrouped" or "widened" (the README's table).
+constexpr std::string_view kernel_tier(const config& stored, const config& kernel) {
+    if (kernel.bits != stored.bits) return "widened";
+    return kernel.group == stored.group && kernel.double_quant == stored.double_quant ? "compiled" : "regrouped";
 }
 
 // The policy whose kernels run weights that policy P describes: P itself for a kernel layout,

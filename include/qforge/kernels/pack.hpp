@@ -4,7 +4,9 @@
 //   gptq_tensor -> layout::qforge  GPTQ (v1 or v2) repacked once: rows along K, 16-byte spans
 //                                  (2-, 3-, 4-bit codes: weights.hpp), f16 scales per (row, group); int_asym
 //                                  also zero points per (row, group); act-order g_idx: columns
-//                                  sorted by group and the permutation (weights.hpp)
+//                                  sorted by group and the permutation (weights.hpp); 2- and
+//                                  3-bit codes widened to 4 bits for a 4-bit kernel config
+//                                  (kernel_config_of: the same values)
 //   awq_tensor  -> layout::qforge  AWQ gemm (N-interleaved) repacked once into the same layout
 //   fp8_tensor  -> layout::fp8_block   E4M3 / E5M2 codes and f32 scale_inv as they are (K whole tiles)
 //   mx_tensor   -> layout::mx          MXFP4 blocks with the nibbles of each byte swapped
@@ -207,14 +209,25 @@ inline std::vector<std::int32_t> act_order_perm(const ref::gptq_tensor& t, std::
     return perm;
 }
 
-// The integer kernel config and the checkpoint must agree on bits, and the kernel's group
-// (per_channel: K) must divide the checkpoint's, which divides K. Returns the number of kernel
-// groups per checkpoint group (1, or more when regrouped: kernel_config_of).
+// What a checkpoint code c of `bits` bits is stored as in a kernel of cfg.bits bits: c plus this
+// offset. Widened (2- and 3-bit codes in a 4-bit kernel, kernel_config_of): int_sym keeps its value
+// scale (c - 2^(bits-1)) as c + 2^3 - 2^(bits-1) with the kernel's zero 2^3; int_asym keeps c and
+// its zero point. Otherwise 0.
+constexpr int widened_code_offset(const config& cfg, int bits) {
+    return cfg.type == dtype::int_sym ? (1 << (cfg.bits - 1)) - (1 << (bits - 1)) : 0;
+}
+
+// The integer kernel config and the checkpoint must agree on bits (or widen 2- and 3-bit codes to
+// 4), and the kernel's group (per_channel: K) must divide the checkpoint's, which divides K.
+// Returns the number of kernel groups per checkpoint group (1, or more when regrouped:
+// kernel_config_of).
 inline std::int64_t check_int_config(const config& cfg, int bits, std::int64_t group, std::int64_t k,
                                      const char* method, std::string_view tensor) {
-    if (bits != cfg.bits || !gptq_bits_supported(bits) || (cfg.type != dtype::int_sym && cfg.type != dtype::int_asym))
-        pack_error(tensor, "the qforge layout holds 2, 3, 4 or 8-bit integers of the config's width; got " +
-                               std::to_string(bits) + "-bit " + method + " for " + canonical_name(cfg));
+    const bool widened = bits < 4 && cfg.bits == 4;
+    if ((bits != cfg.bits && !widened) || !gptq_bits_supported(bits) ||
+        (cfg.type != dtype::int_sym && cfg.type != dtype::int_asym))
+        pack_error(tensor, "the qforge layout holds 2, 3, 4 or 8-bit integers of the config's width (2 and 3 bits also "
+                           "widened to 4); got " + std::to_string(bits) + "-bit " + method + " for " + canonical_name(cfg));
     const std::int64_t kernel_group = cfg.group == per_channel ? k : cfg.group;
     if (group <= 0 || kernel_group <= 0 || k % group != 0 || group % kernel_group != 0)
         pack_error(tensor, std::string(method) + " group " + std::to_string(group) + " with K = " + std::to_string(k) +
@@ -223,15 +236,15 @@ inline std::int64_t check_int_config(const config& cfg, int bits, std::int64_t g
 }
 
 // zeros [N, G] (row-major) for int_asym, each repeated r times ([N, G r], as the kernels read
-// them); for int_sym every zero point must be 2^(b-1) and nothing is stored.
-inline void store_zeros(const config& cfg, const std::vector<std::uint8_t>& zeros_nG, packed_weights& p,
+// them); for int_sym every zero point must be 2^(b-1) (b: the checkpoint's bits) and nothing is stored.
+inline void store_zeros(const config& cfg, int bits, const std::vector<std::uint8_t>& zeros_nG, packed_weights& p,
                         std::int64_t groups, std::int64_t r, std::string_view tensor) {
     const std::int64_t n = p.rows;
     if (cfg.type == dtype::int_asym) {
         append_bytes(p.zeros, repeat_groups(zeros_nG, n, groups, r, groups * r));
         return;
     }
-    const int sym_zero = 1 << (cfg.bits - 1);
+    const int sym_zero = 1 << (bits - 1);
     for (std::int64_t c = 0; c < n; ++c)
         for (std::int64_t g = 0; g < groups; ++g)
             if (const int z = zeros_nG[static_cast<std::size_t>(c * groups + g)]; z != sym_zero)
@@ -259,9 +272,9 @@ inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_ten
     const std::int64_t n = t.rows, k = t.cols;
     const int bits = t.bits;
     const std::int64_t r = check_int_config(cfg, bits, t.group, k, "GPTQ", tensor);
-    if (const int span = bits < 4 ? 64 : 32; k % span != 0)
+    if (const int span = cfg.bits < 4 ? 64 : 32; k % span != 0)
         pack_error(tensor, "K = " + std::to_string(k) + " is not a multiple of " + std::to_string(span) +
-                               " (the qforge layout stores " + std::to_string(bits) + "-bit codes in spans of " +
+                               " (the qforge layout stores " + std::to_string(cfg.bits) + "-bit codes in spans of " +
                                std::to_string(span) + ")");
     const std::int64_t groups = k / t.group;
     packed_weights p;
@@ -278,9 +291,16 @@ inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_ten
             zeros[static_cast<std::size_t>(c * groups + g)] =
                 static_cast<std::uint8_t>(gptq_zero_from_field(bits, fields[static_cast<std::size_t>(c)], t.v2));
     }
-    store_zeros(cfg, zeros, p, groups, r, tensor);
+    store_zeros(cfg, bits, zeros, p, groups, r, tensor);
 
-    const std::int64_t row_bytes = k * bits / 8;
+    // the kernel's codes: `bits` wide, or widened to 4 bits (kernel_config_of) by adding `offset`
+    const int code_bits = cfg.bits;
+    const auto offset = static_cast<std::uint8_t>(widened_code_offset(cfg, bits));
+    const auto widen = [&](std::uint8_t* c, std::int64_t count) {
+        if (offset != 0)
+            for (std::int64_t i = 0; i < count; ++i) c[i] = static_cast<std::uint8_t>(c[i] + offset);
+    };
+    const std::int64_t row_bytes = k * code_bits / 8;
     p.codes.assign(static_cast<std::size_t>(n * row_bytes), 0);
     if (p.perm.empty()) {  // run by run: the `bits` word rows of 32 values of K are read in order
         // GPTQ runs of 32 codes per put_qforge_codes call: a whole span (two runs for 2-bit codes)
@@ -300,8 +320,9 @@ inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_ten
                                     out.first<gptq_run_codes>());
                 }
                 std::uint8_t* row = p.codes.data() + c * row_bytes;
+                widen(codes.data(), (r1 - r0) * gptq_run_codes);
                 if (bits == 8) std::memcpy(row + r0 * gptq_run_codes, codes.data(), gptq_run_codes);
-                else put_qforge_codes(bits, codes.data(), r0 * gptq_run_codes, (r1 - r0) * gptq_run_codes, row);
+                else put_qforge_codes(code_bits, codes.data(), r0 * gptq_run_codes, (r1 - r0) * gptq_run_codes, row);
             }
         store_scales(t.scales, p, groups, r);
         return p;
@@ -312,8 +333,9 @@ inline packed_weights pack_gptq_to_qforge(const config& cfg, const ref::gptq_ten
         for (std::int64_t j = 0; j < k; ++j)
             sorted[static_cast<std::size_t>(j)] = column[static_cast<std::size_t>(p.perm[static_cast<std::size_t>(j)])];
         std::uint8_t* row = p.codes.data() + c * row_bytes;
+        widen(sorted.data(), k);
         if (bits == 8) std::memcpy(row, sorted.data(), sorted.size());
-        else put_qforge_codes(bits, sorted.data(), 0, k, row);
+        else put_qforge_codes(code_bits, sorted.data(), 0, k, row);
     }
     store_scales(t.scales, p, groups, r);
     return p;
@@ -339,7 +361,7 @@ inline packed_weights pack_awq_to_qforge(const config& cfg, const ref::awq_tenso
     std::vector<std::uint8_t> zeros(static_cast<std::size_t>(n * groups));
     for (std::int64_t c = 0; c < n; ++c)
         for (std::int64_t g = 0; g < groups; ++g) zeros[static_cast<std::size_t>(c * groups + g)] = code(t.qzeros, g, c);
-    store_zeros(cfg, zeros, p, groups, r, tensor);
+    store_zeros(cfg, 4, zeros, p, groups, r, tensor);
 
     // 32 rows of K at a time: their packed words are L2-resident while every output row takes
     // its 16-byte span

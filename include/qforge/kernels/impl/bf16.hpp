@@ -29,7 +29,7 @@ namespace qforge::kernels {
 template <class P, class A>
 inline constexpr bool native_bf16 = P::act == compute::bf16 && std::is_base_of_v<avx512bf16, A>;
 template <class P, class A>
-inline constexpr bool native_bf16_gemv = native_bf16<P, A> && P::storage == layout::bnb4;
+inline constexpr bool native_bf16_gemv = native_bf16<P, A> && P::storage == layout::bnb4 && P::group >= 64;
 
 namespace bf16 {
 

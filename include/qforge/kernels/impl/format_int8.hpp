@@ -23,6 +23,10 @@
 #include <qforge/kernels/impl/i8.hpp>
 
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include <immintrin.h>
 
 namespace qforge::kernels {
 
@@ -35,7 +39,6 @@ constexpr void check_kernel_policy() {
     static_assert(P::type == dtype::int_sym || P::type == dtype::int_asym, "qforge 8-bit kernels: integers only");
     static_assert(P::group == per_channel || (P::group >= 32 && P::group % 32 == 0),
                   "qforge 8-bit kernels: group must be a multiple of 32 or per_channel");
-    static_assert(P::act == compute::f32 || P::act == compute::i8, "qforge 8-bit kernels: f32 and i8 paths");
 }
 
 // The group size of the weights (per_channel: the whole row).
@@ -100,11 +103,18 @@ float int8_dot_f32(const weights_view& w, std::int64_t n, const float* x) {
     each_block_scale<P, A>(w, n, 0, k / gs, [&](std::int64_t b, float scale, float zero) {
         const F z(has_zeros<P> ? zero : 128.0f);
         F even(0.0f), odd(0.0f);  // two chains: FMA latency (gs is a multiple of 2 * lanes)
+        // bf16 / f16: each weight rounded after its scale, x rounded by the caller
+        const auto value = [&](std::int64_t i) {
+            if constexpr (rounded_operands<P>) return operand<P, A>(F(int8_values<A>(codes + i, z) * F(scale)));
+            else return int8_values<A>(codes + i, z);
+        };
         for (std::int64_t i = b * gs; i < (b + 1) * gs; i += 2 * lanes) {
-            even = simd::fma<A>(int8_values<A>(codes + i, z), F::load_unaligned(x + i), even);
-            odd = simd::fma<A>(int8_values<A>(codes + i + lanes, z), F::load_unaligned(x + i + lanes), odd);
+            simd::prefetch_ahead(codes + i);  // cold rows: latency-bound without (g32: 3-4x the hot time)
+            even = simd::fma<A>(value(i), F::load_unaligned(x + i), even);
+            odd = simd::fma<A>(value(i + lanes), F::load_unaligned(x + i + lanes), odd);
         }
-        acc = simd::fma<A>(even + odd, F(scale), acc);
+        if constexpr (rounded_operands<P>) acc = acc + (even + odd);
+        else acc = simd::fma<A>(even + odd, F(scale), acc);
     });
     return xsimd::hadd(acc);
 }
@@ -112,7 +122,7 @@ float int8_dot_f32(const weights_view& w, std::int64_t n, const float* x) {
 template <class P, class A>
     requires int8_policy<P>
 void gemv_f32(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
-    x = gather_columns<A, 0>(w, x, 1);
+    x = rounded_x<P, A>(gather_columns<A, 0>(w, x, 1), w.cols);
     for (std::int64_t n = n0; n < n1; ++n) {
         const float v = int8_dot_f32<P, A>(w, n, x);
         y[n] = bias ? v + bias[n] : v;
@@ -162,11 +172,12 @@ void int8_tile_i8(const weights_view& w, const int8_act_row* x, std::int64_t n, 
     for (int i = 0; i < MR; ++i)
         for (int r = 0; r < NR; ++r) acc[i][r] = offset_lanes[i][r] = F(0.0f);
     // dot[i][r] += the register of codes code_at(r) against the activations act_at(i)
+    // (code_at / act_at return the registers)
     const auto add = [](auto code_at, auto act_at, I(&dot)[MR][NR]) {
         U xv[MR];
-        simd::unroll<MR>([&](auto i) { xv[i] = U::load_unaligned(act_at(i)); });
+        simd::unroll<MR>([&](auto i) { xv[i] = act_at(i); });
         simd::unroll<NR>([&](auto r) {
-            const U c = U::load_unaligned(code_at(r)) ^ U(static_cast<std::uint8_t>(0x80));  // code - 128, signed
+            const U c = code_at(r) ^ U(static_cast<std::uint8_t>(0x80));  // code - 128, signed
             const U magnitude = simd::apply_sign<A>(c, c);
             simd::unroll<MR>([&](auto i) {
                 dot[i][r] = simd::dot_u8s8<A>(dot[i][r], magnitude, simd::apply_sign<A>(xv[i], c));
@@ -203,20 +214,32 @@ void int8_tile_i8(const weights_view& w, const int8_act_row* x, std::int64_t n, 
             const std::int64_t end = (b + 1) * gs;
             std::int64_t j = b * gs;
             const auto add_at = [&](std::int64_t at, I(&to)[MR][NR]) {
-                add([&](int r) { return codes[r] + at; },
-                    [&](int i) { return reinterpret_cast<const std::uint8_t*>(x[i].q) + at; }, to);
+                for (int r = 0; r < NR; ++r) simd::prefetch_ahead(codes[r] + at);
+                add([&](int r) { return U::load_unaligned(codes[r] + at); },
+                    [&](int i) { return U::load_unaligned(reinterpret_cast<const std::uint8_t*>(x[i].q) + at); }, to);
             };
             for (; j + chains * V <= end; j += chains * V)
                 simd::unroll<chains>([&](auto c) { add_at(j + c * V, chain[c]); });
             for (; j + V <= end; j += V) add_at(j, dot);
-            if (j < end) {  // a block end that fills no register: padded with code 128 (c = 0), x 0
-                alignas(64) std::uint8_t c8[NR][V], x8[MR][V];
-                for (int t = 0; t < V; ++t) {
-                    const bool in = j + t < end;
-                    for (int r = 0; r < NR; ++r) c8[r][t] = in ? codes[r][j + t] : 0x80;
-                    for (int i = 0; i < MR; ++i) x8[i][t] = in ? static_cast<std::uint8_t>(x[i].q[j + t]) : 0;
+            if (j < end) {  // a block end that fills no register (every block of g32 on AVX-512)
+                for (int r = 0; r < NR; ++r) simd::prefetch_ahead(codes[r] + j);
+                const auto in = static_cast<std::size_t>(end - j);
+                if constexpr (std::is_base_of_v<xsimd::avx512bw, A>) {  // masked loads: x 0 past the end
+                    const __mmask64 m = (std::uint64_t{1} << in) - 1;
+                    add([&](int r) { return U(_mm512_maskz_loadu_epi8(m, codes[r] + j)); },
+                        [&](int i) { return U(_mm512_maskz_loadu_epi8(m, x[i].q + j)); }, dot);
+                } else {  // padded with code 128 (c = 0), x 0
+                    alignas(64) std::uint8_t c8[NR][V], x8[MR][V];
+                    for (int r = 0; r < NR; ++r) {
+                        std::memset(c8[r], 0x80, V);
+                        std::memcpy(c8[r], codes[r] + j, in);
+                    }
+                    for (int i = 0; i < MR; ++i) {
+                        std::memset(x8[i], 0, V);
+                        std::memcpy(x8[i], x[i].q + j, in);
+                    }
+                    add([&](int r) { return U::load_aligned(c8[r]); }, [&](int i) { return U::load_aligned(x8[i]); }, dot);
                 }
-                add([&](int r) { return c8[r]; }, [&](int i) { return x8[i]; }, dot);
             }
             for (int c = 1; c < chains; ++c)
                 for (int i = 0; i < MR; ++i)
