@@ -178,19 +178,22 @@ const kernel* registry::find(const config& cfg, op o, isa i) const noexcept {
 
 const kernel& registry::find(const config& cfg, op o) const {
     const isa limit = active_isa();
-    const auto best_for = [&](const config& c) {  // the best ISA not above the active one, or null
-        const kernel* best = nullptr;
-        for (const kernel& k : kernels_)
-            if (k.cfg == c && k.kind == o && k.arch <= limit && (best == nullptr || k.arch > best->arch)) best = &k;
-        return best;
-    };
-    if (const kernel* k = best_for(cfg)) return *k;
+    const kernel* best = nullptr;
+    for (const kernel& k : kernels_)
+        if (k.cfg == cfg && k.kind == o && k.arch <= limit && (best == nullptr || k.arch > best->arch)) best = &k;
+    if (best != nullptr) return *best;
     // A valid config without a kernel of its own (a checkpoint layout: GPTQ, AWQ, a bnb block
     // size that runs regrouped, ...): the kernel that computes it; its cfg is the layout to pack
-    // the weights into (pack_weights), which its checked calls enforce. (Not through
-    // kernel_config_for, which asks find whether the kernel exists.)
-    if (check(cfg) == config_rule::ok)
-        if (const kernel* k = best_for(kernels::kernel_config_of(cfg, cfg.act, 0))) return *k;
+    // the weights into (pack_weights), which its checked calls enforce.
+    if (check(cfg) == config_rule::ok || is_gptq(cfg.storage) || cfg.storage == layout::awq_gemm) {
+        config runs_on{};
+        try {
+            runs_on = kernel_config_for(cfg, cfg.act);
+        } catch (const std::invalid_argument&) {
+            runs_on = cfg;  // no kernel in this build: the message below
+        }
+        if (runs_on != cfg) return find(runs_on, o);
+    }
 
     std::string wanted;
     try {
