@@ -5,8 +5,8 @@
 //   const qforge::kernel& k = qforge::registry::global().find(cfg, qforge::op::gemv);
 //   k.gemv(weights.view(), x, bias, y, n0, n1);
 //
-// A GPTQ checkpoint's config finds the kernel that computes it; the kernel's cfg is qforge's
-// layout, into which the checkpoint is repacked once (pack_weights).
+// A GPTQ checkpoint is repacked once into qforge's kernel layout; asking for a config without a
+// kernel gets an error that lists the nearest supported ones.
 #include <qforge/config/hf.hpp>
 #include <qforge/config/name.hpp>
 #include <qforge/kernels/pack.hpp>
@@ -25,11 +25,18 @@ int main() {
                                               "sym": true, "desc_act": false, "checkpoint_format": "gptq"})");
     const qforge::config checkpoint_cfg = qforge::to_config(qforge::parse_hf_quant_config(hf));
 
-    // int8 activations; the kernel computes on the same weights repacked into the qforge layout
-    qforge::config wanted = checkpoint_cfg;
-    wanted.act = qforge::compute::i8;
-    const qforge::kernel& k = qforge::registry::global().find(wanted, qforge::op::gemv);
-    const qforge::config cfg = k.cfg;  // int4sym_g128_qf_i8
+    // No kernel computes on GPTQ's packing directly: the registry says what exists instead.
+    try {
+        (void)qforge::registry::global().find(checkpoint_cfg, qforge::op::gemv);
+    } catch (const qforge::unsupported_config& e) {
+        std::printf("%s\n", e.what());
+    }
+
+    // The kernel config: the same weights repacked into the qforge layout, int8 activations.
+    qforge::config cfg = checkpoint_cfg;
+    cfg.storage = qforge::layout::qforge;
+    cfg.act = qforge::compute::i8;
+    const qforge::kernel& k = qforge::registry::global().find(cfg, qforge::op::gemv);
 
     constexpr std::int64_t n = 2048, k_in = 4096;
     qforge::synthetic_spec spec;

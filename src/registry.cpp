@@ -47,9 +47,7 @@ void check_weights(const config& kernel_cfg, const weights_view& w) {
         throw std::invalid_argument("qforge kernel " + canonical_name(kernel_cfg) + ": " + why);
     };
     if (with_act(w.cfg, kernel_cfg.act) != kernel_cfg)
-        fail("the weights are " + canonical_name(w.cfg) +
-             " (type, bits, group, double quant and storage must match: pack_weights(this kernel's cfg, ...) repacks a "
-             "checkpoint's weights)");
+        fail("the weights are " + canonical_name(w.cfg) + " (type, bits, group, double quant and storage must match)");
     if (w.rows <= 0 || w.cols <= 0)
         fail("weights shape [" + std::to_string(w.rows) + ", " + std::to_string(w.cols) + "] is empty");
     if (kernel_cfg.group == per_channel) {  // LLM.int8 takes any K; the integer layouts whole 32-element runs
@@ -182,18 +180,6 @@ const kernel& registry::find(const config& cfg, op o) const {
     for (const kernel& k : kernels_)
         if (k.cfg == cfg && k.kind == o && k.arch <= limit && (best == nullptr || k.arch > best->arch)) best = &k;
     if (best != nullptr) return *best;
-    // A valid config without a kernel of its own (a checkpoint layout: GPTQ, AWQ, a bnb block
-    // size that runs regrouped, ...): the kernel that computes it; its cfg is the layout to pack
-    // the weights into (pack_weights), which its checked calls enforce.
-    if (check(cfg) == config_rule::ok || is_gptq(cfg.storage) || cfg.storage == layout::awq_gemm) {
-        config runs_on{};
-        try {
-            runs_on = kernel_config_for(cfg, cfg.act);
-        } catch (const std::invalid_argument&) {
-            runs_on = cfg;  // no kernel in this build: the message below
-        }
-        if (runs_on != cfg) return find(runs_on, o);
-    }
 
     std::string wanted;
     try {

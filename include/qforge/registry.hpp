@@ -74,11 +74,7 @@ public:
     // canonical_name(cfg) (the generator and the C++ naming disagree).
     void add(const kernel& k);
 
-    // The entry for (cfg, op) with the best ISA not above active_isa(). A valid config that has no
-    // kernel of its own (a checkpoint layout such as GPTQ or AWQ, a regrouped or widened one) gets
-    // the kernel of kernel_config_for(cfg, cfg.act): its `cfg` is the layout to pack the weights
-    // into (pack_weights). Throws unsupported_config for an invalid config, or when this build
-    // (-Dkernels) has no kernel for it.
+    // The entry for (cfg, op) with the best ISA not above active_isa(); throws unsupported_config.
     const kernel& find(const config& cfg, op o = op::gemv) const;
     // Exact ISA, or nullptr.
     const kernel* find(const config& cfg, op o, isa i) const noexcept;
