@@ -22,6 +22,7 @@
 #include <qforge/kernels/impl/gemm_tiles.hpp>
 #include <qforge/kernels/impl/i8.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -223,7 +224,8 @@ void int8_tile_i8(const weights_view& w, const int8_act_row* x, std::int64_t n, 
             for (; j + V <= end; j += V) add_at(j, dot);
             if (j < end) {  // a block end that fills no register (every block of g32 on AVX-512)
                 for (int r = 0; r < NR; ++r) simd::prefetch_ahead(codes[r] + j);
-                const auto in = static_cast<std::size_t>(end - j);
+                // < V here; the min tells GCC so (-Wstringop-overflow on the copies below)
+                const std::size_t in = std::min(static_cast<std::size_t>(end - j), static_cast<std::size_t>(V));
                 if constexpr (std::is_base_of_v<xsimd::avx512bw, A>) {  // masked loads: x 0 past the end
                     const __mmask64 m = (std::uint64_t{1} << in) - 1;
                     add([&](int r) { return U(_mm512_maskz_loadu_epi8(m, codes[r] + j)); },
