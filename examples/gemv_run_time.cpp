@@ -3,10 +3,11 @@
 // thread pool splits the output rows.
 //
 //   const qforge::kernel& k = qforge::registry::global().find(cfg, qforge::op::gemv);
+//   const qforge::packed_weights weights = qforge::pack_weights(k.cfg, quantized);
 //   k.gemv(weights.view(), x, bias, y, n0, n1);
 //
-// A GPTQ checkpoint is repacked once into qforge's kernel layout; asking for a config without a
-// kernel gets an error that lists the nearest supported ones.
+// A GPTQ checkpoint is repacked once into the layout of the kernel the registry returns; a config
+// that does not validate gets an error that names the field.
 #include <qforge/config/hf.hpp>
 #include <qforge/config/name.hpp>
 #include <qforge/kernels/pack.hpp>
@@ -25,18 +26,21 @@ int main() {
                                               "sym": true, "desc_act": false, "checkpoint_format": "gptq"})");
     const qforge::config checkpoint_cfg = qforge::to_config(qforge::parse_hf_quant_config(hf));
 
-    // No kernel computes on GPTQ's packing directly: the registry says what exists instead.
+    // The registry takes the checkpoint's config as it is (here with int8 activations) and returns
+    // the kernel that runs it; k.cfg is the layout that kernel computes on (GPTQ's packing
+    // repacked into qforge's), so the weights are packed for k.cfg once.
+    qforge::config cfg = checkpoint_cfg;
+    cfg.act = qforge::compute::i8;
+    const qforge::kernel& k = qforge::registry::global().find(cfg, qforge::op::gemv);
+
+    // A config that does not validate gets an error naming the offending field.
     try {
-        (void)qforge::registry::global().find(checkpoint_cfg, qforge::op::gemv);
+        qforge::config bad = cfg;
+        bad.group = 100;
+        (void)qforge::registry::global().find(bad, qforge::op::gemv);
     } catch (const qforge::unsupported_config& e) {
         std::printf("%s\n", e.what());
     }
-
-    // The kernel config: the same weights repacked into the qforge layout, int8 activations.
-    qforge::config cfg = checkpoint_cfg;
-    cfg.storage = qforge::layout::qforge;
-    cfg.act = qforge::compute::i8;
-    const qforge::kernel& k = qforge::registry::global().find(cfg, qforge::op::gemv);
 
     constexpr std::int64_t n = 2048, k_in = 4096;
     qforge::synthetic_spec spec;
@@ -44,7 +48,7 @@ int main() {
     spec.cols = k_in;
     const std::vector<float> w = qforge::synthetic_weights(spec);
     const qforge::ref::quantized q = qforge::ref::quantize(checkpoint_cfg, std::span<const float>(w), n, k_in);
-    const qforge::packed_weights weights = qforge::pack_weights(cfg, q, "model.layers.0.mlp.up_proj");
+    const qforge::packed_weights weights = qforge::pack_weights(k.cfg, q, "model.layers.0.mlp.up_proj");
 
     std::vector<float> x(k_in), y(n);
     for (std::int64_t i = 0; i < k_in; ++i) x[static_cast<std::size_t>(i)] = std::cos(0.02f * static_cast<float>(i));

@@ -87,9 +87,9 @@ matrix::matrix(std::shared_ptr<const packed_weights> p) : matrix(p->view(), p) {
 
 matrix::matrix(const weights_view& w, std::shared_ptr<const void> owner) : owner_(std::move(owner)), view_(w) {
     const registry& r = registry::global();
-    gemv_ = &r.find(w.cfg, op::gemv);
-    gemm_ = &r.find(w.cfg, op::gemm);
-    dequantize_ = &r.find(w.cfg, op::dequantize);
+    gemv_ = &r.find_layout(w.cfg, op::gemv);
+    gemm_ = &r.find_layout(w.cfg, op::gemm);
+    dequantize_ = &r.find_layout(w.cfg, op::dequantize);
     detail::check_weights(w.cfg, w);
 }
 

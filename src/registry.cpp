@@ -174,25 +174,40 @@ const kernel* registry::find(const config& cfg, op o, isa i) const noexcept {
     return nullptr;
 }
 
-const kernel& registry::find(const config& cfg, op o) const {
+const kernel& registry::find_layout(const config& layout, op o) const {
     const isa limit = active_isa();
     const kernel* best = nullptr;
     for (const kernel& k : kernels_)
-        if (k.cfg == cfg && k.kind == o && k.arch <= limit && (best == nullptr || k.arch > best->arch)) best = &k;
+        if (k.cfg == layout && k.kind == o && k.arch <= limit && (best == nullptr || k.arch > best->arch)) best = &k;
     if (best != nullptr) return *best;
 
     std::string wanted;
     try {
-        wanted = canonical_name(cfg);
+        wanted = canonical_name(layout);
     } catch (const std::invalid_argument& e) {
         throw unsupported_config(std::string("qforge registry: invalid config: ") + e.what(), {});
     }
-    std::vector<std::string> near = nearest(cfg);
+    std::vector<std::string> near = nearest(layout);
     std::string msg = "qforge registry: no " + std::string(to_string(o)) + " kernel for " + wanted + " on " +
                       std::string(to_string(limit)) + " or below; nearest supported:";
     for (const std::string& n : near) msg += " " + n;
     if (near.empty()) msg += " (none registered)";
     throw unsupported_config(msg, std::move(near));
+}
+
+const kernel& registry::find(const config& cfg, op o, std::int64_t cols) const {
+    if (check(cfg) != config_rule::ok) {  // e.g. a group GPTQ does not allow, or FP8 with int8 activations
+        std::vector<std::string> near = nearest(cfg);
+        std::string msg;
+        try {
+            validate(cfg);
+        } catch (const std::invalid_argument& e) {
+            msg = std::string("qforge registry: invalid config: ") + e.what() + "; nearest supported:";
+        }
+        for (const std::string& n : near) msg += " " + n;
+        throw unsupported_config(msg, std::move(near));
+    }
+    return find_layout(kernel_config_for(cfg, cfg.act, cols), o);  // cfg itself when it has kernels
 }
 
 config kernel_config_for(const config& stored, compute wanted, std::int64_t cols) {
@@ -209,7 +224,7 @@ config kernel_config_for(const config& stored, compute wanted, std::int64_t cols
         throw unsupported_config(msg, std::move(near));
     }
     const config k = kernels::kernel_config_of(stored, wanted, cols);
-    (void)registry::global().find(k, op::gemv);  // throws unsupported_config naming the nearest
+    (void)registry::global().find_layout(k, op::gemv);  // throws unsupported_config naming the nearest
     return k;
 }
 

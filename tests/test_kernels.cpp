@@ -505,15 +505,32 @@ TEST_CASE("registry: lookup picks the active ISA; errors name the problem") {
         CHECK(&r.find(l.cfg, op::gemv) == exact);
         CHECK(exact->full_name() == l.name + "_gemv_" + std::string(to_string(active_isa())));
     }
-    // GPTQ's checkpoint layout has no kernel: the error points at the repacked one
+    // GPTQ's checkpoint layout: find returns the kernel of the repacked layout (the walk below does
+    // this for every config); find_layout, for weights already packed, refuses it and points at it
+    if (kernels::kernel_built(parse_name("int4sym_g128_qf_f32"))) {
+        const kernel& k = r.find(configs::gptq_int4_g128, op::gemv);
+        CHECK(k.name == "int4sym_g128_qf_f32");
+        CHECK(&k == &r.find(parse_name("int4sym_g128_qf_f32"), op::gemv));
+    }
     try {
-        (void)r.find(configs::gptq_int4_g128, op::gemv);
+        (void)r.find_layout(configs::gptq_int4_g128, op::gemv);
         FAIL("gptq layout found");
     } catch (const unsupported_config& e) {
         INFO(e.what());
         CHECK(std::string(e.what()).find("int4sym_g128_gptq_f32") != std::string::npos);
         REQUIRE_FALSE(e.nearest.empty());
         if (kernels::kernel_built(parse_name("int4sym_g128_qf_f32"))) CHECK(e.nearest.front() == "int4sym_g128_qf_f32");
+    }
+    // a config that does not validate: find names the field
+    config bad = parse_name("int4sym_g128_qf_f32");
+    bad.group = 100;
+    try {
+        (void)r.find(bad, op::gemv);
+        FAIL("invalid config found");
+    } catch (const unsupported_config& e) {
+        INFO(e.what());
+        CHECK(std::string(e.what()).find("invalid config") != std::string::npos);
+        CHECK(std::string(e.what()).find("group") != std::string::npos);
     }
     // duplicates and names that are not canonical are refused
     registry mine;
@@ -778,8 +795,9 @@ TEST_CASE("the whole vocabulary: every valid config runs on kernels, every inval
         CHECK(kc.act == c.act);
         const kernel* ops[3] = {};
         for (const op o : {op::dequantize, op::gemv, op::gemm}) {
-            const kernel& found = registry::global().find(kc, o);
+            const kernel& found = registry::global().find_layout(kc, o);
             CHECK(found.arch == kernels::kernel_isa(kc, active_isa()));
+            CHECK(&registry::global().find(c, o, k) == &found);  // find takes the config as it is
             ops[static_cast<int>(o)] = &found;
         }
         synthetic_spec spec;

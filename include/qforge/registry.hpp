@@ -1,7 +1,8 @@
 // The run-time route to the kernels: descriptors of every generated kernel, looked up by config.
 //
 //   const qforge::kernel& k = qforge::registry::global().find(cfg, qforge::op::gemv);
-//   k.gemv(weights.view(), x, bias, y, 0, weights.rows);
+//   const qforge::packed_weights w = qforge::pack_weights(k.cfg, quantized);  // k.cfg: its layout
+//   k.gemv(w.view(), x, bias, y, 0, w.rows);
 //
 // Each descriptor is filled from its config by traits in the generated TU that instantiates the
 // kernel (name = canonical_name(cfg), config, op, ISA, function pointer). The global registry is
@@ -74,8 +75,16 @@ public:
     // canonical_name(cfg) (the generator and the C++ naming disagree).
     void add(const kernel& k);
 
-    // The entry for (cfg, op) with the best ISA not above active_isa(); throws unsupported_config.
-    const kernel& find(const config& cfg, op o = op::gemv) const;
+    // The kernel that runs weights of config cfg, for every config that validates (checkpoint
+    // layouts such as GPTQ's included), on the best ISA not above active_isa(): the kernel of
+    // exactly cfg when this build has one, else the one kernel_config_for(cfg, cfg.act, cols) names
+    // (K = cols picks the regrouping of per-channel configs; 0: any K the kernel takes). Its k.cfg
+    // is the layout it computes on: pack the weights for it (pack_weights(k.cfg, ...)). Throws
+    // unsupported_config when cfg does not validate or this build (-Dkernels) left its kernel out.
+    const kernel& find(const config& cfg, op o = op::gemv, std::int64_t cols = 0) const;
+    // For weights already packed (weights_view::cfg): the kernel of exactly that layout on the best
+    // ISA, or unsupported_config naming the nearest registered ones.
+    const kernel& find_layout(const config& layout, op o = op::gemv) const;
     // Exact ISA, or nullptr.
     const kernel* find(const config& cfg, op o, isa i) const noexcept;
 
