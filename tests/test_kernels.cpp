@@ -87,6 +87,39 @@ struct case_data {
     packed_weights packed;  // kernel layout, `rows` rows
     std::vector<float> w;   // ref::dequantize(q), first `rows` rows
     std::int64_t rows = 0, ref_rows = 0;
+    // w rounded to bf16 / f16 by the reference conversions, made on first use (check_output)
+    mutable std::vector<float> w_bf16, w_f16;
+};
+
+// The reference rounding of v to bf16 / f16, back in f32.
+float round_half(float v, bool f16_not_bf16) { return f16_not_bf16 ? to_float(to_f16(v)) : to_float(to_bf16(v)); }
+
+const std::vector<float>& rounded_weights(const case_data& d, bool f16_not_bf16) {
+    std::vector<float>& r = f16_not_bf16 ? d.w_f16 : d.w_bf16;
+    if (r.size() != d.w.size()) {
+        r.resize(d.w.size());
+        for (std::size_t i = 0; i < r.size(); ++i) r[i] = round_half(d.w[i], f16_not_bf16);
+    }
+    return r;
+}
+
+// The last input row given to `make` and what it made of it: check_output sees each row of x once
+// per output row, and converting it again each time made most of the GEMM test's run time.
+template <class T>
+struct row_memo {
+    std::vector<float> row;
+    std::int64_t tag = -1;
+    T value{};
+    template <class F>
+    const T& get(const float* x, std::int64_t k, std::int64_t tag_, F&& make) {
+        if (tag != tag_ || row.size() != static_cast<std::size_t>(k) ||
+            std::memcmp(row.data(), x, static_cast<std::size_t>(k) * sizeof(float)) != 0) {
+            row.assign(x, x + k);
+            tag = tag_;
+            value = make();
+        }
+        return value;
+    }
 };
 
 // Which checkpoint a qforge-layout case is packed from: GPTQ v1 with g_idx = k / group; GPTQ v2
@@ -390,11 +423,17 @@ void check_output(const config& cfg, const case_data& d, const float* x, std::in
         // operands rounded here with the reference conversions; |round(v) - v| <= ur |v| + tiny
         // (tiny: half the f16 subnormal quantum; bf16 keeps f32's range, 0 for these weights)
         const bool half = cfg.act == compute::f16;
-        const auto round = [&](float v) { return half ? to_float(to_f16(v)) : to_float(to_bf16(v)); };
+        static thread_local row_memo<std::vector<float>> x_memo;
+        const std::vector<float>& x_rounded = x_memo.get(x, k, half, [&] {
+            std::vector<float> r(static_cast<std::size_t>(k));
+            for (std::int64_t i = 0; i < k; ++i) r[static_cast<std::size_t>(i)] = round_half(x[i], half);
+            return r;
+        });
+        const float* w_rounded = rounded_weights(d, half).data() + n * k;
         const double ur = half ? 1.0 / 2048 : 1.0 / 256, tiny = half ? 0x1p-25 : 0.0;
         double y_rounded = b, rounded_abs_sum = std::abs(b), rounding = 0.0;
         for (std::int64_t i = 0; i < k; ++i) {
-            const double wr = round(wrow[i]), xr = round(x[i]);
+            const double wr = w_rounded[i], xr = x_rounded[static_cast<std::size_t>(i)];
             y_rounded += wr * xr;
             rounded_abs_sum += std::abs(wr * xr);
             // |wr xr - w x| <= |wr - w| |x| + |wr| |xr - x|
@@ -409,9 +448,10 @@ void check_output(const config& cfg, const case_data& d, const float* x, std::in
     // the i8 path quantizes x per group of the stored column order (act-order: sorted by group)
     const auto& perm = d.packed.perm;
     const auto column = [&](std::int64_t i) { return perm.empty() ? i : static_cast<std::int64_t>(perm[static_cast<std::size_t>(i)]); };
+    static thread_local row_memo<activation_blocks> a_memo;
     std::vector<float> xg(static_cast<std::size_t>(k));
     for (std::int64_t i = 0; i < k; ++i) xg[static_cast<std::size_t>(i)] = x[column(i)];
-    const activation_blocks a = quantize_x(xg.data(), k, group);
+    const activation_blocks& a = a_memo.get(xg.data(), k, group, [&] { return quantize_x(xg.data(), k, group); });
     const double delta = level_error(cfg, d), lambda = i8_scale(cfg.type);
     const auto levels = i8_levels(cfg, d);
     const auto* gptq = std::get_if<ref::gptq_tensor>(&d.q);
