@@ -18,6 +18,7 @@
 #include <qforge/kernels/impl/quantize_jobs.hpp>
 #include <qforge/kernels/impl/simd.hpp>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -157,11 +158,37 @@ struct kernels_for {
 
     // y -> code: NF4 counts the thresholds below y; FP4 the thresholds below |y|, mapped to its
     // code order [0,1,6,7,4,5,2,3] (= ((4 - r/2) & 3) * 2 + r % 2), with sign y < 0.
-    static I nf4_codes(const F& y) {
+    //
+    // NF4's count is a branchless binary search over its 15 sorted thresholds t: the code starts
+    // at 8 * (t[7] < y), then adds 4 * (t[code + 3] < y), 2 * (t[code + 1] < y), 1 * (t[code] < y),
+    // looking up t[code + k] with one 16-entry table per step. The same strict comparisons as the
+    // count, so a y exactly on a threshold gets the lower code, as in the reference.
+    struct nf4_search {
+        simd::table16<A> t3, t1, t0;  // t[i + 3], t[i + 1], t[i] (entries never looked up: 0)
+        nf4_search() {
+            constexpr auto t = midpoints(nf4_table);
+            alignas(64) float s3[16] = {}, s1[16] = {}, s0[16] = {};
+            for (std::size_t i = 0; i < 16; ++i) {
+                if (i + 3 < t.size()) s3[i] = t[i + 3];
+                if (i + 1 < t.size()) s1[i] = t[i + 1];
+                if (i < t.size()) s0[i] = t[i];
+            }
+            t3 = simd::make_table16<A>(s3);
+            t1 = simd::make_table16<A>(s1);
+            t0 = simd::make_table16<A>(s0);
+        }
+    };
+    // step where the lane's condition holds, else 0
+    static I step_if(const xsimd::batch_bool<float, A>& m, std::int32_t step) {
+        return xsimd::bitwise_cast<I>(xsimd::select(m, xsimd::bitwise_cast<F>(I(step)), F(0.0f)));
+    }
+    static I nf4_codes(const nf4_search& s, const F& y) {
         constexpr auto t = midpoints(nf4_table);
-        F c(0.0f);
-        for (float th : t) c += xsimd::select(F(th) < y, F(1.0f), F(0.0f));
-        return xsimd::batch_cast<std::int32_t>(c);
+        static_assert(t.size() == 15 && std::ranges::is_sorted(t));
+        I c = step_if(F(t[7]) < y, 8);
+        c = c + step_if(simd::lookup<A>(s.t3, c) < y, 4);
+        c = c + step_if(simd::lookup<A>(s.t1, c) < y, 2);
+        return c + step_if(simd::lookup<A>(s.t0, c) < y, 1);
     }
     static I fp4_codes(const F& y) {
         F c(0.0f);
@@ -177,6 +204,7 @@ struct kernels_for {
         const std::uint8_t zero_code = j.nf4 ? nf4_zero_code : fp4_zero_code;
         alignas(64) float buf[chunk];
         alignas(64) std::uint8_t codes[chunk + 64];
+        const nf4_search search;
         for (std::size_t b = b0; b < b1; ++b) {
             const std::size_t begin = b * j.blocksize, count = j.n - begin < j.blocksize ? j.n - begin : j.blocksize;
             const float* x = widen(j.src, begin, count, buf);
@@ -191,14 +219,14 @@ struct kernels_for {
                 for (; i + L <= count; i += L) {
                     const F v = F::load_unaligned(x + i);
                     const F y = quotient ? v / F(a) : v * F(inv);
-                    store_codes(j.nf4 ? nf4_codes(y) : fp4_codes(y), codes + i);
+                    store_codes(j.nf4 ? nf4_codes(search, y) : fp4_codes(y), codes + i);
                 }
                 if (i < count) {  // the tail of a partial last block, through a padded register
                     alignas(64) float t[L] = {};
                     std::memcpy(t, x + i, (count - i) * 4);
                     const F v = F::load_aligned(t);
                     const F y = quotient ? v / F(a) : v * F(inv);
-                    store_codes(j.nf4 ? nf4_codes(y) : fp4_codes(y), codes + i);
+                    store_codes(j.nf4 ? nf4_codes(search, y) : fp4_codes(y), codes + i);
                 }
             }
             // Element 2i in the high nibble; an odd tail padded with the code of 0.0.
