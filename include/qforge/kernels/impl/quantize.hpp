@@ -260,6 +260,55 @@ struct kernels_for {
         }
     }
 
+    // ---- bitsandbytes blockwise 8-bit, the dynamic map (§1 double quantization) ----------------
+
+    // y -> code: the count of the 255 sorted thresholds below y, by a branchless binary search of
+    // 8 gathers (the table padded with +inf to 256); a y exactly on a threshold goes to the even
+    // code, as in the reference (src/reference/bnb.cpp, dynamic_code).
+    static I dynamic_codes(const float* padded, const F& y) {
+        I c(0);
+        for (std::int32_t step = 128; step >= 1; step /= 2) c = c + step_if(F::gather(padded + step - 1, c) < y, step);
+        return c + (step_if(F::gather(padded, c) == y, 1) & c);  // + 1 on a tie at an odd code
+    }
+
+    static bool blockwise8(const blockwise8_job& j, std::size_t b0, std::size_t b1) {
+        constexpr auto t = midpoints(dynamic_map);
+        static_assert(t.size() == 255 && std::ranges::is_sorted(t));
+        alignas(64) float padded[256];
+        for (std::size_t i = 0; i < 255; ++i) padded[i] = t[i];
+        padded[255] = __builtin_inff();
+        bool ok = true;
+        alignas(64) std::uint8_t codes[chunk + 64];
+        for (std::size_t b = b0; b < b1; ++b) {
+            const std::size_t begin = b * j.blocksize, count = j.n - begin < j.blocksize ? j.n - begin : j.blocksize;
+            const float* x = j.x + begin;
+            const float a = max_abs(x, count, ok);
+            j.absmax[b] = a;
+            if (a == 0.0f) {
+                std::memset(j.codes + begin, dynamic_map_zero_code, count);
+                continue;
+            }
+            const float inv = 1.0f / a;
+            const bool quotient = __builtin_isinf(inv);  // see src/reference/bnb.cpp
+            for (std::size_t done = 0; done < count; done += chunk) {
+                const std::size_t m = count - done < chunk ? count - done : chunk;
+                std::size_t i = 0;
+                for (; i + L <= m; i += L) {
+                    const F v = F::load_unaligned(x + done + i);
+                    store_codes(dynamic_codes(padded, quotient ? v / F(a) : v * F(inv)), codes + i);
+                }
+                if (i < m) {  // a partial last block, through a padded register
+                    alignas(64) float tail[L] = {};
+                    std::memcpy(tail, x + done + i, (m - i) * 4);
+                    const F v = F::load_aligned(tail);
+                    store_codes(dynamic_codes(padded, quotient ? v / F(a) : v * F(inv)), codes + i);
+                }
+                std::memcpy(j.codes + begin + done, codes, m);
+            }
+        }
+        return ok;
+    }
+
     // ---- LLM.int8 weights (§2) ----------------------------------------------------------------
 
     static bool int8row(const int8row_job& j, std::size_t r0, std::size_t r1) {
@@ -615,7 +664,7 @@ struct kernels_for {
     }
 
     static ops table() {
-        return {bnb4, int8row, gptq, awq, fp8, mx, bnb4_dq, int8row_dq, gptq_dq, awq_dq, fp8_dq, mx_dq};
+        return {bnb4, blockwise8, int8row, gptq, awq, fp8, mx, bnb4_dq, int8row_dq, gptq_dq, awq_dq, fp8_dq, mx_dq};
     }
 };
 
