@@ -249,6 +249,9 @@ void check_dequantize(const ref::quantized& q, thread_pool* pool) {
     std::vector<bf16> b(want.size());
     kernels::dequantize_checkpoint(q, element::bf16, b.data(), pool);
     CHECK(same_bytes(b, narrow<bf16>(want)));
+    std::vector<unsigned char> odd(want.size() * 2 + 1);  // a misaligned destination: through a buffer
+    kernels::dequantize_checkpoint(q, element::bf16, odd.data() + 1, pool);
+    CHECK(std::memcmp(odd.data() + 1, b.data(), b.size() * 2) == 0);
     std::vector<f16> h(want.size());
     kernels::dequantize_checkpoint(q, element::f16, h.data(), pool);
     CHECK(same_bytes(h, narrow<f16>(want)));

@@ -114,9 +114,8 @@ std::vector<T> values(const st::tensor_view& v) {
     return v.to_vector<T>();
 }
 std::vector<std::uint8_t> raw_bytes(const st::tensor_view& v) {
-    std::vector<std::uint8_t> out(v.bytes.size());
-    if (!out.empty()) std::memcpy(out.data(), v.bytes.data(), out.size());
-    return out;
+    const auto* p = reinterpret_cast<const std::uint8_t*>(v.bytes.data());
+    return std::vector<std::uint8_t>(p, p + v.bytes.size());  // one copy, no zeroing first
 }
 template <std::size_t N>
 std::array<float, N> table(const st::tensor_view& v) {

@@ -68,12 +68,17 @@ struct kernels_for {
             std::memcpy(bytes + first * 4, v, n * 4);
             return;
         }
+        unsigned char* p = bytes + first * 2;
         alignas(64) std::uint16_t h[chunk];
+        // straight into the destination when it is aligned (as the writers' buffers are): one
+        // pass less over a tensor that is then copied into the page cache anyway
+        const bool aligned = reinterpret_cast<std::uintptr_t>(p) % alignof(std::uint16_t) == 0;
+        std::uint16_t* out = aligned ? reinterpret_cast<std::uint16_t*>(p) : h;
         if (s.type == element::bf16)
-            simd::to_bf16<A>(v, static_cast<std::int64_t>(n), h);
+            simd::to_bf16<A>(v, static_cast<std::int64_t>(n), out);
         else
-            simd::to_f16<A>(v, static_cast<std::int64_t>(n), h);
-        std::memcpy(bytes + first * 2, h, n * 2);
+            simd::to_f16<A>(v, static_cast<std::int64_t>(n), out);
+        if (!aligned) std::memcpy(p, h, n * 2);
     }
 
     // Calls f(x, offset, count) on consecutive pieces of at most `chunk` elements of [first, first + n).
