@@ -401,6 +401,16 @@ struct kernels_for {
             return;
         }
         const std::size_t per = 32 / static_cast<std::size_t>(bits);
+        if (bits == 4) {  // 8 codes (bytes 0..15) to a word, code i at bit 4i: merge neighbours, twice
+            for (std::size_t w = 0; w < k / 8; ++w) {
+                std::uint64_t x;
+                std::memcpy(&x, codes + 8 * w, 8);
+                x = (x | x >> 4) & 0x00FF00FF00FF00FFull;  // byte 2j: code 2j | code 2j+1 << 4
+                x = (x | x >> 8) & 0x0000FFFF0000FFFFull;
+                qweight[w * stride + column] = static_cast<std::int32_t>(static_cast<std::uint32_t>(x | x >> 16));
+            }
+            return;
+        }
         for (std::size_t w = 0; w < k / per; ++w) {
             std::uint32_t word = 0;
             for (std::size_t i = 0; i < per; ++i) word |= static_cast<std::uint32_t>(codes[w * per + i]) << (bits * static_cast<int>(i));
@@ -413,12 +423,15 @@ struct kernels_for {
         const float maxq = static_cast<float>((1u << j.bits) - 1u);
         const std::size_t groups = j.cols / j.group;
         auto* codes = static_cast<std::uint8_t*>(simd::scratch<A, 0>::get(j.cols));
+        alignas(64) float group_buf[chunk];
         for (std::size_t n = r0; n < r1; ++n) {
             for (std::size_t g = 0; g < groups; ++g) {
                 const std::size_t first = n * j.cols + g * j.group;
                 float lo = __builtin_huge_valf(), hi = -lo;
-                for_chunks(j.src, first, j.group,
-                           [&](const float* x, std::size_t, std::size_t c) { min_max(x, c, lo, hi, ok); });
+                // a group that fits one chunk is widened once for both passes
+                const float* whole = j.group <= chunk ? widen(j.src, first, j.group, group_buf) : nullptr;
+                if (whole) min_max(whole, j.group, lo, hi, ok);
+                else for_chunks(j.src, first, j.group, [&](const float* x, std::size_t, std::size_t c) { min_max(x, c, lo, hi, ok); });
                 // GPTQ's find_params, as src/reference/gptq_awq.cpp (std::min / std::max order kept)
                 float xmin = 0.0f < lo ? 0.0f : lo, xmax = hi < 0.0f ? 0.0f : hi;
                 if (j.sym) {
@@ -435,6 +448,10 @@ struct kernels_for {
                 const int zero = j.sym ? 1 << (j.bits - 1) : static_cast<int>(z);
                 ok = stored_scale(scale, j.scales[g * j.rows + n]) && ok;
                 j.zeros[g * j.rows + n] = static_cast<std::uint8_t>(zero);
+                if (whole) {
+                    int_codes(whole, j.group, scale, static_cast<float>(zero), maxq, codes + g * j.group);
+                    continue;
+                }
                 for_chunks(j.src, first, j.group, [&](const float* x, std::size_t off, std::size_t c) {
                     int_codes(x, c, scale, static_cast<float>(zero), maxq, codes + g * j.group + off);
                 });
