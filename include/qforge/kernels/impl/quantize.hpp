@@ -92,6 +92,17 @@ struct kernels_for {
         }
     }
 
+    // A group read twice (its range, then its codes): widened once into buf when it fits one
+    // chunk (`whole`, from widen_group), else each pass widens its chunks again.
+    static const float* widen_group(const source& s, std::size_t first, std::size_t n, float* buf) {
+        return n <= chunk ? widen(s, first, n, buf) : nullptr;
+    }
+    template <class Fn>
+    static void over_group(const source& s, const float* whole, std::size_t first, std::size_t n, Fn&& f) {
+        if (whole) f(whole, std::size_t{0}, n);
+        else for_chunks(s, first, n, f);
+    }
+
     // ---- reductions ---------------------------------------------------------------------------
 
     static float hmax(const F& v) {
@@ -428,10 +439,9 @@ struct kernels_for {
             for (std::size_t g = 0; g < groups; ++g) {
                 const std::size_t first = n * j.cols + g * j.group;
                 float lo = __builtin_huge_valf(), hi = -lo;
-                // a group that fits one chunk is widened once for both passes
-                const float* whole = j.group <= chunk ? widen(j.src, first, j.group, group_buf) : nullptr;
-                if (whole) min_max(whole, j.group, lo, hi, ok);
-                else for_chunks(j.src, first, j.group, [&](const float* x, std::size_t, std::size_t c) { min_max(x, c, lo, hi, ok); });
+                const float* whole = widen_group(j.src, first, j.group, group_buf);
+                over_group(j.src, whole, first, j.group,
+                           [&](const float* x, std::size_t, std::size_t c) { min_max(x, c, lo, hi, ok); });
                 // GPTQ's find_params, as src/reference/gptq_awq.cpp (std::min / std::max order kept)
                 float xmin = 0.0f < lo ? 0.0f : lo, xmax = hi < 0.0f ? 0.0f : hi;
                 if (j.sym) {
@@ -448,11 +458,7 @@ struct kernels_for {
                 const int zero = j.sym ? 1 << (j.bits - 1) : static_cast<int>(z);
                 ok = stored_scale(scale, j.scales[g * j.rows + n]) && ok;
                 j.zeros[g * j.rows + n] = static_cast<std::uint8_t>(zero);
-                if (whole) {
-                    int_codes(whole, j.group, scale, static_cast<float>(zero), maxq, codes + g * j.group);
-                    continue;
-                }
-                for_chunks(j.src, first, j.group, [&](const float* x, std::size_t off, std::size_t c) {
+                over_group(j.src, whole, first, j.group, [&](const float* x, std::size_t off, std::size_t c) {
                     int_codes(x, c, scale, static_cast<float>(zero), maxq, codes + g * j.group + off);
                 });
             }
@@ -494,13 +500,15 @@ struct kernels_for {
         bool ok = true;
         const std::size_t groups = j.cols / j.group, words = j.rows / awq_pack_codes;
         auto* codes = static_cast<std::uint8_t*>(simd::scratch<A, 0>::get(awq_pack_codes * j.cols));
+        alignas(64) float group_buf[chunk];
         for (std::size_t n8 = r0; n8 < r1; n8 += awq_pack_codes) {
             for (std::size_t c = 0; c < awq_pack_codes; ++c) {
                 const std::size_t n = n8 + c;
                 for (std::size_t g = 0; g < groups; ++g) {
                     const std::size_t first = n * j.cols + g * j.group;
                     float lo = __builtin_huge_valf(), hi = -lo;
-                    for_chunks(j.src, first, j.group,
+                    const float* whole = widen_group(j.src, first, j.group, group_buf);
+                    over_group(j.src, whole, first, j.group,
                                [&](const float* x, std::size_t, std::size_t cnt) { min_max(x, cnt, lo, hi, ok); });
                     const float range = hi - lo;
                     const float scale = (range < 1e-5f ? 1e-5f : range) / 15.0f;
@@ -508,7 +516,7 @@ struct kernels_for {
                     const float zero = !(z > 0.0f) ? 0.0f : (15.0f < z ? 15.0f : z);  // NaN (then !ok): 0
                     ok = stored_scale(scale, j.scales[g * j.rows + n]) && ok;
                     j.zeros[g * j.rows + n] = static_cast<std::uint8_t>(zero);
-                    for_chunks(j.src, first, j.group, [&](const float* x, std::size_t off, std::size_t cnt) {
+                    over_group(j.src, whole, first, j.group, [&](const float* x, std::size_t off, std::size_t cnt) {
                         int_codes(x, cnt, scale, zero, 15.0f, codes + c * j.cols + g * j.group + off);
                     });
                 }
