@@ -23,6 +23,7 @@
 #include <limits>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 using namespace qforge;
@@ -869,4 +870,38 @@ TEST_CASE("GPTQ v1 <-> v2 and AWQ -> GPTQ are lossless", "[checkpoint][convert]"
                       Catch::Contains(weight_name) && Catch::Contains("multiples of 32"));
     CHECK_THROWS_WITH(ck::convert(quantized(configs::qlora_nf4, 8, 64), layout::gptq_v1),
                       Catch::Contains("GPTQ and AWQ weights, not bnb 4-bit"));
+}
+
+TEST_CASE("quantize_plan gives the tensors quantize_tensor exports, by name, dtype and shape", "[checkpoint]") {
+    temp_dir dir;
+    const std::int64_t rows = 64, cols = 256;
+    write_plain(dir / "p.safetensors", encode(weights(rows, cols, 5), sdt::BF16), sdt::BF16, rows, cols);
+    const st::reader r(dir / "p.safetensors");
+    using planned = std::tuple<std::string, sdt, st::shape_t>;
+    const auto listed = [](const st::writer& w) {
+        std::vector<planned> out;
+        w.for_each_in_memory([&](const std::string& name, sdt type, const st::shape_t& shape, std::span<const std::byte>) {
+            out.emplace_back(name, type, shape);
+        });
+        return out;
+    };
+    std::vector<config> cfgs;
+    for (layout l : {layout::gptq_v1, layout::gptq_v2})
+        for (dtype t : {dtype::int_sym, dtype::int_asym})
+            for (int b : {2, 3, 4, 8})
+                for (int g : {32, 128, per_channel}) cfgs.push_back({t, static_cast<std::uint8_t>(b), g, false, l, compute::f32});
+    for (int g : {32, 128, per_channel}) cfgs.push_back({dtype::int_asym, 4, g, false, layout::awq_gemm, compute::f32});
+    for (const config& cfg : cfgs) {
+        if (check(cfg) != config_rule::ok) continue;
+        INFO(canonical_name(cfg));
+        REQUIRE(ck::sizes_follow_shape(cfg));
+        st::writer made, plan;
+        const ck::quantized_weight q = ck::quantize_tensor(r.at(weight_name), cfg, {});
+        CHECK(ck::export_weight(made, q) == ck::export_weight_deferred(plan, ck::quantize_plan(r.at(weight_name), cfg, {})));
+        CHECK(listed(made) == listed(plan));
+    }
+    CHECK_FALSE(ck::sizes_follow_shape(configs::qlora_nf4));
+    CHECK_THROWS(ck::quantize_plan(r.at(weight_name), configs::qlora_nf4, {}));
+    st::writer w;
+    CHECK_THROWS_AS(ck::export_weight_deferred(w, ck::quantize_tensor(r.at(weight_name), configs::qlora_nf4, {})), io_error);
 }

@@ -249,6 +249,9 @@ void check_dequantize(const ref::quantized& q, thread_pool* pool) {
     std::vector<bf16> b(want.size());
     kernels::dequantize_checkpoint(q, element::bf16, b.data(), pool);
     CHECK(same_bytes(b, narrow<bf16>(want)));
+    std::vector<unsigned char> odd(want.size() * 2 + 1);  // a misaligned destination: through a buffer
+    kernels::dequantize_checkpoint(q, element::bf16, odd.data() + 1, pool);
+    CHECK(std::memcmp(odd.data() + 1, b.data(), b.size() * 2) == 0);
     std::vector<f16> h(want.size());
     kernels::dequantize_checkpoint(q, element::f16, h.data(), pool);
     CHECK(same_bytes(h, narrow<f16>(want)));
@@ -334,4 +337,51 @@ TEST_CASE("checkpoint dequantizers equal the reference on special stored values"
     q.absmax[2] = 1e-42f;
     q.quant_map[3] = std::numeric_limits<float>::quiet_NaN();
     check_dequantize(q, nullptr);
+}
+
+TEST_CASE("blockwise 8-bit quantizer (double quantization) equals the reference") {
+    if (!isa_under_test_runs()) return;
+    thread_pool pool(3);
+    const auto mids = midpoints(dynamic_map);
+    std::vector<std::pair<std::string, std::vector<float>>> inputs;
+    // Every block's first value is 1 (scale 1): the others sit exactly on the 255 thresholds
+    // (ties: the even code wins) and on the map's own values, with both signs.
+    std::vector<float> ties;
+    for (int block = 0; block < 8; ++block) {
+        ties.push_back(1.0f);
+        for (std::size_t i = 1; i < 256; ++i) {
+            const float v = block % 2 == 0 ? mids[(i + static_cast<std::size_t>(block)) % mids.size()]
+                                           : dynamic_map[(i * 7 + static_cast<std::size_t>(block)) % 256];
+            ties.push_back(block % 4 >= 2 ? -v : v);
+        }
+    }
+    inputs.emplace_back("ties", ties);
+    std::mt19937 rng(5);
+    std::normal_distribution<float> g(0.0f, 0.003f);
+    std::vector<float> absmax_like(256 * 40 + 77);  // a partial last block
+    for (std::size_t i = 0; i < absmax_like.size(); ++i) absmax_like[i] = (i / 256) % 9 == 4 ? 0.0f : g(rng);
+    inputs.emplace_back("absmax-like with zero blocks", absmax_like);
+    std::vector<float> extreme(256 * 6);  // largest floats; denormal blocks (1 / absmax overflows: quotients)
+    for (std::size_t i = 0; i < extreme.size(); ++i) {
+        const float m = (i / 256) % 3 == 0 ? std::numeric_limits<float>::max() : ((i / 256) % 3 == 1 ? 1e-44f : 3e-39f);
+        extreme[i] = (i % 5 == 0 ? -m : m) * static_cast<float>(i % 7) / 7.0f;
+    }
+    inputs.emplace_back("extreme magnitudes", extreme);
+    std::vector<float> with_nan = absmax_like;
+    with_nan[300] = std::numeric_limits<float>::quiet_NaN();
+    inputs.emplace_back("a NaN", with_nan);
+    for (const auto& [what, x] : inputs) {
+        for (std::int32_t bs : {256, 64, 4096}) {
+            INFO(what << ", blocksize " << bs);
+            const ref::blockwise8 want = ref::quantize_blockwise8(x, bs);
+            for (thread_pool* p : {static_cast<thread_pool*>(nullptr), &pool}) {
+                const ref::blockwise8 got = kernels::quantize_blockwise8(x, bs, p);
+                CHECK(got.blocksize == want.blocksize);
+                CHECK(same_bytes(got.codes, want.codes));
+                CHECK(same_bytes(got.absmax, want.absmax));
+            }
+        }
+    }
+    CHECK(error_of([&] { kernels::quantize_blockwise8(ties, 0); }) ==
+          error_of([&] { ref::quantize_blockwise8(ties, 0); }));
 }

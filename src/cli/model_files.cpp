@@ -84,7 +84,8 @@ public:
     std::uint64_t append(std::span<const std::byte> bytes, std::string_view tensor) {
         const std::uint64_t at = size_;
         while (!bytes.empty()) {
-            const ssize_t n = ::write(fd_, bytes.data(), std::min<std::size_t>(bytes.size(), std::size_t{1} << 30));
+            // pieces of 256 KiB, as staged_file writes (small page-cache folios: see staged_file.cpp)
+            const ssize_t n = ::write(fd_, bytes.data(), std::min<std::size_t>(bytes.size(), std::size_t{256} << 10));
             if (n < 0 && errno == EINTR) continue;
             if (n <= 0)
                 throw io_error("cannot write '" + target_.string() + "': tensor '" + std::string(tensor) +

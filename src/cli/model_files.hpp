@@ -73,7 +73,8 @@ struct tensor_rewrite {
     std::function<bool(const safetensors::tensor_view&, shard_output& out)> replace;
     // Tensors consumed by some replacement (possibly from another shard): never copied.
     std::set<std::string, std::less<>> dropped;
-    // When set: replacements cheaper to make twice than to store (dequantize, convert). `replace`
+    // When set: replacements cheaper to make twice than to store (dequantize, convert), or whose
+    // sizes are known before they are made (quantize to GPTQ / AWQ). `replace`
     // then only plans the output (its bytes are dropped at once; it may add the tensors with
     // writer.add_deferred instead of making them) and `again`, called once more for each replaced
     // tensor while the file is written, makes the same tensors (counting nothing), which go

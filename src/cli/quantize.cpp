@@ -216,11 +216,22 @@ void add_quantize(CLI::App& app) {
         std::size_t n_calibrated = 0;
         thread_pool pool(thread_count(opt->threads));
         tensor_rewrite rewrite;
+        // GPTQ / AWQ rounded to nearest: the file is planned from the shapes, then each weight is
+        // quantized once, straight into its place (no temporary copy of the output).
+        const bool in_place = !calib && checkpoint::sizes_follow_shape(cfg.cfg);
+        if (in_place)
+            rewrite.again = [&](const safetensors::tensor_view& v, shard_output& out) {
+                checkpoint::export_weight(out.writer,
+                                          out.keep.emplace_back(checkpoint::quantize_tensor(v, cfg.cfg, settings, &pool)));
+                return true;
+            };
         rewrite.replace = [&](const safetensors::tensor_view& v, shard_output& out) {
             ++n.total;
             if (!to_quantize(v, filter)) return false;
             const auto it = calibrated.find(v.name.substr(0, v.name.size() - std::string_view(".weight").size()));
-            if (it == calibrated.end()) {
+            if (in_place) {
+                checkpoint::export_weight_deferred(out.writer, checkpoint::quantize_plan(v, cfg.cfg, settings));
+            } else if (it == calibrated.end()) {
                 checkpoint::export_weight(out.writer,
                                           out.keep.emplace_back(checkpoint::quantize_tensor(v, cfg.cfg, settings, &pool)));
             } else {

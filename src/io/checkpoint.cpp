@@ -114,9 +114,8 @@ std::vector<T> values(const st::tensor_view& v) {
     return v.to_vector<T>();
 }
 std::vector<std::uint8_t> raw_bytes(const st::tensor_view& v) {
-    std::vector<std::uint8_t> out(v.bytes.size());
-    if (!out.empty()) std::memcpy(out.data(), v.bytes.data(), out.size());
-    return out;
+    const auto* p = reinterpret_cast<const std::uint8_t*>(v.bytes.data());
+    return std::vector<std::uint8_t>(p, p + v.bytes.size());  // one copy, no zeroing first
 }
 template <std::size_t N>
 std::array<float, N> table(const st::tensor_view& v) {
@@ -523,12 +522,14 @@ void import_mx(const tensor_set& s, const detected_weight& d, const import_optio
 
 class exporter {
 public:
-    explicit exporter(st::writer& w) : w_(w) {}
+    // deferred: tensors added by name, dtype and shape only (export_weight_deferred)
+    explicit exporter(st::writer& w, bool deferred = false) : w_(w), deferred_(deferred) {}
 
     template <class R>
     void add(std::string name, sdt type, shape_t shape, const R& data) {
         names_.push_back(name);
-        w_.add(std::move(name), type, std::move(shape), data);
+        if (deferred_) w_.add_deferred(std::move(name), type, std::move(shape));
+        else w_.add(std::move(name), type, std::move(shape), data);
     }
     template <class T>
     void add_owned(std::string name, sdt type, shape_t shape, std::vector<T> data) {
@@ -539,6 +540,7 @@ public:
 
 private:
     st::writer& w_;
+    bool deferred_;
     std::vector<std::string> names_;
 };
 
@@ -775,8 +777,9 @@ quantized_weight import_module(const st::reader& r, std::string_view module_pref
     throw io_error("checkpoint '" + r.path().string() + "': no quantized weight '" + name + "'");
 }
 
-std::vector<std::string> export_weight(st::writer& w, const quantized_weight& q) {
-    exporter e(w);
+namespace {
+
+std::vector<std::string> export_to(exporter&& e, const quantized_weight& q) {
     std::visit(
         [&](const auto& t) {
             using T = std::decay_t<decltype(t)>;
@@ -789,6 +792,16 @@ std::vector<std::string> export_weight(st::writer& w, const quantized_weight& q)
         },
         q.data);
     return std::move(e).names();
+}
+
+}  // namespace
+
+std::vector<std::string> export_weight(st::writer& w, const quantized_weight& q) { return export_to(exporter(w), q); }
+
+std::vector<std::string> export_weight_deferred(st::writer& w, const quantized_weight& q) {
+    if (!sizes_follow_shape(q.cfg))
+        throw io_error("weight '" + q.name + "': its layout's sizes do not follow from its shape: cannot be planned");
+    return export_to(exporter(w, true), q);
 }
 
 // ---- quantize / dequantize one tensor --------------------------------------------------------
@@ -804,12 +817,13 @@ quantize_settings settings_of(const hf_quant_config& q) {
     return s;
 }
 
-quantized_weight quantize_tensor(const st::tensor_view& v, const config& cfg, const quantize_settings& s,
-                                 thread_pool* pool) {
+namespace {
+
+// What quantize_tensor and quantize_plan check and record before quantizing: the weight's name,
+// config, shape and dtype; returns the element type of its values.
+element start_weight(const st::tensor_view& v, const config& cfg, const quantize_settings& s, quantized_weight& q) {
     if (v.shape.size() != 2) fail(v, "shape " + shape_text(v.shape) + " is not 2-D: only [N, K] weights are quantized");
     const std::int64_t rows = v.shape[0], cols = v.shape[1];
-    const ref::quantize_options opt{std::string(v.name), s.mx_rule};
-    quantized_weight q;
     q.name = std::string(v.name);
     q.cfg = cfg;
     q.shape = {rows, cols};
@@ -822,18 +836,55 @@ quantized_weight quantize_tensor(const st::tensor_view& v, const config& cfg, co
                         std::to_string(item) + "-byte bnb_4bit_quant_storage dtype " +
                         std::string(st::to_string(s.bnb4_storage)));
     }
-    element type = element::f32;
     switch (v.type) {
-        case sdt::F32: break;
-        case sdt::BF16: type = element::bf16; break;
-        case sdt::F16: type = element::f16; break;
+        case sdt::F32: return element::f32;
+        case sdt::BF16: return element::bf16;
+        case sdt::F16: return element::f16;
         default: fail(v, "dtype " + std::string(st::to_string(v.type)) + " cannot be quantized (F32, BF16 and F16 can)");
     }
+}
+
+}  // namespace
+
+quantized_weight quantize_tensor(const st::tensor_view& v, const config& cfg, const quantize_settings& s,
+                                 thread_pool* pool) {
+    quantized_weight q;
+    const element type = start_weight(v, cfg, s, q);
+    const ref::quantize_options opt{std::string(v.name), s.mx_rule};
     try {
-        q.data = kernels::quantize_checkpoint(cfg, {v.bytes.data(), type}, rows, cols, opt, pool);
+        q.data = kernels::quantize_checkpoint(cfg, {v.bytes.data(), type}, q.shape[0], q.shape[1], opt, pool);
     } catch (const std::invalid_argument& e) {
         // The reference names the tensor; add the file.
         throw io_error("checkpoint '" + std::string(v.file) + "': " + e.what());
+    }
+    return q;
+}
+
+bool sizes_follow_shape(const config& cfg) {
+    return cfg.storage == layout::gptq_v1 || cfg.storage == layout::gptq_v2 || cfg.storage == layout::awq_gemm;
+}
+
+quantized_weight quantize_plan(const st::tensor_view& v, const config& cfg, const quantize_settings& s) {
+    if (!sizes_follow_shape(cfg)) throw std::invalid_argument("quantize_plan: the layout's sizes do not follow from the shape");
+    quantized_weight q;
+    start_weight(v, cfg, s, q);
+    const std::int64_t rows = q.shape[0], cols = q.shape[1];
+    const std::int32_t group = cfg.group == per_channel ? static_cast<std::int32_t>(cols) : cfg.group;
+    if (cfg.storage == layout::awq_gemm) {  // the fields export_awq reads
+        ref::awq_tensor t;
+        t.rows = rows;
+        t.cols = cols;
+        t.group = group;
+        q.data = std::move(t);
+    } else {  // the fields export_gptq reads
+        ref::gptq_tensor t;
+        t.rows = rows;
+        t.cols = cols;
+        t.bits = cfg.bits;
+        t.group = group;
+        t.v2 = cfg.storage == layout::gptq_v2;
+        t.sym = cfg.type == dtype::int_sym;
+        q.data = std::move(t);
     }
     return q;
 }

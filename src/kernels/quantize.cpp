@@ -122,22 +122,14 @@ ref::quantized quantize_checkpoint(const config& cfg, tensor_source w, std::int6
             const quant::bnb4_job job{src, n, gs, nf4, q.packed.data(), absmax.data()};
             ok = split(pool, absmax.size(), 64, [&](size_t b0, size_t b1) { return k.bnb4(job, b0, b1); });
             if (!ok) break;
-            if (cfg.double_quant) {
-                // ref::double_quantize, its nested blocks of 256 split over the pool
+            if (cfg.double_quant) {  // ref::double_quantize
                 q.nested = true;
                 q.nested_offset = ref::exact_mean(absmax);
                 for (float& a : absmax) a -= q.nested_offset;
-                const size_t nested = (absmax.size() + nested_blocksize - 1) / nested_blocksize;
-                q.absmax_codes.resize(absmax.size());
-                q.nested_absmax.resize(nested);
+                ref::blockwise8 nested = quantize_blockwise8(absmax, nested_blocksize, pool);
+                q.absmax_codes = std::move(nested.codes);
+                q.nested_absmax = std::move(nested.absmax);
                 q.nested_quant_map = dynamic_map;
-                split_void(pool, nested, 4, [&](size_t j0, size_t j1) {
-                    const size_t begin = j0 * nested_blocksize, end = std::min(absmax.size(), j1 * nested_blocksize);
-                    const ref::blockwise8 part =
-                        ref::quantize_blockwise8(std::span(absmax).subspan(begin, end - begin), nested_blocksize);
-                    std::copy(part.codes.begin(), part.codes.end(), q.absmax_codes.begin() + static_cast<std::ptrdiff_t>(begin));
-                    std::copy(part.absmax.begin(), part.absmax.end(), q.nested_absmax.begin() + static_cast<std::ptrdiff_t>(j0));
-                });
             } else {
                 q.absmax = std::move(absmax);
             }
@@ -235,6 +227,19 @@ ref::quantized quantize_checkpoint(const config& cfg, tensor_source w, std::int6
     // A value the kernels refuse: the reference throws its own error (naming the tensor and index).
     if (!ok) return reference(cfg, w, rows, cols, opt);
     return result;
+}
+
+ref::blockwise8 quantize_blockwise8(std::span<const float> x, std::int32_t blocksize, thread_pool* pool) {
+    if (blocksize <= 0) return ref::quantize_blockwise8(x, blocksize);  // its error
+    ref::blockwise8 q;
+    q.blocksize = blocksize;
+    q.codes.resize(x.size());
+    q.absmax.resize((x.size() + static_cast<size_t>(blocksize) - 1) / static_cast<size_t>(blocksize));
+    const quant::blockwise8_job job{x.data(), x.size(), static_cast<size_t>(blocksize), q.codes.data(), q.absmax.data()};
+    const quant::ops& k = active_ops();
+    if (!split(pool, q.absmax.size(), 4, [&](size_t b0, size_t b1) { return k.blockwise8(job, b0, b1); }))
+        return ref::quantize_blockwise8(x, blocksize);  // NaN / Inf: as the reference treats them
+    return q;
 }
 
 namespace {

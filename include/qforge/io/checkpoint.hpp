@@ -118,6 +118,9 @@ quantized_weight import_module(const st::reader& r, std::string_view module_pref
 // Adds the weight's tensors to `w` under the keys above and returns their names. Borrows q's
 // data: keep q alive and unchanged until w has written.
 std::vector<std::string> export_weight(st::writer& w, const quantized_weight& q);
+// The same tensors added as deferred (writer::add_deferred: names, dtypes and shapes, no bytes),
+// from q's sizes alone; for a planned weight (quantize_plan) its data is empty.
+std::vector<std::string> export_weight_deferred(st::writer& w, const quantized_weight& q);
 
 // ---- quantizing and dequantizing one tensor -------------------------------------------------
 
@@ -134,6 +137,13 @@ quantize_settings settings_of(const hf_quant_config& q);
 // hold, other dtypes) name the file and the tensor.
 quantized_weight quantize_tensor(const st::tensor_view& v, const config& cfg, const quantize_settings& s = {},
                                  thread_pool* pool = nullptr);
+// Whether every tensor size of layout `cfg` follows from the weight's shape (GPTQ, AWQ), so that
+// a file can be planned before anything is quantized; not bnb 4-bit (its quant_state holds the
+// mean of the absmax), not the others for now.
+bool sizes_follow_shape(const config& cfg);
+// quantize_tensor's result without its data, for export_weight_deferred (cfg: sizes_follow_shape);
+// the same errors for the dtype and shape.
+quantized_weight quantize_plan(const st::tensor_view& v, const config& cfg, const quantize_settings& s = {});
 
 // The plain weight's values as `out` (F32, BF16 or F16): the reference's f32 dequantization,
 // rounded to nearest even (on the SIMD kernels, split over `pool` when given). io_error naming

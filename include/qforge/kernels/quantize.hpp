@@ -12,6 +12,7 @@
 #include <qforge/reference/reference.hpp>
 
 #include <cstdint>
+#include <span>
 
 namespace qforge {
 class thread_pool;
@@ -28,6 +29,10 @@ struct tensor_source {
 // The reference's ref::quantize, bit for bit; work split over `pool` when given.
 ref::quantized quantize_checkpoint(const config& cfg, tensor_source w, std::int64_t rows, std::int64_t cols,
                                    const ref::quantize_options& opt = {}, thread_pool* pool = nullptr);
+
+// The reference's ref::quantize_blockwise8 (bnb's blockwise 8-bit code on the dynamic map, as
+// double quantization applies it to the absmax), bit for bit; blocks split over `pool` when given.
+ref::blockwise8 quantize_blockwise8(std::span<const float> x, std::int32_t blocksize, thread_pool* pool = nullptr);
 
 // The reference's dequantize, rounded (RNE) to `out`: `dst` receives rows * cols elements.
 void dequantize_checkpoint(const ref::quantized& q, element out, void* dst, thread_pool* pool = nullptr);

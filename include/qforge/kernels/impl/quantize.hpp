@@ -18,6 +18,7 @@
 #include <qforge/kernels/impl/quantize_jobs.hpp>
 #include <qforge/kernels/impl/simd.hpp>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -67,12 +68,17 @@ struct kernels_for {
             std::memcpy(bytes + first * 4, v, n * 4);
             return;
         }
+        unsigned char* p = bytes + first * 2;
         alignas(64) std::uint16_t h[chunk];
+        // straight into the destination when it is aligned (as the writers' buffers are): one
+        // pass less over a tensor that is then copied into the page cache anyway
+        const bool aligned = reinterpret_cast<std::uintptr_t>(p) % alignof(std::uint16_t) == 0;
+        std::uint16_t* out = aligned ? reinterpret_cast<std::uint16_t*>(p) : h;
         if (s.type == element::bf16)
-            simd::to_bf16<A>(v, static_cast<std::int64_t>(n), h);
+            simd::to_bf16<A>(v, static_cast<std::int64_t>(n), out);
         else
-            simd::to_f16<A>(v, static_cast<std::int64_t>(n), h);
-        std::memcpy(bytes + first * 2, h, n * 2);
+            simd::to_f16<A>(v, static_cast<std::int64_t>(n), out);
+        if (!aligned) std::memcpy(p, h, n * 2);
     }
 
     // Calls f(x, offset, count) on consecutive pieces of at most `chunk` elements of [first, first + n).
@@ -84,6 +90,17 @@ struct kernels_for {
             f(widen(s, first + done, count, buf), done, count);
             done += count;
         }
+    }
+
+    // A group read twice (its range, then its codes): widened once into buf when it fits one
+    // chunk (`whole`, from widen_group), else each pass widens its chunks again.
+    static const float* widen_group(const source& s, std::size_t first, std::size_t n, float* buf) {
+        return n <= chunk ? widen(s, first, n, buf) : nullptr;
+    }
+    template <class Fn>
+    static void over_group(const source& s, const float* whole, std::size_t first, std::size_t n, Fn&& f) {
+        if (whole) f(whole, std::size_t{0}, n);
+        else for_chunks(s, first, n, f);
     }
 
     // ---- reductions ---------------------------------------------------------------------------
@@ -157,11 +174,37 @@ struct kernels_for {
 
     // y -> code: NF4 counts the thresholds below y; FP4 the thresholds below |y|, mapped to its
     // code order [0,1,6,7,4,5,2,3] (= ((4 - r/2) & 3) * 2 + r % 2), with sign y < 0.
-    static I nf4_codes(const F& y) {
+    //
+    // NF4's count is a branchless binary search over its 15 sorted thresholds t: the code starts
+    // at 8 * (t[7] < y), then adds 4 * (t[code + 3] < y), 2 * (t[code + 1] < y), 1 * (t[code] < y),
+    // looking up t[code + k] with one 16-entry table per step. The same strict comparisons as the
+    // count, so a y exactly on a threshold gets the lower code, as in the reference.
+    struct nf4_search {
+        simd::table16<A> t3, t1, t0;  // t[i + 3], t[i + 1], t[i] (entries never looked up: 0)
+        nf4_search() {
+            constexpr auto t = midpoints(nf4_table);
+            alignas(64) float s3[16] = {}, s1[16] = {}, s0[16] = {};
+            for (std::size_t i = 0; i < 16; ++i) {
+                if (i + 3 < t.size()) s3[i] = t[i + 3];
+                if (i + 1 < t.size()) s1[i] = t[i + 1];
+                if (i < t.size()) s0[i] = t[i];
+            }
+            t3 = simd::make_table16<A>(s3);
+            t1 = simd::make_table16<A>(s1);
+            t0 = simd::make_table16<A>(s0);
+        }
+    };
+    // step where the lane's condition holds, else 0
+    static I step_if(const xsimd::batch_bool<float, A>& m, std::int32_t step) {
+        return xsimd::bitwise_cast<I>(xsimd::select(m, xsimd::bitwise_cast<F>(I(step)), F(0.0f)));
+    }
+    static I nf4_codes(const nf4_search& s, const F& y) {
         constexpr auto t = midpoints(nf4_table);
-        F c(0.0f);
-        for (float th : t) c += xsimd::select(F(th) < y, F(1.0f), F(0.0f));
-        return xsimd::batch_cast<std::int32_t>(c);
+        static_assert(t.size() == 15 && std::ranges::is_sorted(t));
+        I c = step_if(F(t[7]) < y, 8);
+        c = c + step_if(simd::lookup<A>(s.t3, c) < y, 4);
+        c = c + step_if(simd::lookup<A>(s.t1, c) < y, 2);
+        return c + step_if(simd::lookup<A>(s.t0, c) < y, 1);
     }
     static I fp4_codes(const F& y) {
         F c(0.0f);
@@ -177,6 +220,7 @@ struct kernels_for {
         const std::uint8_t zero_code = j.nf4 ? nf4_zero_code : fp4_zero_code;
         alignas(64) float buf[chunk];
         alignas(64) std::uint8_t codes[chunk + 64];
+        const nf4_search search;
         for (std::size_t b = b0; b < b1; ++b) {
             const std::size_t begin = b * j.blocksize, count = j.n - begin < j.blocksize ? j.n - begin : j.blocksize;
             const float* x = widen(j.src, begin, count, buf);
@@ -191,14 +235,14 @@ struct kernels_for {
                 for (; i + L <= count; i += L) {
                     const F v = F::load_unaligned(x + i);
                     const F y = quotient ? v / F(a) : v * F(inv);
-                    store_codes(j.nf4 ? nf4_codes(y) : fp4_codes(y), codes + i);
+                    store_codes(j.nf4 ? nf4_codes(search, y) : fp4_codes(y), codes + i);
                 }
                 if (i < count) {  // the tail of a partial last block, through a padded register
                     alignas(64) float t[L] = {};
                     std::memcpy(t, x + i, (count - i) * 4);
                     const F v = F::load_aligned(t);
                     const F y = quotient ? v / F(a) : v * F(inv);
-                    store_codes(j.nf4 ? nf4_codes(y) : fp4_codes(y), codes + i);
+                    store_codes(j.nf4 ? nf4_codes(search, y) : fp4_codes(y), codes + i);
                 }
             }
             // Element 2i in the high nibble; an odd tail padded with the code of 0.0.
@@ -230,6 +274,55 @@ struct kernels_for {
             }
             store(j.out, begin, buf, count);
         }
+    }
+
+    // ---- bitsandbytes blockwise 8-bit, the dynamic map (§1 double quantization) ----------------
+
+    // y -> code: the count of the 255 sorted thresholds below y, by a branchless binary search of
+    // 8 gathers (the table padded with +inf to 256); a y exactly on a threshold goes to the even
+    // code, as in the reference (src/reference/bnb.cpp, dynamic_code).
+    static I dynamic_codes(const float* padded, const F& y) {
+        I c(0);
+        for (std::int32_t step = 128; step >= 1; step /= 2) c = c + step_if(F::gather(padded + step - 1, c) < y, step);
+        return c + (step_if(F::gather(padded, c) == y, 1) & c);  // + 1 on a tie at an odd code
+    }
+
+    static bool blockwise8(const blockwise8_job& j, std::size_t b0, std::size_t b1) {
+        constexpr auto t = midpoints(dynamic_map);
+        static_assert(t.size() == 255 && std::ranges::is_sorted(t));
+        alignas(64) float padded[256];
+        for (std::size_t i = 0; i < 255; ++i) padded[i] = t[i];
+        padded[255] = __builtin_inff();
+        bool ok = true;
+        alignas(64) std::uint8_t codes[chunk + 64];
+        for (std::size_t b = b0; b < b1; ++b) {
+            const std::size_t begin = b * j.blocksize, count = j.n - begin < j.blocksize ? j.n - begin : j.blocksize;
+            const float* x = j.x + begin;
+            const float a = max_abs(x, count, ok);
+            j.absmax[b] = a;
+            if (a == 0.0f) {
+                std::memset(j.codes + begin, dynamic_map_zero_code, count);
+                continue;
+            }
+            const float inv = 1.0f / a;
+            const bool quotient = __builtin_isinf(inv);  // see src/reference/bnb.cpp
+            for (std::size_t done = 0; done < count; done += chunk) {
+                const std::size_t m = count - done < chunk ? count - done : chunk;
+                std::size_t i = 0;
+                for (; i + L <= m; i += L) {
+                    const F v = F::load_unaligned(x + done + i);
+                    store_codes(dynamic_codes(padded, quotient ? v / F(a) : v * F(inv)), codes + i);
+                }
+                if (i < m) {  // a partial last block, through a padded register
+                    alignas(64) float tail[L] = {};
+                    std::memcpy(tail, x + done + i, (m - i) * 4);
+                    const F v = F::load_aligned(tail);
+                    store_codes(dynamic_codes(padded, quotient ? v / F(a) : v * F(inv)), codes + i);
+                }
+                std::memcpy(j.codes + begin + done, codes, m);
+            }
+        }
+        return ok;
     }
 
     // ---- LLM.int8 weights (§2) ----------------------------------------------------------------
@@ -319,6 +412,16 @@ struct kernels_for {
             return;
         }
         const std::size_t per = 32 / static_cast<std::size_t>(bits);
+        if (bits == 4) {  // 8 codes (bytes 0..15) to a word, code i at bit 4i: merge neighbours, twice
+            for (std::size_t w = 0; w < k / 8; ++w) {
+                std::uint64_t x;
+                std::memcpy(&x, codes + 8 * w, 8);
+                x = (x | x >> 4) & 0x00FF00FF00FF00FFull;  // byte 2j: code 2j | code 2j+1 << 4
+                x = (x | x >> 8) & 0x0000FFFF0000FFFFull;
+                qweight[w * stride + column] = static_cast<std::int32_t>(static_cast<std::uint32_t>(x | x >> 16));
+            }
+            return;
+        }
         for (std::size_t w = 0; w < k / per; ++w) {
             std::uint32_t word = 0;
             for (std::size_t i = 0; i < per; ++i) word |= static_cast<std::uint32_t>(codes[w * per + i]) << (bits * static_cast<int>(i));
@@ -331,11 +434,13 @@ struct kernels_for {
         const float maxq = static_cast<float>((1u << j.bits) - 1u);
         const std::size_t groups = j.cols / j.group;
         auto* codes = static_cast<std::uint8_t*>(simd::scratch<A, 0>::get(j.cols));
+        alignas(64) float group_buf[chunk];
         for (std::size_t n = r0; n < r1; ++n) {
             for (std::size_t g = 0; g < groups; ++g) {
                 const std::size_t first = n * j.cols + g * j.group;
                 float lo = __builtin_huge_valf(), hi = -lo;
-                for_chunks(j.src, first, j.group,
+                const float* whole = widen_group(j.src, first, j.group, group_buf);
+                over_group(j.src, whole, first, j.group,
                            [&](const float* x, std::size_t, std::size_t c) { min_max(x, c, lo, hi, ok); });
                 // GPTQ's find_params, as src/reference/gptq_awq.cpp (std::min / std::max order kept)
                 float xmin = 0.0f < lo ? 0.0f : lo, xmax = hi < 0.0f ? 0.0f : hi;
@@ -353,7 +458,7 @@ struct kernels_for {
                 const int zero = j.sym ? 1 << (j.bits - 1) : static_cast<int>(z);
                 ok = stored_scale(scale, j.scales[g * j.rows + n]) && ok;
                 j.zeros[g * j.rows + n] = static_cast<std::uint8_t>(zero);
-                for_chunks(j.src, first, j.group, [&](const float* x, std::size_t off, std::size_t c) {
+                over_group(j.src, whole, first, j.group, [&](const float* x, std::size_t off, std::size_t c) {
                     int_codes(x, c, scale, static_cast<float>(zero), maxq, codes + g * j.group + off);
                 });
             }
@@ -395,13 +500,15 @@ struct kernels_for {
         bool ok = true;
         const std::size_t groups = j.cols / j.group, words = j.rows / awq_pack_codes;
         auto* codes = static_cast<std::uint8_t*>(simd::scratch<A, 0>::get(awq_pack_codes * j.cols));
+        alignas(64) float group_buf[chunk];
         for (std::size_t n8 = r0; n8 < r1; n8 += awq_pack_codes) {
             for (std::size_t c = 0; c < awq_pack_codes; ++c) {
                 const std::size_t n = n8 + c;
                 for (std::size_t g = 0; g < groups; ++g) {
                     const std::size_t first = n * j.cols + g * j.group;
                     float lo = __builtin_huge_valf(), hi = -lo;
-                    for_chunks(j.src, first, j.group,
+                    const float* whole = widen_group(j.src, first, j.group, group_buf);
+                    over_group(j.src, whole, first, j.group,
                                [&](const float* x, std::size_t, std::size_t cnt) { min_max(x, cnt, lo, hi, ok); });
                     const float range = hi - lo;
                     const float scale = (range < 1e-5f ? 1e-5f : range) / 15.0f;
@@ -409,7 +516,7 @@ struct kernels_for {
                     const float zero = !(z > 0.0f) ? 0.0f : (15.0f < z ? 15.0f : z);  // NaN (then !ok): 0
                     ok = stored_scale(scale, j.scales[g * j.rows + n]) && ok;
                     j.zeros[g * j.rows + n] = static_cast<std::uint8_t>(zero);
-                    for_chunks(j.src, first, j.group, [&](const float* x, std::size_t off, std::size_t cnt) {
+                    over_group(j.src, whole, first, j.group, [&](const float* x, std::size_t off, std::size_t cnt) {
                         int_codes(x, cnt, scale, zero, 15.0f, codes + c * j.cols + g * j.group + off);
                     });
                 }
@@ -587,7 +694,7 @@ struct kernels_for {
     }
 
     static ops table() {
-        return {bnb4, int8row, gptq, awq, fp8, mx, bnb4_dq, int8row_dq, gptq_dq, awq_dq, fp8_dq, mx_dq};
+        return {bnb4, blockwise8, int8row, gptq, awq, fp8, mx, bnb4_dq, int8row_dq, gptq_dq, awq_dq, fp8_dq, mx_dq};
     }
 };
 

@@ -34,6 +34,14 @@ struct bnb4_job {
     std::uint8_t* packed;
     float* absmax;
 };
+// bnb blockwise 8-bit (the double quantization of bnb 4-bit's absmax): blocks [b0, b1) of `n`
+// f32 values; codes and absmax are the whole array's.
+struct blockwise8_job {
+    const float* x;
+    std::size_t n, blocksize;
+    std::uint8_t* codes;
+    float* absmax;
+};
 // LLM.int8 weights: rows [r0, r1).
 struct int8row_job {
     source src;
@@ -124,6 +132,7 @@ struct mx_dq_job {
 
 struct ops {
     bool (*bnb4)(const bnb4_job&, std::size_t, std::size_t);
+    bool (*blockwise8)(const blockwise8_job&, std::size_t, std::size_t);
     bool (*int8row)(const int8row_job&, std::size_t, std::size_t);
     bool (*gptq)(const gptq_job&, std::size_t, std::size_t);
     bool (*awq)(const awq_job&, std::size_t, std::size_t);
