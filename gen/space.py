@@ -42,7 +42,10 @@ def has_kernel(c: Config) -> bool:
       them through the run-time tiers; f16 also for int4 g128 (GPTQ / AWQ's common f16 models);
     - bitsandbytes NF4 / FP4 in their checkpoint layout, blocksize 64 (transformers' default)
       with and without double quantization, and blocksize 32 (the smallest; its double-quant
-      checkpoints run regrouped, the absmax decoded);
+      checkpoints run regrouped, the absmax decoded). Blocksize 64 double-quant on the f16 path
+      also runs regrouped: decoding the nested absmax in the loop cost it 12% against the same
+      kernel on decoded absmax (900 against 795 us, 4096 x 4096, 1 thread; docs/performance.md),
+      more than the 9% of bytes (4.5 against 4.13 bits per weight) the decoded absmax adds;
     - symmetric int4 in qforge's repacked layout (GPTQ is repacked into it), groups 32 (the
       smallest K granularity: every path, so every group and width has one) and 128 (the common one);
     - asymmetric int4 (GPTQ sym=False, AWQ; zero point per (row, group)) in the same qforge layout,
@@ -58,8 +61,8 @@ def has_kernel(c: Config) -> bool:
       matmul with int8 activations (kernels/impl/llm_int8.hpp).
     """
     if c.type in ("nf4", "fp4"):
-        return (c.storage == "bnb4" and c.bits == 4 and (c.group == 64 or (c.group == 32 and not c.double_quant))
-                and c.act in ("f32", "bf16", "i8", "f16"))
+        return (c.storage == "bnb4" and c.bits == 4 and c.act in ("f32", "bf16", "i8", "f16")
+                and not (c.double_quant and (c.group == 32 or c.act == "f16")) and c.group in (32, 64))
     if c.type in ("int_sym", "int_asym"):
         groups = {4: (32, 128), 8: (32, 128, PER_CHANNEL), 2: (128,), 3: (128,)}[c.bits]
         acts = {(4, 128): ("f32", "i8", "f16"), (4, 32): ("f32", "i8", "bf16", "f16"),

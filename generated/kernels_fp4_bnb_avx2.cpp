@@ -48,10 +48,6 @@ QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(fp4, 4, 64, true,
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(fp4, 4, 64, true, bnb4, i8)>,
                            qforge::kernels::arch_t<qforge::isa::avx2>)
 #endif
-#if QFORGE_SELECTED_fp4_b64_dq_bnb_f16
-QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(fp4, 4, 64, true, bnb4, f16)>,
-                           qforge::kernels::arch_t<qforge::isa::avx2>)
-#endif
 
 namespace qforge::kernels::generated {
 
@@ -99,10 +95,6 @@ void register_fp4_bnb_avx2(registry& r) {
 #if QFORGE_SELECTED_fp4_b64_dq_bnb_i8
     register_policy<policy<QFORGE_KERNEL_CONFIG(fp4, 4, 64, true, bnb4, i8)>, arch_t<isa::avx2>>(
         r, "fp4_b64_dq_bnb_i8");
-#endif
-#if QFORGE_SELECTED_fp4_b64_dq_bnb_f16
-    register_policy<policy<QFORGE_KERNEL_CONFIG(fp4, 4, 64, true, bnb4, f16)>, arch_t<isa::avx2>>(
-        r, "fp4_b64_dq_bnb_f16");
 #endif
     (void)r;
 }

@@ -48,10 +48,6 @@ QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true,
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true, bnb4, i8)>,
                            qforge::kernels::arch_t<qforge::isa::avx512>)
 #endif
-#if QFORGE_SELECTED_nf4_b64_dq_bnb_f16
-QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true, bnb4, f16)>,
-                           qforge::kernels::arch_t<qforge::isa::avx512>)
-#endif
 
 namespace qforge::kernels::generated {
 
@@ -99,10 +95,6 @@ void register_nf4_bnb_avx512(registry& r) {
 #if QFORGE_SELECTED_nf4_b64_dq_bnb_i8
     register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true, bnb4, i8)>, arch_t<isa::avx512>>(
         r, "nf4_b64_dq_bnb_i8");
-#endif
-#if QFORGE_SELECTED_nf4_b64_dq_bnb_f16
-    register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true, bnb4, f16)>, arch_t<isa::avx512>>(
-        r, "nf4_b64_dq_bnb_f16");
 #endif
     (void)r;
 }
