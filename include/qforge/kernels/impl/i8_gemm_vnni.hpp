@@ -172,6 +172,16 @@ void decode_panel(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t
                 if constexpr (has_zeros<P>) zeros[b * panel_rows + r] = 0.0f;
             }
     }
+    // the next panel's scales (and zero points) are fetched while this one's tiles compute
+    const row_parts per_row = row_bytes(P::cfg, w.cols);
+    for (std::int64_t n = p0 + panel_rows; n < n1 && n < p0 + 2 * panel_rows; ++n) {
+        const auto* sc = row_blocks<P, std::uint8_t>(w, w.scales, n, 0);
+        for (std::int64_t b = 0; b < per_row.scales; b += 64) _mm_prefetch(reinterpret_cast<const char*>(sc + b), _MM_HINT_T1);
+        if constexpr (has_zeros<P>) {
+            const auto* z = row_blocks<P, std::uint8_t>(w, w.zeros, n, 0);
+            for (std::int64_t b = 0; b < per_row.zeros; b += 64) _mm_prefetch(reinterpret_cast<const char*>(z + b), _MM_HINT_T1);
+        }
+    }
     if constexpr (split_planes<P>) {
         const std::int64_t ld = stride<P>(len);
         // 3-bit codes: rows decoded in natural order, then 16 x 16 dword transposes (16 rows of

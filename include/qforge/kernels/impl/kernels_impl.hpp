@@ -296,7 +296,8 @@ void gemm_i8_vnni(const weights_view& w, const float* x, std::int64_t m, const f
                     // the tile's output lines are fetched while it computes (y is usually far larger
                     // than the caches: its read for ownership stalled the stores at M >= 128)
                     for (int i = 0; i < mt; ++i)
-                        for (int h = 0; h < panel_rows; h += 16) _mm_prefetch(reinterpret_cast<const char*>(y + (i0 + i) * ldy + p0 + h), _MM_HINT_T0);
+                        for (const int h : {0, 16, panel_rows - 1})  // 3 lines when not 64-byte aligned
+                            _mm_prefetch(reinterpret_cast<const char*>(y + (i0 + i) * ldy + p0 + h), _MM_HINT_T0);
                     alignas(64) float out[mt][panel_rows];
                     tile<P, A, mt>(panel, wscales, wzeros, rows_x, len / group, out);
                     // y = bias (or 0) + the first slice's sums, then + each further slice's
