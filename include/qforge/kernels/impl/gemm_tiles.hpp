@@ -22,12 +22,13 @@ inline constexpr int gemm_i8_nr = 2;
 // accumulators, the codes and their tables fit the 32 zmm or 16 ymm / xmm registers), and the
 // largest M it serves before the panel GEMMs take over. Its time grows by one GEMV's arithmetic
 // per X row; the VNNI panel GEMM's (i8_gemm_vnni.hpp) by a third of that, from a higher start.
-// Measured on 4096 x 11008 (int4 g128, NF4 b64), 1 thread: the VNNI panels win from M = 9-10 on,
-// the panels of the other ISAs (i8_tile) lose at every M up to 16 (docs/performance.md).
+// Measured on 4096 x 11008 (int4 g128, NF4 b64), 1 thread: the VNNI panels (codes transposed
+// before decoding) win from M = 5 on (M = 8: 1.6x; M = 4: a tie for int4, NF4 1.2x), the panels
+// of the other ISAs (i8_tile) lose at every M up to 16 (docs/performance.md).
 template <class A>
 inline constexpr int gemm_i8_rows_mr = std::is_base_of_v<xsimd::avx512f, A> ? 8 : 4;
 template <class A>
-inline constexpr std::int64_t gemm_i8_rows_max = simd::has_vnni<A> ? 8 : 16;
+inline constexpr std::int64_t gemm_i8_rows_max = simd::has_vnni<A> ? 4 : 16;
 
 template <class T>
 [[gnu::always_inline]] inline T smaller(T a, T b) { return a < b ? a : b; }

@@ -86,11 +86,12 @@ void quantize_row(const float* x, std::int64_t k, std::int8_t* q, float* xs, std
     }
 }
 
-// Elements [k0, k0 + len) of row n as u8 levels + 128 in natural order (len: whole blocks).
+// Elements [k0, k0 + len) of row n of 3-bit codes (qforge split3) as u8 levels + 128 in natural
+// order (len: whole blocks).
 template <class P, class A>
 void decode_row(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t n, std::int64_t k0, std::int64_t len,
                 std::uint8_t* out) {
-    using L = layout_traits<P::storage>;
+    static_assert(split_planes<P>, "the other codes are decoded after their transpose (decode_panel)");
     alignas(16) std::uint8_t lut_bytes[16];
     for (int c = 0; c < 16; ++c) lut_bytes[c] = static_cast<std::uint8_t>(lv.level[c] + 128);
     const __m128i lut = _mm_load_si128(reinterpret_cast<const __m128i*>(lut_bytes));
@@ -100,65 +101,135 @@ void decode_row(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t n
     for (std::int64_t c = 0; c < len / span; ++c) {  // 16 code bytes: one span of elements
         const window_codes wc = window_at<P, A, 16>(codes, w.cols, k0 / span + c);
         const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wc.low));
-        __m128i level[parts];  // qforge: code p of the 16 bytes is elements 16p .. 16p + 15
-        simd::unroll<parts>([&](auto p) {
+        simd::unroll<parts>([&](auto p) {  // code p of the 16 bytes is elements 16p .. 16p + 15
             __m128i code = _mm_and_si128(p == 0 ? v : _mm_srli_epi16(v, bits * p), mask);
-            if constexpr (split_planes<P>) code = simd::add_bit_bytes16<4, A>(code, wc.high + p * wc.high_stride);
-            level[p] = _mm_shuffle_epi8(lut, code);
+            code = simd::add_bit_bytes16<4, A>(code, wc.high + p * wc.high_stride);
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(out + span * c + 16 * p), _mm_shuffle_epi8(lut, code));
         });
-        if constexpr (L::interleaved) {  // element 2j in the high nibble of byte j
-            const __m128i even_first = _mm_unpacklo_epi8(level[1], level[0]);
-            level[1] = _mm_unpackhi_epi8(level[1], level[0]);
-            level[0] = even_first;
-        }
-        for (int p = 0; p < parts; ++p) _mm_storeu_si128(reinterpret_cast<__m128i*>(out + span * c + 16 * p), level[p]);
     }
 }
 
-// 8-bit integers: the codes are the levels + 128 already.
-template <class P, class A>
-    requires int8_policy<P>
-void decode_row(const weights_view& w, const i8_levels<P, A>&, std::int64_t n, std::int64_t k0, std::int64_t len,
-                std::uint8_t* out) {
-    std::memcpy(out, row_codes<P, A>(w, n) + k0, static_cast<std::size_t>(len));
-}
-
-// The panel of rows [p0, p0 + rows) and K slice [k0, k0 + len): levels interleaved by quad
+// The panel of rows [p0, min(p0 + 32, n1)) and K slice [k0, k0 + len): levels interleaved by quad
 // (panel[(quad * 32 + row) * 4 + byte]) and f32 weight scales per block (scales[block * 32 + row]),
-// int_asym also the zero points (zeros, the same layout). Rows past the end are level 0 with scale
-// 0. natural: 32 rows of stride(len) bytes of scratch.
-inline std::int64_t stride(std::int64_t len) { return (len + 63) / 64 * 64; }  // whole 16-quad runs
+// int_asym also the zero points (zeros, the same layout). Rows past the end have scale 0 and the
+// levels of any valid row (their outputs are never stored). The panel holds stride<P>(len)
+// levels per row: whole 64-byte chunks of codes.
+template <class P>
+inline std::int64_t stride(std::int64_t len) {
+    constexpr std::int64_t chunk = 64 * codes_per_byte<P>;
+    return (len + chunk - 1) / chunk * chunk;
+}
 
+// Quad (4 elements) of the 64-byte chunk of codes that code field p of the chunk's dword d holds.
+template <class P>
+constexpr int quad_of(int d, int p) {
+    if constexpr (layout_traits<P::storage>::interleaved) return 2 * d + p;  // byte j: elements 2j, 2j + 1
+    else return d / 4 * 4 * codes_per_byte<P> + 4 * p + d % 4;             // byte j of a span: 16p + j
+}
+
+// The u8 levels (+ 128) of one dword of codes per row (t: 16 rows, dword r is row r's), one
+// register per code field p, handed to store(p, levels).
+template <class P, class A, class Store>
+[[gnu::always_inline]] inline void decode_dword(__m512i t, __m512i lut, Store&& store) {
+    constexpr int bits = field_bits<P>, parts = codes_per_byte<P>;
+    if constexpr (int8_policy<P>) {
+        store(0, t);
+    } else if constexpr (layout_traits<P::storage>::interleaved) {  // the high nibble is the even element
+        const __m512i mask = _mm512_set1_epi8(0x0F);
+        const __m512i even = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(t, 4), mask));
+        const __m512i odd = _mm512_shuffle_epi8(lut, _mm512_and_si512(t, mask));
+        // per 128-bit lane: rows 4c, 4c + 1 as (quad 2d, quad 2d + 1), then rows 4c + 2, 4c + 3
+        const __m512 lo = _mm512_castsi512_ps(_mm512_unpacklo_epi8(even, odd));
+        const __m512 hi = _mm512_castsi512_ps(_mm512_unpackhi_epi8(even, odd));
+        store(0, _mm512_castps_si512(_mm512_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0))));
+        store(1, _mm512_castps_si512(_mm512_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1))));
+    } else {
+        const __m512i mask = _mm512_set1_epi8((1 << bits) - 1);
+        simd::unroll<parts>([&](auto p) {
+            const __m512i code = _mm512_and_si512(p == 0 ? t : _mm512_srli_epi16(t, bits * p), mask);
+            store(p, _mm512_shuffle_epi8(lut, code));
+        });
+    }
+}
+
+// natural: 32 rows of stride<P>(len) bytes of scratch (3-bit codes only).
 template <class P, class A>
-void decode_panel(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t p0, int rows, std::int64_t k0,
-                  std::int64_t len, std::uint8_t* natural, std::uint8_t* panel, float* scales, float* zeros) {
-    const std::int64_t blocks = len / gemm_block<P>, ld = stride(len);
+void decode_panel(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t p0, std::int64_t n1, std::int64_t k0,
+                  std::int64_t len, [[maybe_unused]] std::uint8_t* natural, std::uint8_t* panel, float* scales,
+                  float* zeros) {
+    const int rows = static_cast<int>(n1 - p0 < panel_rows ? n1 - p0 : panel_rows);
+    const std::int64_t blocks = len / gemm_block<P>;
     for (int r = 0; r < panel_rows; ++r) {
-        std::uint8_t* row = natural + r * ld;
-        if (r < rows) {
-            decode_row<P, A>(w, lv, p0 + r, k0, len, row);
-            constexpr float shift = int8_policy<P> ? 128.0f : 0.0f;  // see the header
-            each_block_scale<P, A>(w, p0 + r, k0 / gemm_block<P>, blocks,
-                                   [&](std::int64_t b, float scale, float zero) {
-                                       scales[b * panel_rows + r] = scale;
-                                       if constexpr (has_zeros<P>) zeros[b * panel_rows + r] = zero - shift;
-                                   });
-        } else {
-            std::memset(row, 128, static_cast<std::size_t>(ld));
-            for (std::int64_t b = 0; b < blocks; ++b) scales[b * panel_rows + r] = 0.0f;
-            if constexpr (has_zeros<P>)
-                for (std::int64_t b = 0; b < blocks; ++b) zeros[b * panel_rows + r] = 0.0f;
+        constexpr float shift = int8_policy<P> ? 128.0f : 0.0f;  // see the header
+        if (r < rows)
+            each_block_scale<P, A>(w, p0 + r, k0 / gemm_block<P>, blocks, [&](std::int64_t b, float scale, float zero) {
+                scales[b * panel_rows + r] = scale;
+                if constexpr (has_zeros<P>) zeros[b * panel_rows + r] = zero - shift;
+            });
+        else
+            for (std::int64_t b = 0; b < blocks; ++b) {
+                scales[b * panel_rows + r] = 0.0f;
+                if constexpr (has_zeros<P>) zeros[b * panel_rows + r] = 0.0f;
+            }
+    }
+    // the next panel's scales (and zero points) are fetched while this one's tiles compute
+    const row_parts per_row = row_bytes(P::cfg, w.cols);
+    for (std::int64_t n = p0 + panel_rows; n < n1 && n < p0 + 2 * panel_rows; ++n) {
+        const auto* sc = row_blocks<P, std::uint8_t>(w, w.scales, n, 0);
+        for (std::int64_t b = 0; b < per_row.scales; b += 64) _mm_prefetch(reinterpret_cast<const char*>(sc + b), _MM_HINT_T1);
+        if constexpr (has_zeros<P>) {
+            const auto* z = row_blocks<P, std::uint8_t>(w, w.zeros, n, 0);
+            for (std::int64_t b = 0; b < per_row.zeros; b += 64) _mm_prefetch(reinterpret_cast<const char*>(z + b), _MM_HINT_T1);
         }
     }
-    // 16 x 16 dword transposes: 16 rows of 16 quads -> 16 quads of 16 rows
-    for (int half = 0; half < 2; ++half)
-        for (std::int64_t q0 = 0; q0 < ld / 4; q0 += 16) {
-            __m512i t[16];
-            for (int r = 0; r < 16; ++r) t[r] = _mm512_loadu_si512(natural + (half * 16 + r) * ld + q0 * 4);
-            transpose16<A>(t);
-            for (int i = 0; i < 16; ++i)
-                _mm512_storeu_si512(panel + ((q0 + i) * panel_rows + half * 16) * 4, t[i]);
+    if constexpr (split_planes<P>) {
+        const std::int64_t ld = stride<P>(len);
+        // 3-bit codes: rows decoded in natural order, then 16 x 16 dword transposes (16 rows of
+        // 16 quads -> 16 quads of 16 rows)
+        for (int r = 0; r < panel_rows; ++r) decode_row<P, A>(w, lv, p0 + (r < rows ? r : 0), k0, len, natural + r * ld);
+        for (int half = 0; half < 2; ++half)
+            for (std::int64_t q0 = 0; q0 < ld / 4; q0 += 16) {
+                __m512i t[16];
+                for (int r = 0; r < 16; ++r) t[r] = _mm512_loadu_si512(natural + (half * 16 + r) * ld + q0 * 4);
+                transpose16<A>(t);
+                for (int i = 0; i < 16; ++i) _mm512_storeu_si512(panel + ((q0 + i) * panel_rows + half * 16) * 4, t[i]);
+            }
+    } else {
+        // The codes are transposed instead (16 rows of 16 code dwords -> 16 dwords of 16 rows),
+        // then decoded 64 levels per instruction: a quarter (4-bit codes) of the shuffles of
+        // transposing levels, and no pass through memory in natural order.
+        alignas(64) std::uint8_t lut_bytes[16];
+        for (int c = 0; c < 16; ++c) lut_bytes[c] = static_cast<std::uint8_t>(lv.level[c] + 128);
+        const __m512i lut = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(lut_bytes)));
+        constexpr std::int64_t chunk_quads = 16 * codes_per_byte<P>;
+        const std::int64_t code_bytes = len * code_bits<P> / 8, first = k0 * code_bits<P> / 8;
+        for (int half = 0; half < 2; ++half) {
+            // the next panel's codes are prefetched a chunk at a time with this one's: they arrive
+            // while the tiles compute (from memory, they stalled the decode)
+            const std::uint8_t *src[16], *ahead[16];
+            for (int r = 0; r < 16; ++r) {
+                const int row = half * 16 + r;
+                src[r] = row_codes<P, A>(w, p0 + (row < rows ? row : 0)) + first;
+                ahead[r] = p0 + panel_rows + row < n1 ? row_codes<P, A>(w, p0 + panel_rows + row) + first : src[r];
+            }
+            for (std::int64_t c = 0; c * 64 < code_bytes; ++c) {
+                const std::int64_t left = code_bytes - 64 * c;  // the slice's last chunk may be short
+                const __mmask64 m = left >= 64 ? ~__mmask64{0} : (__mmask64{1} << left) - 1;
+                __m512i t[16];
+                for (int r = 0; r < 16; ++r) {
+                    t[r] = _mm512_maskz_loadu_epi8(m, src[r] + 64 * c);
+                    _mm_prefetch(reinterpret_cast<const char*>(ahead[r] + 64 * c), _MM_HINT_T1);
+                }
+                transpose16<A>(t);
+                std::uint8_t* out = panel + (c * chunk_quads * panel_rows + half * 16) * 4;
+                simd::unroll<16>([&](auto d) {
+                    decode_dword<P, A>(t[d], lut, [&](int p, __m512i v) {
+                        _mm512_storeu_si512(out + quad_of<P>(d, p) * panel_rows * 4, v);
+                    });
+                });
+            }
         }
+    }
 }
 
 // One prepared X row for a K slice.

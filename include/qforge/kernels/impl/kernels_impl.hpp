@@ -261,7 +261,6 @@ void gemm_i8_vnni(const weights_view& w, const float* x, std::int64_t m, const f
     using namespace vnni_gemm;
     constexpr std::int64_t group = gemm_block<P>;
     const std::int64_t k = w.cols, ldy = w.rows, blocks = k / group;
-    init_output(bias, y, m, ldy, n0, n1);
     const i8_levels<P, A> levels(w);
     x = gather_columns<A, 3>(w, x, m);  // act-order: X in the stored column order
     auto* xq = static_cast<std::int8_t*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(m * k)));
@@ -272,7 +271,7 @@ void gemm_i8_vnni(const weights_view& w, const float* x, std::int64_t m, const f
         quantize_row<P, A>(x + i * k, k, xq + i * k, xs + i * blocks, corr + i * blocks);
 
     constexpr std::int64_t slice = k_slice / group * group;
-    const std::int64_t ld = stride(slice < k ? slice : k);
+    const std::int64_t ld = stride<P>(slice < k ? slice : k);
     const std::size_t per_block = static_cast<std::size_t>((ld / group + 1) * panel_rows) * sizeof(float);
     auto* mem = static_cast<std::uint8_t*>(simd::scratch<A, 2>::get(
         static_cast<std::size_t>(2 * panel_rows * ld) + (has_zeros<P> ? 2 : 1) * per_block));
@@ -284,18 +283,37 @@ void gemm_i8_vnni(const weights_view& w, const float* x, std::int64_t m, const f
         const std::int64_t len = smaller(slice, k - k0), b0 = k0 / group;
         for (std::int64_t p0 = n0; p0 < n1; p0 += panel_rows) {
             const int rows = static_cast<int>(smaller<std::int64_t>(panel_rows, n1 - p0));
-            decode_panel<P, A>(w, levels, p0, rows, k0, len, natural, panel, wscales, wzeros);
-            for (std::int64_t i0 = 0; i0 < m; i0 += max_mr) {
-                const int mr = static_cast<int>(smaller<std::int64_t>(max_mr, m - i0));
+            decode_panel<P, A>(w, levels, p0, n1, k0, len, natural, panel, wscales, wzeros);
+            // ceil(m / max_mr) tiles of nearly equal height: no short tile (fewer dot chains than
+            // the vpdpbusd latency needs) at the end
+            const std::int64_t tiles = (m + max_mr - 1) / max_mr, base = m / tiles, taller = m % tiles;
+            for (std::int64_t t = 0, i0 = 0; t < tiles; ++t) {
+                const int mr = static_cast<int>(base + (t < taller ? 1 : 0));
                 with_tile<max_mr, 1>(mr, 1, [&](auto mt, auto) {
                     x_row rows_x[mt];
                     for (int i = 0; i < mt; ++i)
                         rows_x[i] = {xq + (i0 + i) * k + k0, xs + (i0 + i) * blocks + b0, corr + (i0 + i) * blocks + b0};
-                    float out[mt][panel_rows];
-                    tile<P, A, mt>(panel, wscales, wzeros, rows_x, len / group, out);
+                    // the tile's output lines are fetched while it computes (y is usually far larger
+                    // than the caches: its read for ownership stalled the stores at M >= 128)
                     for (int i = 0; i < mt; ++i)
-                        for (int r = 0; r < rows; ++r) y[(i0 + i) * ldy + p0 + r] += out[i][r];
+                        for (const int h : {0, 16, panel_rows - 1})  // 3 lines when not 64-byte aligned
+                            _mm_prefetch(reinterpret_cast<const char*>(y + (i0 + i) * ldy + p0 + h), _MM_HINT_T0);
+                    alignas(64) float out[mt][panel_rows];
+                    tile<P, A, mt>(panel, wscales, wzeros, rows_x, len / group, out);
+                    // y = bias (or 0) + the first slice's sums, then + each further slice's
+                    for (int i = 0; i < mt; ++i) {
+                        float* yi = y + (i0 + i) * ldy;
+                        const float* from = k0 == 0 ? bias : yi;  // indexed by output column
+                        if (rows == panel_rows)
+                            for (int h = 0; h < panel_rows; h += 16) {
+                                const __m512 b = from ? _mm512_loadu_ps(from + p0 + h) : _mm512_setzero_ps();
+                                _mm512_storeu_ps(yi + p0 + h, _mm512_add_ps(b, _mm512_load_ps(out[i] + h)));
+                            }
+                        else
+                            for (int r = 0; r < rows; ++r) yi[p0 + r] = (from ? from[p0 + r] : 0.0f) + out[i][r];
+                    }
                 });
+                i0 += mr;
             }
         }
     }
