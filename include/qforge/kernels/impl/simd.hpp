@@ -146,6 +146,18 @@ inline f32v<A> lookup(const table16<A>& t, const i32v<A>& idx, requires_arch<xsi
     for (int l = 0; l < lanes<A>; ++l) out[l] = t.v[i[l] & 15];
     return f32v<A>::load_aligned(out);
 }
+// lookup in a table whose entries repeat every 8 (the values of codes of at most 3 bits)
+template <class A>
+inline f32v<A> lookup8(const table16<A>& t, const i32v<A>& idx, requires_arch<xsimd::generic>) {
+    return lookup<A>(t, idx, A{});
+}
+// entry i of the result: t[i / 4] (looking up bits 2-3 of an index: the second of two 2-bit codes)
+template <class A>
+inline table16<A> table_quads(const table16<A>& t, requires_arch<xsimd::generic>) {
+    table16<A> r;
+    for (int i = 0; i < 16; ++i) r.v[i] = t.v[i / 4];
+    return r;
+}
 // out[2i] = even[i], out[2i+1] = odd[i]
 template <class A>
 inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& odd, requires_arch<xsimd::generic>) {
@@ -348,6 +360,10 @@ inline f32v<A> lookup(const table16<A>& t, const i32v<A>& idx, requires_arch<xsi
     return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
 }
 template <class A>
+inline f32v<A> lookup8(const table16<A>& t, const i32v<A>& idx, requires_arch<xsimd::avx2>) {
+    return _mm256_permutevar8x32_ps(t.lo, idx);  // bit 3 picks an equal half: one permute, not 4 ops
+}
+template <class A>
 inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& odd, requires_arch<xsimd::avx2>) {
     const __m256 lo = _mm256_unpacklo_ps(even, odd);  // e0 o0 e1 o1 | e4 o4 e5 o5
     const __m256 hi = _mm256_unpackhi_ps(even, odd);  // e2 o2 e3 o3 | e6 o6 e7 o7
@@ -426,6 +442,14 @@ inline table16<A> table_minus(const table16<A>& t, float z, requires_arch<xsimd:
 template <class A>
 inline f32v<A> lookup(const table16<A>& t, const i32v<A>& idx, requires_arch<xsimd::avx512f>) {
     return _mm512_permutexvar_ps(idx, t.t);  // uses bits 0-3 of each index
+}
+template <class A>
+inline f32v<A> lookup8(const table16<A>& t, const i32v<A>& idx, requires_arch<xsimd::avx512f>) {
+    return lookup<A>(t, idx, A{});
+}
+template <class A>
+inline table16<A> table_quads(const table16<A>& t, requires_arch<xsimd::avx512f>) {
+    return {_mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), t.t)};
 }
 template <class A>
 inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& odd, requires_arch<xsimd::avx512f>) {
@@ -538,6 +562,10 @@ template <class A>
 inline table16<A> table_minus(const table16<A>& t, float z) { return ext::table_minus<A>(t, z, A{}); }
 template <class A>
 inline f32v<A> lookup(const table16<A>& t, const i32v<A>& idx) { return ext::lookup<A>(t, idx, A{}); }
+template <class A>
+inline f32v<A> lookup8(const table16<A>& t, const i32v<A>& idx) { return ext::lookup8<A>(t, idx, A{}); }
+template <class A>
+inline table16<A> table_quads(const table16<A>& t) { return ext::table_quads<A>(t, A{}); }
 template <class A>
 inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& odd) {
     ext::store_interleaved<A>(out, even, odd, A{});
