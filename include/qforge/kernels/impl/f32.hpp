@@ -121,6 +121,12 @@ float gemv_f32_row(const weights_view& w, const f32_shape<P, A>& s, const simd::
     // its scale are rounded once into the step's table, so the lookups return the rounded weights;
     // elsewhere every looked-up register is scaled and rounded. The same values either way.
     constexpr bool rounded_table = rounded_weights<P> && bpw == 1;
+    // 2-bit codes on AVX-512: a lane's codes looked up in pairs from one shift of the lane, the
+    // first by its low 2 bits in the table, the second by bits 2-3 in quads (table_quads): 7
+    // shifts a register instead of 15 (the GEMV is bound by its vector ops, 3 per 16 weights)
+    constexpr bool pairs = S::bits == 2 && !split_planes<P> && std::is_base_of_v<xsimd::avx512f, A> && !rounded_weights<P>;
+    // codes of at most 3 bits: their values repeat every 8 entries, a one-op lookup on AVX2
+    constexpr bool small_codes = code_bits<P> <= 3;
     const auto rounded = [&](const simd::table16<A>& t, float zero, float scale) {
         return simd::table_map<A>(has_zeros<P> ? simd::table_minus<A>(t, zero) : t,
                                   [&](const F& v) { return operand<P, A>(F(v * F(scale))); });
@@ -149,6 +155,8 @@ float gemv_f32_row(const weights_view& w, const f32_shape<P, A>& s, const simd::
                 if constexpr (rounded_table) return rounded(table, zero_at(0), scales[local]);
                 else return zero_in_table ? simd::table_minus<A>(table, zeros[local]) : table;
             }();
+            [[maybe_unused]] simd::table16<A> quads;
+            if constexpr (pairs) quads = simd::table_quads<A>(step_table);
             [[maybe_unused]] F step_zero;
             if constexpr (has_zeros<P> && !zero_in_table) step_zero = simd::expand_scales<bpw, A>(zeros + local);
             simd::unroll<S::windows_per_step>([&](auto wi) {
@@ -171,7 +179,11 @@ float gemv_f32_row(const weights_view& w, const f32_shape<P, A>& s, const simd::
                     I idx = i == 0 ? c8 : I(c8 >> (S::bits * i));
                     if constexpr (split_planes<P>)
                         idx = i < S::parts ? whole[i % S::parts] : I(whole[i % S::parts] >> (8 * (i / S::parts)));
-                    F v = simd::lookup<A>(step_table, idx);
+                    if constexpr (pairs) idx = i < 2 ? c8 : I(c8 >> (4 * (i / 2)));
+                    F v;
+                    if constexpr (pairs) v = simd::lookup<A>(i % 2 == 1 ? quads : step_table, idx);
+                    else if constexpr (small_codes) v = simd::lookup8<A>(step_table, idx);
+                    else v = simd::lookup<A>(step_table, idx);
                     if constexpr (has_zeros<P> && !zero_in_table) v = v - step_zero;  // exact: code - zero
                     if constexpr (rounded_weights<P> && !rounded_table) v = operand<P, A>(F(v * step_scale));
                     const F xv = F::load_unaligned(xw + i * S::lanes);

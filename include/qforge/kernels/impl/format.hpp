@@ -211,8 +211,16 @@ template <class P, class A, int V>
 inline window_codes window_at(const std::uint8_t* row, std::int64_t cols, std::int64_t window) {
     if constexpr (!split_planes<P>) {
         return {row + window * V, nullptr, 0};
+    } else if constexpr (V == 64) {
+        // a window of 64 low bytes is a whole unit, and a full one: windows never reach the row's
+        // short last unit (it lies in the tail). Constant offsets: the kernels' address arithmetic
+        // per window (the spans of the unit, a compare and a move) took as many scalar ops as
+        // the window's vector ops (int3 g128 i8 GEMV, AVX-512)
+        static_assert(split3::unit_bytes == 96 && split3::field_plane_bytes(4) == 8);
+        const std::uint8_t* unit = row + window * split3::unit_bytes;
+        return {unit, unit + split3::plane_byte(4, 0, 0), split3::field_plane_bytes(4)};
     } else {
-        static_assert(V <= 64 && 64 % V == 0);
+        static_assert(V < 64 && 64 % V == 0);
         const std::int64_t first = window * V, u = first / 64, r = split3::spans(cols, u);
         const std::uint8_t* unit = row + u * split3::unit_bytes;
         return {unit + first % 64, unit + split3::plane_byte(r, 0, first % 64), split3::field_plane_bytes(r)};

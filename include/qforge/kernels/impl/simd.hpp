@@ -146,6 +146,18 @@ inline f32v<A> lookup(const table16<A>& t, const i32v<A>& idx, requires_arch<xsi
     for (int l = 0; l < lanes<A>; ++l) out[l] = t.v[i[l] & 15];
     return f32v<A>::load_aligned(out);
 }
+// lookup in a table whose entries repeat every 8 (the values of codes of at most 3 bits)
+template <class A>
+inline f32v<A> lookup8(const table16<A>& t, const i32v<A>& idx, requires_arch<xsimd::generic>) {
+    return lookup<A>(t, idx, A{});
+}
+// entry i of the result: t[i / 4] (looking up bits 2-3 of an index: the second of two 2-bit codes)
+template <class A>
+inline table16<A> table_quads(const table16<A>& t, requires_arch<xsimd::generic>) {
+    table16<A> r;
+    for (int i = 0; i < 16; ++i) r.v[i] = t.v[i / 4];
+    return r;
+}
 // out[2i] = even[i], out[2i+1] = odd[i]
 template <class A>
 inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& odd, requires_arch<xsimd::generic>) {
@@ -280,6 +292,20 @@ inline void store_i8(const i32v<A>& v, std::int8_t* out, requires_arch<xsimd::ss
     const std::int32_t bytes = _mm_cvtsi128_si32(_mm_packs_epi16(w, w));
     std::memcpy(out, &bytes, sizeof bytes);
 }
+// Entries 0-7 as two 16-byte byte tables: each lane's byte indices 4 (idx & 3) + 0..3 look up
+// both with pshufb, bit 2 of idx picks one. 9 instructions for 4 lanes, where the generic
+// lookup goes through memory lane by lane.
+template <class A>
+inline f32v<A> lookup8(const table16<A>& t, const i32v<A>& idx, requires_arch<xsimd::sse4_1>) {
+    const __m128i low_byte = _mm_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
+    const __m128i within = _mm_setr_epi8(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
+    const __m128i quarter = _mm_shuffle_epi8(_mm_and_si128(idx, _mm_set1_epi32(3)), low_byte);
+    const __m128i bytes = _mm_add_epi8(_mm_slli_epi32(quarter, 2), within);  // bytes <= 3: no carries
+    const __m128i lo = _mm_shuffle_epi8(_mm_castps_si128(_mm_load_ps(t.v)), bytes);
+    const __m128i hi = _mm_shuffle_epi8(_mm_castps_si128(_mm_load_ps(t.v + 4)), bytes);
+    const __m128i upper = _mm_cmpeq_epi32(_mm_and_si128(idx, _mm_set1_epi32(4)), _mm_set1_epi32(4));
+    return _mm_castsi128_ps(_mm_blendv_epi8(lo, hi, upper));
+}
 template <class A>
 inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& odd, requires_arch<xsimd::sse2>) {
     _mm_storeu_ps(out, _mm_unpacklo_ps(even, odd));
@@ -346,6 +372,10 @@ inline f32v<A> lookup(const table16<A>& t, const i32v<A>& idx, requires_arch<xsi
     const __m256 lo = _mm256_permutevar8x32_ps(t.lo, idx);
     const __m256 hi = _mm256_permutevar8x32_ps(t.hi, idx);
     return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+}
+template <class A>
+inline f32v<A> lookup8(const table16<A>& t, const i32v<A>& idx, requires_arch<xsimd::avx2>) {
+    return _mm256_permutevar8x32_ps(t.lo, idx);  // bit 3 picks an equal half: one permute, not 4 ops
 }
 template <class A>
 inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& odd, requires_arch<xsimd::avx2>) {
@@ -426,6 +456,14 @@ inline table16<A> table_minus(const table16<A>& t, float z, requires_arch<xsimd:
 template <class A>
 inline f32v<A> lookup(const table16<A>& t, const i32v<A>& idx, requires_arch<xsimd::avx512f>) {
     return _mm512_permutexvar_ps(idx, t.t);  // uses bits 0-3 of each index
+}
+template <class A>
+inline f32v<A> lookup8(const table16<A>& t, const i32v<A>& idx, requires_arch<xsimd::avx512f>) {
+    return lookup<A>(t, idx, A{});
+}
+template <class A>
+inline table16<A> table_quads(const table16<A>& t, requires_arch<xsimd::avx512f>) {
+    return {_mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), t.t)};
 }
 template <class A>
 inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& odd, requires_arch<xsimd::avx512f>) {
@@ -538,6 +576,10 @@ template <class A>
 inline table16<A> table_minus(const table16<A>& t, float z) { return ext::table_minus<A>(t, z, A{}); }
 template <class A>
 inline f32v<A> lookup(const table16<A>& t, const i32v<A>& idx) { return ext::lookup<A>(t, idx, A{}); }
+template <class A>
+inline f32v<A> lookup8(const table16<A>& t, const i32v<A>& idx) { return ext::lookup8<A>(t, idx, A{}); }
+template <class A>
+inline table16<A> table_quads(const table16<A>& t) { return ext::table_quads<A>(t, A{}); }
 template <class A>
 inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& odd) {
     ext::store_interleaved<A>(out, even, odd, A{});
