@@ -14,7 +14,6 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
-#include <limits>
 #include <variant>
 
 namespace qforge::kernels {
@@ -230,37 +229,12 @@ ref::quantized quantize_checkpoint(const config& cfg, tensor_source w, std::int6
     return result;
 }
 
-namespace {
-
-// max |x| over elements [begin, end) of p, on the bit patterns: with the sign cleared, finite
-// values compare as integers in the order of their magnitudes (the kernels' max_abs, exactly).
-template <class Bits>
-Bits max_magnitude(const void* p, size_t begin, size_t end) {
-    constexpr Bits magnitude = std::numeric_limits<Bits>::max() >> 1;  // all but the sign bit
-    const auto* bytes = static_cast<const std::byte*>(p);
-    Bits m = 0;
-    for (size_t i = begin; i < end; ++i) {
-        Bits b;
-        std::memcpy(&b, bytes + i * sizeof(Bits), sizeof(Bits));  // any alignment
-        m = std::max<Bits>(m, b & magnitude);
-    }
-    return m;
-}
-
-}  // namespace
-
 float bnb4_nested_offset(tensor_source w, size_t n, size_t blocksize, thread_pool* pool) {
     std::vector<float> absmax((n + blocksize - 1) / blocksize);
-    split_void(pool, absmax.size(), 1024, [&](size_t b0, size_t b1) {
-        for (size_t b = b0; b < b1; ++b) {
-            const size_t begin = b * blocksize, end = std::min(n, begin + blocksize);
-            switch (w.type) {
-                case element::f32: absmax[b] = std::bit_cast<float>(max_magnitude<std::uint32_t>(w.data, begin, end)); break;
-                case element::bf16: absmax[b] = to_float(bf16{max_magnitude<std::uint16_t>(w.data, begin, end)}); break;
-                case element::f16: absmax[b] = to_float(f16{max_magnitude<std::uint16_t>(w.data, begin, end)}); break;
-            }
-        }
-    });
+    const quant::bnb4_job job{{w.data, w.type}, n, blocksize, false, nullptr, absmax.data()};
+    const quant::ops& k = active_ops();
+    // NaN or Inf: no offset; quantizing the weight reports it
+    if (!split(pool, absmax.size(), 64, [&](size_t b0, size_t b1) { return k.bnb4_absmax(job, b0, b1); })) return 0.0f;
     return ref::exact_mean(absmax);
 }
 

@@ -255,6 +255,17 @@ struct kernels_for {
         return ok;
     }
 
+    // bnb4's absmax alone, no codes: what planning a double-quantized file needs (its mean).
+    static bool bnb4_absmax(const bnb4_job& j, std::size_t b0, std::size_t b1) {
+        bool ok = true;
+        alignas(64) float buf[chunk];
+        for (std::size_t b = b0; b < b1; ++b) {
+            const std::size_t begin = b * j.blocksize, count = j.n - begin < j.blocksize ? j.n - begin : j.blocksize;
+            j.absmax[b] = max_abs(widen(j.src, begin, count, buf), count, ok);
+        }
+        return ok;
+    }
+
     static void bnb4_dq(const bnb4_dq_job& j, std::size_t b0, std::size_t b1) {
         const auto table = simd::ext::make_table16<A>(j.table, A{});
         alignas(64) float buf[chunk];
@@ -694,7 +705,7 @@ struct kernels_for {
     }
 
     static ops table() {
-        return {bnb4, blockwise8, int8row, gptq, awq, fp8, mx, bnb4_dq, int8row_dq, gptq_dq, awq_dq, fp8_dq, mx_dq};
+        return {bnb4, bnb4_absmax, blockwise8, int8row, gptq, awq, fp8, mx, bnb4_dq, int8row_dq, gptq_dq, awq_dq, fp8_dq, mx_dq};
     }
 };
 
