@@ -259,9 +259,23 @@ struct kernels_for {
     static bool bnb4_absmax(const bnb4_job& j, std::size_t b0, std::size_t b1) {
         bool ok = true;
         alignas(64) float buf[chunk];
+        const auto* bytes = static_cast<const unsigned char*>(j.src.data);
         for (std::size_t b = b0; b < b1; ++b) {
             const std::size_t begin = b * j.blocksize, count = j.n - begin < j.blocksize ? j.n - begin : j.blocksize;
-            j.absmax[b] = max_abs(widen(j.src, begin, count, buf), count, ok);
+            if (j.src.type != element::bf16) {
+                j.absmax[b] = max_abs(widen(j.src, begin, count, buf), count, ok);
+                continue;
+            }
+            // bf16 on its bits, not widened: with the sign cleared they order as the magnitudes
+            std::uint16_t m = 0;
+            for (std::size_t i = 0; i < count; ++i) {
+                std::uint16_t h;
+                std::memcpy(&h, bytes + 2 * (begin + i), 2);
+                h &= 0x7FFF;
+                m = m < h ? h : m;
+            }
+            ok = ok && m < 0x7F80;  // else a NaN or an Inf
+            j.absmax[b] = __builtin_bit_cast(float, static_cast<std::uint32_t>(m) << 16);
         }
         return ok;
     }
