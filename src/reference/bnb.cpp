@@ -154,13 +154,18 @@ float exact_mean(std::span<const float> v) {
     constexpr std::uint64_t limb_mask = 0xFFFFFFFFu;
     if (v.empty() || v.size() > limb_mask)
         fail("double quantization", "cannot average " + std::to_string(v.size()) + " absmax values");
-    // First the significands summed per exponent field (below 2^24 * 2^32 each: no overflow).
-    std::array<std::uint64_t, 256> by_field{};
-    for (float x : v) {
-        const std::uint32_t bits = std::bit_cast<std::uint32_t>(x);
+    // First the significands summed per exponent field (below 2^24 * 2^32 each: no overflow), in
+    // four interleaved tables: neighbours share a field, and one table would make each add wait
+    // for the previous one's store.
+    std::array<std::array<std::uint64_t, 256>, 4> tables{};
+    for (std::size_t i = 0; i < v.size(); ++i) {
+        const std::uint32_t bits = std::bit_cast<std::uint32_t>(v[i]);
         const std::uint32_t field = bits >> 23 & 0xFFu, fraction = bits & 0x7FFFFFu;
-        by_field[field] += field == 0 ? fraction : fraction | 0x800000u;
+        tables[i % 4][field] += field == 0 ? fraction : fraction | 0x800000u;
     }
+    std::array<std::uint64_t, 256> by_field{};
+    for (const auto& t : tables)
+        for (std::size_t f = 0; f < by_field.size(); ++f) by_field[f] += t[f];
     std::array<std::uint64_t, limbs> sum{};
     const auto add = [&](std::size_t i, std::uint64_t carry) {  // carry < 2^63, at limb i
         for (; carry != 0; ++i) {
