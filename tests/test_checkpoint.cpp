@@ -952,4 +952,9 @@ TEST_CASE("a planned bnb 4-bit file, each weight put in its place, equals the fi
             CHECK(file_bytes(dir / "planned.safetensors") == file_bytes(dir / "made.safetensors"));
         }
     }
+    // An empty weight is planned; quantizing it is the error, naming the tensor.
+    write_plain(dir / "empty.safetensors", {}, sdt::BF16, 0, 64);
+    const st::reader r(dir / "empty.safetensors");
+    CHECK_NOTHROW(ck::quantize_plan(r.at(weight_name), configs::qlora_nf4));
+    CHECK_THROWS_WITH(ck::quantize_tensor(r.at(weight_name), configs::qlora_nf4), Catch::Contains(weight_name));
 }

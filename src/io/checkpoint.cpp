@@ -878,7 +878,8 @@ quantized_weight quantize_plan(const st::tensor_view& v, const config& cfg, cons
         t.cols = cols;
         t.blocksize = group;
         t.nested = cfg.double_quant;
-        if (t.nested)  // the quant_state blob's length depends on it
+        if (t.nested && rows > 0 && cols > 0)  // the quant_state blob's length depends on it (an empty
+                                               // weight: quantize_tensor names what is wrong)
             t.nested_offset = kernels::bnb4_nested_offset({v.bytes.data(), type}, static_cast<std::size_t>(rows * cols),
                                                           static_cast<std::size_t>(group), pool);
         q.data = std::move(t);
