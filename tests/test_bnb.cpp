@@ -97,6 +97,27 @@ std::vector<float> block_absmax(const std::vector<float>& w, std::size_t bs) {
 
 // ---- NF4 / FP4 codes -----------------------------------------------------------------------
 
+TEST_CASE("exact_mean: the f32 nearest to the exact mean, whatever the magnitudes and the count") {
+    using ref::exact_mean;
+    CHECK(exact_mean(std::vector<float>{1.0f, 2.0f}) == 1.5f);
+    // (2^24 + 2) / 3 = 5592406 exactly; a float sum would lose the ones
+    CHECK(exact_mean(std::vector<float>{16777216.0f, 1.0f, 1.0f}) == 5592406.0f);
+    const float big = std::numeric_limits<float>::max(), tiny = std::numeric_limits<float>::denorm_min();
+    CHECK(exact_mean(std::vector<float>{big, big, big}) == big);  // no overflow
+    CHECK(exact_mean(std::vector<float>{tiny, 0.0f}) == 0.0f);            // half a quantum: ties to even (0)
+    CHECK(exact_mean(std::vector<float>{3 * tiny, 0.0f}) == 2 * tiny);    // 1.5 quanta: ties to even (2)
+    CHECK(exact_mean(std::vector<float>{big, tiny}) == big / 2);          // big / 2 is exact; tiny far below its ulp
+    // (2 + 2^-23) / 2 = 1 + 2^-24, a tie between 1 and 1 + 2^-23: to even (1). Over 4 with one
+    // quantum more: just above the tie between 0.5 and 0.5 + 2^-24, so up.
+    CHECK(exact_mean(std::vector<float>{2.0f, std::ldexp(1.0f, -23)}) == 1.0f);
+    CHECK(exact_mean(std::vector<float>{2.0f, std::ldexp(1.0f, -23), tiny, 0.0f}) == std::nextafter(0.5f, 1.0f));
+    // a million equal values: their sum needs more than 32 bits per exponent
+    CHECK(exact_mean(std::vector<float>(1000000, 0.1f)) == 0.1f);
+    std::vector<float> mixed(1000000, 0.1f);
+    mixed.resize(2000000, 0.3f);  // (0.1f + 0.3f) / 2 is exact in f64: one rounding to f32
+    CHECK(exact_mean(mixed) == static_cast<float>((static_cast<double>(0.1f) + static_cast<double>(0.3f)) / 2));
+}
+
 TEST_CASE("NF4: f32 midpoints tie to the lower code, one ulp decides, table values keep their code") {
     // absmax 1 (the table holds -1 and 1), so y = x exactly.
     std::vector<float> w;

@@ -877,11 +877,18 @@ TEST_CASE("quantize_plan gives the tensors quantize_tensor exports, by name, dty
     const std::int64_t rows = 64, cols = 256;
     write_plain(dir / "p.safetensors", encode(weights(rows, cols, 5), sdt::BF16), sdt::BF16, rows, cols);
     const st::reader r(dir / "p.safetensors");
-    using planned = std::tuple<std::string, sdt, st::shape_t>;
-    const auto listed = [](const st::writer& w) {
+    // bytes: those of the tensors a plan holds in memory (the bnb 4-bit quant_state blob)
+    using planned = std::tuple<std::string, sdt, st::shape_t, std::vector<std::byte>>;
+    const auto listed = [](const st::writer& w, const st::writer* plan = nullptr) {
+        std::set<std::string> in_plan_memory;
+        if (plan)
+            plan->for_each_in_memory([&](const std::string& name, sdt, const st::shape_t&, std::span<const std::byte> b) {
+                if (!b.empty()) in_plan_memory.insert(name);
+            });
         std::vector<planned> out;
-        w.for_each_in_memory([&](const std::string& name, sdt type, const st::shape_t& shape, std::span<const std::byte>) {
-            out.emplace_back(name, type, shape);
+        w.for_each_in_memory([&](const std::string& name, sdt type, const st::shape_t& shape, std::span<const std::byte> b) {
+            const bool bytes = plan ? in_plan_memory.contains(name) : !b.empty();
+            out.emplace_back(name, type, shape, bytes ? std::vector<std::byte>(b.begin(), b.end()) : std::vector<std::byte>{});
         });
         return out;
     };
@@ -891,17 +898,63 @@ TEST_CASE("quantize_plan gives the tensors quantize_tensor exports, by name, dty
             for (int b : {2, 3, 4, 8})
                 for (int g : {32, 128, per_channel}) cfgs.push_back({t, static_cast<std::uint8_t>(b), g, false, l, compute::f32});
     for (int g : {32, 128, per_channel}) cfgs.push_back({dtype::int_asym, 4, g, false, layout::awq_gemm, compute::f32});
+    for (dtype t : {dtype::nf4, dtype::fp4})
+        for (bool dq : {false, true})
+            for (int g : {64, 256}) cfgs.push_back({t, 4, g, dq, layout::bnb4, compute::bf16});
     for (const config& cfg : cfgs) {
         if (check(cfg) != config_rule::ok) continue;
         INFO(canonical_name(cfg));
-        REQUIRE(ck::sizes_follow_shape(cfg));
+        REQUIRE(ck::plannable(cfg));
         st::writer made, plan;
         const ck::quantized_weight q = ck::quantize_tensor(r.at(weight_name), cfg, {});
         CHECK(ck::export_weight(made, q) == ck::export_weight_deferred(plan, ck::quantize_plan(r.at(weight_name), cfg, {})));
-        CHECK(listed(made) == listed(plan));
+        CHECK(listed(made, &plan) == listed(plan));
     }
-    CHECK_FALSE(ck::sizes_follow_shape(configs::qlora_nf4));
-    CHECK_THROWS(ck::quantize_plan(r.at(weight_name), configs::qlora_nf4, {}));
+    CHECK_FALSE(ck::plannable(configs::llm_int8));
+    CHECK_THROWS(ck::quantize_plan(r.at(weight_name), configs::llm_int8, {}));
     st::writer w;
-    CHECK_THROWS_AS(ck::export_weight_deferred(w, ck::quantize_tensor(r.at(weight_name), configs::qlora_nf4, {})), io_error);
+    CHECK_THROWS_AS(ck::export_weight_deferred(w, ck::quantize_tensor(r.at(weight_name), configs::llm_int8, {})), io_error);
+}
+
+TEST_CASE("a planned bnb 4-bit file, each weight put in its place, equals the file written after quantizing", "[checkpoint]") {
+    // The plan knows the quant_state blob (its length depends on the mean of the absmax with double
+    // quantization) before the weight is quantized: the bytes must not depend on the way.
+    temp_dir dir;
+    thread_pool pool(3);
+    struct weight_case {
+        std::int64_t rows, cols;
+        sdt input;
+    };
+    // 256 x 512 / 64: 2048 blocks, so the absmax pass splits; 3 x 50: a short last block.
+    for (const weight_case c : {weight_case{256, 512, sdt::BF16}, {256, 512, sdt::F16}, {3, 50, sdt::F32}, {3, 50, sdt::BF16}}) {
+        std::vector<float> w = weights(c.rows, c.cols, 11);
+        std::fill_n(w.begin(), 64, 0.0f);  // a block of zeros, whose absmax is 0
+        write_plain(dir / "p.safetensors", encode(w, c.input), c.input, c.rows, c.cols);
+        const st::reader r(dir / "p.safetensors");
+        const st::tensor_view& v = r.at(weight_name);
+        for (const config& cfg : {configs::qlora_nf4, configs::bnb_fp4, config{dtype::fp4, 4, 128, true, layout::bnb4, compute::f32}}) {
+            INFO(canonical_name(cfg) << " on " << st::to_string(c.input) << " [" << c.rows << ", " << c.cols << "]");
+            const ck::quantized_weight q = ck::quantize_tensor(v, cfg, {}, &pool);
+            st::writer made;
+            ck::export_weight(made, q);
+            made.write(dir / "made.safetensors");
+            // As `qforge quantize` plans a file: every tensor of the plan deferred, then put.
+            st::writer piece, plan;
+            ck::export_weight_deferred(piece, ck::quantize_plan(v, cfg, {}, &pool));
+            piece.for_each_in_memory([&](const std::string& name, sdt type, const st::shape_t& shape, std::span<const std::byte>) {
+                plan.add_deferred(name, type, shape);
+            });
+            plan.write_deferred(dir / "planned.safetensors", [&](const st::writer::put_fn& put) {
+                made.for_each_in_memory([&](const std::string& name, sdt, const st::shape_t&, std::span<const std::byte> b) {
+                    put(name, b);
+                });
+            });
+            CHECK(file_bytes(dir / "planned.safetensors") == file_bytes(dir / "made.safetensors"));
+        }
+    }
+    // An empty weight is planned; quantizing it is the error, naming the tensor.
+    write_plain(dir / "empty.safetensors", {}, sdt::BF16, 0, 64);
+    const st::reader r(dir / "empty.safetensors");
+    CHECK_NOTHROW(ck::quantize_plan(r.at(weight_name), configs::qlora_nf4));
+    CHECK_THROWS_WITH(ck::quantize_tensor(r.at(weight_name), configs::qlora_nf4), Catch::Contains(weight_name));
 }

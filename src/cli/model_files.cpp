@@ -271,7 +271,8 @@ void rewrite_model(const input_model& in, const fs::path& out, const std::string
                 });
                 if (rewrite.again) {
                     replaced.push_back(&v);
-                    continue;  // progress when made again
+                    release(v);  // a plan may read the weight (bnb 4-bit double quant's absmax)
+                    continue;    // progress when made again
                 }
                 release(v);
             } else if (!rewrite.dropped.contains(v.name)) {

@@ -216,9 +216,10 @@ void add_quantize(CLI::App& app) {
         std::size_t n_calibrated = 0;
         thread_pool pool(thread_count(opt->threads));
         tensor_rewrite rewrite;
-        // GPTQ / AWQ rounded to nearest: the file is planned from the shapes, then each weight is
-        // quantized once, straight into its place (no temporary copy of the output).
-        const bool in_place = !calib && checkpoint::sizes_follow_shape(cfg.cfg);
+        // GPTQ, AWQ and bnb 4-bit rounded to nearest: the file is planned first (from the shapes,
+        // and for double quantization the mean of the absmax), then each weight is quantized once,
+        // straight into its place (no temporary copy of the output).
+        const bool in_place = !calib && checkpoint::plannable(cfg.cfg);
         if (in_place)
             rewrite.again = [&](const safetensors::tensor_view& v, shard_output& out) {
                 checkpoint::export_weight(out.writer,
@@ -230,7 +231,7 @@ void add_quantize(CLI::App& app) {
             if (!to_quantize(v, filter)) return false;
             const auto it = calibrated.find(v.name.substr(0, v.name.size() - std::string_view(".weight").size()));
             if (in_place) {
-                checkpoint::export_weight_deferred(out.writer, checkpoint::quantize_plan(v, cfg.cfg, settings));
+                checkpoint::export_weight_deferred(out.writer, checkpoint::quantize_plan(v, cfg.cfg, settings, &pool));
             } else if (it == calibrated.end()) {
                 checkpoint::export_weight(out.writer,
                                           out.keep.emplace_back(checkpoint::quantize_tensor(v, cfg.cfg, settings, &pool)));

@@ -547,7 +547,7 @@ private:
 void export_bnb4(exporter& e, const quantized_weight& q, const ref::bnb4_tensor& t) {
     if (!q.original_dtype) throw io_error("weight '" + q.name + "': bnb 4-bit export needs the original dtype");
     const std::int64_t n = t.rows * t.cols, blocks = ceil_div(n, t.blocksize);
-    const auto packed = static_cast<std::int64_t>(t.packed.size());
+    const std::int64_t packed = ceil_div(n, 2);  // import checks it; a planned weight has no bytes
     const auto item = static_cast<std::int64_t>(st::itemsize(q.bnb4_storage));
     if (packed % item != 0)
         throw io_error("weight '" + q.name + "': its " + std::to_string(packed) +
@@ -799,8 +799,7 @@ std::vector<std::string> export_to(exporter&& e, const quantized_weight& q) {
 std::vector<std::string> export_weight(st::writer& w, const quantized_weight& q) { return export_to(exporter(w), q); }
 
 std::vector<std::string> export_weight_deferred(st::writer& w, const quantized_weight& q) {
-    if (!sizes_follow_shape(q.cfg))
-        throw io_error("weight '" + q.name + "': its layout's sizes do not follow from its shape: cannot be planned");
+    if (!plannable(q.cfg)) throw io_error("weight '" + q.name + "': its layout cannot be planned");
     return export_to(exporter(w, true), q);
 }
 
@@ -860,17 +859,31 @@ quantized_weight quantize_tensor(const st::tensor_view& v, const config& cfg, co
     return q;
 }
 
-bool sizes_follow_shape(const config& cfg) {
-    return cfg.storage == layout::gptq_v1 || cfg.storage == layout::gptq_v2 || cfg.storage == layout::awq_gemm;
+bool plannable(const config& cfg) {
+    return cfg.storage == layout::gptq_v1 || cfg.storage == layout::gptq_v2 || cfg.storage == layout::awq_gemm ||
+           cfg.storage == layout::bnb4;
 }
 
-quantized_weight quantize_plan(const st::tensor_view& v, const config& cfg, const quantize_settings& s) {
-    if (!sizes_follow_shape(cfg)) throw std::invalid_argument("quantize_plan: the layout's sizes do not follow from the shape");
+quantized_weight quantize_plan(const st::tensor_view& v, const config& cfg, const quantize_settings& s,
+                               thread_pool* pool) {
+    if (!plannable(cfg)) throw std::invalid_argument("quantize_plan: the layout cannot be planned");
     quantized_weight q;
-    start_weight(v, cfg, s, q);
+    const element type = start_weight(v, cfg, s, q);
     const std::int64_t rows = q.shape[0], cols = q.shape[1];
     const std::int32_t group = cfg.group == per_channel ? static_cast<std::int32_t>(cols) : cfg.group;
-    if (cfg.storage == layout::awq_gemm) {  // the fields export_awq reads
+    if (cfg.storage == layout::bnb4) {  // the fields export_bnb4 reads
+        ref::bnb4_tensor t;
+        t.type = cfg.type;
+        t.rows = rows;
+        t.cols = cols;
+        t.blocksize = group;
+        t.nested = cfg.double_quant;
+        if (t.nested && rows > 0 && cols > 0)  // the quant_state blob's length depends on it (an empty
+                                               // weight: quantize_tensor names what is wrong)
+            t.nested_offset = kernels::bnb4_nested_offset({v.bytes.data(), type}, static_cast<std::size_t>(rows * cols),
+                                                          static_cast<std::size_t>(group), pool);
+        q.data = std::move(t);
+    } else if (cfg.storage == layout::awq_gemm) {  // the fields export_awq reads
         ref::awq_tensor t;
         t.rows = rows;
         t.cols = cols;

@@ -229,6 +229,15 @@ ref::quantized quantize_checkpoint(const config& cfg, tensor_source w, std::int6
     return result;
 }
 
+float bnb4_nested_offset(tensor_source w, size_t n, size_t blocksize, thread_pool* pool) {
+    std::vector<float> absmax((n + blocksize - 1) / blocksize);
+    const quant::bnb4_job job{{w.data, w.type}, n, blocksize, false, nullptr, absmax.data()};
+    const quant::ops& k = active_ops();
+    // NaN or Inf: no offset; quantizing the weight reports it
+    if (!split(pool, absmax.size(), 64, [&](size_t b0, size_t b1) { return k.bnb4_absmax(job, b0, b1); })) return 0.0f;
+    return ref::exact_mean(absmax);
+}
+
 ref::blockwise8 quantize_blockwise8(std::span<const float> x, std::int32_t blocksize, thread_pool* pool) {
     if (blocksize <= 0) return ref::quantize_blockwise8(x, blocksize);  // its error
     ref::blockwise8 q;

@@ -154,19 +154,31 @@ float exact_mean(std::span<const float> v) {
     constexpr std::uint64_t limb_mask = 0xFFFFFFFFu;
     if (v.empty() || v.size() > limb_mask)
         fail("double quantization", "cannot average " + std::to_string(v.size()) + " absmax values");
+    // First the significands summed per exponent field (below 2^24 * 2^32 each: no overflow), in
+    // four interleaved tables: neighbours share a field, and one table would make each add wait
+    // for the previous one's store.
+    std::array<std::array<std::uint64_t, 256>, 4> tables{};
+    for (std::size_t i = 0; i < v.size(); ++i) {
+        const std::uint32_t bits = std::bit_cast<std::uint32_t>(v[i]);
+        const std::uint32_t field = bits >> 23 & 0xFFu, fraction = bits & 0x7FFFFFu;
+        tables[i % 4][field] += field == 0 ? fraction : fraction | 0x800000u;
+    }
+    std::array<std::uint64_t, 256> by_field{};
+    for (const auto& t : tables)
+        for (std::size_t f = 0; f < by_field.size(); ++f) by_field[f] += t[f];
     std::array<std::uint64_t, limbs> sum{};
-    for (float x : v) {
-        const std::uint32_t bits = std::bit_cast<std::uint32_t>(x);
-        const std::uint32_t field = bits >> 23, fraction = bits & 0x7FFFFFu;
-        // x = significand * 2^(shift - 149)
-        const std::uint64_t significand = field == 0 ? fraction : fraction | 0x800000u;
-        const std::uint32_t shift = field == 0 ? 0 : field - 1;
-        std::uint64_t carry = significand << (shift % 32);
-        for (std::size_t i = shift / 32; carry != 0; ++i) {
+    const auto add = [&](std::size_t i, std::uint64_t carry) {  // carry < 2^63, at limb i
+        for (; carry != 0; ++i) {
             const std::uint64_t s = sum[i] + (carry & limb_mask);
             sum[i] = s & limb_mask;
             carry = (carry >> 32) + (s >> 32);
         }
+    };
+    for (std::uint32_t field = 0; field < by_field.size(); ++field) {
+        // the values of this field: by_field * 2^(shift - 149), added in two halves of 32 bits
+        const std::uint32_t shift = field == 0 ? 0 : field - 1;
+        add(shift / 32, (by_field[field] & limb_mask) << (shift % 32));
+        add(shift / 32 + 1, (by_field[field] >> 32) << (shift % 32));
     }
     // Long division by the count: quotient in place, remainder r.
     const std::uint64_t n = v.size();

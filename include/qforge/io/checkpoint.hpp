@@ -137,13 +137,15 @@ quantize_settings settings_of(const hf_quant_config& q);
 // hold, other dtypes) name the file and the tensor.
 quantized_weight quantize_tensor(const st::tensor_view& v, const config& cfg, const quantize_settings& s = {},
                                  thread_pool* pool = nullptr);
-// Whether every tensor size of layout `cfg` follows from the weight's shape (GPTQ, AWQ), so that
-// a file can be planned before anything is quantized; not bnb 4-bit (its quant_state holds the
-// mean of the absmax), not the others for now.
-bool sizes_follow_shape(const config& cfg);
-// quantize_tensor's result without its data, for export_weight_deferred (cfg: sizes_follow_shape);
-// the same errors for the dtype and shape.
-quantized_weight quantize_plan(const st::tensor_view& v, const config& cfg, const quantize_settings& s = {});
+// Whether a file of layout `cfg` can be planned before anything is quantized (quantize_plan):
+// GPTQ, AWQ and bnb 4-bit, not the others for now.
+bool plannable(const config& cfg);
+// quantize_tensor's result without its data, for export_weight_deferred (cfg: plannable); the
+// same errors for the dtype and shape. Every size follows from the shape but for the quant_state
+// blob of bnb 4-bit double quantization, which records the mean of the absmax: that pass over the
+// weight (cheap: max |x| per block) is split over `pool` when given.
+quantized_weight quantize_plan(const st::tensor_view& v, const config& cfg, const quantize_settings& s = {},
+                               thread_pool* pool = nullptr);
 
 // The plain weight's values as `out` (F32, BF16 or F16): the reference's f32 dequantization,
 // rounded to nearest even (on the SIMD kernels, split over `pool` when given). io_error naming

@@ -11,6 +11,7 @@
 #include <qforge/kernels/weights.hpp>
 #include <qforge/reference/reference.hpp>
 
+#include <cstddef>
 #include <cstdint>
 #include <span>
 
@@ -29,6 +30,12 @@ struct tensor_source {
 // The reference's ref::quantize, bit for bit; work split over `pool` when given.
 ref::quantized quantize_checkpoint(const config& cfg, tensor_source w, std::int64_t rows, std::int64_t cols,
                                    const ref::quantize_options& opt = {}, thread_pool* pool = nullptr);
+
+// The offset double quantization subtracts from a bnb 4-bit weight's absmax (their exact mean, as
+// quantize_checkpoint computes it) for the n elements of `w` in blocks of `blocksize`, without
+// quantizing: it fixes the length of the quant_state blob, so a file can be planned before the
+// weight is quantized. Blocks split over `pool` when given.
+float bnb4_nested_offset(tensor_source w, std::size_t n, std::size_t blocksize, thread_pool* pool = nullptr);
 
 // The reference's ref::quantize_blockwise8 (bnb's blockwise 8-bit code on the dynamic map, as
 // double quantization applies it to the absmax), bit for bit; blocks split over `pool` when given.

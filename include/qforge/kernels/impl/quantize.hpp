@@ -255,6 +255,31 @@ struct kernels_for {
         return ok;
     }
 
+    // bnb4's absmax alone, no codes: what planning a double-quantized file needs (its mean).
+    static bool bnb4_absmax(const bnb4_job& j, std::size_t b0, std::size_t b1) {
+        bool ok = true;
+        alignas(64) float buf[chunk];
+        const auto* bytes = static_cast<const unsigned char*>(j.src.data);
+        for (std::size_t b = b0; b < b1; ++b) {
+            const std::size_t begin = b * j.blocksize, count = j.n - begin < j.blocksize ? j.n - begin : j.blocksize;
+            if (j.src.type != element::bf16) {
+                j.absmax[b] = max_abs(widen(j.src, begin, count, buf), count, ok);
+                continue;
+            }
+            // bf16 on its bits, not widened: with the sign cleared they order as the magnitudes
+            std::uint16_t m = 0;
+            for (std::size_t i = 0; i < count; ++i) {
+                std::uint16_t h;
+                std::memcpy(&h, bytes + 2 * (begin + i), 2);
+                h &= 0x7FFF;
+                m = m < h ? h : m;
+            }
+            ok = ok && m < 0x7F80;  // else a NaN or an Inf
+            j.absmax[b] = __builtin_bit_cast(float, static_cast<std::uint32_t>(m) << 16);
+        }
+        return ok;
+    }
+
     static void bnb4_dq(const bnb4_dq_job& j, std::size_t b0, std::size_t b1) {
         const auto table = simd::ext::make_table16<A>(j.table, A{});
         alignas(64) float buf[chunk];
@@ -278,21 +303,36 @@ struct kernels_for {
 
     // ---- bitsandbytes blockwise 8-bit, the dynamic map (§1 double quantization) ----------------
 
-    // y -> code: the count of the 255 sorted thresholds below y, by a branchless binary search of
-    // 8 gathers (the table padded with +inf to 256); a y exactly on a threshold goes to the even
-    // code, as in the reference (src/reference/bnb.cpp, dynamic_code).
-    static I dynamic_codes(const float* padded, const F& y) {
+    // y -> code: the count of the 255 sorted thresholds below y, by a branchless binary search
+    // (the table padded with +inf to 256); a y exactly on a threshold goes to the even code, as in
+    // the reference (src/reference/bnb.cpp, dynamic_code). Before step s, c is a multiple of 2s:
+    // steps 128 to 8 choose among at most 16 thresholds, looked up in 16-entry tables (a permute
+    // on AVX-512), the last three steps and the tie gather.
+    struct dynamic_search {
+        alignas(64) float padded[256];
+        simd::table16<A> steps[5];  // step 128 >> k: the thresholds padded[(c >> (8 - k)) * 2 * step + step - 1]
+        dynamic_search() {
+            constexpr auto t = midpoints(dynamic_map);
+            static_assert(t.size() == 255 && std::ranges::is_sorted(t));
+            for (std::size_t i = 0; i < 255; ++i) padded[i] = t[i];
+            padded[255] = __builtin_inff();
+            for (int k = 0; k < 5; ++k) {
+                const int step = 128 >> k;
+                alignas(64) float e[16] = {};
+                for (int i = 0; i * 2 * step < 256; ++i) e[i] = padded[i * 2 * step + step - 1];
+                steps[k] = simd::make_table16<A>(e);
+            }
+        }
+    };
+    static I dynamic_codes(const dynamic_search& s, const F& y) {
         I c(0);
-        for (std::int32_t step = 128; step >= 1; step /= 2) c = c + step_if(F::gather(padded + step - 1, c) < y, step);
-        return c + (step_if(F::gather(padded, c) == y, 1) & c);  // + 1 on a tie at an odd code
+        for (int k = 0; k < 5; ++k) c = c + step_if(simd::lookup<A>(s.steps[k], c >> (8 - k)) < y, 128 >> k);
+        for (std::int32_t step = 4; step >= 1; step /= 2) c = c + step_if(F::gather(s.padded + step - 1, c) < y, step);
+        return c + (step_if(F::gather(s.padded, c) == y, 1) & c);  // + 1 on a tie at an odd code
     }
 
     static bool blockwise8(const blockwise8_job& j, std::size_t b0, std::size_t b1) {
-        constexpr auto t = midpoints(dynamic_map);
-        static_assert(t.size() == 255 && std::ranges::is_sorted(t));
-        alignas(64) float padded[256];
-        for (std::size_t i = 0; i < 255; ++i) padded[i] = t[i];
-        padded[255] = __builtin_inff();
+        const dynamic_search search;
         bool ok = true;
         alignas(64) std::uint8_t codes[chunk + 64];
         for (std::size_t b = b0; b < b1; ++b) {
@@ -311,13 +351,13 @@ struct kernels_for {
                 std::size_t i = 0;
                 for (; i + L <= m; i += L) {
                     const F v = F::load_unaligned(x + done + i);
-                    store_codes(dynamic_codes(padded, quotient ? v / F(a) : v * F(inv)), codes + i);
+                    store_codes(dynamic_codes(search, quotient ? v / F(a) : v * F(inv)), codes + i);
                 }
                 if (i < m) {  // a partial last block, through a padded register
                     alignas(64) float tail[L] = {};
                     std::memcpy(tail, x + done + i, (m - i) * 4);
                     const F v = F::load_aligned(tail);
-                    store_codes(dynamic_codes(padded, quotient ? v / F(a) : v * F(inv)), codes + i);
+                    store_codes(dynamic_codes(search, quotient ? v / F(a) : v * F(inv)), codes + i);
                 }
                 std::memcpy(j.codes + begin + done, codes, m);
             }
@@ -694,7 +734,7 @@ struct kernels_for {
     }
 
     static ops table() {
-        return {bnb4, blockwise8, int8row, gptq, awq, fp8, mx, bnb4_dq, int8row_dq, gptq_dq, awq_dq, fp8_dq, mx_dq};
+        return {bnb4, bnb4_absmax, blockwise8, int8row, gptq, awq, fp8, mx, bnb4_dq, int8row_dq, gptq_dq, awq_dq, fp8_dq, mx_dq};
     }
 };
 

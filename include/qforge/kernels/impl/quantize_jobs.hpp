@@ -132,6 +132,7 @@ struct mx_dq_job {
 
 struct ops {
     bool (*bnb4)(const bnb4_job&, std::size_t, std::size_t);
+    bool (*bnb4_absmax)(const bnb4_job&, std::size_t, std::size_t);  // absmax only (packed unused)
     bool (*blockwise8)(const blockwise8_job&, std::size_t, std::size_t);
     bool (*int8row)(const int8row_job&, std::size_t, std::size_t);
     bool (*gptq)(const gptq_job&, std::size_t, std::size_t);
