@@ -84,8 +84,7 @@ public:
     std::uint64_t append(std::span<const std::byte> bytes, std::string_view tensor) {
         const std::uint64_t at = size_;
         while (!bytes.empty()) {
-            // pieces of 256 KiB, as staged_file writes (small page-cache folios: see staged_file.cpp)
-            const ssize_t n = ::write(fd_, bytes.data(), std::min<std::size_t>(bytes.size(), std::size_t{256} << 10));
+            const ssize_t n = ::write(fd_, bytes.data(), std::min(bytes.size(), staged_file::write_piece));
             if (n < 0 && errno == EINTR) continue;
             if (n <= 0)
                 throw io_error("cannot write '" + target_.string() + "': tensor '" + std::string(tensor) +
@@ -269,12 +268,11 @@ void rewrite_model(const input_model& in, const fs::path& out, const std::string
                     if (!made) made.emplace(targets[s]);
                     writer.add_file_range(name, type, shape, made->fd(), made->append(bytes, name), bytes.size());
                 });
+                release(v);  // also after a plan, which may read the weight (bnb 4-bit double quant's absmax)
                 if (rewrite.again) {
                     replaced.push_back(&v);
-                    release(v);  // a plan may read the weight (bnb 4-bit double quant's absmax)
-                    continue;    // progress when made again
+                    continue;  // progress when made again
                 }
-                release(v);
             } else if (!rewrite.dropped.contains(v.name)) {
                 writer.add_file_range(std::string(v.name), v.type, safetensors::shape_t(v.shape.begin(), v.shape.end()),
                                       source.get(), v.file_offset, v.bytes.size());

@@ -53,12 +53,6 @@ void release(int& i) {
 
 std::string errno_text(int err) { return std::system_category().message(err); }
 
-// Data goes to the file in write()s of at most 256 KiB. One large write makes the page cache
-// allocate large folios, which on a virtual machine often come from memory the host has taken
-// back (free page reporting hands it only blocks of 2 MiB and more): filling them then costs a
-// host fault per page. On the 2-core test VM, 361 MB in four 90 MB writes took 0.12-2.2 s, the
-// same in 256 KiB pieces 0.08-0.19 s, `cp` 0.13-0.28 s (docs/checkpoint-io.md).
-constexpr std::size_t write_piece = std::size_t{256} << 10;
 
 std::atomic<unsigned> counter{0};
 
@@ -125,7 +119,7 @@ void staged_file::write(std::span<const std::byte> data, const std::string* tens
     check_open();
     const std::uint64_t start = written_;
     while (!data.empty()) {
-        const std::size_t chunk = std::min(data.size(), write_piece);
+        const std::size_t chunk = std::min(data.size(), staged_file::write_piece);
         const ssize_t n = ::write(fd_, data.data(), chunk);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) fail("write failed", n < 0 ? errno : EIO, tensor);
@@ -139,7 +133,7 @@ void staged_file::write_at(std::uint64_t at, std::span<const std::byte> data, co
     check_open();
     const std::uint64_t start = at, bytes = data.size();
     while (!data.empty()) {
-        const std::size_t chunk = std::min(data.size(), write_piece);
+        const std::size_t chunk = std::min(data.size(), staged_file::write_piece);
         const ssize_t n = ::pwrite(fd_, data.data(), chunk, static_cast<off_t>(at));
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) fail("write failed", n < 0 ? errno : EIO, tensor, at);
