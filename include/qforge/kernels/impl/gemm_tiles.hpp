@@ -24,11 +24,13 @@ inline constexpr int gemm_i8_nr = 2;
 // per X row; the VNNI panel GEMM's (i8_gemm_vnni.hpp) by a third of that, from a higher start.
 // Measured on 4096 x 11008 (int4 g128, NF4 b64), 1 thread: the VNNI panels (codes transposed
 // before decoding) win from M = 5 on (M = 8: 1.6x; M = 4: a tie for int4, NF4 1.2x), the panels
-// of the other ISAs (i8_tile) lose at every M up to 16 (docs/performance.md).
+// of the other ISAs (i8_tile) lose at every M up to 16 (docs/performance.md). Where a register of
+// codes holds two or more blocks (NF4 b64) the row kernel also permutes the block scales per X row
+// and register, and the VNNI panels win from M = 4 on (2.46 against 2.93 ms, 4096 x 11008 cold).
 template <class A>
 inline constexpr int gemm_i8_rows_mr = std::is_base_of_v<xsimd::avx512f, A> ? 8 : 4;
-template <class A>
-inline constexpr std::int64_t gemm_i8_rows_max = simd::has_vnni<A> ? 4 : 16;
+template <class A, int blocks_per_register>
+inline constexpr std::int64_t gemm_i8_rows_max = simd::has_vnni<A> ? (blocks_per_register > 1 ? 3 : 4) : 16;
 
 template <class T>
 [[gnu::always_inline]] inline T smaller(T a, T b) { return a < b ? a : b; }

@@ -326,8 +326,11 @@ void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bi
     if constexpr (P::act != compute::i8) {
         gemm_f32<P, A>(w, x, m, bias, y, n0, n1);  // f32, bf16, f16
     } else {
-        if constexpr (has_prepared_gemv<P>)  // the codes of the GEMV's row (not 8-bit integers)
-            if (m <= gemm_i8_rows_max<A>) return gemm_i8_rows<P, A>(w, x, m, bias, y, n0, n1);
+        if constexpr (has_prepared_gemv<P>) {  // the codes of the GEMV's row (not 8-bit integers)
+            // one row is the GEMV (its own row loop measured as fast or faster on every ISA)
+            if (m == 1) return gemv_i8<P, A>(w, x, bias, y, n0, n1);
+            if (m <= gemm_i8_rows_max<A, i8_shape<P, A>::blocks_per_window>) return gemm_i8_rows<P, A>(w, x, m, bias, y, n0, n1);
+        }
         if constexpr (vnni_gemm::applies<P, A>) gemm_i8_vnni<P, A>(w, x, m, bias, y, n0, n1);
         else gemm_i8<P, A>(w, x, m, bias, y, n0, n1);
     }
