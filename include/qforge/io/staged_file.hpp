@@ -53,11 +53,12 @@ private:
     int slot_ = -1;  // in the table remove_staged_files() walks, or -1
     bool committed_ = false;
     std::uint64_t written_ = 0;
+    std::uint64_t unsent_begin_ = 0, unsent_end_ = 0;  // written, not yet sent to the disk (start_writeback)
 
     [[noreturn]] void fail(const std::string& what, int err, const std::string* tensor = nullptr,
                            std::uint64_t at = ~std::uint64_t{0}) const;
     void check_open() const;
-    void start_writeback(std::uint64_t at, std::uint64_t bytes) const;
+    void start_writeback(std::uint64_t at, std::uint64_t bytes);
 };
 
 // A directory created for outputs, removed again (when empty) unless committed; also by
