@@ -662,6 +662,7 @@ void writer::write_deferred(staged_file& file, const std::function<void(const pu
         if (e->deferred) deferred.emplace(e->name, std::pair{at, e});
         at += e->size();
     }
+    file.reserve(at);
     emit(
         l, [&file](std::span<const std::byte> piece, const std::string* tensor) { file.write(piece, tensor); },
         [&file](const entry& e) {

@@ -149,6 +149,15 @@ void staged_file::skip(std::uint64_t bytes, const std::string* tensor) {
     if (::lseek(fd_, static_cast<off_t>(written_), SEEK_SET) < 0) fail("seek failed", errno, tensor);
 }
 
+void staged_file::reserve(std::uint64_t bytes) {
+    check_open();
+    if (bytes == 0) return;
+    // Best effort (posix_fallocate would write zeros where it is unsupported): on a full disk the
+    // writes that follow fail and name the tensor and the byte offset.
+    while (::fallocate(fd_, 0, 0, static_cast<off_t>(bytes)) != 0 && errno == EINTR) {
+    }
+}
+
 void staged_file::copy_from(int fd, std::uint64_t offset, std::uint64_t size, const std::string* tensor) {
     check_open();
     const std::uint64_t start = written_;

@@ -12,12 +12,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
 #include <exception>
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <thread>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -433,7 +433,19 @@ void dequantize_in_pieces(const ref::quantized& q, element out, thread_pool* poo
         std::atomic<size_t> next{0}, handed{0};
         std::atomic<bool> stop{false};
         std::exception_ptr error;
-        std::mutex error_mutex;
+        // Waits sleep on a condition variable, never in std::atomic::wait: libstdc++'s spins with
+        // sched_yield, and on a busy machine each yield gave the core away for a time slice (2 ms):
+        // the worker then made a fifth of the pieces.
+        std::mutex mutex;
+        std::condition_variable progress;  // a piece finished or handed over, or stop
+        const auto wait_until = [&](const auto& ready_now) {
+            std::unique_lock<std::mutex> lock(mutex);
+            progress.wait(lock, [&] { return ready_now() || stop.load(); });
+        };
+        const auto announce = [&] {
+            { const std::lock_guard<std::mutex> lock(mutex); }  // a waiter is asleep or sees the change
+            progress.notify_all();
+        };
         // Claims the next piece and makes it: false when none is left, or when its slot is still
         // in use and `wait` is false (the calling thread then hands over the piece holding it).
         const auto claim_and_make = [&](bool wait) {
@@ -442,23 +454,12 @@ void dequantize_in_pieces(const ref::quantized& q, element out, thread_pool* poo
                 if (i >= count || stop.load(std::memory_order_relaxed)) return false;
                 if (i >= handed.load(std::memory_order_acquire) + slots && !wait) return false;
             } while (!next.compare_exchange_weak(i, i + 1));
-            for (size_t h = handed.load(std::memory_order_acquire); i >= h + slots; h = handed.load(std::memory_order_acquire)) {
-                if (stop.load(std::memory_order_relaxed)) return false;
-                handed.wait(h);  // its slot's piece is being handed over
-            }
+            wait_until([&] { return i < handed.load() + slots; });  // its slot's piece is being handed over
+            if (stop.load()) return false;
             make(i);
             finished[i].store(true, std::memory_order_release);
-            finished[i].notify_one();
+            announce();
             return true;
-        };
-        const auto stop_all = [&] {  // wakes every waiting thread, which then sees `stop`
-            stop = true;
-            handed.fetch_add(count + slots);
-            handed.notify_all();
-            for (std::atomic<bool>& f : finished) {
-                f.store(true);
-                f.notify_all();
-            }
         };
         pool->run([&](int t) {
             try {
@@ -471,15 +472,18 @@ void dequantize_in_pieces(const ref::quantized& q, element out, thread_pool* poo
                     if (finished[h].load(std::memory_order_acquire)) {
                         if (ready) ready(piece(h));
                         handed.store(++h, std::memory_order_release);
-                        handed.notify_all();
+                        announce();
                     } else if (!claim_and_make(false)) {
-                        finished[h].wait(false);  // another thread is making piece h
+                        wait_until([&] { return finished[h].load(); });  // another thread is making piece h
                     }
                 }
             } catch (...) {
-                const std::lock_guard<std::mutex> lock(error_mutex);
-                if (!error) error = std::current_exception();
-                stop_all();
+                {
+                    const std::lock_guard<std::mutex> lock(mutex);
+                    if (!error) error = std::current_exception();
+                    stop = true;
+                }
+                progress.notify_all();
             }
         });
         if (error) std::rethrow_exception(error);
