@@ -239,6 +239,26 @@ ck::quantized_weight quantized(const config& cfg, std::int64_t rows, std::int64_
     return ck::quantize_tensor(r.at(weight_name), cfg, {});
 }
 
+// An FP8 weight [rows, 300] in 128 x 128 tiles whose scale_inv is replaced by `scale_inv` (finite
+// values such as 3e38 overflow): the imported weight, its exact values and the index of the first
+// non-finite one.
+struct overflowing_weight {
+    ck::quantized_weight q;
+    std::vector<float> exact;
+    std::size_t first;
+};
+overflowing_weight fp8_overflowing(std::int64_t rows, const std::vector<float>& scale_inv) {
+    std::vector<entry> es = entries_of(quantized(configs::fp8_block128, rows, 300));
+    find_entry(es, weight_name + "_scale_inv").bytes = bytes_of(scale_inv);
+    temp_dir dir;
+    write_entries(dir / "f.safetensors", es);
+    overflowing_weight w{ck::import_module(st::reader(dir / "f.safetensors"), "model.layers.0.mlp.down_proj"), {}, 0};
+    w.exact = ref::dequantize(w.q.data);
+    w.first = static_cast<std::size_t>(
+        std::find_if(w.exact.begin(), w.exact.end(), [](float v) { return !std::isfinite(v); }) - w.exact.begin());
+    return w;
+}
+
 // Imports the only weight of a tampered file and returns the error message ("" when accepted).
 std::string import_error(const std::vector<entry>& entries, const std::optional<config>& expected = std::nullopt) {
     temp_dir dir;
@@ -727,22 +747,55 @@ TEST_CASE("non-finite scales, tables and codes are refused at import, naming ten
                           Catch::Contains("weight '" + weight_name + "'") && Catch::Contains("not finite in F32"));
     }
     SECTION("the element named is the first one that overflows, with and without a thread pool") {
-        std::vector<entry> es = entries_of(quantized(configs::fp8_block128, 300, 300));
         std::vector<float> scale_inv(9, 1.0f);
         scale_inv[4] = scale_inv[8] = 3e38f;  // blocks [1, 1] and [2, 2]: rows 128.. and 256..
-        find_entry(es, weight_name + "_scale_inv").bytes = bytes_of(scale_inv);
-        temp_dir dir;
-        write_entries(dir / "f.safetensors", es);
-        const ck::quantized_weight q = ck::import_module(st::reader(dir / "f.safetensors"), "model.layers.0.mlp.down_proj");
-        const std::vector<float> exact = ref::dequantize(q.data);
-        const auto first = static_cast<std::size_t>(
-            std::find_if(exact.begin(), exact.end(), [](float v) { return !std::isfinite(v); }) - exact.begin());
+        const auto [q, exact, first] = fp8_overflowing(300, scale_inv);
         REQUIRE(first / 300 >= 128);
         REQUIRE(first / 300 < 256);
         const std::string where = "[" + std::to_string(first / 300) + ", " + std::to_string(first % 300) + "]";
         thread_pool pool(4);
         CHECK_THROWS_WITH(ck::dequantize_weight(q, sdt::F32), Catch::Contains(where));
         CHECK_THROWS_WITH(ck::dequantize_weight(q, sdt::F32, &pool), Catch::Contains(where));
+    }
+}
+
+TEST_CASE("dequantize_weight_pieces hands its pieces over in order, and none from the first non-finite one on",
+          "[checkpoint]") {
+    thread_pool one(1), two(2), four(4);
+    for (thread_pool* pool : {static_cast<thread_pool*>(nullptr), &one, &two, &four}) {
+        SECTION("pool of " + std::to_string(pool ? pool->size() : 0)) {
+            // bnb 4-bit with double quantization (pieces of 64-blocks) and GPTQ (pieces of rows),
+            // more pieces than the buffers they are made in: concatenated, the whole weight
+            for (const config& cfg : {configs::qlora_nf4, configs::gptq_int4_g128}) {
+                const ck::quantized_weight q = quantized(cfg, 4096, 1024, sdt::BF16);
+                for (const sdt out : {sdt::BF16, sdt::F32}) {
+                    const std::vector<std::byte> whole = ck::dequantize_weight(q, out);
+                    std::vector<std::byte> handed;
+                    std::size_t pieces = 0;
+                    ck::dequantize_weight_pieces(q, out, pool, [&](std::span<const std::byte> piece) {
+                        handed.insert(handed.end(), piece.begin(), piece.end());
+                        ++pieces;
+                    });
+                    CHECK(pieces >= 32);  // more than the 8 buffers per thread
+                    CHECK(handed == whole);
+                }
+            }
+            // FP8 blocks whose scale_inv overflows from row 1024 on: the pieces before the one
+            // holding the first non-finite value are handed over, that one and later ones never
+            std::vector<float> scale_inv(30, 1.0f);
+            scale_inv[8 * 3 + 1] = 3e38f;  // tile [8, 1]: rows 1024..1151, columns 128..255
+            const auto [q, exact, first] = fp8_overflowing(1200, scale_inv);
+            REQUIRE(first / 300 >= 1024);
+            std::vector<std::byte> handed;
+            CHECK_THROWS_WITH(ck::dequantize_weight_pieces(q, sdt::F32, pool,
+                                                           [&](std::span<const std::byte> piece) {
+                                                               handed.insert(handed.end(), piece.begin(), piece.end());
+                                                           }),
+                              Catch::Contains("[" + std::to_string(first / 300) + ", " + std::to_string(first % 300) + "]"));
+            CHECK(!handed.empty());
+            CHECK(handed.size() <= first * 4);
+            CHECK(std::memcmp(handed.data(), exact.data(), handed.size()) == 0);
+        }
     }
 }
 

@@ -313,6 +313,16 @@ TEST_CASE("deferred tensors are written in place, in any order", "[safetensors]"
         put("a", std::as_bytes(std::span(a)));
     });
     CHECK(read_file(dir.path / "d.safetensors") == as_string(in_memory.serialize()));
+    // a tensor in pieces, put in order
+    const std::span<const std::byte> a_bytes = std::as_bytes(std::span(a));
+    deferred.write_deferred(dir.path / "p.safetensors", [&](const st::writer::put_fn& put) {
+        put("a", a_bytes.first(400));
+        put("b", std::as_bytes(std::span(b)));
+        put("a", a_bytes.subspan(400, 4));
+        put("a", a_bytes.subspan(404));
+    });
+    CHECK(read_file(dir.path / "p.safetensors") == as_string(in_memory.serialize()));
+    fs::remove(dir.path / "p.safetensors");
     const auto bad = [&](const std::function<void(const st::writer::put_fn&)>& fill) {
         deferred.write_deferred(dir.path / "e.safetensors", fill);
     };
@@ -320,6 +330,18 @@ TEST_CASE("deferred tensors are written in place, in any order", "[safetensors]"
                       Contains("'b': was never written"));
     CHECK_THROWS_WITH(bad([&](const st::writer::put_fn& put) { put("a", std::as_bytes(std::span(b))); }),
                       Contains("holds 28 bytes, its shape needs 1200"));
+    CHECK_THROWS_WITH(bad([&](const st::writer::put_fn& put) {
+                          put("b", std::as_bytes(std::span(b)));
+                          put("a", a_bytes.first(1000));
+                          put("a", a_bytes.first(201));
+                      }),
+                      Contains("'a': holds 1201 bytes, its shape needs 1200"));
+    CHECK_THROWS_WITH(bad([&](const st::writer::put_fn& put) {
+                          put("a", a_bytes);
+                          put("b", std::as_bytes(std::span(b)));
+                          put("b", std::as_bytes(std::span(b)).first(1));
+                      }),
+                      Contains("'b': written twice"));
     CHECK_THROWS_WITH(bad([&](const st::writer::put_fn& put) { put("c", std::as_bytes(std::span(codes))); }),
                       Contains("not a deferred tensor"));
     CHECK_THROWS_WITH(deferred.write(dir.path / "f.safetensors"), Contains("never written"));

@@ -2,12 +2,14 @@
 // builds this test with -fsanitize=thread): the registry's first use, one packed weight shared by
 // concurrent GEMVs / GEMMs / dequantizes, pools run side by side, and activations prepared once
 // (engine.hpp's prepared_x, the C API's qforge_prepared) shared by every thread while each thread
-// also prepares its own. Every result must equal the single-threaded one bit for bit.
+// also prepares its own, and a dequantization in pieces (the pool makes pieces into a ring while
+// the calling thread hands them over). Every result must equal the single-threaded one bit for bit.
 #include <qforge/config/aliases.hpp>
 #include <qforge/config/name.hpp>
 #include <qforge/engine.hpp>
 #include <qforge/io/packed_file.hpp>
 #include <qforge/kernels/pack.hpp>
+#include <qforge/kernels/quantize.hpp>
 #include <qforge/parallel.hpp>
 #include <qforge/qforge.h>
 #include <qforge/registry.hpp>
@@ -18,6 +20,7 @@
 #include <atomic>
 #include <cstring>
 #include <filesystem>
+#include <stdexcept>
 #include <thread>
 #include <unistd.h>
 #include <vector>
@@ -155,5 +158,36 @@ TEST_CASE("activations prepared once, shared by threads: engine calls and the C 
         qforge_matrix_free(cq);
         qforge_matrix_free(ck);
         std::filesystem::remove(path);
+    }
+}
+
+TEST_CASE("a dequantization in pieces: made on the pool into a ring, handed over in order", "[threads]") {
+    const std::vector<float> w = synthetic_weights({.rows = 256, .cols = 1024, .seed = 5});
+    const ref::quantized q = ref::quantize(configs::qlora_nf4, std::span<const float>(w), 256, 1024);
+    std::vector<float> whole(w.size());
+    kernels::dequantize_checkpoint(q, element::f32, whole.data());
+    for (const int n : {2, 4}) {
+        thread_pool pool(n);
+        // pieces of 4096 values: 64 pieces, the ring of 8 per thread wraps several times
+        std::vector<float> out(w.size());
+        std::atomic<std::size_t> made{0};
+        std::size_t next = 0;
+        kernels::dequantize_in_pieces(
+            q, element::f32, &pool, 4096, [&](const kernels::dequantized_piece& p) { made += p.count; },
+            [&](const kernels::dequantized_piece& p) {
+                CHECK(p.first == next);
+                std::memcpy(out.data() + p.first, p.bytes.data(), p.bytes.size());
+                next = p.first + p.count;
+            });
+        CHECK(made == w.size());
+        CHECK(same_bits(out, whole));
+        // an exception from the writer stops every thread and comes back to the caller
+        std::size_t handed = 0;
+        CHECK_THROWS_WITH(kernels::dequantize_in_pieces(q, element::f32, &pool, 4096, {},
+                                                        [&](const kernels::dequantized_piece&) {
+                                                            if (++handed == 20) throw std::runtime_error("disk full");
+                                                        }),
+                          "disk full");
+        CHECK(handed == 20);
     }
 }

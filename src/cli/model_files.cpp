@@ -283,6 +283,7 @@ void rewrite_model(const input_model& in, const fs::path& out, const std::string
         writer.write_deferred(staged, [&](const safetensors::writer::put_fn& put) {
             for (const safetensors::tensor_view* v : replaced) {
                 shard_output piece;
+                piece.put = put;
                 rewrite.again(*v, piece);
                 piece.writer.for_each_in_memory([&](const std::string& name, safetensors::dtype, const safetensors::shape_t&,
                                                     std::span<const std::byte> bytes) { put(name, bytes); });

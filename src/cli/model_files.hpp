@@ -64,6 +64,10 @@ private:
 struct shard_output {
     safetensors::writer writer;
     std::deque<checkpoint::quantized_weight> keep;  // weights the writer borrows from
+    // Set while a planned tensor is made again (tensor_rewrite::again): writes the next bytes of
+    // that tensor straight to the output, so a replacement can be written piece by piece as it is
+    // made instead of being added to `writer` whole.
+    safetensors::writer::put_fn put;
 };
 
 // What a subcommand does to the tensors of a model.

@@ -4,6 +4,7 @@
 
 #include <qforge/format/packing.hpp>
 #include <qforge/format/tables.hpp>
+#include <qforge/io/staged_file.hpp>
 #include <qforge/kernels/quantize.hpp>
 #include <qforge/parallel.hpp>
 
@@ -15,6 +16,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <set>
 #include <stdexcept>
@@ -236,7 +238,7 @@ void import_bnb4(const tensor_set& s, const detected_weight& d, const import_opt
                           " are not a multiple of the " + std::to_string(item) + "-byte storage dtype " +
                           std::string(st::to_string(weight->type)));
     expect_shape(*weight, {packed / item, 1}, "(N*K+1)/2 packed bytes as [bytes / itemsize, 1] for shape " + shape.dump());
-    t.packed = raw_bytes(*weight);
+    if (opt.codes) t.packed = raw_bytes(*weight);
 
     const std::string absmax_key = w + ".absmax";
     const st::tensor_view* absmax = s.find(absmax_key);
@@ -310,7 +312,7 @@ void import_bnb8(const tensor_set& s, const detected_weight& d, const import_opt
     ref::int8row_tensor t;
     t.rows = rows;
     t.cols = cols;
-    t.codes = values<std::int8_t>(*weight);
+    if (opt.codes) t.codes = values<std::int8_t>(*weight);
     t.scb = values<float>(scb);
     expect_finite(scb, t.scb);
     q.cfg = config{qforge::dtype::int8_row, 8, per_channel, false, layout::bnb8, act_of(opt, compute::i8)};
@@ -404,7 +406,7 @@ void import_gptq(const tensor_set& s, const detected_weight& d, const import_opt
     const std::int32_t group = gptq_group(it.scales, cols, groups, opt.expected);
     t.group = group == per_channel ? narrow<std::int32_t>(it.qweight, cols, "K") : group;
     t.v2 = opt.expected && opt.expected->storage == layout::gptq_v2;
-    t.qweight = values<std::int32_t>(it.qweight);
+    if (opt.codes) t.qweight = values<std::int32_t>(it.qweight);
     t.qzeros = values<std::int32_t>(it.qzeros);
     t.scales = values<f16>(it.scales);
     expect_finite(it.scales, t.scales);
@@ -452,7 +454,7 @@ void import_awq(const tensor_set& s, const detected_weight& d, const import_opti
     t.rows = rows;
     t.cols = cols;
     t.group = narrow<std::int32_t>(it.scales, group, "group size");
-    t.qweight = values<std::int32_t>(it.qweight);
+    if (opt.codes) t.qweight = values<std::int32_t>(it.qweight);
     t.qzeros = values<std::int32_t>(it.qzeros);
     t.scales = values<f16>(it.scales);
     expect_finite(it.scales, t.scales);
@@ -509,7 +511,7 @@ void import_mx(const tensor_set& s, const detected_weight& d, const import_optio
     ref::mx_tensor t;
     t.rows = rows;
     t.cols = cols;
-    t.blocks = raw_bytes(blocks);
+    if (opt.codes) t.blocks = raw_bytes(blocks);
     t.scales = raw_bytes(*scales);
     expect_finite(*scales, std::span<const std::uint8_t>(t.scales), e8m0_to_float);  // 0xFF is NaN
     q.cfg = config{qforge::dtype::e2m1, 4, static_cast<std::int32_t>(mx_block), false, layout::mx, act_of(opt, compute::f32)};
@@ -902,62 +904,111 @@ quantized_weight quantize_plan(const st::tensor_view& v, const config& cfg, cons
     return q;
 }
 
-void dequantize_weight_into(const quantized_weight& q, st::dtype out, std::span<std::byte> dst, thread_pool* pool) {
-    element type = element::f32;
+namespace {
+
+// The element type of a dequantized weight's values.
+element dequantized_type(st::dtype out) {
     switch (out) {
-        case sdt::F32: break;
-        case sdt::BF16: type = element::bf16; break;
-        case sdt::F16: type = element::f16; break;
+        case sdt::F32: return element::f32;
+        case sdt::BF16: return element::bf16;
+        case sdt::F16: return element::f16;
         default:
             throw std::invalid_argument("dequantize: output dtype " + std::string(st::to_string(out)) +
                                         " is not F32, BF16 or F16");
     }
-    const std::size_t n = q.rows() > 0 && q.cols() > 0 ? static_cast<std::size_t>(q.rows()) * static_cast<std::size_t>(q.cols()) : 0;
-    if (dst.size() != n * st::itemsize(out))  // (a bad shape: the reference throws before writing)
-        throw std::invalid_argument("dequantize: weight '" + q.name + "' needs " + std::to_string(n * st::itemsize(out)) +
-                                    " bytes, the buffer has " + std::to_string(dst.size()));
-    kernels::dequantize_checkpoint(q.data, type, dst.data(), pool);
-    // Import refuses non-finite scales; finite ones can still overflow (FP8 scale_inv * 448, or
-    // a value beyond the f16 range): find the first non-finite value. On the pool (a third of a
-    // bnb dequantize's time when it ran on one thread after the kernel), 4096 values at a time (the
-    // inner loop vectorizes); the first bad value of the whole tensor is the one reported.
-    const auto check = [&]<class T>(T exponent) {  // T: the element's bits, its exponent field all ones
+}
+
+std::size_t element_count(const quantized_weight& q) {
+    return q.rows() > 0 && q.cols() > 0 ? static_cast<std::size_t>(q.rows()) * static_cast<std::size_t>(q.cols()) : 0;
+}
+
+// Import refuses non-finite scales; finite ones can still overflow (FP8 scale_inv * 448, or a
+// value beyond the f16 range). The index in `bytes` (values of `out`) of the first non-finite
+// value, or npos. 4096 values at a time: the inner loop vectorizes.
+std::size_t first_non_finite(std::span<const std::byte> bytes, st::dtype out) {
+    const auto scan = [&]<class T>(T exponent) -> std::size_t {  // T: the element's bits; exponent: all ones
+        const std::size_t n = bytes.size() / sizeof(T);
         const auto v = [&](std::size_t i) {  // memcpy of a constant size: any alignment, still vectorized
             T x;
-            std::memcpy(&x, dst.data() + i * sizeof(T), sizeof(T));
+            std::memcpy(&x, bytes.data() + i * sizeof(T), sizeof(T));
             return x;
         };
         const T lowest = exponent & static_cast<T>(~exponent + 1u);
         const T sign = static_cast<T>(exponent + lowest);
         constexpr std::size_t chunk = 4096;
-        std::atomic<std::size_t> first_bad{n};
-        const auto scan = [&](std::int64_t c_begin, std::int64_t c_end) {
-            for (auto c = static_cast<std::size_t>(c_begin); c < static_cast<std::size_t>(c_end); ++c) {
-                const std::size_t i0 = c * chunk, i1 = std::min(n, i0 + chunk);
-                // (x & exponent) + its lowest bit carries into the sign bit exactly when the
-                // exponent is all ones: and, add, or per element, which vectorizes on any x86-64
-                // (the bool reduction `bad |= (x & e) == e` ran at 1.5 G values/s).
-                T carries = 0;
-                for (std::size_t i = i0; i < i1; ++i) carries |= static_cast<T>((v(i) & exponent) + lowest);
-                if ((carries & sign) == 0) continue;
-                std::size_t i = i0;
-                while ((v(i) & exponent) != exponent) ++i;
-                for (std::size_t seen = first_bad.load(); i < seen && !first_bad.compare_exchange_weak(seen, i);) {
-                }
-                return;
-            }
-        };
-        const auto chunks = static_cast<std::int64_t>((n + chunk - 1) / chunk);
-        if (pool != nullptr) pool->parallel_for(0, chunks, 1, scan);
-        else scan(0, chunks);
-        if (const std::size_t i = first_bad.load(); i < n) {
-            const auto cols = static_cast<std::size_t>(q.cols());
-            throw io_error("weight '" + q.name + "': dequantized value [" + std::to_string(i / cols) + ", " +
-                           std::to_string(i % cols) + "] is not finite in " + std::string(st::to_string(out)));
+        for (std::size_t i0 = 0; i0 < n; i0 += chunk) {
+            const std::size_t i1 = std::min(n, i0 + chunk);
+            // (x & exponent) + its lowest bit carries into the sign bit exactly when the exponent
+            // is all ones: and, add, or per element, which vectorizes on any x86-64 (the bool
+            // reduction `bad |= (x & e) == e` ran at 1.5 G values/s).
+            T carries = 0;
+            for (std::size_t i = i0; i < i1; ++i) carries |= static_cast<T>((v(i) & exponent) + lowest);
+            if ((carries & sign) == 0) continue;
+            std::size_t i = i0;
+            while ((v(i) & exponent) != exponent) ++i;
+            return i;
+        }
+        return std::string::npos;
+    };
+    if (out == sdt::F32) return scan(std::uint32_t{0x7F800000u});
+    return scan(static_cast<std::uint16_t>(out == sdt::BF16 ? 0x7F80u : 0x7C00u));
+}
+
+[[noreturn]] void fail_non_finite(const quantized_weight& q, std::size_t i, st::dtype out) {
+    const auto cols = static_cast<std::size_t>(q.cols());
+    throw io_error("weight '" + q.name + "': dequantized value [" + std::to_string(i / cols) + ", " +
+                   std::to_string(i % cols) + "] is not finite in " + std::string(st::to_string(out)));
+}
+
+// Lowers `first` to i.
+void keep_lowest(std::atomic<std::size_t>& first, std::size_t i) {
+    for (std::size_t seen = first.load(); i < seen && !first.compare_exchange_weak(seen, i);) {
+    }
+}
+
+}  // namespace
+
+void dequantize_weight_into(const quantized_weight& q, st::dtype out, std::span<std::byte> dst, thread_pool* pool) {
+    const element type = dequantized_type(out);
+    const std::size_t n = element_count(q), item = st::itemsize(out);
+    if (dst.size() != n * item)  // (a bad shape: the reference throws before writing)
+        throw std::invalid_argument("dequantize: weight '" + q.name + "' needs " + std::to_string(n * item) +
+                                    " bytes, the buffer has " + std::to_string(dst.size()));
+    kernels::dequantize_checkpoint(q.data, type, dst.data(), pool);
+    // The scan on the pool (a third of a bnb dequantize's time when it ran on one thread after the
+    // kernel), in chunks; the first bad value of the whole tensor is the one reported.
+    constexpr std::size_t chunk = 1 << 16;
+    std::atomic<std::size_t> first_bad{n};
+    const auto scan = [&](std::int64_t c0, std::int64_t c1) {
+        for (auto c = static_cast<std::size_t>(c0); c < static_cast<std::size_t>(c1); ++c) {
+            const std::size_t i0 = c * chunk, i1 = std::min(n, i0 + chunk);
+            if (const std::size_t i = first_non_finite(dst.subspan(i0 * item, (i1 - i0) * item), out); i != std::string::npos)
+                return keep_lowest(first_bad, i0 + i);
         }
     };
-    if (out == sdt::F32) check(std::uint32_t{0x7F800000u});
-    else check(static_cast<std::uint16_t>(out == sdt::BF16 ? 0x7F80u : 0x7C00u));
+    const auto chunks = static_cast<std::int64_t>((n + chunk - 1) / chunk);
+    if (pool != nullptr) pool->parallel_for(0, chunks, 1, scan);
+    else scan(0, chunks);
+    if (const std::size_t i = first_bad.load(); i < n) fail_non_finite(q, i, out);
+}
+
+void dequantize_weight_pieces(const quantized_weight& q, st::dtype out, thread_pool* pool,
+                              const std::function<void(std::span<const std::byte>)>& ready) {
+    const element type = dequantized_type(out);
+    const std::size_t n = element_count(q);
+    // Each piece is scanned by the thread that made it, while it is in cache; the first bad value
+    // of the tensor is reported before the piece holding it is handed over (every earlier piece
+    // was made and scanned by then).
+    std::atomic<std::size_t> first_bad{n};
+    kernels::dequantize_in_pieces(
+        q.data, type, pool, staged_file::write_piece / st::itemsize(out),
+        [&](const kernels::dequantized_piece& p) {
+            if (const std::size_t i = first_non_finite(p.bytes, out); i != std::string::npos) keep_lowest(first_bad, p.first + i);
+        },
+        [&](const kernels::dequantized_piece& p) {
+            if (const std::size_t i = first_bad.load(); i < p.first + p.count) fail_non_finite(q, i, out);
+            ready(p.bytes);
+        });
 }
 
 std::vector<std::byte> dequantize_weight(const quantized_weight& q, st::dtype out, thread_pool* pool) {

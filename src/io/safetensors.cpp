@@ -662,27 +662,33 @@ void writer::write_deferred(staged_file& file, const std::function<void(const pu
         if (e->deferred) deferred.emplace(e->name, std::pair{at, e});
         at += e->size();
     }
+    file.reserve(at);
     emit(
         l, [&file](std::span<const std::byte> piece, const std::string* tensor) { file.write(piece, tensor); },
         [&file](const entry& e) {
             if (e.deferred) file.skip(e.file_size, &e.name);
             else file.copy_from(e.fd, e.file_offset, e.file_size, &e.name);
         });
-    std::set<std::string_view> done;
+    std::unordered_map<std::string_view, std::uint64_t> filled;  // bytes put so far
     fill([&](std::string_view name, std::span<const std::byte> bytes) {
         const auto it = deferred.find(name);
         const std::string n(name);
         if (it == deferred.end()) writer_fail(n, "is not a deferred tensor of this writer");
-        if (bytes.size() != it->second.second->file_size)
-            writer_fail(n, "holds " + std::to_string(bytes.size()) + " bytes, its shape needs " +
-                               std::to_string(it->second.second->file_size));
-        if (!done.insert(it->first).second) writer_fail(n, "written twice");
-        file.write_at(it->second.first, bytes, &n);
+        const std::uint64_t size = it->second.second->file_size;
+        const auto [at, first_piece] = filled.try_emplace(it->first, 0);
+        std::uint64_t& have = at->second;
+        if (!first_piece && have == size) writer_fail(n, "written twice");
+        if (have + bytes.size() > size)
+            writer_fail(n, "holds " + std::to_string(have + bytes.size()) + " bytes, its shape needs " + std::to_string(size));
+        file.write_at(it->second.first + have, bytes, &n);
+        have += bytes.size();
     });
-    if (done.size() != deferred.size()) {
-        for (const auto& [name, place] : deferred)
-            if (!done.contains(name)) writer_fail(std::string(name), "was never written");
-    }
+    for (const auto& [name, have] : filled)
+        if (have != deferred.at(name).second->file_size)
+            writer_fail(std::string(name), "holds " + std::to_string(have) + " bytes, its shape needs " +
+                                               std::to_string(deferred.at(name).second->file_size));
+    for (const auto& [name, place] : deferred)
+        if (!filled.contains(name)) writer_fail(std::string(name), "was never written");
     file.finish();
 }
 

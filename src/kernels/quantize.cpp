@@ -12,9 +12,15 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
+#include <exception>
 #include <functional>
+#include <memory>
+#include <mutex>
+#include <utility>
 #include <variant>
+#include <vector>
 
 namespace qforge::kernels {
 
@@ -277,14 +283,22 @@ overloaded(F...) -> overloaded<F...>;
 
 size_t count(std::int64_t rows, std::int64_t cols) { return static_cast<size_t>(rows) * static_cast<size_t>(cols); }
 
-}  // namespace
+// Runs the kernel of q's layout through `each` (units: rows, blocks or tiles, each a contiguous
+// run of output elements); false for what the kernels do not take (the reference does).
+using unit_fn = std::function<void(size_t u0, size_t u1, const quant::sink& s)>;
+using each_fn = std::function<void(size_t units, size_t unit, size_t n, size_t grain, const unit_fn& fn)>;
 
-void dequantize_checkpoint(const ref::quantized& q, element out, void* dst, thread_pool* pool) {
+template <class Job>
+Job with(Job job, const quant::sink& s) {
+    job.out = s;
+    return job;
+}
+
+bool dequantize_layout(const ref::quantized& q, const each_fn& each) {
     const quant::ops& k = active_ops();
-    const quant::sink sink{dst, out};
     // Each layout's sizes are checked as the reference checks them; anything else goes to the
     // reference, which throws its error.
-    const bool done = std::visit(
+    return std::visit(
         overloaded{
             [&](const ref::bnb4_tensor& t) {
                 if (t.rows <= 0 || t.cols <= 0 || t.blocksize <= 0 || t.blocksize > 4096 || t.blocksize % 2 != 0) return false;
@@ -295,8 +309,8 @@ void dequantize_checkpoint(const ref::quantized& q, element out, void* dst, thre
                     return false;
                 const std::vector<float> absmax = t.nested ? ref::bnb4_absmax(t) : std::vector<float>{};
                 const quant::bnb4_dq_job job{t.packed.data(), t.nested ? absmax.data() : t.absmax.data(),
-                                             t.quant_map.data(), n, bs, sink};
-                split_void(pool, blocks, 64, [&](size_t b0, size_t b1) { k.bnb4_dq(job, b0, b1); });
+                                             t.quant_map.data(), n, bs, {}};
+                each(blocks, bs, n, 64, [&](size_t b0, size_t b1, const quant::sink& s) { k.bnb4_dq(with(job, s), b0, b1); });
                 return true;
             },
             [&](const ref::int8row_tensor& t) {
@@ -304,8 +318,9 @@ void dequantize_checkpoint(const ref::quantized& q, element out, void* dst, thre
                     t.scb.size() != static_cast<size_t>(t.rows))
                     return false;
                 const quant::int8row_dq_job job{t.codes.data(), t.scb.data(), static_cast<size_t>(t.rows),
-                                                static_cast<size_t>(t.cols), sink};
-                split_void(pool, job.rows, 16, [&](size_t r0, size_t r1) { k.int8row_dq(job, r0, r1); });
+                                                static_cast<size_t>(t.cols), {}};
+                each(job.rows, job.cols, count(t.rows, t.cols), 16,
+                     [&](size_t r0, size_t r1, const quant::sink& s) { k.int8row_dq(with(job, s), r0, r1); });
                 return true;
             },
             [&](const ref::gptq_tensor& t) {
@@ -327,8 +342,9 @@ void dequantize_checkpoint(const ref::quantized& q, element out, void* dst, thre
                     for (size_t r = 0; r < n_rows; ++r) zeros[g * n_rows + r] = gptq_zero_from_field(t.bits, fields[r], t.v2);
                 }
                 const quant::gptq_dq_job job{t.qweight.data(), bits_of(t.scales), zeros.data(), t.g_idx.data(), t.bits,
-                                             n_rows, k_cols, groups, sink};
-                split_void(pool, n_rows, 32, [&](size_t r0, size_t r1) { k.gptq_dq(job, r0, r1); });
+                                             n_rows, k_cols, groups, {}};
+                each(n_rows, k_cols, n_rows * k_cols, 32,
+                     [&](size_t r0, size_t r1, const quant::sink& s) { k.gptq_dq(with(job, s), r0, r1); });
                 return true;
             },
             [&](const ref::awq_tensor& t) {
@@ -339,8 +355,9 @@ void dequantize_checkpoint(const ref::quantized& q, element out, void* dst, thre
                 if (t.qweight.size() != k_cols * words || t.qzeros.size() != groups * words ||
                     t.scales.size() != groups * n_rows)
                     return false;
-                const quant::awq_dq_job job{t.qweight.data(), t.qzeros.data(), bits_of(t.scales), n_rows, k_cols, gs, sink};
-                split_void(pool, n_rows, 64, [&](size_t r0, size_t r1) { k.awq_dq(job, r0, r1); });
+                const quant::awq_dq_job job{t.qweight.data(), t.qzeros.data(), bits_of(t.scales), n_rows, k_cols, gs, {}};
+                each(n_rows, k_cols, n_rows * k_cols, 64,
+                     [&](size_t r0, size_t r1, const quant::sink& s) { k.awq_dq(with(job, s), r0, r1); });
                 return true;
             },
             [&](const ref::fp8_tensor& t) {
@@ -355,8 +372,9 @@ void dequantize_checkpoint(const ref::quantized& q, element out, void* dst, thre
                 for (int c = 0; c < 256; ++c)
                     decode[static_cast<size_t>(c)] = t.type == dtype::fp8_e4m3 ? e4m3_to_float(static_cast<std::uint8_t>(c))
                                                                                : e5m2_to_float(static_cast<std::uint8_t>(c));
-                const quant::fp8_dq_job job{t.codes.data(), t.scale_inv.data(), decode.data(), n_rows, k_cols, tr, tc, sink};
-                split_void(pool, n_rows, 16, [&](size_t r0, size_t r1) { k.fp8_dq(job, r0, r1); });
+                const quant::fp8_dq_job job{t.codes.data(), t.scale_inv.data(), decode.data(), n_rows, k_cols, tr, tc, {}};
+                each(n_rows, k_cols, n_rows * k_cols, 16,
+                     [&](size_t r0, size_t r1, const quant::sink& s) { k.fp8_dq(with(job, s), r0, r1); });
                 return true;
             },
             [&](const ref::mx_tensor& t) {
@@ -364,13 +382,120 @@ void dequantize_checkpoint(const ref::quantized& q, element out, void* dst, thre
                 const size_t n_rows = static_cast<size_t>(t.rows), k_cols = static_cast<size_t>(t.cols);
                 const size_t blocks = n_rows * (k_cols / 32);
                 if (t.blocks.size() != blocks * 16 || t.scales.size() != blocks) return false;
-                const quant::mx_dq_job job{t.blocks.data(), t.scales.data(), e2m1_table.data(), n_rows, k_cols, sink};
-                split_void(pool, n_rows, 16, [&](size_t r0, size_t r1) { k.mx_dq(job, r0, r1); });
+                const quant::mx_dq_job job{t.blocks.data(), t.scales.data(), e2m1_table.data(), n_rows, k_cols, {}};
+                each(n_rows, k_cols, n_rows * k_cols, 16,
+                     [&](size_t r0, size_t r1, const quant::sink& s) { k.mx_dq(with(job, s), r0, r1); });
                 return true;
             },
         },
         q);
+}
+
+}  // namespace
+
+void dequantize_checkpoint(const ref::quantized& q, element out, void* dst, thread_pool* pool) {
+    const bool done = dequantize_layout(q, [&](size_t units, size_t, size_t, size_t grain, const unit_fn& fn) {
+        split_void(pool, units, grain, [&](size_t u0, size_t u1) { fn(u0, u1, quant::sink{dst, out}); });
+    });
     if (!done) store_reference(q, out, dst);
+}
+
+// Pieces of `per` units, made in turn into the slots of a ring (piece i into slot i % slots, once
+// piece i - slots was handed over); the calling thread hands the pieces over in order and makes
+// pieces while the next one is not ready. Pieces are claimed in order, so the one to hand over is
+// usually made already and still in cache, and the ring (a few MiB, reused) stays in cache too.
+void dequantize_in_pieces(const ref::quantized& q, element out, thread_pool* pool, size_t elements,
+                          const piece_fn& made, const piece_fn& ready) {
+    const size_t item = out == element::f32 ? 4 : 2;
+    const bool done = dequantize_layout(q, [&](size_t units, size_t unit, size_t n, size_t grain, const unit_fn& fn) {
+        const size_t per = (std::max(elements / unit, grain) + grain - 1) / grain * grain;
+        const size_t count = (units + per - 1) / per;
+        const size_t threads = pool ? static_cast<size_t>(pool->size()) : 1;
+        const size_t slots = std::min(count, 8 * threads), slot_bytes = per * unit * item;
+        const std::unique_ptr<std::byte[]> ring(new std::byte[slots * slot_bytes]);  // no zero-filling
+        const auto piece = [&](size_t i) {
+            const size_t first = i * per * unit, end = std::min(n, (i + 1) * per * unit);
+            return dequantized_piece{first, end - first, std::span(ring.get() + i % slots * slot_bytes, (end - first) * item)};
+        };
+        const auto make = [&](size_t i) {
+            const dequantized_piece p = piece(i);
+            fn(i * per, std::min(units, (i + 1) * per), quant::sink{p.bytes.data(), out, p.first});
+            if (made) made(p);
+        };
+        if (threads == 1 || count == 1) {
+            for (size_t i = 0; i < count; ++i) {
+                make(i);
+                if (ready) ready(piece(i));
+            }
+            return;
+        }
+        std::vector<std::atomic<bool>> finished(count);
+        std::atomic<size_t> next{0}, handed{0};
+        std::atomic<bool> stop{false};
+        std::exception_ptr error;
+        // Waits sleep on a condition variable, never in std::atomic::wait: libstdc++'s spins with
+        // sched_yield, and on a busy machine each yield gave the core away for a time slice (2 ms):
+        // the worker then made a fifth of the pieces.
+        std::mutex mutex;
+        std::condition_variable progress;  // a piece finished or handed over, or stop
+        const auto wait_until = [&](const auto& ready_now) {
+            std::unique_lock<std::mutex> lock(mutex);
+            progress.wait(lock, [&] { return ready_now() || stop.load(); });
+        };
+        const auto announce = [&] {
+            { const std::lock_guard<std::mutex> lock(mutex); }  // a waiter is asleep or sees the change
+            progress.notify_all();
+        };
+        // Claims the next piece and makes it: false when none is left, or when its slot is still
+        // in use and `wait` is false (the calling thread then hands over the piece holding it).
+        const auto claim_and_make = [&](bool wait) {
+            size_t i = next.load();
+            do {
+                if (i >= count || stop.load(std::memory_order_relaxed)) return false;
+                if (i >= handed.load(std::memory_order_acquire) + slots && !wait) return false;
+            } while (!next.compare_exchange_weak(i, i + 1));
+            wait_until([&] { return i < handed.load() + slots; });  // its slot's piece is being handed over
+            if (stop.load()) return false;
+            make(i);
+            finished[i].store(true, std::memory_order_release);
+            announce();
+            return true;
+        };
+        pool->run([&](int t) {
+            try {
+                if (t != 0) {
+                    while (claim_and_make(true)) {
+                    }
+                    return;
+                }
+                for (size_t h = 0; h < count && !stop.load(std::memory_order_relaxed);) {
+                    if (finished[h].load(std::memory_order_acquire)) {
+                        if (ready) ready(piece(h));
+                        handed.store(++h, std::memory_order_release);
+                        announce();
+                    } else if (!claim_and_make(false)) {
+                        wait_until([&] { return finished[h].load(); });  // another thread is making piece h
+                    }
+                }
+            } catch (...) {
+                {
+                    const std::lock_guard<std::mutex> lock(mutex);
+                    if (!error) error = std::current_exception();
+                    stop = true;
+                }
+                progress.notify_all();
+            }
+        });
+        if (error) std::rethrow_exception(error);
+    });
+    if (!done) {  // the reference, whole (it throws for what it refuses)
+        const size_t n = std::visit([](const auto& t) { return count(t.rows, t.cols); }, q);
+        std::vector<std::byte> whole(n * item);
+        store_reference(q, out, whole.data());
+        const dequantized_piece p{0, n, whole};
+        if (made) made(p);
+        if (ready) ready(p);
+    }
 }
 
 }  // namespace qforge::kernels

@@ -27,6 +27,7 @@
 #include <qforge/reference/reference.hpp>
 
 #include <cstddef>
+#include <functional>
 #include <map>
 #include <optional>
 #include <span>
@@ -91,6 +92,10 @@ detection detect(const tensor_set& s);
 // 2^(bits-1), one group per row when there is one group, act f32 (i8 for LLM.int8).
 struct import_options {
     std::optional<config> expected;
+    // false: the packed codes (bnb 4-bit weight, LLM.int8 codes, GPTQ / AWQ qweight, MXFP4 blocks)
+    // are checked but not copied, their vector stays empty: enough to plan an output file from
+    // the shapes (a 90 MB weight's plan spent most of its time copying its codes).
+    bool codes = true;
 };
 
 // One quantized weight as held in memory.
@@ -151,10 +156,15 @@ quantized_weight quantize_plan(const st::tensor_view& v, const config& cfg, cons
 // rounded to nearest even (on the SIMD kernels, split over `pool` when given). io_error naming
 // the weight and [n, k] when a value is not finite in `out` (finite scales times codes can overflow).
 std::vector<std::byte> dequantize_weight(const quantized_weight& q, st::dtype out, thread_pool* pool = nullptr);
-// The same into `dst` (rows * cols * itemsize(out) bytes, else std::invalid_argument): a caller
-// that reuses one buffer for every tensor pays the page faults of fresh memory once.
+// The same into `dst` (rows * cols * itemsize(out) bytes, else std::invalid_argument).
 void dequantize_weight_into(const quantized_weight& q, st::dtype out, std::span<std::byte> dst,
                             thread_pool* pool = nullptr);
+// The same in pieces of a few hundred KiB, each handed to `ready` in order on the calling thread
+// as soon as it is made and checked, while the pool makes the next ones: a writer overlaps its
+// writes with the dequantization, and memory holds a few pieces, not the weight. A piece's bytes
+// are valid until ready returns. A non-finite value stops it before its piece is handed over.
+void dequantize_weight_pieces(const quantized_weight& q, st::dtype out, thread_pool* pool,
+                              const std::function<void(std::span<const std::byte>)>& ready);
 
 // ---- lossless layout conversions ----------------------------------------------------------
 

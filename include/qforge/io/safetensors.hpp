@@ -239,8 +239,9 @@ public:
     void write(const std::filesystem::path& out) const;
     // As write(), for a writer with deferred tensors: writes the header and every other tensor,
     // then calls fill(put); put(name, bytes) writes the bytes of deferred tensor `name` in place
-    // (any order, each once, the size add_deferred's shape implies). Every deferred tensor must be
-    // put before fill returns.
+    // (tensors in any order, each once, the size add_deferred's shape implies; a tensor may come in
+    // several pieces, put in order, each after the previous one). Every deferred tensor must be
+    // complete before fill returns.
     using put_fn = std::function<void(std::string_view name, std::span<const std::byte> bytes)>;
     void write_deferred(const std::filesystem::path& out, const std::function<void(const put_fn&)>& fill) const;
     // The same into `file`, finished (fsync, close) but not committed: the caller commits (several

@@ -37,6 +37,11 @@ public:
     void write_at(std::uint64_t at, std::span<const std::byte> data, const std::string* tensor = nullptr);
     // Moves the append position `bytes` ahead, over a region that write_at fills later.
     void skip(std::uint64_t bytes, const std::string* tensor = nullptr);
+    // Allocates the file's blocks for its first `bytes` now (fallocate, best effort), so that the
+    // writes only fill blocks. Without it, ext4 allocates blocks as the writes come, under a lock
+    // that the completion of earlier writes to disk also takes: the writer stalled for
+    // milliseconds at a time (docs/checkpoint-io.md).
+    void reserve(std::uint64_t bytes);
     // Appends `size` bytes of the open file `fd` from `offset`, copied in the kernel where it can.
     void copy_from(int fd, std::uint64_t offset, std::uint64_t size, const std::string* tensor = nullptr);
     // fsync and close: the temporary file is complete (and can be read back at temporary_path()).
@@ -53,11 +58,12 @@ private:
     int slot_ = -1;  // in the table remove_staged_files() walks, or -1
     bool committed_ = false;
     std::uint64_t written_ = 0;
+    std::uint64_t unsent_begin_ = 0, unsent_end_ = 0;  // written, not yet sent to the disk (start_writeback)
 
     [[noreturn]] void fail(const std::string& what, int err, const std::string* tensor = nullptr,
                            std::uint64_t at = ~std::uint64_t{0}) const;
     void check_open() const;
-    void start_writeback(std::uint64_t at, std::uint64_t bytes) const;
+    void start_writeback(std::uint64_t at, std::uint64_t bytes);
 };
 
 // A directory created for outputs, removed again (when empty) unless committed; also by

@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 
 namespace qforge {
@@ -43,5 +44,21 @@ ref::blockwise8 quantize_blockwise8(std::span<const float> x, std::int32_t block
 
 // The reference's dequantize, rounded (RNE) to `out`: `dst` receives rows * cols elements.
 void dequantize_checkpoint(const ref::quantized& q, element out, void* dst, thread_pool* pool = nullptr);
+
+// A piece of a dequantized tensor: elements [first, first + count), in `bytes`.
+struct dequantized_piece {
+    std::size_t first, count;
+    std::span<std::byte> bytes;
+};
+using piece_fn = std::function<void(const dequantized_piece&)>;
+
+// dequantize_checkpoint's values in pieces of about `elements` elements (whole rows, blocks or
+// tiles), for a caller that uses each piece while the next ones are made (the CLI writes them to a
+// file): made(piece) once it is made, on the thread that made it, in any order; then ready(piece)
+// in order on the calling thread (pool thread 0), which also makes pieces while the next one is not
+// ready. Pieces are made into a few buffers used in turn: a piece's bytes are valid until its
+// ready returns. An exception from made or ready stops the work and is rethrown.
+void dequantize_in_pieces(const ref::quantized& q, element out, thread_pool* pool, std::size_t elements,
+                          const piece_fn& made, const piece_fn& ready);
 
 }  // namespace qforge::kernels

@@ -61,9 +61,10 @@ struct kernels_for {
         return buf;
     }
 
-    // f32 values into the sink at element `first`.
+    // f32 values into the sink at element `first` of the tensor.
     static void store(const sink& s, std::size_t first, const float* v, std::size_t n) {
         auto* bytes = static_cast<unsigned char*>(s.data);
+        first -= s.first;
         if (s.type == element::f32) {
             std::memcpy(bytes + first * 4, v, n * 4);
             return;

@@ -22,6 +22,7 @@ struct source {
 struct sink {
     void* data;
     element type;
+    std::size_t first = 0;  // the element data[0] holds (a piece of the tensor: dequantize_in_pieces)
 };
 
 // ---- quantize ---------------------------------------------------------------------------------
