@@ -490,8 +490,9 @@ void check_output(const config& cfg, const case_data& d, const float* x, std::in
 std::vector<std::pair<std::int64_t, std::int64_t>> shapes_for(const config& cfg) {
     // per channel: LLM.int8 takes any K, the integer layouts whole runs of 32
     const std::int64_t g = cfg.group > 0 ? cfg.group : cfg.storage == layout::bnb8 ? 1 : 32;
-    // the last: two GEMM row panels (32 rows), the second partial, and two K slices (4096)
-    return {{1, g}, {3, 3 * g}, {7, std::max<std::int64_t>(g, 160) / g * g + g}, {5, 1024}, {9, 4096}, {37, 4096 + 3 * g}};
+    // the last: two GEMM row panels (32 rows for i8, 48 for f32), the second partial, and several
+    // K slices (2048 f32, 4096 i8)
+    return {{1, g}, {3, 3 * g}, {7, std::max<std::int64_t>(g, 160) / g * g + g}, {5, 1024}, {9, 4096}, {53, 4096 + 3 * g}};
 }
 
 constexpr float sentinel = -12345.0f;
@@ -686,7 +687,7 @@ TEST_CASE("gemv matches the reference within the stated bounds, with bias, unali
     }
 }
 
-TEST_CASE("gemm matches the reference for M = 1 to 17 and equals gemv row by row in its bounds") {
+TEST_CASE("gemm matches the reference for M = 1 to 17 and 40 and equals gemv row by row in its bounds") {
     if (!isa_under_test_runs()) return;
     for (const auto& l : kernel_list) {
         const kernel* k = registered(l.cfg, op::gemm);
@@ -694,7 +695,8 @@ TEST_CASE("gemm matches the reference for M = 1 to 17 and equals gemv row by row
         for (const source from : sources_for(l.cfg))
         for (auto [n, kk] : shapes_for(l.cfg)) {
             // every register tile of the small-M path (M <= 16: tiles of 8, 4, 2, 1 rows) and the panels
-            for (std::int64_t m : {1, 2, 3, 5, 7, 8, 9, 11, 13, 16, 17}) {
+            // (f32: blocks of 16 or 32 X rows, the last one short)
+            for (std::int64_t m : {1, 2, 3, 5, 7, 8, 9, 11, 13, 16, 17, 40}) {
                 // K slices of the cache blocking: once per path is enough
                 if (kk > 1024 && m != 2 && m != 13 && m != 17) continue;
                 const std::uint64_t seed = 11 + static_cast<std::uint64_t>(n * kk + m);

@@ -7,17 +7,18 @@
 // block's scale are rounded to bf16 once (vcvtne2ps2bf16) into a 32-entry word table; the codes,
 // split into 16-bit indices (plus 16 for the window's second block), look their bf16 weights up
 // with vpermw. x is rounded to bf16 and permuted once per call into the order of those lookups.
-// GEMM: the f32 GEMM's panels and X are rounded to bf16 and multiplied with vdpbf16ps.
+// GEMM: the f32 GEMM's panels (f32.hpp) rounded to bf16, X packed as bf16 pairs, vdpbf16ps tiles.
 //
 // vdpbf16ps flushes bf16 subnormals (inputs and products below 2^-126) to zero: each flushed
 // product changes the sum by less than 2^-126, far below the f32 bound of the tests.
 #pragma once
 
-#include <qforge/kernels/impl/dequantize.hpp>
+#include <qforge/kernels/impl/f32.hpp>
 
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 namespace qforge::kernels {
@@ -124,35 +125,69 @@ void operands(const float* in, std::int64_t len, std::uint16_t* out) {
     }
 }
 
-// out[i][j] = sum_{k < len} x[i*ldx + k] * wp[j*ldw + k] on bf16 words; len a multiple of 32.
-template <class A, int MR, int NR>
-void dot_tile(const std::uint16_t* x, std::int64_t ldx, const std::uint16_t* wp, std::int64_t ldw, std::int64_t len,
-              float (&out)[MR][NR]) {
-    using F = simd::f32v<A>;
-    __m512 acc[MR * NR];
-    for (auto& a : acc) a = _mm512_setzero_ps();
-    for (std::int64_t k = 0; k < len; k += 32) {
-        __m512i wv[NR];
-        simd::unroll<NR>([&](auto j) { wv[j] = _mm512_loadu_si512(wp + j * ldw + k); });
-        simd::unroll<MR>([&](auto i) {
-            const __m512i xv = _mm512_loadu_si512(x + i * ldx + k);
-            simd::unroll<NR>([&](auto j) {
-                acc[i * NR + j] = _mm512_dpbf16_ps(acc[i * NR + j], reinterpret_cast<const __m512bh&>(xv),
-                                                   reinterpret_cast<const __m512bh&>(wv[j]));
+// A panel row of 4-bit codes as bf16 words (table_rows, f32.hpp): per block the table rounded
+// to bf16 (as bf16::operands rounds the dequantized weights), twice (a 32-word vpermw table: the
+// index bit 4 is then free), and one lookup per 32 weights.
+template <class P, class A>
+void table_row(const weights_view& w, const float* values, std::int64_t n, std::int64_t k0, std::int64_t kc,
+               std::uint16_t* out) {
+    constexpr bool interleaved = layout_traits<P::storage>::interleaved;
+    // word e of the 32 (from 16 code bytes): its byte, and the shift to its nibble
+    const __m512i byte = interleaved ? _mm512_set_epi16(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8, 7, 7,
+                                                        6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0)
+                                     : _mm512_set_epi16(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13,
+                                                        12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i shift = interleaved ? _mm512_set1_epi32(4)  // even words: the high nibble
+                                      : _mm512_set_epi64(0x0004000400040004, 0x0004000400040004, 0x0004000400040004,
+                                                         0x0004000400040004, 0, 0, 0, 0);
+    each_span_table<P, A>(w, values, n, k0, kc, [&](__m128i c, std::int64_t e, __m512 t) {
+        const __m512bh tb = _mm512_cvtne2ps_pbh(t, t);
+        const __m512i words = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(c));
+        const __m512i idx = _mm512_srlv_epi16(_mm512_permutexvar_epi16(byte, words), shift);
+        _mm512_storeu_si512(out + e, _mm512_permutexvar_epi16(idx, reinterpret_cast<const __m512i&>(tb)));
+    });
+}
+
+// X rows [i0, i0 + 32) (rows past m: zeros) as bf16 pairs for vdpbf16ps: xp[(k / 2) * 64 + 2 i + k % 2].
+template <class A>
+void pack_x(const float* x, std::int64_t m, std::int64_t k, std::int64_t i0, std::uint32_t* xp) {
+    constexpr int rows = 32;
+    for (std::int64_t i = i0; i < i0 + rows; ++i) {
+        std::uint32_t* out = xp + (i - i0);
+        if (i >= m) {
+            for (std::int64_t p = 0; p < k / 2; ++p) out[p * rows] = 0;
+            continue;
+        }
+        alignas(64) std::uint32_t pairs[8];  // 16 words
+        for (std::int64_t c = 0; c < k; c += 16) {
+            operands<A>(x + i * k + c, 16, reinterpret_cast<std::uint16_t*>(pairs));
+            for (int p = 0; p < 8; ++p) out[(c / 2 + p) * rows] = pairs[p];
+        }
+    }
+}
+
+// out[j * 32 + i] (+)= sum_{k < kc} w[j * LD + k] xp[k][i] for the NR W rows j (bf16 words) and VR
+// vectors of 16 X rows i (pairs of k, pack_x); kc even. Each W pair is one broadcast dword.
+template <class A, int VR, int NR, std::int64_t LD>
+void gemm_tile(const std::uint32_t* xp, const std::uint16_t* w, std::int64_t kc, bool add, float* out) {
+    __m512 acc[NR][VR];
+    simd::unroll<NR>([&](auto j) {
+        simd::unroll<VR>([&](auto v) { acc[j][v] = add ? _mm512_load_ps(out + j * 32 + v * 16) : _mm512_setzero_ps(); });
+    });
+    for (std::int64_t k = 0; k < kc; k += 2) {
+        __m512i xv[VR];
+        simd::unroll<VR>([&](auto v) { xv[v] = _mm512_load_si512(xp + k * 16 + v * 16); });
+        simd::unroll<NR>([&](auto j) {
+            std::uint32_t pair;
+            std::memcpy(&pair, w + j * LD + k, sizeof pair);
+            const __m512i wv = _mm512_set1_epi32(static_cast<int>(pair));
+            simd::unroll<VR>([&](auto v) {
+                acc[j][v] = _mm512_dpbf16_ps(acc[j][v], reinterpret_cast<const __m512bh&>(xv[v]),
+                                             reinterpret_cast<const __m512bh&>(wv));
             });
         });
     }
-    if constexpr (MR * NR == simd::lanes<A>) {
-        F rows[MR * NR];
-        for (int t = 0; t < MR * NR; ++t) rows[t] = acc[t];
-        alignas(64) float sums[MR * NR];
-        simd::sum_rows<A>(rows).store_aligned(sums);
-        for (int i = 0; i < MR; ++i)
-            for (int j = 0; j < NR; ++j) out[i][j] = sums[i * NR + j];
-    } else {
-        for (int i = 0; i < MR; ++i)
-            for (int j = 0; j < NR; ++j) out[i][j] = _mm512_reduce_add_ps(acc[i * NR + j]);
-    }
+    simd::unroll<NR>([&](auto j) { simd::unroll<VR>([&](auto v) { _mm512_store_ps(out + j * 32 + v * 16, acc[j][v]); }); });
 }
 
 }  // namespace bf16

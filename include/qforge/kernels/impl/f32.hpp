@@ -3,7 +3,8 @@
 // GEMV decodes the codes in registers and multiplies by the block scale once per block:
 //   y[n] = sum_b scale[n, b] * sum_{k in b} value[code(n, k)] * x[k]
 // (the scalar tail, when a register spans several blocks, computes the same sums).
-// GEMM dequantizes a panel of W exactly (dequantize.hpp) and runs an f32 dot-product tile on it.
+// GEMM dequantizes panels of W exactly (dequantize.hpp, or per-block tables) and runs register
+// tiles of W rows times X rows on them (see "GEMM" below).
 // Error bound (any summation order, u = 2^-24): |y - y_exact| <= (K + 2) u sum_k |W[n,k] x[k]|.
 //
 // The bf16 and f16 compute paths (bitsandbytes' bnb_4bit_compute_dtype bfloat16 / float16) run the
@@ -13,6 +14,8 @@
 #pragma once
 
 #include <qforge/kernels/impl/dequantize.hpp>
+
+#include <immintrin.h>
 
 #include <cstdint>
 
@@ -212,6 +215,95 @@ float gemv_f32_row(const weights_view& w, const f32_shape<P, A>& s, const simd::
         out += rounded_weights<P> ? part : part * sc[b - b0];
     }
     return out;
+}
+
+// ---- GEMM --------------------------------------------------------------------------------
+// The f32 GEMM (also the rounded paths, and the bf16 path's vdpbf16ps tiles in bf16.hpp; driver
+// gemm_f32 in kernels_impl.hpp). X is packed once per call into blocks of gemm_x_block<A> rows
+// transposed, x[k][row] (rows past M zeros). W is dequantized once, gemm_f32_panel rows times
+// gemm_f32_k_chunk columns at a time, in natural order (any format's dequantize_columns, or the
+// table lookups below), into a buffer that stays in L1 while every X block runs over it. A
+// register tile is NR W rows times an X block of two vectors: per k two vector loads of X and NR
+// broadcasts of W, each feeding two FMAs (AVX-512: 12 x 2 accumulators). The tiles' sums are per
+// W row across X rows: they are carried from chunk to chunk in memory (a load and a store per
+// accumulator per 256 k) and written into y, transposed, once per panel.
+// (The previous tiles, 4 X rows x 4 W rows of dot products reduced horizontally, loaded both
+// operands for every product pair and dequantized panels of 32 rows x 512 K into L2: 0.56-0.76 of
+// the FMA peak at M = 32-128, against 0.8-0.9 here; docs/performance.md.)
+template <class A>
+inline constexpr int gemm_x_block = 2 * simd::lanes<A>;
+template <class A>
+inline constexpr int gemm_w_rows = std::is_base_of_v<xsimd::avx512f, A> ? 12 : std::is_base_of_v<xsimd::avx2, A> ? 6 : 4;
+// Few X rows: the tiles cost about the same from M = 1 to 16 (their vectors of X rows are partly
+// empty). Measured on 4096 x 11008 (int4 g128 / NF4 b64, f32 and bf16, 1 thread): on AVX-512 a
+// GEMV per row is faster up to M = 8 (tiles 17 ms, 11 ms in bf16; the GEMV 1.5-1.7 ms per row,
+// 1.2 in bf16); on AVX2 and SSE4.2, whose GEMVs take 8-19 ms per row, the previous dot-product
+// tiles (gemm_f32_dots, kernels_impl.hpp) up to M = 4 (docs/performance.md).
+template <class A>
+inline constexpr std::int64_t gemm_f32_gemv_rows = std::is_base_of_v<xsimd::avx512f, A> ? 8 : 0;
+template <class A>
+inline constexpr std::int64_t gemm_f32_dot_rows = std::is_base_of_v<xsimd::avx512f, A> ? 0 : 4;
+inline constexpr std::int64_t gemm_f32_panel = 24;     // W rows decoded together: a multiple of every gemm_w_rows
+inline constexpr std::int64_t gemm_f32_k_chunk = 256;  // K per decoded panel: 24 KiB of f32 stay in L1
+
+// The 4-bit formats' panel rows on AVX-512 (f32: here; bf16 words: bf16.hpp): per block, the 16
+// code values minus the zero point times the scale, once (the products dequantize_blocks forms per
+// weight, the same roundings), then one lookup per 16 weights.
+template <class P, class A>
+inline constexpr bool table_rows = std::is_base_of_v<xsimd::avx512f, A> && P::bits == 4 &&
+                                   (P::storage == layout::bnb4 || P::storage == layout::qforge);
+
+// f(c, t): per 16 code bytes c (32 weights, from element k0 of row n) with their block's table t.
+template <class P, class A, class F>
+[[gnu::always_inline]] inline void each_span_table(const weights_view& w, const float* values, std::int64_t n,
+                                                   std::int64_t k0, std::int64_t kc, F&& f) {
+    constexpr int block = gemm_block<P>;
+    const __m512 v = _mm512_load_ps(values);
+    const std::uint8_t* codes = row_codes<P, A>(w, n) + k0 / 2;
+    each_block_scale<P, A>(w, n, k0 / block, kc / block, [&](std::int64_t b, float scale, float zero) {
+        const __m512 t = _mm512_mul_ps(_mm512_sub_ps(v, _mm512_set1_ps(zero)), _mm512_set1_ps(scale));
+        for (int s = 0; s < block / 32; ++s)
+            f(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + b * block / 2 + 16 * s)), b * block + 32 * s, t);
+    });
+}
+
+template <class P, class A>
+void table_row(const weights_view& w, const float* values, std::int64_t n, std::int64_t k0, std::int64_t kc, float* out) {
+    each_span_table<P, A>(w, values, n, k0, kc, [&](__m128i c, std::int64_t e, __m512 t) {
+        const __m512i idx = _mm512_cvtepu8_epi32(c);
+        const __m512 low = _mm512_permutexvar_ps(idx, t);  // lookups take the low 4 bits
+        const __m512 high = _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), t);
+        if constexpr (layout_traits<P::storage>::interleaved) {  // byte j: elements 2j (high), 2j + 1
+            const __m512i first = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+            const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(8));
+            _mm512_storeu_ps(out + e, _mm512_permutex2var_ps(high, first, low));
+            _mm512_storeu_ps(out + e + 16, _mm512_permutex2var_ps(high, second, low));
+        } else {  // byte j: elements j (low), 16 + j
+            _mm512_storeu_ps(out + e, low);
+            _mm512_storeu_ps(out + e + 16, high);
+        }
+    });
+}
+
+// out[j * XB + i] (+)= sum_{k < kc} w[j * LD + k] xp[k * XB + i] for the NR W rows j and VR vectors
+// of X rows i (XB = gemm_x_block<A>); add: onto the sums in out.
+template <class A, int VR, int NR, std::int64_t LD>
+void gemm_f32_tile(const float* xp, const float* w, std::int64_t kc, bool add, float* out) {
+    using F = simd::f32v<A>;
+    constexpr int lanes = simd::lanes<A>, XB = gemm_x_block<A>;
+    F acc[NR][VR];
+    simd::unroll<NR>([&](auto j) {
+        simd::unroll<VR>([&](auto v) { acc[j][v] = add ? F::load_aligned(out + j * XB + v * lanes) : F(0.0f); });
+    });
+    for (std::int64_t k = 0; k < kc; ++k) {
+        F xv[VR];
+        simd::unroll<VR>([&](auto v) { xv[v] = F::load_aligned(xp + k * XB + v * lanes); });
+        simd::unroll<NR>([&](auto j) {
+            const F wv(w[j * LD + k]);
+            simd::unroll<VR>([&](auto v) { acc[j][v] = simd::fma<A>(xv[v], wv, acc[j][v]); });
+        });
+    }
+    simd::unroll<NR>([&](auto j) { simd::unroll<VR>([&](auto v) { acc[j][v].store_aligned(out + j * XB + v * lanes); }); });
 }
 
 // Tile shape of the f32 GEMM dot products: MR rows of X times NR rows of the W panel, with

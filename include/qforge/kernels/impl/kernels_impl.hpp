@@ -17,6 +17,7 @@
 
 #include <bit>
 #include <cstdint>
+#include <cstring>
 #include <string_view>
 #include <type_traits>
 
@@ -123,51 +124,36 @@ void gemv(const weights_view& w, const float* x, const float* bias, float* y, st
 
 // ---- GEMM (cache blocking and register tiles: gemm_tiles.hpp) ---------------------------------
 
-// Also the bf16 and f16 paths: emulated (operands rounded in f32) or, for bf16 on avx512_bf16, with
-// panels and X stored as bf16 and vdpbf16ps dot products (bf16.hpp).
+// The GEMM for few rows of X on AVX2 and SSE4.2 (m <= gemm_f32_dot_rows): tiles of MR X rows x
+// NR W rows of dot products over panels of 32 rows x gemm_f32_k_slice columns dequantized to f32
+// (the only f32 GEMM before the register tiles of f32.hpp).
 template <class P, class A>
-void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
-              std::int64_t n1) {
-    constexpr bool native = native_bf16<P, A>;
-    using E = std::conditional_t<native, std::uint16_t, float>;  // element of the panel and of X
+void gemm_f32_dots(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
+                   std::int64_t n1) {
     constexpr int MR = gemm_f32_mr<A>, NR = gemm_f32_nr<A>;
     constexpr std::int64_t group = gemm_block<P>;
     constexpr std::int64_t k_slice = gemm_f32_k_slice > group ? gemm_f32_k_slice / group * group : group;
     const std::int64_t ldy = w.rows, k = w.cols;
     init_output(bias, y, m, ldy, n0, n1);
-    auto* panel =
-        static_cast<E*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(gemm_row_panel * k_slice) * sizeof(E)));
+    auto* panel = static_cast<float*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(gemm_row_panel * k_slice) * sizeof(float)));
     const auto table = value_table<P, A>(w);
     x = gather_columns<A, 2>(w, x, m);  // act-order: X in the stored column order
-    [[maybe_unused]] float* exact = nullptr;  // native: one dequantized row before its rounding to bf16
-    if constexpr (native) exact = static_cast<float*>(simd::scratch<A, 3>::get(k_slice * sizeof(float)));
-    const E* xe = nullptr;
-    if constexpr (native) {
-        auto* xb = static_cast<std::uint16_t*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m * k) * sizeof(E)));
-        bf16::operands<A>(x, m * k, xb);
-        xe = xb;
-    } else if constexpr (rounded_operands<P>) {  // X rounded to bf16 / f16 once
+    const float* xe = x;
+    if constexpr (rounded_operands<P>) {  // X rounded to bf16 / f16 once
         auto* xb = static_cast<float*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(m * k) * sizeof(float)));
         for (std::int64_t i = 0; i < m * k; ++i) xb[i] = operand<P, A>(x[i]);
         xe = xb;
-    } else {
-        xe = x;
     }
     for (std::int64_t k0 = 0; k0 < k; k0 += k_slice) {
         const std::int64_t kc = smaller(k_slice, k - k0);
         for (std::int64_t p0 = n0; p0 < n1; p0 += gemm_row_panel) {
             const std::int64_t pc = smaller(gemm_row_panel, n1 - p0);
             for (std::int64_t r = 0; r < pc; ++r) {
-                E* row = panel + r * k_slice;
-                if constexpr (native) {
-                    dequantize_columns<P, A>(w, table, p0 + r, k0, kc, exact);
-                    bf16::operands<A>(exact, kc, row);
-                } else {
-                    dequantize_columns<P, A>(w, table, p0 + r, k0, kc, row);
-                    if constexpr (rounded_operands<P>)
-                        for (std::int64_t c = 0; c < kc; c += simd::lanes<A>)
-                            operand<P, A>(simd::f32v<A>::load_unaligned(row + c)).store_unaligned(row + c);
-                }
+                float* row = panel + r * k_slice;
+                dequantize_columns<P, A>(w, table, p0 + r, k0, kc, row);
+                if constexpr (rounded_operands<P>)
+                    for (std::int64_t c = 0; c < kc; c += simd::lanes<A>)
+                        operand<P, A>(simd::f32v<A>::load_unaligned(row + c)).store_unaligned(row + c);
             }
             for (std::int64_t i0 = 0; i0 < m; i0 += MR)
                 for (std::int64_t r0 = 0; r0 < pc; r0 += NR) {
@@ -175,14 +161,109 @@ void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float
                     const int nr = static_cast<int>(smaller<std::int64_t>(NR, pc - r0));
                     with_tile<MR, NR>(mr, nr, [&](auto mt, auto nt) {
                         float out[mt][nt];
-                        if constexpr (native)
-                            bf16::dot_tile<A, mt, nt>(xe + i0 * k + k0, k, panel + r0 * k_slice, k_slice, kc, out);
-                        else
-                            dot_tile<A, mt, nt>(xe + i0 * k + k0, k, panel + r0 * k_slice, k_slice, kc, out);
+                        dot_tile<A, mt, nt>(xe + i0 * k + k0, k, panel + r0 * k_slice, k_slice, kc, out);
                         for (int i = 0; i < mt; ++i)
                             for (int j = 0; j < nt; ++j) y[(i0 + i) * ldy + p0 + r0 + j] += out[i][j];
                     });
                 }
+        }
+    }
+}
+
+// Also the bf16 and f16 paths: emulated (operands rounded in f32) or, for bf16 on avx512_bf16, with
+// panels and X stored as bf16 and vdpbf16ps tiles (bf16.hpp). Blocking and tiles: f32.hpp.
+template <class P, class A>
+void gemm_f32(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
+              std::int64_t n1) {
+    constexpr bool native = native_bf16<P, A>;
+    using E = std::conditional_t<native, std::uint16_t, float>;  // element of the panel
+    using X = std::conditional_t<native, std::uint32_t, float>;  // of packed X: a bf16 pair, or f32
+    constexpr int XB = native ? 32 : gemm_x_block<A>, NR = gemm_w_rows<A>, lanes = native ? 16 : simd::lanes<A>;
+    constexpr std::int64_t group = gemm_block<P>, rows = gemm_f32_panel, per_k = native ? XB / 2 : XB;
+    constexpr std::int64_t chunk = gemm_f32_k_chunk > group ? gemm_f32_k_chunk / group * group : group;
+    const std::int64_t ldy = w.rows, k = w.cols, xblocks = (m + XB - 1) / XB;
+    auto* panel = static_cast<E*>(simd::scratch<A, 0>::get(static_cast<std::size_t>(rows * chunk) * sizeof(E)));
+    const auto table = value_table<P, A>(w);
+    alignas(64) float values[16];
+    if constexpr (table_rows<P, A>) code_traits<P::type>::template values<A>(w, values);
+    x = gather_columns<A, 2>(w, x, m);  // act-order: X in the stored column order
+    [[maybe_unused]] float* exact = nullptr;  // native: one dequantized row before its rounding to bf16
+    if constexpr (native) exact = static_cast<float*>(simd::scratch<A, 3>::get(chunk * sizeof(float)));
+    // X packed once: block b (rows [b XB, b XB + XB), zeros past m) at xp + b k per_k
+    auto* xp = static_cast<X*>(simd::scratch<A, 1>::get(static_cast<std::size_t>(xblocks * k * per_k) * sizeof(X)));
+    for (std::int64_t b = 0; b < xblocks; ++b) {
+        if constexpr (native) {
+            bf16::pack_x<A>(x, m, k, b * XB, xp + b * k * per_k);
+        } else {
+            for (std::int64_t c = 0; c < k; ++c)
+                for (std::int64_t i = 0; i < XB; ++i)
+                    xp[(b * k + c) * XB + i] = b * XB + i < m ? operand<P, A>(x[(b * XB + i) * k + c]) : 0.0f;
+        }
+    }
+    // the sums of every tile of the panel, carried from chunk to chunk: [xblock][tile][NR][XB]
+    constexpr std::int64_t tiles = rows / NR;
+    auto* sums = static_cast<float*>(simd::scratch<A, 4>::get(static_cast<std::size_t>(xblocks * rows * XB) * sizeof(float)));
+    for (std::int64_t p0 = n0; p0 < n1; p0 += rows) {
+        const std::int64_t pc = smaller(rows, n1 - p0);
+        for (std::int64_t k0 = 0; k0 < k; k0 += chunk) {
+            const std::int64_t kc = smaller(chunk, k - k0);
+            for (std::int64_t r = 0; r < rows; ++r) {
+                E* row = panel + r * chunk;
+                // the next chunk's codes and scales (or the next panel's first) are fetched while
+                // this one computes: W is read as `rows` streams of a chunk at a time, and from
+                // memory the decode stalled on them (a third of the time at M = 32)
+                if constexpr (P::storage == layout::bnb4 || P::storage == layout::qforge) {
+                    const bool last = k0 + chunk >= k;
+                    const std::int64_t n = last ? p0 + rows + r : p0 + r, c0 = last ? 0 : k0 + chunk;
+                    if (r < pc && n < n1) {
+                        const std::uint8_t* next = row_codes<P, A>(w, n) + c0 * code_bits<P> / 8;
+                        for (std::int64_t b = 0; b < chunk * code_bits<P> / 8; b += 64)
+                            _mm_prefetch(reinterpret_cast<const char*>(next + b), _MM_HINT_T0);
+                        const std::int64_t scale_byte = c0 * row_bytes(P::cfg, k).scales / k;
+                        _mm_prefetch(reinterpret_cast<const char*>(row_blocks<P, std::uint8_t>(w, w.scales, n, 0) + scale_byte),
+                                     _MM_HINT_T0);
+                    }
+                }
+                if (r >= pc) {  // rows past the end: zeros (never stored)
+                    std::memset(row, 0, static_cast<std::size_t>(kc) * sizeof(E));
+                } else if constexpr (native && table_rows<P, A>) {
+                    bf16::table_row<P, A>(w, values, p0 + r, k0, kc, row);
+                } else if constexpr (native) {
+                    dequantize_columns<P, A>(w, table, p0 + r, k0, kc, exact);
+                    bf16::operands<A>(exact, kc, row);
+                } else {
+                    if constexpr (table_rows<P, A>) table_row<P, A>(w, values, p0 + r, k0, kc, row);
+                    else dequantize_columns<P, A>(w, table, p0 + r, k0, kc, row);
+                    if constexpr (rounded_operands<P>)
+                        for (std::int64_t c = 0; c < kc; c += simd::lanes<A>)
+                            operand<P, A>(simd::f32v<A>::load_unaligned(row + c)).store_unaligned(row + c);
+                }
+            }
+            for (std::int64_t b = 0; b < xblocks; ++b) {
+                const X* xb = xp + (b * k + k0) * per_k;
+                const bool wide = m - b * XB > lanes;
+                for (std::int64_t t = 0; t < tiles && t * NR < pc; ++t) {
+                    float* out = sums + (b * tiles + t) * NR * XB;
+                    const auto run = [&](auto vr) {
+                        if constexpr (native) bf16::gemm_tile<A, vr, NR, chunk>(xb, panel + t * NR * chunk, kc, k0 > 0, out);
+                        else gemm_f32_tile<A, vr, NR, chunk>(xb, panel + t * NR * chunk, kc, k0 > 0, out);
+                    };
+                    if (wide) run(std::integral_constant<int, 2>{});
+                    else run(std::integral_constant<int, 1>{});
+                }
+            }
+        }
+        // y = bias (or 0) + the sums, transposed
+        for (std::int64_t b = 0; b < xblocks; ++b) {
+            const int mr = static_cast<int>(smaller<std::int64_t>(XB, m - b * XB));
+            for (std::int64_t t = 0; t < tiles && t * NR < pc; ++t) {
+                const float* out = sums + (b * tiles + t) * NR * XB;
+                const int nr = static_cast<int>(smaller<std::int64_t>(NR, pc - t * NR));
+                for (int i = 0; i < mr; ++i) {
+                    float* yi = y + (b * XB + i) * ldy + p0 + t * NR;
+                    for (int j = 0; j < nr; ++j) yi[j] = (bias ? bias[p0 + t * NR + j] : 0.0f) + out[j * XB + i];
+                }
+            }
         }
     }
 }
@@ -324,6 +405,12 @@ void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bi
           std::int64_t n1) {
     check_kernel_policy<P>();
     if constexpr (P::act != compute::i8) {
+        if (m <= gemm_f32_gemv_rows<A>) {  // f32.hpp
+            for (std::int64_t i = 0; i < m; ++i) gemv<P, A>(w, x + i * w.cols, bias, y + i * w.rows, n0, n1);
+            return;
+        }
+        if constexpr (gemm_f32_dot_rows<A> > 0)
+            if (m <= gemm_f32_dot_rows<A>) return gemm_f32_dots<P, A>(w, x, m, bias, y, n0, n1);
         gemm_f32<P, A>(w, x, m, bias, y, n0, n1);  // f32, bf16, f16
     } else {
         if constexpr (has_prepared_gemv<P>) {  // the codes of the GEMV's row (not 8-bit integers)
