@@ -198,11 +198,14 @@ inline constexpr float weight_offset = i8_shape<P, A>::offset_form ? static_cast
 // b64: 1.35, 1.27 and 1.16 ms), while at MR = 4 the same change made the GEMM 1.3x slower. (On
 // this machine the hardware prefetchers stream W better alone than behind a prefetch of every
 // line; the fast loop's demand loads then caught up with its own prefetches. No hardware
-// counters here to confirm it: the numbers are alternated timings.)
+// counters here to confirm it: the numbers are alternated timings.) Codes of 2 and 3 bits keep
+// the prefetch of every step: sparse, the cold int2 g128 GEMV took 1.10-1.18 ms instead of
+// 0.71-0.76 and its M = 2 1.9-2.0 ms instead of 1.04-1.11 (int3 M = 2: 2.4-2.7 against 1.4).
+// 8-bit integers keep it sparse (int8 per channel: 1.74-1.78 against 1.87-1.93 ms).
 template <class P, class A, int MR>
 [[gnu::always_inline]] inline void prefetch_codes(const window_codes& wc, std::int64_t step) {
     using S = i8_shape<P, A>;
-    constexpr bool sparse = simd::has_vnni<A> && MR <= 2 && 512 > S::V * S::windows_per_step;
+    constexpr bool sparse = simd::has_vnni<A> && MR <= 2 && P::bits >= 4 && 512 > S::V * S::windows_per_step;
     constexpr std::int64_t steps_apart = sparse ? 512 / (S::V * S::windows_per_step) : 1;
     if (step % steps_apart != 0) return;
     simd::prefetch_ahead(wc.low);
