@@ -235,14 +235,20 @@ inline constexpr int gemm_x_block = 2 * simd::lanes<A>;
 template <class A>
 inline constexpr int gemm_w_rows = std::is_base_of_v<xsimd::avx512f, A> ? 12 : std::is_base_of_v<xsimd::avx2, A> ? 6 : 4;
 // Few X rows: the tiles cost about the same from M = 1 to 16 (their vectors of X rows are partly
-// empty). Measured on 4096 x 11008 (int4 g128 / NF4 b64, f32 and bf16, 1 thread): on AVX-512 a
-// GEMV per row is faster up to M = 8 (tiles 17 ms, 11 ms in bf16; the GEMV 1.5-1.7 ms per row,
-// 1.2 in bf16); on AVX2 and SSE4.2, whose GEMVs take 8-19 ms per row, the previous dot-product
-// tiles (gemm_f32_dots, kernels_impl.hpp) up to M = 4 (docs/performance.md).
-template <class A>
-inline constexpr std::int64_t gemm_f32_gemv_rows = std::is_base_of_v<xsimd::avx512f, A> ? 8 : 0;
-template <class A>
-inline constexpr std::int64_t gemm_f32_dot_rows = std::is_base_of_v<xsimd::avx512f, A> ? 0 : 4;
+// empty). Measured on 4096 x 11008 (1 thread, cold, alternated builds): on AVX-512 a GEMV per row
+// is faster up to M = 8 for codes of at most 4 bits in f32 and bf16 (tiles 17 ms, 11 ms in bf16;
+// the GEMV 1.5-1.8 ms per row for int4 g128, NF4 b64, int3 g128, MXFP4 in bf16), but only up to
+// M = 2 for the others, whose GEMVs take 2.2-6.2 ms per row (GEMVs at M = 8: int8 g32 f32 49.5 ms,
+// FP8 e4m3 f32 29.5, int4 asym g32 f16 37.9). Above that the tiles (int8 g32 f32 / bf16 18 / 12
+// ms, FP8 f32 / bf16 22 / 17 at M = 4-8), but for f16, whose tiles take 20-21 ms, the previous
+// dot-product tiles (gemm_f32_dots, kernels_impl.hpp: 13-20 ms) up to M = 8. On AVX2 and SSE4.2,
+// whose GEMVs take 8-19 ms per row, the dot-product tiles up to M = 4 (docs/performance.md).
+template <class P, class A>
+inline constexpr std::int64_t gemm_f32_gemv_rows =
+    !std::is_base_of_v<xsimd::avx512f, A> ? 0 : P::bits <= 4 && P::act != compute::f16 ? 8 : 2;
+template <class P, class A>
+inline constexpr std::int64_t gemm_f32_dot_rows =
+    !std::is_base_of_v<xsimd::avx512f, A> ? 4 : P::act == compute::f16 ? 8 : 0;
 inline constexpr std::int64_t gemm_f32_panel = 24;     // W rows decoded together: a multiple of every gemm_w_rows
 inline constexpr std::int64_t gemm_f32_k_chunk = 256;  // K per decoded panel: 24 KiB of f32 stay in L1
 

@@ -124,7 +124,7 @@ void gemv(const weights_view& w, const float* x, const float* bias, float* y, st
 
 // ---- GEMM (cache blocking and register tiles: gemm_tiles.hpp) ---------------------------------
 
-// The GEMM for few rows of X on AVX2 and SSE4.2 (m <= gemm_f32_dot_rows): tiles of MR X rows x
+// The GEMM for few rows of X (m <= gemm_f32_dot_rows, f32.hpp): tiles of MR X rows x
 // NR W rows of dot products over panels of 32 rows x gemm_f32_k_slice columns dequantized to f32
 // (the only f32 GEMM before the register tiles of f32.hpp).
 template <class P, class A>
@@ -405,12 +405,11 @@ void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bi
           std::int64_t n1) {
     check_kernel_policy<P>();
     if constexpr (P::act != compute::i8) {
-        if (m <= gemm_f32_gemv_rows<A>) {  // f32.hpp
+        if (m <= gemm_f32_gemv_rows<P, A>) {  // f32.hpp
             for (std::int64_t i = 0; i < m; ++i) gemv<P, A>(w, x + i * w.cols, bias, y + i * w.rows, n0, n1);
             return;
         }
-        if constexpr (gemm_f32_dot_rows<A> > 0)
-            if (m <= gemm_f32_dot_rows<A>) return gemm_f32_dots<P, A>(w, x, m, bias, y, n0, n1);
+        if (m <= gemm_f32_dot_rows<P, A>) return gemm_f32_dots<P, A>(w, x, m, bias, y, n0, n1);
         gemm_f32<P, A>(w, x, m, bias, y, n0, n1);  // f32, bf16, f16
     } else {
         if constexpr (has_prepared_gemv<P>) {  // the codes of the GEMV's row (not 8-bit integers)
