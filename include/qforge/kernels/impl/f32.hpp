@@ -245,7 +245,7 @@ inline constexpr int gemm_w_rows = std::is_base_of_v<xsimd::avx512f, A> ? 12 : s
 // whose GEMVs take 8-19 ms per row, the dot-product tiles up to M = 4 (docs/performance.md).
 template <class P, class A>
 inline constexpr std::int64_t gemm_f32_gemv_rows =
-    !std::is_base_of_v<xsimd::avx512f, A> ? 0 : P::bits <= 4 && P::act != compute::f16 ? 8 : 2;
+    !std::is_base_of_v<xsimd::avx512f, A> ? 0 : (P::bits <= 4 && P::act != compute::f16) ? 8 : 2;
 template <class P, class A>
 inline constexpr std::int64_t gemm_f32_dot_rows =
     !std::is_base_of_v<xsimd::avx512f, A> ? 4 : P::act == compute::f16 ? 8 : 0;
