@@ -169,12 +169,13 @@ inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& od
         out[2 * i + 1] = o[i];
     }
 }
-// (v >> Shift) & (2^Bits - 1) per byte: one packed code of every byte
-template <int Shift, int Bits, class A>
+// (v >> (Shift - At)) & ((2^Bits - 1) << At) per byte: one packed code of every byte, at bit At
+// (At > 0: the code times 2^At, one shift fewer where At == Shift)
+template <int Shift, int Bits, int At, class A>
 inline u8v<A> code_field(const u8v<A>& v, requires_arch<xsimd::generic>) {
     alignas(64) std::uint8_t b[vbytes<A>];
     v.store_aligned(b);
-    for (int i = 0; i < vbytes<A>; ++i) b[i] = static_cast<std::uint8_t>((b[i] >> Shift) & ((1 << Bits) - 1));
+    for (int i = 0; i < vbytes<A>; ++i) b[i] = static_cast<std::uint8_t>((b[i] >> (Shift - At)) & (((1 << Bits) - 1) << At));
     return u8v<A>::load_aligned(b);
 }
 // byte i of v plus Value if bit i % 8 of bits[i / 8] is set (vbytes / 8 bytes of bits)
@@ -311,10 +312,10 @@ inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& od
     _mm_storeu_ps(out, _mm_unpacklo_ps(even, odd));
     _mm_storeu_ps(out + 4, _mm_unpackhi_ps(even, odd));
 }
-template <int Shift, int Bits, class A>
+template <int Shift, int Bits, int At, class A>
 inline u8v<A> code_field(const u8v<A>& v, requires_arch<xsimd::sse2>) {
-    const __m128i m = _mm_set1_epi8((1 << Bits) - 1);
-    return _mm_and_si128(Shift ? _mm_srli_epi16(v, Shift) : __m128i(v), m);
+    const __m128i m = _mm_set1_epi8(static_cast<char>(((1 << Bits) - 1) << At));
+    return _mm_and_si128(Shift > At ? _mm_srli_epi16(v, Shift - At) : __m128i(v), m);
 }
 // 16 bytes of v plus Value where bits[0..2) has a bit: each bits' byte copied to the 8 bytes it
 // covers, then one bit tested per byte. The baseline of every ISA qforge builds for (all have
@@ -384,10 +385,10 @@ inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& od
     _mm256_storeu_ps(out, _mm256_permute2f128_ps(lo, hi, 0x20));
     _mm256_storeu_ps(out + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
 }
-template <int Shift, int Bits, class A>
+template <int Shift, int Bits, int At, class A>
 inline u8v<A> code_field(const u8v<A>& v, requires_arch<xsimd::avx2>) {
-    const __m256i m = _mm256_set1_epi8((1 << Bits) - 1);
-    return _mm256_and_si256(Shift ? _mm256_srli_epi16(v, Shift) : __m256i(v), m);
+    const __m256i m = _mm256_set1_epi8(static_cast<char>(((1 << Bits) - 1) << At));
+    return _mm256_and_si256(Shift > At ? _mm256_srli_epi16(v, Shift - At) : __m256i(v), m);
 }
 template <std::uint8_t Value, class A>
 inline u8v<A> add_bit_bytes(const u8v<A>& v, const std::uint8_t* bits, requires_arch<xsimd::avx2>) {
@@ -472,10 +473,10 @@ inline void store_interleaved(float* out, const f32v<A>& even, const f32v<A>& od
     _mm512_storeu_ps(out, _mm512_permutex2var_ps(even, first, odd));
     _mm512_storeu_ps(out + 16, _mm512_permutex2var_ps(even, second, odd));
 }
-template <int Shift, int Bits, class A>
+template <int Shift, int Bits, int At, class A>
 inline u8v<A> code_field(const u8v<A>& v, requires_arch<xsimd::avx512bw>) {
-    const __m512i m = _mm512_set1_epi8((1 << Bits) - 1);
-    return _mm512_and_si512(Shift ? _mm512_srli_epi16(v, Shift) : __m512i(v), m);
+    const __m512i m = _mm512_set1_epi8(static_cast<char>(((1 << Bits) - 1) << At));
+    return _mm512_and_si512(Shift > At ? _mm512_srli_epi16(v, Shift - At) : __m512i(v), m);
 }
 template <std::uint8_t Value, class A>
 inline __m128i add_bit_bytes16(const __m128i& v, const std::uint8_t* bits, requires_arch<xsimd::avx512bw>) {
@@ -601,8 +602,8 @@ inline table16<A> table_map(const table16<A>& t, Fn f) {
         return r;
     }
 }
-template <int Shift, int Bits, class A>
-inline u8v<A> code_field(const u8v<A>& v) { return ext::code_field<Shift, Bits, A>(v, A{}); }
+template <int Shift, int Bits, class A, int At = 0>
+inline u8v<A> code_field(const u8v<A>& v) { return ext::code_field<Shift, Bits, At, A>(v, A{}); }
 template <std::uint8_t Value, class A>
 inline u8v<A> add_bit_bytes(const u8v<A>& v, const std::uint8_t* bits) {
     return ext::add_bit_bytes<Value, A>(v, bits, A{});
