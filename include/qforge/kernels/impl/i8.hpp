@@ -159,12 +159,13 @@ struct i8_levels {
 // (c >> 4) & 0x0C: 4 times their codes), into a dot of their own whose quarter (exact: a multiple
 // of 4) starts the dot of fields 0 and 2. One shift by 4 serves all four fields instead of three
 // shifts, for one arithmetic shift of the sums (shifts issue once per cycle here, logic ops twice:
-// docs/performance.md, "Low-bit GEMV"). The int2 g128 GEMV, 4096x11008 cold: 0.61-0.63 ms instead
-// of 0.73-0.79. Not for 3-bit codes (the same decode plus the third bits took 0.82-0.84 ms instead
-// of 0.73).
+// docs/performance.md, "Low-bit GEMV"). The int2 g128 GEMV, 4096x11008 cold: median 0.69 ms
+// instead of 0.77 (9 alternated runs each). Not for 3-bit codes: the same decode plus the third
+// bits took 0.82-0.84 ms instead of 0.73.
 template <class P, class A, int MR>
-inline constexpr bool odd_fields_at_2 = MR == 1 && simd::has_vnni<A> && i8_shape<P, A>::bits == 2 && !split_planes<P> &&
-                                        i8_shape<P, A>::parts == 4 && i8_shape<P, A>::offset_form && !i8_shape<P, A>::table;
+inline constexpr bool odd_fields_at_2 = MR == 1 && simd::has_vnni<A> && i8_shape<P, A>::bits == 2 &&
+                                        !split_planes<P> && i8_shape<P, A>::parts == 4 &&
+                                        i8_shape<P, A>::offset_form && !i8_shape<P, A>::table;
 
 // dots[i] += the integer dots of one window of codes wc (one weight row) with the activations
 // xq[i][p] (X row i, code p of each byte): the decode of the GEMV row and of the GEMM tile.
