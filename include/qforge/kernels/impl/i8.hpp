@@ -227,13 +227,19 @@ inline constexpr float weight_offset = i8_shape<P, A>::offset_form ? static_cast
 // the prefetch of every step: sparse, the cold int2 g128 GEMV took 1.10-1.18 ms instead of
 // 0.71-0.76 and its M = 2 1.9-2.0 ms instead of 1.04-1.11 (int3 M = 2: 2.4-2.7 against 1.4).
 // 8-bit integers keep it sparse (int8 per channel: 1.74-1.78 against 1.87-1.93 ms).
+// The GEMV of 2-bit codes with VNNI (one shift per register, add_window_dots) prefetches 2 KiB
+// ahead instead of 4: the cold int2 g128 GEMV (4096x11008) took 0.68-0.73 ms (median 0.70)
+// instead of 0.69-1.17 (median 0.75), 12 alternated runs at load 4-5; 1, 1.5, 3 and 8 KiB were no
+// better than 2. Against main (3-shift decode, 4 KiB) in a later window: minimum of 7 runs
+// 0.70-0.74 ms instead of 0.76-0.82, 3 alternated rounds.
 template <class P, class A, int MR>
 [[gnu::always_inline]] inline void prefetch_codes(const window_codes& wc, std::int64_t step) {
     using S = i8_shape<P, A>;
     constexpr bool sparse = simd::has_vnni<A> && MR <= 2 && P::bits >= 4 && 512 > S::V * S::windows_per_step;
     constexpr std::int64_t steps_apart = sparse ? 512 / (S::V * S::windows_per_step) : 1;
+    constexpr bool near = simd::has_vnni<A> && MR == 1 && P::bits == 2;
     if (step % steps_apart != 0) return;
-    simd::prefetch_ahead(wc.low);
+    simd::prefetch_ahead<near ? 2048 : simd::prefetch_distance>(wc.low);
     if constexpr (split_planes<P>) simd::prefetch_ahead(wc.high);  // a 96-byte unit spans 2 lines
 }
 

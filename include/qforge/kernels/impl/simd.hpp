@@ -77,8 +77,9 @@ inline xsimd::batch<T, A> in_register(const T* p) {
 // ahead, a second prefetch further ahead into L2, or one prefetch per 2 or 4 lines took 0-13% longer.
 // The address may lie past the buffer: prefetches never fault.
 inline constexpr std::uintptr_t prefetch_distance = 4096;
+template <std::uintptr_t Distance = prefetch_distance>
 [[gnu::always_inline]] inline void prefetch_ahead(const void* p) {
-    __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(p) + prefetch_distance), 0, 3);
+    __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(p) + Distance), 0, 3);
 }
 
 // lanes 16-bit words at p zero-extended to the int32 lanes (AVX-512: half a register of codes)
