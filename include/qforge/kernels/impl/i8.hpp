@@ -159,9 +159,10 @@ struct i8_levels {
 // (c >> 4) & 0x0C: 4 times their codes), into a dot of their own whose quarter (exact: a multiple
 // of 4) starts the dot of fields 0 and 2. One shift by 4 serves all four fields instead of three
 // shifts, for one arithmetic shift of the sums (shifts issue once per cycle here, logic ops twice:
-// docs/performance.md, "Low-bit GEMV"). The int2 g128 GEMV, 4096x11008 cold: median 0.69 ms
-// instead of 0.77 (9 alternated runs each). Not for 3-bit codes: the same decode plus the third
-// bits took 0.82-0.84 ms instead of 0.73.
+// docs/performance.md, "Low-bit GEMV"). A copy of the loop in L2: 5.95 instead of 6.14 TSC cycles
+// per register; the int2 g128 GEMV, 4096x11008 cold: median 0.69 ms instead of 0.77 (9 alternated
+// runs each; with 4 KiB prefetch, cold times move 10-20% between windows: see prefetch_codes).
+// Not for 3-bit codes: the same decode plus the third bits took 0.82-0.84 ms instead of 0.73.
 template <class P, class A, int MR>
 inline constexpr bool odd_fields_at_2 = MR == 1 && simd::has_vnni<A> && i8_shape<P, A>::bits == 2 &&
                                         !split_planes<P> && i8_shape<P, A>::parts == 4 &&
