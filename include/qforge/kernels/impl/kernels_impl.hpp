@@ -360,17 +360,21 @@ void gemm_i8_vnni(const weights_view& w, const float* x, std::int64_t m, const f
     std::uint8_t* panel = mem + panel_rows * ld;
     auto* wscales = reinterpret_cast<float*>(mem + 2 * panel_rows * ld);
     float* wzeros = has_zeros<P> ? reinterpret_cast<float*>(mem + 2 * panel_rows * ld + per_block) : nullptr;
+    const bool direct = streams<P> && m <= stream_max_rows && k % 128 == 0;  // i8_gemm_vnni.hpp
+    const int most = direct ? stream_max_mr : max_mr;
+    const __m512i lut = level_lut<P, A>(levels);
     for (std::int64_t k0 = 0; k0 < k; k0 += slice) {
         const std::int64_t len = smaller(slice, k - k0), b0 = k0 / group;
         for (std::int64_t p0 = n0; p0 < n1; p0 += panel_rows) {
             const int rows = static_cast<int>(smaller<std::int64_t>(panel_rows, n1 - p0));
-            decode_panel<P, A>(w, levels, p0, n1, k0, len, natural, panel, wscales, wzeros);
-            // ceil(m / max_mr) tiles of nearly equal height: no short tile (fewer dot chains than
+            if (direct) panel_scales<P, A>(w, p0, n1, k0, len, wscales, wzeros);
+            else decode_panel<P, A>(w, levels, p0, n1, k0, len, natural, panel, wscales, wzeros);
+            // ceil(m / most) tiles of nearly equal height: no short tile (fewer dot chains than
             // the vpdpbusd latency needs) at the end
-            const std::int64_t tiles = (m + max_mr - 1) / max_mr, base = m / tiles, taller = m % tiles;
+            const std::int64_t tiles = (m + most - 1) / most, base = m / tiles, taller = m % tiles;
             for (std::int64_t t = 0, i0 = 0; t < tiles; ++t) {
                 const int mr = static_cast<int>(base + (t < taller ? 1 : 0));
-                with_tile<max_mr, 1>(mr, 1, [&](auto mt, auto) {
+                with_tile<(streams<P> ? stream_max_mr : max_mr), 1>(mr, 1, [&](auto mt, auto) {
                     x_row rows_x[mt];
                     for (int i = 0; i < mt; ++i)
                         rows_x[i] = {xq + (i0 + i) * k + k0, xs + (i0 + i) * blocks + b0, corr + (i0 + i) * blocks + b0};
@@ -380,7 +384,27 @@ void gemm_i8_vnni(const weights_view& w, const float* x, std::int64_t m, const f
                         for (const int h : {0, 16, panel_rows - 1})  // 3 lines when not 64-byte aligned
                             _mm_prefetch(reinterpret_cast<const char*>(y + (i0 + i) * ldy + p0 + h), _MM_HINT_T0);
                     alignas(64) float out[mt][panel_rows];
-                    tile<P, A, mt>(panel, wscales, wzeros, rows_x, len / group, out);
+                    if constexpr (streams<P>) {
+                        if (direct) {
+                            const std::int64_t first = k0 * code_bits<P> / 8;
+                            for (int half = 0; half < 2; ++half) {
+                                const std::uint8_t *src[16], *ahead[16];
+                                float* o[mt];
+                                for (int r = 0; r < 16; ++r) {
+                                    const int row = half * 16 + r;
+                                    src[r] = row_codes<P, A>(w, p0 + (row < rows ? row : 0)) + first;
+                                    ahead[r] = p0 + 16 + row < n1 ? row_codes<P, A>(w, p0 + 16 + row) + first : src[r];
+                                }
+                                for (int i = 0; i < mt; ++i) o[i] = out[i] + 16 * half;
+                                stream_half<P, A, mt>(src, ahead, lut, len / 128, wscales + 16 * half,
+                                                      has_zeros<P> ? wzeros + 16 * half : nullptr, rows_x, o);
+                            }
+                        } else if constexpr (mt <= max_mr) {
+                            tile<P, A, mt>(panel, wscales, wzeros, rows_x, len / group, out);
+                        }
+                    } else {
+                        tile<P, A, mt>(panel, wscales, wzeros, rows_x, len / group, out);
+                    }
                     // y = bias (or 0) + the first slice's sums, then + each further slice's
                     for (int i = 0; i < mt; ++i) {
                         float* yi = y + (i0 + i) * ldy;
@@ -415,7 +439,9 @@ void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bi
         if constexpr (has_prepared_gemv<P>) {  // the codes of the GEMV's row (not 8-bit integers)
             // one row is the GEMV (its own row loop measured as fast or faster on every ISA)
             if (m == 1) return gemv_i8<P, A>(w, x, bias, y, n0, n1);
-            if (m <= gemm_i8_rows_max<A, i8_shape<P, A>::blocks_per_window>) return gemm_i8_rows<P, A>(w, x, m, bias, y, n0, n1);
+            const bool streamed = vnni_gemm::applies<P, A> && vnni_gemm::streams<P> && w.cols % 128 == 0;
+            if (m <= (streamed ? vnni_gemm::stream_min_rows - 1 : gemm_i8_rows_max<A, i8_shape<P, A>::blocks_per_window>))
+                return gemm_i8_rows<P, A>(w, x, m, bias, y, n0, n1);
         }
         if constexpr (vnni_gemm::applies<P, A>) gemm_i8_vnni<P, A>(w, x, m, bias, y, n0, n1);
         else gemm_i8<P, A>(w, x, m, bias, y, n0, n1);
