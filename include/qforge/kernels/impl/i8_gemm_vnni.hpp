@@ -247,6 +247,14 @@ void decode_panel(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t
     }
 }
 
+// The quantized rows of X (quantize_row): levels, k per row, and per block of each row the
+// activation scale and the correction.
+struct x_rows {
+    std::int8_t* q;
+    float* xs;
+    std::int32_t* corr;
+};
+
 // One prepared X row for a K slice.
 struct x_row {
     const std::int8_t* q;       // levels from the slice start
@@ -311,7 +319,8 @@ void tile(const std::uint8_t* panel, const float* wscales, [[maybe_unused]] cons
 // and decoded straight into the registers that feed vpdpbusd (4-bit codes, whose chunk holds
 // whole blocks of at most 128 elements), which saves the panel's stores and loads.
 template <class P>
-inline constexpr bool streams = P::bits == 4 && !split_planes<P> && !int8_policy<P> && gemm_block<P> <= 128;
+// (With zero points, int4 asym g32 / g128, it was no faster than the row kernel and the stored panels.)
+inline constexpr bool streams = P::bits == 4 && !split_planes<P> && !int8_policy<P> && !has_zeros<P> && gemm_block<P> <= 128;
 inline constexpr int stream_max_mr = 8;  // X rows per pass: 16 codes + 8 dots + 3 in 32 zmm
 // The M it serves: [3, 8]. Measured on 4096 x 11008 (W in L2: N = 256 scaled), 1 thread: int4
 // g128 M = 2 1.21 ms against 1.09 for the row kernel (i8_rows), M = 4 1.75 / 2.0, M = 8 2.74 /
@@ -320,14 +329,19 @@ inline constexpr int stream_max_mr = 8;  // X rows per pass: 16 codes + 8 dots +
 inline constexpr std::int64_t stream_min_rows = 3, stream_max_rows = 8;
 
 // out[i][r] = the sums of rows [h0, h0 + 16) (16 chunk pointers src, the next rows' ahead) over
-// `chunks` chunks of codes against X row i; wscales / wzeros: this half's columns of the panel's.
+// `chunks` chunks of codes against X row i; wscales: this half's columns of the panel's.
 // Flattened: GCC left the lambdas of the unrolled dwords out of line (M = 2: 3.5 instead of 1.5 ms).
 template <class P, class A, int MR>
 [[gnu::flatten]] void stream_half(const std::uint8_t* const (&src)[16], const std::uint8_t* const (&ahead)[16], __m512i lut,
-                 std::int64_t chunks, const float* wscales, [[maybe_unused]] const float* wzeros, const x_row* x,
+                 std::int64_t chunks, const float* wscales, const x_row* x,
                  float* const (&out)[MR]) {
     constexpr int per_chunk = 128 / gemm_block<P>;    // blocks
     constexpr int chains = MR <= 4 ? 2 : 1;           // dot registers per X row (vpdpbusd latency)
+    // int_sym: the codes are the levels + 8, as in i8.hpp: no table, and the correction -8 sum(xq)
+    // (exact: corr = -128 sum(xq))
+    constexpr bool raw = P::type == dtype::int_sym;
+    static_assert(!raw || !layout_traits<P::storage>::interleaved, "code field p of a byte is element 16p + j");
+    constexpr int offset = raw ? 1 << (P::bits - 1) : 128;
     __m512 acc[MR];
     for (auto& a : acc) a = _mm512_setzero_ps();
     for (std::int64_t c = 0; c < chunks; ++c) {
@@ -341,12 +355,21 @@ template <class P, class A, int MR>
             const std::int64_t b = c * per_chunk + blk;
             __m512i dots[MR][chains];
             simd::unroll<MR>([&](auto i) {
-                dots[i][0] = _mm512_set1_epi32(x[i].corr[b]);
+                dots[i][0] = _mm512_set1_epi32(raw ? x[i].corr[b] / 128 * offset : x[i].corr[b]);
                 if constexpr (chains > 1) dots[i][1] = _mm512_setzero_si512();
             });
             simd::unroll<16 / per_chunk>([&](auto dd) {
                 constexpr int d = blk * (16 / per_chunk) + dd;
-                decode_dword<P, A>(t[d], lut, [&](int p, __m512i v) {
+                const auto codes = [&](auto&& store) {
+                    if constexpr (raw) {
+                        const __m512i mask = _mm512_set1_epi8(0x0F);
+                        store(0, _mm512_and_si512(t[d], mask));
+                        store(1, _mm512_and_si512(_mm512_srli_epi16(t[d], 4), mask));
+                    } else {
+                        decode_dword<P, A>(t[d], lut, store);
+                    }
+                };
+                codes([&](int p, __m512i v) {
                     simd::unroll<MR>([&](auto i) {
                         std::int32_t quad;
                         std::memcpy(&quad, x[i].q + 128 * c + 4 * quad_of<P>(d, p), sizeof quad);
@@ -355,15 +378,10 @@ template <class P, class A, int MR>
                 });
             });
             const __m512 ws = _mm512_loadu_ps(wscales + b * panel_rows);
-            [[maybe_unused]] __m512 zs;
-            if constexpr (has_zeros<P>) zs = _mm512_loadu_ps(wzeros + b * panel_rows);
             simd::unroll<MR>([&](auto i) {
                 __m512i sum = dots[i][0];
                 if constexpr (chains > 1) sum = _mm512_add_epi32(sum, dots[i][1]);
-                __m512 d = _mm512_cvtepi32_ps(sum);
-                if constexpr (has_zeros<P>)  // as tile
-                    d = _mm512_fmadd_ps(zs, _mm512_set1_ps(static_cast<float>(x[i].corr[b] / 128)), d);
-                acc[i] = _mm512_fmadd_ps(d, _mm512_mul_ps(ws, _mm512_set1_ps(x[i].xs[b])), acc[i]);
+                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(ws, _mm512_set1_ps(x[i].xs[b])), acc[i]);
             });
         });
     }
