@@ -10,6 +10,8 @@
 // Asymmetric integers (levels = codes) also subtract zero * sum(xq) per (row, block) in f32, exact
 // as in i8.hpp, with the zero points of the panel's rows spread over lanes as the scales are.
 // MR rows of X times 32 rows of W per register tile (12 int32 + 12 f32 accumulators).
+// For few rows of X (4-bit codes without zero points) the panel is not stored but decoded into
+// the registers of the dots, 16 rows at a time (stream_half, gemm_i8_stream).
 // 8-bit integers (format_int8.hpp) are their own u8 levels + 128 (code - 128 is the int_sym
 // level); int_asym's zero points enter as zero - 128 for the same reason.
 #pragma once
@@ -315,22 +317,30 @@ void tile(const std::uint8_t* panel, const float* wscales, [[maybe_unused]] cons
     }
 }
 
-// For few rows of X the panel is not stored: each 64-byte chunk of codes of 16 rows is transposed
-// and decoded straight into the registers that feed vpdpbusd (4-bit codes, whose chunk holds
-// whole blocks of at most 128 elements), which saves the panel's stores and loads.
+// The streamed GEMM (gemm_i8_stream) for few rows of X: the panel is not stored; each 64-byte
+// chunk of codes of 16 rows is transposed and decoded straight into the registers that feed
+// vpdpbusd, which saves the panel's stores and reloads (4-bit codes: a chunk holds whole blocks
+// of at most 128 elements). With zero points (int4 asym g32 / g128) it was no faster than the
+// row kernel and the stored panels (g32 M = 3: 3.29 against 2.72 ms): those keep them.
 template <class P>
-// (With zero points, int4 asym g32 / g128, it was no faster than the row kernel and the stored panels.)
 inline constexpr bool streams = P::bits == 4 && !split_planes<P> && !int8_policy<P> && !has_zeros<P> && gemm_block<P> <= 128;
 inline constexpr int stream_max_mr = 8;  // X rows per pass: 16 codes + 8 dots + 3 in 32 zmm
-// The M it serves: [3, 8]. Measured on 4096 x 11008 (W in L2: N = 256 scaled), 1 thread: int4
-// g128 M = 2 1.21 ms against 1.09 for the row kernel (i8_rows), M = 4 1.75 / 2.0, M = 8 2.74 /
-// 2.95 for the stored panels; NF4 b64 M = 2 1.59 / 1.52, M = 4 2.06 / 2.25 (panels). From M = 9
-// on, decoding W twice lost to the stored panels (M = 16: 5.2 against 4.9 ms).
-inline constexpr std::int64_t stream_min_rows = 3, stream_max_rows = 8;
+// The M it serves. 4096 x 11008 cold, 1 thread, alternated with the row kernel (M <= 4 int4,
+// <= 3 NF4) and the stored panels: int4 g128 M = 4 2.27 -> 1.59 ms, M = 8 3.16 -> 2.59; NF4 b64
+// M = 4 2.48 -> 2.10, M = 8 3.40 -> 2.95. At M = 2 (W from memory, N = 11008 hot) int4 g128
+// 1.09 against 1.19 for the row kernel, NF4 b64 1.59 against 1.51 (its table lookups cost more
+// than int_sym's none). From M = 9 on, decoding W twice lost to the stored panels (M = 16: 5.2
+// against 4.9 ms, W in L2).
+template <class P>
+inline constexpr std::int64_t stream_min_rows = P::type == dtype::int_sym ? 2 : 3;
+inline constexpr std::int64_t stream_max_rows = 8;
 
 // out[i][r] = the sums of rows [h0, h0 + 16) (16 chunk pointers src, the next rows' ahead) over
 // `chunks` chunks of codes against X row i; wscales: this half's columns of the panel's.
 // Flattened: GCC left the lambdas of the unrolled dwords out of line (M = 2: 3.5 instead of 1.5 ms).
+// Tried and dropped (W in L2): the 128-bit lanes placed by masked broadcast loads, then 4 x 4
+// transposes within lanes (half the shuffles): M = 1, 2 8-15% slower, M = 4, 8 within 3%; four
+// dot registers per X row at M <= 2: M = 2 1.14 against 1.07 ms.
 template <class P, class A, int MR>
 [[gnu::flatten]] void stream_half(const std::uint8_t* const (&src)[16], const std::uint8_t* const (&ahead)[16], __m512i lut,
                  std::int64_t chunks, const float* wscales, const x_row* x,

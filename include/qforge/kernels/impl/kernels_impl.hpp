@@ -474,7 +474,7 @@ void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bi
             // one row is the GEMV (its own row loop measured as fast or faster on every ISA)
             if (m == 1) return gemv_i8<P, A>(w, x, bias, y, n0, n1);
             const bool streamed = vnni_gemm::applies<P, A> && vnni_gemm::streams<P> && w.cols % 128 == 0;
-            if (m <= (streamed ? vnni_gemm::stream_min_rows - 1 : gemm_i8_rows_max<A, i8_shape<P, A>::blocks_per_window>))
+            if (m <= (streamed ? vnni_gemm::stream_min_rows<P> - 1 : gemm_i8_rows_max<A, i8_shape<P, A>::blocks_per_window>))
                 return gemm_i8_rows<P, A>(w, x, m, bias, y, n0, n1);
         }
         if constexpr (vnni_gemm::applies<P, A> && vnni_gemm::streams<P>)
