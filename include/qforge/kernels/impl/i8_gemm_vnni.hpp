@@ -156,8 +156,10 @@ template <class P, class A, class Store>
 
 // The panel's f32 weight scales per block (scales[block * 32 + row]) and int_asym zero points
 // (zeros, the same layout) of the K slice [k0, k0 + len); rows past the end have scale 0.
+// Always inlined: out of line, the stored-panel GEMM of the table formats took 1.5-2.5% longer at
+// M = 12, 16 (W in L2).
 template <class P, class A>
-void panel_scales(const weights_view& w, std::int64_t p0, std::int64_t n1, std::int64_t k0, std::int64_t len, float* scales,
+[[gnu::always_inline]] inline void panel_scales(const weights_view& w, std::int64_t p0, std::int64_t n1, std::int64_t k0, std::int64_t len, float* scales,
                   float* zeros) {
     const int rows = static_cast<int>(n1 - p0 < panel_rows ? n1 - p0 : panel_rows);
     const std::int64_t blocks = len / gemm_block<P>;
@@ -328,11 +330,11 @@ inline constexpr int stream_max_mr = 8;  // X rows per pass: 16 codes + 8 dots +
 // The M it serves. 4096 x 11008 cold, 1 thread, alternated with the row kernel (M <= 4 int4,
 // <= 3 NF4) and the stored panels: int4 g128 M = 4 2.27 -> 1.59 ms, M = 8 3.16 -> 2.59; NF4 b64
 // M = 4 2.48 -> 2.10, M = 8 3.40 -> 2.95. At M = 2 (W from memory, N = 11008 hot) int4 g128
-// 1.09 against 1.19 for the row kernel, NF4 b64 1.59 against 1.51 (its table lookups cost more
-// than int_sym's none). From M = 9 on, decoding W twice lost to the stored panels (M = 16: 5.2
-// against 4.9 ms, W in L2).
+// 1.09 against 1.19 for the row kernel, but int4 g32 1.74 against 1.54 (W in L2: four blocks per
+// chunk) and NF4 b64 1.59 against 1.51 (its table lookups cost more than int_sym's none). From
+// M = 9 on, decoding W twice lost to the stored panels (M = 16: 5.2 against 4.9 ms, W in L2).
 template <class P>
-inline constexpr std::int64_t stream_min_rows = P::type == dtype::int_sym ? 2 : 3;
+inline constexpr std::int64_t stream_min_rows = P::type == dtype::int_sym && P::group >= 128 ? 2 : 3;
 inline constexpr std::int64_t stream_max_rows = 8;
 
 // out[i][r] = the sums of rows [h0, h0 + 16) (16 chunk pointers src, the next rows' ahead) over
