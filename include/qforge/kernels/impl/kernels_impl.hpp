@@ -438,7 +438,8 @@ void gemm_i8_stream(const weights_view& w, const float* x, std::int64_t m, const
                 for (int i = 0; i < mt; ++i) rows_x[i] = {xq + (i0 + i) * k, xs + (i0 + i) * blocks, corr + (i0 + i) * blocks};
                 alignas(64) float out[mt][panel_rows];
                 for (int half = 0; half < 2; ++half) {
-                    // the next 16 rows' codes are prefetched a chunk at a time with these
+                    // the next 16 rows' codes are prefetched a chunk at a time with these (32 rows
+                    // ahead: no faster, 4096 x 11008 cold M = 4 1.61 against 1.60 ms, M = 8 2.67 / 2.55)
                     const std::uint8_t *src[16], *ahead[16];
                     float* o[mt];
                     for (int r = 0; r < 16; ++r) {
