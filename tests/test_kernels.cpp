@@ -694,9 +694,10 @@ TEST_CASE("gemm matches the reference for M = 1 to 17 and 40 and equals gemv row
         if (k == nullptr) continue;
         for (const source from : sources_for(l.cfg))
         for (auto [n, kk] : shapes_for(l.cfg)) {
-            // every register tile of the small-M path (M <= 16: tiles of 8, 4, 2, 1 rows) and the panels
-            // (f32: blocks of 16 or 32 X rows, the last one short)
-            for (std::int64_t m : {1, 2, 3, 5, 7, 8, 9, 11, 13, 16, 17, 40}) {
+            // every register tile of the small-M path (M <= 16: tiles of 8, 4, 2, 1 rows), of the
+            // streamed VNNI GEMM (M <= 8: one tile of M rows) and the panels (f32: blocks of 16 or 32
+            // X rows, the last one short)
+            for (std::int64_t m : {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 16, 17, 40}) {
                 // K slices of the cache blocking: once per path is enough
                 if (kk > 1024 && m != 2 && m != 13 && m != 17) continue;
                 const std::uint64_t seed = 11 + static_cast<std::uint64_t>(n * kk + m);

@@ -27,6 +27,8 @@ inline constexpr int gemm_i8_nr = 2;
 // of the other ISAs (i8_tile) lose at every M up to 16 (docs/performance.md). Where a register of
 // codes holds two or more blocks (NF4 b64) the row kernel also permutes the block scales per X row
 // and register, and the VNNI panels win from M = 4 on (2.46 against 2.93 ms, 4096 x 11008 cold).
+// 4-bit codes without zero points leave it earlier on VNNI, for the streamed GEMM
+// (vnni_gemm::stream_min_rows, i8_gemm_vnni.hpp).
 template <class A>
 inline constexpr int gemm_i8_rows_mr = std::is_base_of_v<xsimd::avx512f, A> ? 8 : 4;
 template <class A, int blocks_per_register>

@@ -10,6 +10,8 @@
 // Asymmetric integers (levels = codes) also subtract zero * sum(xq) per (row, block) in f32, exact
 // as in i8.hpp, with the zero points of the panel's rows spread over lanes as the scales are.
 // MR rows of X times 32 rows of W per register tile (12 int32 + 12 f32 accumulators).
+// For few rows of X (4-bit codes without zero points) the panel is not stored but decoded into
+// the registers of the dots, 16 rows at a time (stream_half, gemm_i8_stream).
 // 8-bit integers (format_int8.hpp) are their own u8 levels + 128 (code - 128 is the int_sym
 // level); int_asym's zero points enter as zero - 128 for the same reason.
 #pragma once
@@ -152,10 +154,12 @@ template <class P, class A, class Store>
     }
 }
 
-// natural: 32 rows of stride<P>(len) bytes of scratch (3-bit codes only).
+// The panel's f32 weight scales per block (scales[block * 32 + row]) and int_asym zero points
+// (zeros, the same layout) of the K slice [k0, k0 + len); rows past the end have scale 0.
+// Always inlined: out of line, the stored-panel GEMM of the table formats took 1.5-2.5% longer at
+// M = 12, 16 (W in L2).
 template <class P, class A>
-void decode_panel(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t p0, std::int64_t n1, std::int64_t k0,
-                  std::int64_t len, [[maybe_unused]] std::uint8_t* natural, std::uint8_t* panel, float* scales,
+[[gnu::always_inline]] inline void panel_scales(const weights_view& w, std::int64_t p0, std::int64_t n1, std::int64_t k0, std::int64_t len, float* scales,
                   float* zeros) {
     const int rows = static_cast<int>(n1 - p0 < panel_rows ? n1 - p0 : panel_rows);
     const std::int64_t blocks = len / gemm_block<P>;
@@ -182,6 +186,23 @@ void decode_panel(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t
             for (std::int64_t b = 0; b < per_row.zeros; b += 64) _mm_prefetch(reinterpret_cast<const char*>(z + b), _MM_HINT_T1);
         }
     }
+}
+
+// The u8 levels + 128 of the 16 codes in every 128-bit lane (the table of decode_dword).
+template <class P, class A>
+inline __m512i level_lut(const i8_levels<P, A>& lv) {
+    alignas(16) std::uint8_t bytes[16];
+    for (int c = 0; c < 16; ++c) bytes[c] = static_cast<std::uint8_t>(lv.level[c] + 128);
+    return _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(bytes)));
+}
+
+// natural: 32 rows of stride<P>(len) bytes of scratch (3-bit codes only).
+template <class P, class A>
+void decode_panel(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t p0, std::int64_t n1, std::int64_t k0,
+                  std::int64_t len, [[maybe_unused]] std::uint8_t* natural, std::uint8_t* panel, float* scales,
+                  float* zeros) {
+    const int rows = static_cast<int>(n1 - p0 < panel_rows ? n1 - p0 : panel_rows);
+    panel_scales<P, A>(w, p0, n1, k0, len, scales, zeros);
     if constexpr (split_planes<P>) {
         const std::int64_t ld = stride<P>(len);
         // 3-bit codes: rows decoded in natural order, then 16 x 16 dword transposes (16 rows of
@@ -198,9 +219,7 @@ void decode_panel(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t
         // The codes are transposed instead (16 rows of 16 code dwords -> 16 dwords of 16 rows),
         // then decoded 64 levels per instruction: a quarter (4-bit codes) of the shuffles of
         // transposing levels, and no pass through memory in natural order.
-        alignas(64) std::uint8_t lut_bytes[16];
-        for (int c = 0; c < 16; ++c) lut_bytes[c] = static_cast<std::uint8_t>(lv.level[c] + 128);
-        const __m512i lut = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(lut_bytes)));
+        const __m512i lut = level_lut<P, A>(lv);
         constexpr std::int64_t chunk_quads = 16 * codes_per_byte<P>;
         const std::int64_t code_bytes = len * code_bits<P> / 8, first = k0 * code_bits<P> / 8;
         for (int half = 0; half < 2; ++half) {
@@ -231,6 +250,14 @@ void decode_panel(const weights_view& w, const i8_levels<P, A>& lv, std::int64_t
         }
     }
 }
+
+// The quantized rows of X (quantize_row): levels, k per row, and per block of each row the
+// activation scale and the correction.
+struct x_rows {
+    std::int8_t* q;
+    float* xs;
+    std::int32_t* corr;
+};
 
 // One prepared X row for a K slice.
 struct x_row {
@@ -290,6 +317,88 @@ void tile(const std::uint8_t* panel, const float* wscales, [[maybe_unused]] cons
         _mm512_storeu_ps(out[i], _mm512_div_ps(acc[i][0], inv));
         _mm512_storeu_ps(out[i] + 16, _mm512_div_ps(acc[i][1], inv));
     }
+}
+
+// The streamed GEMM (gemm_i8_stream) for few rows of X: the panel is not stored; each 64-byte
+// chunk of codes of 16 rows is transposed and decoded straight into the registers that feed
+// vpdpbusd, which saves the panel's stores and reloads (4-bit codes: a chunk holds whole blocks
+// of at most 128 elements). With zero points (int4 asym g32 / g128) it was no faster than the
+// row kernel and the stored panels (g32 M = 3: 3.29 against 2.72 ms): those keep them.
+template <class P>
+inline constexpr bool streams = P::bits == 4 && !split_planes<P> && !int8_policy<P> && !has_zeros<P> && gemm_block<P> <= 128;
+inline constexpr int stream_max_mr = 8;  // X rows per pass: 16 codes + 8 dots + 3 in 32 zmm
+// The M it serves. 4096 x 11008 cold, 1 thread, alternated with the row kernel (M <= 4 int4,
+// <= 3 NF4) and the stored panels: int4 g128 M = 4 2.27 -> 1.59 ms, M = 8 3.16 -> 2.59; NF4 b64
+// M = 4 2.48 -> 2.10, M = 8 3.40 -> 2.95. At M = 2 (W from memory, N = 11008 hot) int4 g128
+// 1.09 against 1.19 for the row kernel, but int4 g32 1.74 against 1.54 (W in L2: four blocks per
+// chunk) and NF4 b64 1.59 against 1.51 (its table lookups cost more than int_sym's none). From
+// M = 9 on, decoding W twice lost to the stored panels (M = 16: 5.2 against 4.9 ms, W in L2).
+template <class P>
+inline constexpr std::int64_t stream_min_rows = P::type == dtype::int_sym && P::group >= 128 ? 2 : 3;
+inline constexpr std::int64_t stream_max_rows = 8;
+
+// out[i][r] = the sums of rows [h0, h0 + 16) (16 chunk pointers src, the next rows' ahead) over
+// `chunks` chunks of codes against X row i; wscales: this half's columns of the panel's.
+// Flattened: GCC left the lambdas of the unrolled dwords out of line (M = 2: 3.5 instead of 1.5 ms).
+// Tried and dropped (W in L2): the 128-bit lanes placed by masked broadcast loads, then 4 x 4
+// transposes within lanes (half the shuffles): M = 1, 2 8-15% slower, M = 4, 8 within 3%; four
+// dot registers per X row at M <= 2: M = 2 1.14 against 1.07 ms.
+template <class P, class A, int MR>
+[[gnu::flatten]] void stream_half(const std::uint8_t* const (&src)[16], const std::uint8_t* const (&ahead)[16], __m512i lut,
+                 std::int64_t chunks, const float* wscales, const x_row* x,
+                 float* const (&out)[MR]) {
+    constexpr int per_chunk = 128 / gemm_block<P>;    // blocks
+    constexpr int chains = MR <= 4 ? 2 : 1;           // dot registers per X row (vpdpbusd latency)
+    // int_sym: the codes are the levels + 8, as in i8.hpp: no table, and the correction -8 sum(xq)
+    // (exact: corr = -128 sum(xq))
+    constexpr bool raw = P::type == dtype::int_sym;
+    static_assert(!raw || !layout_traits<P::storage>::interleaved, "code field p of a byte is element 16p + j");
+    constexpr int offset = raw ? 1 << (P::bits - 1) : 128;
+    __m512 acc[MR];
+    for (auto& a : acc) a = _mm512_setzero_ps();
+    for (std::int64_t c = 0; c < chunks; ++c) {
+        __m512i t[16];
+        for (int r = 0; r < 16; ++r) {
+            t[r] = _mm512_loadu_si512(src[r] + 64 * c);
+            _mm_prefetch(reinterpret_cast<const char*>(ahead[r] + 64 * c), _MM_HINT_T1);
+        }
+        transpose16<A>(t);
+        simd::unroll<per_chunk>([&](auto blk) {
+            const std::int64_t b = c * per_chunk + blk;
+            __m512i dots[MR][chains];
+            simd::unroll<MR>([&](auto i) {
+                dots[i][0] = _mm512_set1_epi32(raw ? x[i].corr[b] / 128 * offset : x[i].corr[b]);
+                if constexpr (chains > 1) dots[i][1] = _mm512_setzero_si512();
+            });
+            simd::unroll<16 / per_chunk>([&](auto dd) {
+                constexpr int d = blk * (16 / per_chunk) + dd;
+                const auto codes = [&](auto&& store) {
+                    if constexpr (raw) {
+                        const __m512i mask = _mm512_set1_epi8(0x0F);
+                        store(0, _mm512_and_si512(t[d], mask));
+                        store(1, _mm512_and_si512(_mm512_srli_epi16(t[d], 4), mask));
+                    } else {
+                        decode_dword<P, A>(t[d], lut, store);
+                    }
+                };
+                codes([&](int p, __m512i v) {
+                    simd::unroll<MR>([&](auto i) {
+                        std::int32_t quad;
+                        std::memcpy(&quad, x[i].q + 128 * c + 4 * quad_of<P>(d, p), sizeof quad);
+                        dots[i][p % chains] = _mm512_dpbusd_epi32(dots[i][p % chains], v, _mm512_set1_epi32(quad));
+                    });
+                });
+            });
+            const __m512 ws = _mm512_loadu_ps(wscales + b * panel_rows);
+            simd::unroll<MR>([&](auto i) {
+                __m512i sum = dots[i][0];
+                if constexpr (chains > 1) sum = _mm512_add_epi32(sum, dots[i][1]);
+                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(ws, _mm512_set1_ps(x[i].xs[b])), acc[i]);
+            });
+        });
+    }
+    const __m512 inv = _mm512_set1_ps(code_traits<P::type>::i8_scale);
+    for (int i = 0; i < MR; ++i) _mm512_storeu_ps(out[i], _mm512_div_ps(acc[i], inv));
 }
 
 }  // namespace qforge::kernels::vnni_gemm
