@@ -225,7 +225,8 @@ float gemv_f32_row(const weights_view& w, const f32_shape<P, A>& s, const simd::
 // out[r] = sum_k W[n, k] x_r[k] from a tile of R permuted rows x_r (permute_for_f32; the GEMV: R = 1),
 // k over steps [step0, step1), and the tail blocks when step1 is the last step.
 // Each decoded register of W feeds the R rows: for few rows of X (the GEMM at small M) W is read
-// and decoded once.
+// and decoded once. (The GEMV keeps gemv_f32_row: this function with R = 1, whose inner loop
+// compiled to the same instructions, took 1.06-1.17x its time in alternated runs, cold and hot.)
 template <class P, class A, int R>
 void gemv_f32_rows(const weights_view& w, const f32_shape<P, A>& s, const simd::table16<A>& table, const float* values,
                    const float* xp, std::int64_t n, std::int64_t step0, std::int64_t step1, float (&out)[R]) {
@@ -385,21 +386,23 @@ inline constexpr int gemm_w_rows = std::is_base_of_v<xsimd::avx512f, A> ? 12 : s
 // ms, FP8 f32 / bf16 22 / 17 at M = 4-8), but for f16, whose tiles take 20-21 ms, the previous
 // dot-product tiles (gemm_f32_dots, kernels_impl.hpp: 13-20 ms) up to M = 8. On AVX2 and SSE4.2,
 // whose GEMVs take 8-19 ms per row, the dot-product tiles up to M = 4 (docs/performance.md).
+// The 4-bit formats run the one-pass GEMM below over part of that range.
 template <class P, class A>
 inline constexpr std::int64_t gemm_f32_gemv_rows =
     !std::is_base_of_v<xsimd::avx512f, A> ? 0 : (P::bits <= 4 && P::act != compute::f16) ? 8 : 2;
 // The one-pass GEMM (gemm_f32_rows, kernels_impl.hpp) of the formats whose GEMV is gemv_f32_row,
 // for M in [gemm_f32_rows_min, gemm_f32_rows_max] (fewer rows: a GEMV per row). Measured on 4096 x
 // 11008, 1 thread, cold, alternated with the previous choice (only 4-bit codes, not f16: the
-// others keep it). AVX-512: int4 g128 f32 0.8-0.9 of the GEMVs' time at M = 4-8, NF4 b64 f32 and
-// MXFP4 bf16 0.9-1.0; at M = 2 two GEMVs were 10-20% faster. Rounded weights (int4 g32 bf16) 0.68
-// at M = 2, 0.45 at M = 4, and the tiles faster from M = 8 (13.4 against about 12 ms). AVX2 (f32):
-// 0.5-0.8 of the dot-product tiles at M = 2-4, but 1.5-2.6x the panel tiles at M = 8-16.
+// others keep it). AVX-512: int4 g128 f32 and NF4 b64 f32 0.8-0.9 of the GEMVs' time at M = 4-8,
+// at M = 2 two GEMVs were 10-20% faster; MXFP4 (bf16) 0.9-1.15, no gain: it keeps the GEMVs.
+// Rounded weights (int4 g32 bf16) 0.65-0.75 at M = 2, 0.4-0.45 at M = 4, and the tiles faster
+// from M = 8 (13.4-14 against 12-14 ms). AVX2 (f32): 0.5-0.8 of the dot-product tiles at M = 2-4,
+// but 1.5-2.6x the panel tiles at M = 8-16.
 template <class P, class A>
 inline constexpr std::int64_t gemm_f32_rows_min = std::is_base_of_v<xsimd::avx512f, A> && !rounded_weights<P> ? 3 : 2;
 template <class P, class A>
 inline constexpr std::int64_t gemm_f32_rows_max =
-    P::bits != 4 || P::act == compute::f16 ? 0
+    P::bits != 4 || P::act == compute::f16 || P::storage == layout::mx ? 0
     : std::is_base_of_v<xsimd::avx512f, A> ? (rounded_weights<P> ? 4 : 8)
     : std::is_base_of_v<xsimd::avx2, A> && P::act == compute::f32 ? 4 : 0;
 template <class A>
