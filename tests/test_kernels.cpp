@@ -726,6 +726,38 @@ TEST_CASE("gemm matches the reference for M = 1 to 17 and 40 and equals gemv row
     }
 }
 
+TEST_CASE("gemm for few rows of X: every tile height, K in several passes over W, tail blocks, a row range") {
+    // the one-pass small-M GEMMs (gemm_f32_rows, gemm_bf16_rows) split X into tiles of 8, 4, 2, 1
+    // rows and K into passes when a tile's rows exceed 24-32 KiB: K here takes 2 or more passes for
+    // every tile height of the bf16 path (3 rows: 2 + 1), plus blocks after the last full window
+    if (!isa_under_test_runs()) return;
+    for (const auto& l : kernel_list) {
+        const kernel* k = registered(l.cfg, op::gemm);
+        if (k == nullptr || l.cfg.act == compute::i8) continue;
+        const std::int64_t g = l.cfg.group > 0 ? l.cfg.group : 32;
+        const std::int64_t n = 7, kk = 16384 / g * g + 3 * g;
+        for (std::int64_t m : {2, 3, 4, 5, 6, 7, 8}) {
+            const std::uint64_t seed = 23 + static_cast<std::uint64_t>(m);
+            const case_data d = make_case(l.cfg, n, kk, seed, source::gptq);
+            const std::vector<float> x = random_vector(static_cast<std::size_t>(m * kk), seed + 1);
+            const std::vector<float> bias = random_vector(static_cast<std::size_t>(n), seed + 2, 0.1f);
+            const std::vector<double> y_ref = reference_gemm(d, x, m, bias);
+            std::vector<float> y(static_cast<std::size_t>(m * n), sentinel);
+            k->gemm(d.packed.view(), x.data(), m, bias.data(), y.data(), 2, n);
+            for (std::int64_t i = 0; i < m; ++i)
+                for (std::int64_t r = 0; r < n; ++r) {
+                    const float got = y[static_cast<std::size_t>(i * n + r)];
+                    if (r < 2) {
+                        CHECK(got == sentinel);
+                        continue;
+                    }
+                    check_output(l.cfg, d, x.data() + i * kk, r, bias.data(), y_ref[static_cast<std::size_t>(i * n + r)], got,
+                                 k->full_name() + " M=" + std::to_string(m) + " row " + std::to_string(i) + " K=" + std::to_string(kk));
+                }
+        }
+    }
+}
+
 TEST_CASE("kernel_config_of: the exact kernel, else the largest built group that divides the stored one") {
     const auto c = [](dtype t, int bits, std::int32_t g, bool dq, layout s, compute a) { return config{t, static_cast<std::uint8_t>(bits), g, dq, s, a}; };
     struct expectation {

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <qforge/kernels/impl/f32.hpp>
+#include <qforge/kernels/impl/gemm_tiles.hpp>
 
 #include <immintrin.h>
 
@@ -45,23 +46,28 @@ constexpr int element(int q, int w) {
     return layout_traits<P::storage>::element_of(2 * w + q / 2, q % 2);
 }
 
-// x rounded to bf16 in lookup order, window after window: xb[(window * 4 + q) * 32 + w].
+// x rounded to bf16 in lookup order, window after window: xb[(window * 4 + q) * 32 + w]; as row r
+// of a tile of `rows` (row_windows), xb[((window * 4 + q) * rows + r) * 32 + w].
 template <class P, class A>
-void permute_x(std::int64_t windows, const float* x, std::uint16_t* xb) {
+void permute_x(std::int64_t windows, const float* x, std::uint16_t* xb, int r = 0, int rows = 1) {
     constexpr int W = 128;  // elements per window: 64 code bytes
     for (std::int64_t win = 0; win < windows; ++win)
         for (int q = 0; q < lookups; ++q) {
             alignas(64) float v[words];
             for (int w = 0; w < words; ++w) v[w] = x[win * W + element<P>(q, w)];
             const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_load_ps(v + 16), _mm512_load_ps(v));
-            _mm512_storeu_si512(xb + (win * lookups + q) * words, reinterpret_cast<const __m512i&>(b));
+            _mm512_storeu_si512(xb + ((win * lookups + q) * rows + r) * words, reinterpret_cast<const __m512i&>(b));
         }
 }
 
-// y = sum over the full windows of row n (the tail blocks are the caller's).
-template <class P, class A>
-float row_windows(const weights_view& w, const __m512& values, const std::uint16_t* xb, std::int64_t n,
-                  std::int64_t windows) {
+// Windows [win0, win1) of row n (the tail blocks are the caller's) times a tile of R rows of x
+// (permute_x: the rows of a window's lookup side by side, constant offsets), each looked-up
+// register of weights feeding all R rows (small M: one pass over W, one decode). sums[r]: row r's
+// partial sums, one per lane.
+template <class P, class A, int R>
+[[gnu::always_inline]] inline void row_windows(const weights_view& w, const __m512& values, const std::uint16_t* xb,
+                                               std::int64_t n, std::int64_t win0, std::int64_t win1,
+                                               __m512 (&sums)[R]) {
     using L = layout_traits<P::storage>;
     constexpr int group = P::group;
     static_assert(group >= 64, "the AVX512-BF16 GEMV looks up at most two blocks per window (32 words)");
@@ -75,13 +81,15 @@ float row_windows(const weights_view& w, const __m512& values, const std::uint16
     const __m512i nibble = _mm512_set1_epi16(0x000F);
     const std::uint8_t* codes = row_codes<P, A>(w, n);
     static_assert(lookups == 4);
-    // four named accumulators, passed by value: an array captured by the lambda below was kept in
-    // memory by GCC in some instantiations (a store-to-load chain per product: 2x slower)
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    // chains per row: at least 4 accumulators in all (vdpbf16ps latency), at most 8 (registers)
+    constexpr int C = R == 1 ? 4 : R == 2 ? 4 : R <= 4 ? 2 : 1;
+    __m512 acc[R * C];
+#pragma GCC unroll 32
+    for (int a = 0; a < R * C; ++a) acc[a] = _mm512_setzero_ps();
     float buf[scale_chunk];
     constexpr std::int64_t windows_per_chunk = scale_chunk / blocks_per_window * windows_per_block;
-    for (std::int64_t c0 = 0; c0 < windows; c0 += windows_per_chunk) {
-        const std::int64_t c1 = windows - c0 < windows_per_chunk ? windows : c0 + windows_per_chunk;
+    for (std::int64_t c0 = win0; c0 < win1; c0 += windows_per_chunk) {
+        const std::int64_t c1 = win1 - c0 < windows_per_chunk ? win1 : c0 + windows_per_chunk;
         const std::int64_t first_block = c0 / windows_per_block * blocks_per_window;
         const int nb = static_cast<int>((c1 - c0) * blocks_per_window / windows_per_block);
         const float* scales = L::template row_scales<P, A>(w, n, first_block, nb, buf);
@@ -96,23 +104,33 @@ float row_windows(const weights_view& w, const __m512& values, const std::uint16
             }
             simd::prefetch_ahead(codes + win * 64);  // cold bnb rows with their scales: half the speed without
             const __m512i c = _mm512_loadu_si512(codes + win * 64);
-            const std::uint16_t* xw = xb + win * lookups * words;
-            // acc + the products of lookup q: the nibble at bit 4q of each word
-            const auto add = [&](auto q, __m512 acc) {
+            const std::uint16_t* xw = xb + win * lookups * R * words;
+            // lookup q: the nibble at bit 4q of each word
+            __m512i wq[lookups];
+            simd::unroll<lookups>([&](auto q) {
                 __m512i idx = q == 0 ? c : _mm512_srli_epi16(c, 4 * q);
                 if constexpr (q < 3) idx = _mm512_ternarylogic_epi32(idx, nibble, block_offset, 0xEA);  // (a & b) | c
                 else idx = _mm512_or_si512(idx, block_offset);
-                const __m512i wq = _mm512_permutexvar_epi16(idx, table);
-                const __m512i xq = _mm512_loadu_si512(xw + q * words);
-                return _mm512_dpbf16_ps(acc, reinterpret_cast<const __m512bh&>(wq), reinterpret_cast<const __m512bh&>(xq));
-            };
-            acc0 = add(std::integral_constant<int, 0>{}, acc0);
-            acc1 = add(std::integral_constant<int, 1>{}, acc1);
-            acc2 = add(std::integral_constant<int, 2>{}, acc2);
-            acc3 = add(std::integral_constant<int, 3>{}, acc3);
+                wq[q] = _mm512_permutexvar_epi16(idx, table);
+            });
+            // plain loops, not lambdas: GCC kept accumulator arrays captured by a lambda in memory
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+                for (int q = 0; q < lookups; ++q) {
+                    const __m512i xq = _mm512_loadu_si512(xw + (q * R + r) * words);
+                    __m512& a = acc[r * C + q % C];
+                    a = _mm512_dpbf16_ps(a, (__m512bh)wq[q], (__m512bh)xq);
+                }
         }
     }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+        const __m512* a = acc + r * C;
+        if constexpr (C == 4) sums[r] = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+        else if constexpr (C == 2) sums[r] = _mm512_add_ps(a[0], a[1]);
+        else sums[r] = a[0];
+    }
 }
 
 // GEMM operands f32 -> bf16 words with vcvtneps2bf16 (len a multiple of 16). Unlike
@@ -192,31 +210,72 @@ void gemm_tile(const std::uint32_t* xp, const std::uint16_t* w, std::int64_t kc,
 
 }  // namespace bf16
 
-// GEMV on the AVX512-BF16 path; tail blocks (K not a multiple of 128) in scalar code.
+// The most X rows that one pass over a W row serves (more: further passes over the row, in L1).
+inline constexpr int bf16_rows_mr = 8;
+// Up to this M the GEMM runs gemm_bf16_rows. Measured on NF4 b64 4096 x 11008, 1 thread, cold
+// (alternated with the previous code: a GEMV per row up to M = 8, then the tiles of f32.hpp):
+// M = 2 / 4 / 8 took 0.7 / 0.65-0.75 / 0.7-0.8 of the time; at M = 16 the tiles are faster (11.5
+// against 14-16 ms).
+inline constexpr std::int64_t gemm_bf16_rows_max = 8;
+
+// Y = X W^T for m rows of X (the GEMV: m = 1) on the AVX512-BF16 path, W read once: per W row,
+// tiles of up to bf16_rows_mr X rows (powers of two: fewer instantiations), K in passes over all
+// rows (row_passes, gemm_tiles.hpp); tail blocks (K not a multiple of 128) in scalar code.
 template <class P, class A>
-void gemv_bf16(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
+void gemm_bf16_rows(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y,
+                    std::int64_t ldy, std::int64_t n0, std::int64_t n1) {
     using L = layout_traits<P::storage>;
-    const std::int64_t windows = w.cols / 128;
-    const std::int64_t tail0 = windows * 128;
+    constexpr int MR = bf16_rows_mr;
+    const std::int64_t k = w.cols, windows = k / 128, tail0 = windows * 128, ldx = windows * 128;
     auto* xb = static_cast<std::uint16_t*>(
-        simd::scratch<A, 0>::get(static_cast<std::size_t>(windows * 128 + 32) * sizeof(std::uint16_t)));
-    bf16::permute_x<P, A>(windows, x, xb);
+        simd::scratch<A, 0>::get(static_cast<std::size_t>(m * ldx + 32) * sizeof(std::uint16_t)));
+    each_row_tile<MR>(m, [&](auto mt, std::int64_t i0) {  // each tile's rows side by side
+        for (int r = 0; r < mt; ++r) bf16::permute_x<P, A>(windows, x + (i0 + r) * k, xb + i0 * ldx, r, mt);
+    });
     alignas(64) float values[16];
     code_traits<P::type>::template values<A>(w, values);
     const __m512 value_vector = _mm512_load_ps(values);
-    const std::int64_t tail_blocks = (w.cols - tail0) / P::group;
-    for (std::int64_t n = n0; n < n1; ++n) {
-        float v = windows > 0 ? bf16::row_windows<P, A>(w, value_vector, xb, n, windows) : 0.0f;
-        if (tail_blocks > 0) {
-            float buf[scale_chunk];
-            const std::uint8_t* row = row_codes<P, A>(w, n);
-            const float* sc = L::template row_scales<P, A>(w, n, tail0 / P::group, static_cast<int>(tail_blocks), buf);
-            for (std::int64_t k = tail0; k < w.cols; ++k)
-                v += simd::round_bf16<A>(values[L::template code_at<A>(row, w.cols, k)] * sc[(k - tail0) / P::group]) *
-                     simd::round_bf16<A>(x[k]);
-        }
-        y[n] = bias ? v + bias[n] : v;
-    }
+    const std::int64_t tail_blocks = (k - tail0) / P::group;
+    const auto tail = [&](std::int64_t i, std::int64_t n) {
+        float v = 0.0f, buf[scale_chunk];
+        const std::uint8_t* row = row_codes<P, A>(w, n);
+        const float* sc = L::template row_scales<P, A>(w, n, tail0 / P::group, static_cast<int>(tail_blocks), buf);
+        const float* xi = x + i * k;
+        for (std::int64_t c = tail0; c < k; ++c)
+            v += simd::round_bf16<A>(values[L::template code_at<A>(row, k, c)] * sc[(c - tail0) / P::group]) *
+                 simd::round_bf16<A>(xi[c]);
+        return v;
+    };
+    // windows per pass: a multiple of a block's (blocks of more than 128)
+    constexpr std::int64_t unit = P::group > 128 ? P::group / 128 : 1;
+    each_row_tile<MR>(m, [&](auto mt, std::int64_t i0) {
+        const std::int64_t per_pass = row_pass_units(windows, mt * 128 * sizeof(std::uint16_t), unit, 32 * 1024);
+        row_passes(windows, per_pass, [&](std::int64_t p0, std::int64_t p1, bool first, bool last) {
+            for (std::int64_t n = n0; n < n1; ++n) {
+                if (!(first && last)) prefetch_row_span<P, A>(w, n + 4, n1, p0 * 128, p1 * 128);
+                float dots[mt];
+                if (p1 > p0) {
+                    __m512 sums[mt];
+                    bf16::row_windows<P, A, mt>(w, value_vector, xb + i0 * ldx, n, p0, p1, sums);
+                    if constexpr (mt == 1) dots[0] = _mm512_reduce_add_ps(sums[0]);  // the GEMV's sum
+                    else reduce_rows<A, mt>(sums, dots);
+                } else {
+                    for (int i = 0; i < mt; ++i) dots[i] = 0.0f;
+                }
+                for (int i = 0; i < mt; ++i) {
+                    float v = dots[i];
+                    if (last && tail_blocks > 0) v += tail(i0 + i, n);
+                    float& out = y[(i0 + i) * ldy + n];
+                    out = first ? (bias ? v + bias[n] : v) : out + v;
+                }
+            }
+        });
+    });
+}
+
+template <class P, class A>
+void gemv_bf16(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
+    gemm_bf16_rows<P, A>(w, x, 1, bias, y, 0, n0, n1);
 }
 
 }  // namespace qforge::kernels

@@ -14,9 +14,11 @@
 #pragma once
 
 #include <qforge/kernels/impl/dequantize.hpp>
+#include <qforge/kernels/impl/gemm_tiles.hpp>
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace qforge::kernels {
@@ -92,9 +94,12 @@ const float* rounded_x(const float* x, std::int64_t k) {
     return xr;
 }
 
-// perm (act-order, weights.hpp): stored column k multiplies x[perm[k]], gathered here too.
+// perm (act-order, weights.hpp): stored column k multiplies x[perm[k]], gathered here too. As row r
+// of a tile of `rows` (gemv_f32_rows): the tile's rows side by side per window, xp[w0 rows + r W +
+// e] for element e of the window at w0, then row r's tail at xp[full rows + r (k - full)].
 template <class P, class A>
-void permute_for_f32(const f32_shape<P, A>& s, const float* x, const std::int32_t* perm, float* xp) {
+void permute_for_f32(const f32_shape<P, A>& s, const float* x, const std::int32_t* perm, float* xp, int r = 0,
+                     int rows = 1) {
     using S = f32_shape<P, A>;
     using L = layout_traits<P::storage>;
     const auto at = [&](std::int64_t k) { return operand<P, A>(perm ? x[perm[k]] : x[k]); };
@@ -102,9 +107,9 @@ void permute_for_f32(const f32_shape<P, A>& s, const float* x, const std::int32_
     for (std::int64_t w0 = 0; w0 < full; w0 += S::W)
         for (int i = 0; i < S::lane_bytes * S::parts; ++i)
             for (int j = 0; j < S::lanes; ++j)
-                xp[w0 + i * S::lanes + j] =
+                xp[w0 * rows + r * S::W + i * S::lanes + j] =
                     at(w0 + L::template element_of<S::bits>(S::lane_bytes * j + i / S::parts, i % S::parts));
-    for (std::int64_t k = full; k < s.k; ++k) xp[k] = at(k);
+    for (std::int64_t k = full; k < s.k; ++k) xp[full * rows + r * (s.k - full) + k - full] = at(k);
 }
 
 // sum_k W[n, k] x[k] from the permuted xp.
@@ -217,6 +222,144 @@ float gemv_f32_row(const weights_view& w, const f32_shape<P, A>& s, const simd::
     return out;
 }
 
+// out[r] = sum_k W[n, k] x_r[k] from a tile of R permuted rows x_r (permute_for_f32; the GEMV: R = 1),
+// k over steps [step0, step1), and the tail blocks when step1 is the last step.
+// Each decoded register of W feeds the R rows: for few rows of X (the GEMM at small M) W is read
+// and decoded once. (The GEMV keeps gemv_f32_row: this function with R = 1, whose inner loop
+// compiled to the same instructions, took 1.06-1.17x its time in alternated runs, cold and hot.)
+template <class P, class A, int R>
+void gemv_f32_rows(const weights_view& w, const f32_shape<P, A>& s, const simd::table16<A>& table, const float* values,
+                   const float* xp, std::int64_t n, std::int64_t step0, std::int64_t step1, float (&out)[R]) {
+    using S = f32_shape<P, A>;
+    using L = layout_traits<P::storage>;
+    using F = simd::f32v<A>;
+    using I = simd::i32v<A>;
+    constexpr int bpw = S::blocks_per_window;
+    constexpr int steps_per_chunk = scale_chunk / bpw;
+    // one zero point per step: subtracted from the table once, not from every looked-up register
+    // (exact either way: small integers; int4 g128 asym: 8 subtractions fewer per window)
+    constexpr bool zero_in_table = has_zeros<P> && bpw == 1;
+    // bf16 / f16 operands: where a window holds one block (half_windows), the block's values times
+    // its scale are rounded once into the step's table, so the lookups return the rounded weights;
+    // elsewhere every looked-up register is scaled and rounded. The same values either way.
+    constexpr bool rounded_table = rounded_weights<P> && bpw == 1;
+    // 2-bit codes on AVX-512: a lane's codes looked up in pairs from one shift of the lane, the
+    // first by its low 2 bits in the table, the second by bits 2-3 in quads (table_quads): 7
+    // shifts a register instead of 15 (the GEMV is bound by its vector ops, 3 per 16 weights)
+    constexpr bool pairs = S::bits == 2 && !split_planes<P> && std::is_base_of_v<xsimd::avx512f, A> && !rounded_weights<P>;
+    // codes of at most 3 bits: their values repeat every 8 entries, a one-op lookup on AVX2
+    constexpr bool small_codes = code_bits<P> <= 3;
+    const auto rounded = [&](const simd::table16<A>& t, float zero, float scale) {
+        return simd::table_map<A>(has_zeros<P> ? simd::table_minus<A>(t, zero) : t,
+                                  [&](const F& v) { return operand<P, A>(F(v * F(scale))); });
+    };
+
+    const std::uint8_t* codes = row_codes<P, A>(w, n);
+    // FMA chains: two per step where the step's sum is scaled; rounded weights need no step sum,
+    // so their chains run through the row (a sum per step took 2 of the 17 vector ops of a block
+    // of NF4 f16), four of them (a half window has only 4 lookups: FMA latency). Per row of several:
+    // fewer, as the rows' chains are independent (registers: at most 8 chains on AVX-512, 4 else).
+    constexpr int budget = std::is_base_of_v<xsimd::avx512f, A> ? 8 : 4;
+    constexpr int chains = R == 1 ? (rounded_weights<P> ? 4 : 2) : std::clamp(budget / R, 1, rounded_weights<P> ? 4 : 2);
+    F acc[R], p[R * chains];
+    for (int r = 0; r < R; ++r) acc[r] = F(0.0f);
+    for (int c = 0; c < R * chains; ++c) p[c] = F(0.0f);
+    const auto chain_sum = [](const F* c) {
+        if constexpr (chains == 4) return (c[0] + c[1]) + (c[2] + c[3]);
+        else if constexpr (chains == 2) return c[0] + c[1];
+        else return c[0];
+    };
+    float buf[scale_chunk];
+    [[maybe_unused]] float zbuf[has_zeros<P> ? scale_chunk : 1];
+    for (std::int64_t c0 = step0; c0 < step1; c0 += steps_per_chunk) {
+        const std::int64_t c1 = step1 - c0 < steps_per_chunk ? step1 : c0 + steps_per_chunk;
+        const int nb = static_cast<int>((c1 - c0) * bpw);
+        const float* scales = L::template row_scales<P, A>(w, n, c0 * bpw, nb, buf);
+        [[maybe_unused]] const float* zeros = has_zeros<P> ? row_zeros<P, A>(w, n, c0 * bpw, nb, zbuf) : nullptr;
+        for (std::int64_t step = c0; step < c1; ++step) {
+            if constexpr (!rounded_weights<P>)
+                for (int c = 0; c < R * chains; ++c) p[c] = F(0.0f);
+            const std::int64_t local = (step - c0) * bpw;
+            const F step_scale = simd::expand_scales<bpw, A>(scales + local);
+            const auto zero_at = [&](int b) { return has_zeros<P> ? zeros[local + b] : 0.0f; };
+            const auto step_table = [&] {
+                if constexpr (rounded_table) return rounded(table, zero_at(0), scales[local]);
+                else return zero_in_table ? simd::table_minus<A>(table, zeros[local]) : table;
+            }();
+            [[maybe_unused]] simd::table16<A> quads;
+            if constexpr (pairs) quads = simd::table_quads<A>(step_table);
+            [[maybe_unused]] F step_zero;
+            if constexpr (has_zeros<P> && !zero_in_table) step_zero = simd::expand_scales<bpw, A>(zeros + local);
+            simd::unroll<S::windows_per_step>([&](auto wi) {
+                const window_codes wc = window_at<P, A, S::V>(codes, s.k, step * S::windows_per_step + wi);
+                simd::prefetch_ahead(wc.low);
+                const float* xw = xp + (step * S::windows_per_step + wi) * R * S::W;
+                const I c8 = S::lane_bytes == 4 ? I::load_unaligned(reinterpret_cast<const std::int32_t*>(wc.low))
+                                                : simd::load_u16_as_i32<A>(wc.low);
+                [[maybe_unused]] I whole[split_planes<P> ? S::parts : 1];  // 3-bit: the codes of field p
+                if constexpr (split_planes<P>) {
+                    simd::prefetch_ahead(wc.high);  // a 96-byte unit spans 2 cache lines
+                    simd::unroll<S::parts>([&](auto p) {
+                        const auto field = simd::code_field<2 * p, 2, A>(xsimd::bitwise_cast<simd::u8v<A>>(c8));
+                        whole[p] = xsimd::bitwise_cast<I>(simd::add_bit_bytes<4, A>(field, wc.high + p * wc.high_stride));
+                    });
+                }
+                simd::unroll<S::lane_bytes * S::parts>([&](auto i) {
+                    // a table lookup is 1 op: cheaper than (code & 15) - zero converted, also for integers;
+                    // 3-bit codes: byte i / parts of each lane of field i % parts, bit 3 clear
+                    I idx = i == 0 ? c8 : I(c8 >> (S::bits * i));
+                    if constexpr (split_planes<P>)
+                        idx = i < S::parts ? whole[i % S::parts] : I(whole[i % S::parts] >> (8 * (i / S::parts)));
+                    if constexpr (pairs) idx = i < 2 ? c8 : I(c8 >> (4 * (i / 2)));
+                    F v;
+                    if constexpr (pairs) v = simd::lookup<A>(i % 2 == 1 ? quads : step_table, idx);
+                    else if constexpr (small_codes) v = simd::lookup8<A>(step_table, idx);
+                    else v = simd::lookup<A>(step_table, idx);
+                    if constexpr (has_zeros<P> && !zero_in_table) v = v - step_zero;  // exact: code - zero
+                    if constexpr (rounded_weights<P> && !rounded_table) v = operand<P, A>(F(v * step_scale));
+                    for (int r = 0; r < R; ++r) {
+                        F& chain = p[r * chains + i % chains];
+                        chain = simd::fma<A>(v, F::load_unaligned(xw + r * S::W + i * S::lanes), chain);
+                    }
+                });
+            });
+            if constexpr (!rounded_weights<P>)
+                for (int r = 0; r < R; ++r) acc[r] = simd::fma<A>(chain_sum(p + r * chains), step_scale, acc[r]);
+        }
+    }
+    if constexpr (rounded_weights<P>)
+        for (int r = 0; r < R; ++r) acc[r] = chain_sum(p + r * chains);
+    reduce_rows<A, R>(acc, out);
+    if (s.tail_blocks == 0 || step1 < s.steps) return;
+    // the blocks after the last full window, in scalar code
+    const std::int64_t b0 = s.blocks - s.tail_blocks;
+    const float* sc = L::template row_scales<P, A>(w, n, b0, static_cast<int>(s.tail_blocks), buf);
+    const float* zr = has_zeros<P> ? row_zeros<P, A>(w, n, b0, static_cast<int>(s.tail_blocks), zbuf) : nullptr;
+    const std::int64_t full = b0 * S::group;
+    for (int r = 0; r < R; ++r)
+        for (std::int64_t b = b0; b < s.blocks; ++b) {
+            const float* xt = xp + full * R + r * (s.k - full) - full;
+            float part = 0.0f;
+            for (std::int64_t k = b * S::group; k < (b + 1) * S::group; ++k) {
+                float v = values[L::template code_at<A, code_bits<P>>(codes, s.k, k)];
+                if constexpr (has_zeros<P>) v -= zr[b - b0];
+                if constexpr (rounded_weights<P>) part += operand<P, A>(v * sc[b - b0]) * xt[k];
+                else part += v * xt[k];
+            }
+            out[r] += rounded_weights<P> ? part : part * sc[b - b0];
+        }
+}
+
+// The codes of elements [e0, e1) of row n (if n < n1) fetched into the caches: the passes of the
+// few-row GEMMs (row_passes, gemm_tiles.hpp) read a piece of each row.
+template <class P, class A>
+[[gnu::always_inline]] inline void prefetch_row_span(const weights_view& w, std::int64_t n, std::int64_t n1,
+                                                     std::int64_t e0, std::int64_t e1) {
+    if (n >= n1) return;
+    const std::uint8_t* codes = row_codes<P, A>(w, n);
+    for (std::int64_t b = e0 * code_bits<P> / 8; b < e1 * code_bits<P> / 8; b += 64) _mm_prefetch(reinterpret_cast<const char*>(codes + b), _MM_HINT_T0);
+}
+
 // ---- GEMM --------------------------------------------------------------------------------
 // The f32 GEMM (also the rounded paths, and the bf16 path's vdpbf16ps tiles in bf16.hpp; driver
 // gemm_f32 in kernels_impl.hpp). X is packed once per call into blocks of gemm_x_block<A> rows
@@ -243,9 +386,27 @@ inline constexpr int gemm_w_rows = std::is_base_of_v<xsimd::avx512f, A> ? 12 : s
 // ms, FP8 f32 / bf16 22 / 17 at M = 4-8), but for f16, whose tiles take 20-21 ms, the previous
 // dot-product tiles (gemm_f32_dots, kernels_impl.hpp: 13-20 ms) up to M = 8. On AVX2 and SSE4.2,
 // whose GEMVs take 8-19 ms per row, the dot-product tiles up to M = 4 (docs/performance.md).
+// The 4-bit formats run the one-pass GEMM below over part of that range.
 template <class P, class A>
 inline constexpr std::int64_t gemm_f32_gemv_rows =
     !std::is_base_of_v<xsimd::avx512f, A> ? 0 : (P::bits <= 4 && P::act != compute::f16) ? 8 : 2;
+// The one-pass GEMM (gemm_f32_rows, kernels_impl.hpp) of the formats whose GEMV is gemv_f32_row,
+// for M in [gemm_f32_rows_min, gemm_f32_rows_max] (fewer rows: a GEMV per row). Measured on 4096 x
+// 11008, 1 thread, cold, alternated with the previous choice (only 4-bit codes, not f16: the
+// others keep it). AVX-512: int4 g128 f32 and NF4 b64 f32 0.8-0.9 of the GEMVs' time at M = 4-8,
+// at M = 2 two GEMVs were 10-20% faster; MXFP4 (bf16) 0.9-1.15, no gain: it keeps the GEMVs.
+// Rounded weights (int4 g32 bf16) 0.65-0.75 at M = 2, 0.4-0.45 at M = 4, and the tiles faster
+// from M = 8 (13.4-14 against 12-14 ms). AVX2 (f32): 0.5-0.8 of the dot-product tiles at M = 2-4,
+// but 1.5-2.6x the panel tiles at M = 8-16.
+template <class P, class A>
+inline constexpr std::int64_t gemm_f32_rows_min = std::is_base_of_v<xsimd::avx512f, A> && !rounded_weights<P> ? 3 : 2;
+template <class P, class A>
+inline constexpr std::int64_t gemm_f32_rows_max =
+    P::bits != 4 || P::act == compute::f16 || P::storage == layout::mx ? 0
+    : std::is_base_of_v<xsimd::avx512f, A> ? (rounded_weights<P> ? 4 : 8)
+    : std::is_base_of_v<xsimd::avx2, A> && P::act == compute::f32 ? 4 : 0;
+template <class A>
+inline constexpr int gemm_f32_rows_mr = std::is_base_of_v<xsimd::avx512f, A> ? 8 : 4;
 template <class P, class A>
 inline constexpr std::int64_t gemm_f32_dot_rows =
     !std::is_base_of_v<xsimd::avx512f, A> ? 4 : P::act == compute::f16 ? 8 : 0;
