@@ -78,7 +78,7 @@ inline void each_row_tile(std::int64_t m, F&& f) {
 // and as equal as can be). For `units` of K of `unit_bytes` of X rows each, the units per pass, a
 // multiple of `align`. Measured (4096 x 11008 cold, 1 thread): 32 KiB for the bf16 tiles (4 rows:
 // 3.4-3.8 ms in one pass, 5.1 in 2 or 3), 24 KiB for f32 (4 rows: 5.5 ms in 3 passes, 7.2 in 2).
-inline std::int64_t row_pass_units(std::int64_t units, std::int64_t unit_bytes, std::int64_t align, std::int64_t budget) {
+[[gnu::always_inline]] inline std::int64_t row_pass_units(std::int64_t units, std::int64_t unit_bytes, std::int64_t align, std::int64_t budget) {
     if (units == 0) return 1;
     const std::int64_t passes = (units * unit_bytes + budget - 1) / budget;
     return ((units + passes - 1) / passes + align - 1) / align * align;
