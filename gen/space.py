@@ -81,9 +81,14 @@ def has_kernel(c: Config) -> bool:
 
 def compiled_for(c: Config, isa: str) -> bool:
     """Whether the kernels of c are compiled for an ISA (kernels::compiled_for in C++ says the same):
-    avx512_bf16 adds only the bf16 compute path (vdpbf16ps); any other path would be the
-    avx512_vnni code again, which is what runs for it on a BF16 CPU."""
-    return isa != "avx512_bf16" or c.act == "bf16"
+    avx512_vnni adds only the int8 compute path (vpdpbusd) and avx512_bf16 only the bf16 one
+    (vdpbf16ps); any other path would be the avx512 (or avx512_vnni) code again, which is what
+    runs for it on those CPUs."""
+    if isa == "avx512_vnni":
+        return c.act == "i8"
+    if isa == "avx512_bf16":
+        return c.act == "bf16"
+    return True
 
 
 def kernel_configs() -> list[Config]:

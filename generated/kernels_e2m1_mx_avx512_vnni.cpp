@@ -4,41 +4,17 @@
 #include <qforge/kernels/impl/kernels_impl.hpp>
 #include <qforge_selected_kernels.h>
 
-#if QFORGE_SELECTED_e2m1_g32_mx_f32
-QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(e2m1, 4, 32, false, mx, f32)>,
-                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
-#endif
-#if QFORGE_SELECTED_e2m1_g32_mx_bf16
-QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(e2m1, 4, 32, false, mx, bf16)>,
-                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
-#endif
 #if QFORGE_SELECTED_e2m1_g32_mx_i8
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(e2m1, 4, 32, false, mx, i8)>,
-                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
-#endif
-#if QFORGE_SELECTED_e2m1_g32_mx_f16
-QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(e2m1, 4, 32, false, mx, f16)>,
                            qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
 #endif
 
 namespace qforge::kernels::generated {
 
 void register_e2m1_mx_avx512_vnni(registry& r) {
-#if QFORGE_SELECTED_e2m1_g32_mx_f32
-    register_policy<policy<QFORGE_KERNEL_CONFIG(e2m1, 4, 32, false, mx, f32)>, arch_t<isa::avx512_vnni>>(
-        r, "e2m1_g32_mx_f32");
-#endif
-#if QFORGE_SELECTED_e2m1_g32_mx_bf16
-    register_policy<policy<QFORGE_KERNEL_CONFIG(e2m1, 4, 32, false, mx, bf16)>, arch_t<isa::avx512_vnni>>(
-        r, "e2m1_g32_mx_bf16");
-#endif
 #if QFORGE_SELECTED_e2m1_g32_mx_i8
     register_policy<policy<QFORGE_KERNEL_CONFIG(e2m1, 4, 32, false, mx, i8)>, arch_t<isa::avx512_vnni>>(
         r, "e2m1_g32_mx_i8");
-#endif
-#if QFORGE_SELECTED_e2m1_g32_mx_f16
-    register_policy<policy<QFORGE_KERNEL_CONFIG(e2m1, 4, 32, false, mx, f16)>, arch_t<isa::avx512_vnni>>(
-        r, "e2m1_g32_mx_f16");
 #endif
     (void)r;
 }

@@ -4,10 +4,6 @@
 #include <qforge/kernels/impl/kernels_impl.hpp>
 #include <qforge_selected_kernels.h>
 
-#if QFORGE_SELECTED_int3sym_g128_qf_f32
-QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(int_sym, 3, 128, false, qforge, f32)>,
-                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
-#endif
 #if QFORGE_SELECTED_int3sym_g128_qf_i8
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(int_sym, 3, 128, false, qforge, i8)>,
                            qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
@@ -16,10 +12,6 @@ QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(int_sym, 3, 128, 
 namespace qforge::kernels::generated {
 
 void register_int3sym_qf_avx512_vnni(registry& r) {
-#if QFORGE_SELECTED_int3sym_g128_qf_f32
-    register_policy<policy<QFORGE_KERNEL_CONFIG(int_sym, 3, 128, false, qforge, f32)>, arch_t<isa::avx512_vnni>>(
-        r, "int3sym_g128_qf_f32");
-#endif
 #if QFORGE_SELECTED_int3sym_g128_qf_i8
     register_policy<policy<QFORGE_KERNEL_CONFIG(int_sym, 3, 128, false, qforge, i8)>, arch_t<isa::avx512_vnni>>(
         r, "int3sym_g128_qf_i8");

@@ -4,65 +4,25 @@
 #include <qforge/kernels/impl/kernels_impl.hpp>
 #include <qforge_selected_kernels.h>
 
-#if QFORGE_SELECTED_int4sym_g32_qf_f32
-QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 32, false, qforge, f32)>,
-                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
-#endif
-#if QFORGE_SELECTED_int4sym_g32_qf_bf16
-QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 32, false, qforge, bf16)>,
-                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
-#endif
 #if QFORGE_SELECTED_int4sym_g32_qf_i8
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 32, false, qforge, i8)>,
-                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
-#endif
-#if QFORGE_SELECTED_int4sym_g32_qf_f16
-QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 32, false, qforge, f16)>,
-                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
-#endif
-#if QFORGE_SELECTED_int4sym_g128_qf_f32
-QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 128, false, qforge, f32)>,
                            qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
 #endif
 #if QFORGE_SELECTED_int4sym_g128_qf_i8
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 128, false, qforge, i8)>,
                            qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
 #endif
-#if QFORGE_SELECTED_int4sym_g128_qf_f16
-QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 128, false, qforge, f16)>,
-                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
-#endif
 
 namespace qforge::kernels::generated {
 
 void register_int4sym_qf_avx512_vnni(registry& r) {
-#if QFORGE_SELECTED_int4sym_g32_qf_f32
-    register_policy<policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 32, false, qforge, f32)>, arch_t<isa::avx512_vnni>>(
-        r, "int4sym_g32_qf_f32");
-#endif
-#if QFORGE_SELECTED_int4sym_g32_qf_bf16
-    register_policy<policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 32, false, qforge, bf16)>, arch_t<isa::avx512_vnni>>(
-        r, "int4sym_g32_qf_bf16");
-#endif
 #if QFORGE_SELECTED_int4sym_g32_qf_i8
     register_policy<policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 32, false, qforge, i8)>, arch_t<isa::avx512_vnni>>(
         r, "int4sym_g32_qf_i8");
 #endif
-#if QFORGE_SELECTED_int4sym_g32_qf_f16
-    register_policy<policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 32, false, qforge, f16)>, arch_t<isa::avx512_vnni>>(
-        r, "int4sym_g32_qf_f16");
-#endif
-#if QFORGE_SELECTED_int4sym_g128_qf_f32
-    register_policy<policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 128, false, qforge, f32)>, arch_t<isa::avx512_vnni>>(
-        r, "int4sym_g128_qf_f32");
-#endif
 #if QFORGE_SELECTED_int4sym_g128_qf_i8
     register_policy<policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 128, false, qforge, i8)>, arch_t<isa::avx512_vnni>>(
         r, "int4sym_g128_qf_i8");
-#endif
-#if QFORGE_SELECTED_int4sym_g128_qf_f16
-    register_policy<policy<QFORGE_KERNEL_CONFIG(int_sym, 4, 128, false, qforge, f16)>, arch_t<isa::avx512_vnni>>(
-        r, "int4sym_g128_qf_f16");
 #endif
     (void)r;
 }

@@ -4,44 +4,12 @@
 #include <qforge/kernels/impl/kernels_impl.hpp>
 #include <qforge_selected_kernels.h>
 
-#if QFORGE_SELECTED_nf4_b32_bnb_f32
-QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 32, false, bnb4, f32)>,
-                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
-#endif
-#if QFORGE_SELECTED_nf4_b32_bnb_bf16
-QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 32, false, bnb4, bf16)>,
-                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
-#endif
 #if QFORGE_SELECTED_nf4_b32_bnb_i8
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 32, false, bnb4, i8)>,
                            qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
 #endif
-#if QFORGE_SELECTED_nf4_b32_bnb_f16
-QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 32, false, bnb4, f16)>,
-                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
-#endif
-#if QFORGE_SELECTED_nf4_b64_bnb_f32
-QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false, bnb4, f32)>,
-                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
-#endif
-#if QFORGE_SELECTED_nf4_b64_bnb_bf16
-QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false, bnb4, bf16)>,
-                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
-#endif
 #if QFORGE_SELECTED_nf4_b64_bnb_i8
 QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false, bnb4, i8)>,
-                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
-#endif
-#if QFORGE_SELECTED_nf4_b64_bnb_f16
-QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false, bnb4, f16)>,
-                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
-#endif
-#if QFORGE_SELECTED_nf4_b64_dq_bnb_f32
-QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true, bnb4, f32)>,
-                           qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
-#endif
-#if QFORGE_SELECTED_nf4_b64_dq_bnb_bf16
-QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true, bnb4, bf16)>,
                            qforge::kernels::arch_t<qforge::isa::avx512_vnni>)
 #endif
 #if QFORGE_SELECTED_nf4_b64_dq_bnb_i8
@@ -52,45 +20,13 @@ QFORGE_INSTANTIATE_KERNELS(qforge::policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true,
 namespace qforge::kernels::generated {
 
 void register_nf4_bnb_avx512_vnni(registry& r) {
-#if QFORGE_SELECTED_nf4_b32_bnb_f32
-    register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 32, false, bnb4, f32)>, arch_t<isa::avx512_vnni>>(
-        r, "nf4_b32_bnb_f32");
-#endif
-#if QFORGE_SELECTED_nf4_b32_bnb_bf16
-    register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 32, false, bnb4, bf16)>, arch_t<isa::avx512_vnni>>(
-        r, "nf4_b32_bnb_bf16");
-#endif
 #if QFORGE_SELECTED_nf4_b32_bnb_i8
     register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 32, false, bnb4, i8)>, arch_t<isa::avx512_vnni>>(
         r, "nf4_b32_bnb_i8");
 #endif
-#if QFORGE_SELECTED_nf4_b32_bnb_f16
-    register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 32, false, bnb4, f16)>, arch_t<isa::avx512_vnni>>(
-        r, "nf4_b32_bnb_f16");
-#endif
-#if QFORGE_SELECTED_nf4_b64_bnb_f32
-    register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false, bnb4, f32)>, arch_t<isa::avx512_vnni>>(
-        r, "nf4_b64_bnb_f32");
-#endif
-#if QFORGE_SELECTED_nf4_b64_bnb_bf16
-    register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false, bnb4, bf16)>, arch_t<isa::avx512_vnni>>(
-        r, "nf4_b64_bnb_bf16");
-#endif
 #if QFORGE_SELECTED_nf4_b64_bnb_i8
     register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false, bnb4, i8)>, arch_t<isa::avx512_vnni>>(
         r, "nf4_b64_bnb_i8");
-#endif
-#if QFORGE_SELECTED_nf4_b64_bnb_f16
-    register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, false, bnb4, f16)>, arch_t<isa::avx512_vnni>>(
-        r, "nf4_b64_bnb_f16");
-#endif
-#if QFORGE_SELECTED_nf4_b64_dq_bnb_f32
-    register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true, bnb4, f32)>, arch_t<isa::avx512_vnni>>(
-        r, "nf4_b64_dq_bnb_f32");
-#endif
-#if QFORGE_SELECTED_nf4_b64_dq_bnb_bf16
-    register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true, bnb4, bf16)>, arch_t<isa::avx512_vnni>>(
-        r, "nf4_b64_dq_bnb_bf16");
 #endif
 #if QFORGE_SELECTED_nf4_b64_dq_bnb_i8
     register_policy<policy<QFORGE_KERNEL_CONFIG(nf4, 4, 64, true, bnb4, i8)>, arch_t<isa::avx512_vnni>>(

@@ -40,8 +40,8 @@ const std::vector<config> kernel_list = {
 #undef QFORGE_KERNEL
 };
 
-// The configs this run tests: built, and compiled for the active ISA (else their avx512_vnni
-// kernel runs, tested in that run).
+// The configs this run tests: built, and compiled for the active ISA (else their avx512 or
+// avx512_vnni kernel runs, tested in that run).
 std::vector<config> configs_under_test() {
     std::vector<config> out;
     for (const config& c : kernel_list)

@@ -43,8 +43,8 @@ void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bi
     extern template void gemm<P, A>(const weights_view&, const float*, std::int64_t, const float*, float*, \
                                     std::int64_t, std::int64_t);
 
-// (avx512_bf16 is declared for every kernel but instantiated only where compiled_for() says so;
-// the dispatch below never names the others.)
+// (avx512_vnni and avx512_bf16 are declared for every kernel but instantiated only where
+// compiled_for() says so; the dispatch below never names the others.)
 #define QFORGE_KERNEL(name, family, type, bits, group, dq, storage, act)                                 \
     QFORGE_EXTERN_KERNELS_FOR(policy<QFORGE_KERNEL_CONFIG(type, bits, group, dq, storage, act)>,          \
                               arch_t<isa::sse4_2>)                                                        \
@@ -61,12 +61,20 @@ void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bi
 #undef QFORGE_EXTERN_KERNELS_FOR
 
 // Whether the kernels of config c are compiled for ISA i (the same rule as gen/space.py's
-// compiled_for): avx512_bf16 adds only the bf16 compute path (vdpbf16ps); every other path would
-// be the avx512_vnni code again, so on a BF16 CPU those run their avx512_vnni kernels.
-constexpr bool compiled_for(const config& c, isa i) { return i != isa::avx512_bf16 || c.act == compute::bf16; }
+// compiled_for): avx512_vnni adds only the int8 compute path (vpdpbusd) and avx512_bf16 only the
+// bf16 one (vdpbf16ps); every other path would be the avx512 (or avx512_vnni) code again, compiled
+// twice, so those run their avx512 (or avx512_vnni) kernels there.
+constexpr bool compiled_for(const config& c, isa i) {
+    if (i == isa::avx512_vnni) return c.act == compute::i8;
+    if (i == isa::avx512_bf16) return c.act == compute::bf16;
+    return true;
+}
 
 // The ISA whose kernel of config c runs when ISA i is active.
-constexpr isa kernel_isa(const config& c, isa i) { return compiled_for(c, i) ? i : isa::avx512_vnni; }
+constexpr isa kernel_isa(const config& c, isa i) {
+    if (compiled_for(c, i)) return i;
+    return c.act == compute::i8 ? isa::avx512_vnni : isa::avx512;
+}
 
 struct generated_kernel {
     config cfg;
@@ -190,10 +198,12 @@ void with_active_arch(F&& f) {
         case isa::sse4_2: return f(kernels::arch_t<isa::sse4_2>{});
         case isa::avx2: return f(kernels::arch_t<isa::avx2>{});
         case isa::avx512: return f(kernels::arch_t<isa::avx512>{});
-        case isa::avx512_vnni: return f(kernels::arch_t<isa::avx512_vnni>{});
+        case isa::avx512_vnni:
+            if constexpr (kernels::compiled_for(P::cfg, isa::avx512_vnni)) return f(kernels::arch_t<isa::avx512_vnni>{});
+            else return;  // unreachable: kernel_isa() maps it to avx512
         case isa::avx512_bf16:
             if constexpr (kernels::compiled_for(P::cfg, isa::avx512_bf16)) return f(kernels::arch_t<isa::avx512_bf16>{});
-            else return;  // unreachable: kernel_isa() maps it to avx512_vnni
+            else return;  // unreachable: kernel_isa() maps it to avx512 or avx512_vnni
     }
 }
 
