@@ -326,7 +326,6 @@ void tile(const std::uint8_t* panel, const float* wscales, [[maybe_unused]] cons
 // row kernel and the stored panels (g32 M = 3: 3.29 against 2.72 ms): those keep them.
 template <class P>
 inline constexpr bool streams = P::bits == 4 && !split_planes<P> && !int8_policy<P> && !has_zeros<P> && gemm_block<P> <= 128;
-inline constexpr int stream_max_mr = 8;  // X rows per pass: 16 codes + 8 dots + 3 in 32 zmm
 // The M it serves. 4096 x 11008 cold, 1 thread, alternated with the row kernel (M <= 4 int4,
 // <= 3 NF4) and the stored panels: int4 g128 M = 4 2.27 -> 1.59 ms, M = 8 3.16 -> 2.59; NF4 b64
 // M = 4 2.48 -> 2.10, M = 8 3.40 -> 2.95. At M = 2 (W from memory, N = 11008 hot) int4 g128
@@ -335,7 +334,7 @@ inline constexpr int stream_max_mr = 8;  // X rows per pass: 16 codes + 8 dots +
 // M = 9 on, decoding W twice lost to the stored panels (M = 16: 5.2 against 4.9 ms, W in L2).
 template <class P>
 inline constexpr std::int64_t stream_min_rows = P::type == dtype::int_sym && P::group >= 128 ? 2 : 3;
-inline constexpr std::int64_t stream_max_rows = 8;
+inline constexpr std::int64_t stream_max_rows = 8;  // in one pass: 16 codes + 8 dots + 3 in 32 zmm
 
 // out[i][r] = the sums of rows [h0, h0 + 16) (16 chunk pointers src, the next rows' ahead) over
 // `chunks` chunks of codes against X row i; wscales: this half's columns of the panel's.

@@ -462,37 +462,33 @@ void gemm_i8_stream(const weights_view& w, const float* x, std::int64_t m, const
     const float* xs = xr.xs;
     const std::int32_t* corr = xr.corr;
     auto* wscales = static_cast<float*>(simd::scratch<A, 2>::get(static_cast<std::size_t>(blocks * panel_rows) * sizeof(float)));
-    for (std::int64_t p0 = n0; p0 < n1; p0 += panel_rows) {
-        const int rows = static_cast<int>(smaller<std::int64_t>(panel_rows, n1 - p0));
-        panel_scales<P, A>(w, p0, n1, 0, k, wscales, nullptr);
-        // ceil(m / stream_max_mr) tiles of nearly equal height
-        const std::int64_t tiles = (m + stream_max_mr - 1) / stream_max_mr, base = m / tiles, taller = m % tiles;
-        for (std::int64_t t = 0, i0 = 0; t < tiles; ++t) {
-            const int mr = static_cast<int>(base + (t < taller ? 1 : 0));
-            with_tile<stream_max_mr, 1>(mr, 1, [&](auto mt, auto) {
-                x_row rows_x[mt];
-                for (int i = 0; i < mt; ++i) rows_x[i] = {xq + (i0 + i) * k, xs + (i0 + i) * blocks, corr + (i0 + i) * blocks};
-                alignas(64) float out[mt][panel_rows];
-                for (int half = 0; half < 2; ++half) {
-                    // the next 16 rows' codes are prefetched a chunk at a time with these (32 rows
-                    // ahead: no faster, 4096 x 11008 cold M = 4 1.61 against 1.60 ms, M = 8 2.67 / 2.55)
-                    const std::uint8_t *src[16], *ahead[16];
-                    float* o[mt];
-                    for (int r = 0; r < 16; ++r) {
-                        const int row = half * 16 + r;
-                        src[r] = row_codes<P, A>(w, p0 + (row < rows ? row : 0));
-                        ahead[r] = p0 + 16 + row < n1 ? row_codes<P, A>(w, p0 + 16 + row) : src[r];
-                    }
-                    for (int i = 0; i < mt; ++i) o[i] = out[i] + 16 * half;
-                    stream_half<P, A, mt>(src, ahead, lut, k / 128, wscales + 16 * half, rows_x, o);
+    // one tile of all m rows, instantiated for the heights this path serves
+    simd::unroll<stream_max_rows - stream_min_rows<P> + 1>([&](auto e) {
+        constexpr int mt = static_cast<int>(stream_min_rows<P>) + decltype(e)::value;
+        if (mt != m) return;
+        x_row rows_x[mt];
+        for (int i = 0; i < mt; ++i) rows_x[i] = {xq + i * k, xs + i * blocks, corr + i * blocks};
+        for (std::int64_t p0 = n0; p0 < n1; p0 += panel_rows) {
+            const int rows = static_cast<int>(smaller<std::int64_t>(panel_rows, n1 - p0));
+            panel_scales<P, A>(w, p0, n1, 0, k, wscales, nullptr);
+            alignas(64) float out[mt][panel_rows];
+            for (int half = 0; half < 2; ++half) {
+                // the next 16 rows' codes are prefetched a chunk at a time with these (32 rows
+                // ahead: no faster, 4096 x 11008 cold M = 4 1.61 against 1.60 ms, M = 8 2.67 / 2.55)
+                const std::uint8_t *src[16], *ahead[16];
+                float* o[mt];
+                for (int r = 0; r < 16; ++r) {
+                    const int row = half * 16 + r;
+                    src[r] = row_codes<P, A>(w, p0 + (row < rows ? row : 0));
+                    ahead[r] = p0 + 16 + row < n1 ? row_codes<P, A>(w, p0 + 16 + row) : src[r];
                 }
-                for (int i = 0; i < mt; ++i)
-                    for (int r = 0; r < rows; ++r)
-                        y[(i0 + i) * ldy + p0 + r] = (bias ? bias[p0 + r] : 0.0f) + out[i][r];
-            });
-            i0 += mr;
+                for (int i = 0; i < mt; ++i) o[i] = out[i] + 16 * half;
+                stream_half<P, A, mt>(src, ahead, lut, k / 128, wscales + 16 * half, rows_x, o);
+            }
+            for (int i = 0; i < mt; ++i)
+                for (int r = 0; r < rows; ++r) y[i * ldy + p0 + r] = (bias ? bias[p0 + r] : 0.0f) + out[i][r];
         }
-    }
+    });
 }
 
 template <class P, class A>
