@@ -42,11 +42,16 @@ def tu_name(fam: str, isa: str) -> str:
 
 def kernel_tu(fam: str, isa: str, configs: list[Config]) -> str:
     """Explicit instantiations and registration of the selected kernels of one family on one ISA."""
+    any_selected = " || ".join(f"QFORGE_SELECTED_{canonical_name(c)}" for c in configs)
     out = [f"// {BANNER}",
            f"// Kernels of the {fam} family for {isa}: explicit instantiations and their registration.",
-           "// A kernel is compiled only when -Dkernels selects it (qforge_selected_kernels.h).",
-           "#include <qforge/kernels/impl/kernels_impl.hpp>",
+           "// A kernel is compiled only when -Dkernels selects it (qforge_selected_kernels.h); with none",
+           "// of the family selected the kernel templates are not even read (compile time).",
+           "#include <qforge/registry.hpp>",
            "#include <qforge_selected_kernels.h>",
+           f"#if {any_selected}",
+           "#include <qforge/kernels/impl/kernels_impl.hpp>",
+           "#endif",
            ""]
     for c in configs:
         name = canonical_name(c)
