@@ -15,7 +15,7 @@ rm -rf "$work"
 mkdir -p "$work"
 results="$work/results.txt"
 : > "$results"
-kernels='int4sym_g128_qf_*'
+kernels='int4sym_g128_qf_f32'  # the one kernel the consumers run (GPTQ int4 g128, f32 compute)
 failed=0
 step() {  # step NAME COMMAND...: runs the command, logs to WORK/NAME.log, records the result
     local name="$1"
