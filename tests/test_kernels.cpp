@@ -43,8 +43,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 using namespace qforge;
@@ -89,6 +91,14 @@ struct case_data {
     std::int64_t rows = 0, ref_rows = 0;
     // w rounded to bf16 / f16 by the reference conversions, made on first use (check_output)
     mutable std::vector<float> w_bf16, w_f16;
+    // the i8 bounds' terms of a row that do not depend on x, made on first use per row
+    // (check_output): block scales, and per element in stored column order the integer that
+    // enters the dots and the weight of its lane in the f32 rounding bound
+    struct i8_row {
+        std::vector<double> scale, lane_weight;
+        std::vector<int> value;
+    };
+    mutable std::vector<i8_row> i8_rows;
 };
 
 // The reference rounding of v to bf16 / f16, back in f32.
@@ -225,14 +235,25 @@ case_data pack_case(const config& cfg, ref::quantized q, std::int64_t n) {
     return d;
 }
 
+// The weights of make_case, drawn once per shape and seed: the tests make the same case for every
+// kernel of a group size, and drawing it each time took a third of their run time.
+const std::vector<float>& case_weights(std::int64_t rows, std::int64_t cols, std::uint64_t seed) {
+    static std::map<std::tuple<std::int64_t, std::int64_t, std::uint64_t>, std::vector<float>> drawn;
+    auto [it, fresh] = drawn.try_emplace({rows, cols, seed});
+    if (fresh) {
+        synthetic_spec spec;
+        spec.rows = rows;
+        spec.cols = cols;
+        spec.seed = seed;
+        spec.outlier_rate = 1.0 / 256;
+        it->second = synthetic_weights(spec);
+    }
+    return it->second;
+}
+
 case_data make_case(const config& cfg, std::int64_t n, std::int64_t k, std::uint64_t seed, source from = source::gptq) {
     const std::int64_t ref_rows = reference_rows(cfg, n);
-    synthetic_spec spec;
-    spec.rows = ref_rows;
-    spec.cols = k;
-    spec.seed = seed;
-    spec.outlier_rate = 1.0 / 256;
-    const std::vector<float> src = synthetic_weights(spec);
+    const std::vector<float>& src = case_weights(ref_rows, k, seed);
     if (from == source::gptq_act_order) return pack_case(cfg, act_order_checkpoint(cfg, src, ref_rows, k, seed + 7), n);
     config stored = from == source::regrouped ? regrouped_config(cfg) : reference_config(cfg);
     if (from == source::awq) stored.storage = layout::awq_gemm;
@@ -240,15 +261,19 @@ case_data make_case(const config& cfg, std::int64_t n, std::int64_t k, std::uint
     return pack_case(cfg, ref::quantize(stored, std::span<const float>(src), ref_rows, k), n);
 }
 
-// ref::gemm on the case's first `rows` outputs: Y [m, rows].
+// ref::gemm's sums (the bias, then w x in column order, in double) on the case's first `rows`
+// outputs, from its reference dequantization d.w: Y [m, rows].
 std::vector<double> reference_gemm(const case_data& d, const std::vector<float>& x, std::int64_t m,
                                    const std::vector<float>& bias) {
-    std::vector<float> padded_bias = bias;
-    if (!bias.empty()) padded_bias.resize(static_cast<std::size_t>(d.ref_rows), 0.0f);
-    const std::vector<double> full = ref::gemm(d.q, x, m, padded_bias);
-    std::vector<double> y;
+    const std::int64_t k = d.packed.cols;
+    std::vector<double> y(static_cast<std::size_t>(m * d.rows));
     for (std::int64_t i = 0; i < m; ++i)
-        for (std::int64_t r = 0; r < d.rows; ++r) y.push_back(full[static_cast<std::size_t>(i * d.ref_rows + r)]);
+        for (std::int64_t r = 0; r < d.rows; ++r) {
+            double acc = bias.empty() ? 0.0 : bias[static_cast<std::size_t>(r)];
+            for (std::int64_t c = 0; c < k; ++c)
+                acc += static_cast<double>(d.w[static_cast<std::size_t>(r * k + c)]) * x[static_cast<std::size_t>(i * k + c)];
+            y[static_cast<std::size_t>(i * d.rows + r)] = acc;
+        }
     return y;
 }
 
@@ -462,23 +487,33 @@ void check_output(const config& cfg, const case_data& d, const float* x, std::in
     // With VNNI, table levels enter vpdpbusd as level + 128 and 128 sum(xq) is subtracted in f32
     // (i8.hpp): f32 rounds sums of that size, as the offset form of the integers below.
     const bool vnni_offset = kernels::kernel_isa(cfg, active_isa()) >= isa::avx512_vnni;
+    d.i8_rows.resize(static_cast<std::size_t>(d.rows));
+    case_data::i8_row& terms = d.i8_rows[static_cast<std::size_t>(n)];
+    if (terms.value.empty())
+        for (std::int64_t blk = 0; blk < k / group; ++blk) {
+            const double s = block_scale(d, cfg, n, blk);
+            const int zero = is_integer_type(cfg) ? zero_of(d, cfg, n, blk) : 0;
+            terms.scale.push_back(s);
+            for (std::int64_t i = blk * group; i < (blk + 1) * group; ++i) {
+                const std::int64_t col = column(i);
+                const int code = code_of(d, n, col);  // integers: the checkpoint's code minus its zero point
+                terms.value.push_back(is_integer_type(cfg) ? code - zero : levels[static_cast<std::size_t>(code)]);
+                terms.lane_weight.push_back(
+                    is_integer_type(cfg) ? std::abs(s) * integer_lane_weight(cfg, code, zero, checkpoint_bits)
+                    : vnni_offset ? std::abs(s) * (std::abs(levels[static_cast<std::size_t>(code)]) + 2 * 128) / lambda
+                                  : std::abs(static_cast<double>(wrow[col])) + delta * std::abs(s));
+            }
+        }
     double bound = 0.0, slack_terms = std::abs(b), emulated = b;
     for (std::int64_t blk = 0; blk < k / group; ++blk) {
-        const double s = block_scale(d, cfg, n, blk), xs = a.scale[static_cast<std::size_t>(blk)];
-        const int zero = is_integer_type(cfg) ? zero_of(d, cfg, n, blk) : 0;
+        const double s = terms.scale[static_cast<std::size_t>(blk)], xs = a.scale[static_cast<std::size_t>(blk)];
         std::int64_t dot = 0;
         for (std::int64_t i = blk * group; i < (blk + 1) * group; ++i) {
             const std::int64_t col = column(i);
-            const double wabs = std::abs(static_cast<double>(wrow[col]));
-            const int code = code_of(d, n, col);  // integers: the checkpoint's code minus its zero point
-            bound += delta * std::abs(s) * std::abs(x[col]) + (wabs + delta * std::abs(s)) * xs / 2;
-            const double lane_weight =
-                is_integer_type(cfg) ? std::abs(s) * integer_lane_weight(cfg, code, zero, checkpoint_bits)
-                : vnni_offset ? std::abs(s) * (std::abs(levels[static_cast<std::size_t>(code)]) + 2 * 128) / lambda
-                              : wabs + delta * std::abs(s);
-            slack_terms += lane_weight * (std::abs(x[col]) + xs / 2);
-            dot += static_cast<std::int64_t>(is_integer_type(cfg) ? code - zero : levels[static_cast<std::size_t>(code)]) *
-                   a.q[static_cast<std::size_t>(i)];
+            const double wabs = std::abs(static_cast<double>(wrow[col])), xabs = std::abs(x[col]);
+            bound += delta * std::abs(s) * xabs + (wabs + delta * std::abs(s)) * xs / 2;
+            slack_terms += terms.lane_weight[static_cast<std::size_t>(i)] * (xabs + xs / 2);
+            dot += static_cast<std::int64_t>(terms.value[static_cast<std::size_t>(i)]) * a.q[static_cast<std::size_t>(i)];
         }
         emulated += s * xs / lambda * static_cast<double>(dot);
     }
