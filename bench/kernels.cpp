@@ -178,7 +178,7 @@ void plant_activation_outliers(std::vector<float>& x, std::int64_t m, std::int64
 
 // Rates are computed from the wall clock (steady_clock around the timed loop): the library's
 // rate counters use the main thread's CPU time unless UseRealTime(), which would append
-// "/real_time" to the names.
+// "/real_time" to the names. threads = 0: no frac_membw (the yardstick itself, the repacks).
 double read_bandwidth(int threads);
 
 void set_wall_clock_rates(benchmark::State& state, double bytes_per_second, double gflops, int threads) {

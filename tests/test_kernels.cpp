@@ -261,20 +261,11 @@ case_data make_case(const config& cfg, std::int64_t n, std::int64_t k, std::uint
     return pack_case(cfg, ref::quantize(stored, std::span<const float>(src), ref_rows, k), n);
 }
 
-// ref::gemm's sums (the bias, then w x in column order, in double) on the case's first `rows`
-// outputs, from its reference dequantization d.w: Y [m, rows].
+// ref::gemm on the case's first `rows` outputs, from its reference dequantization d.w (ref::gemm
+// of d.q dequantizes the whole tensor per call): Y [m, rows].
 std::vector<double> reference_gemm(const case_data& d, const std::vector<float>& x, std::int64_t m,
                                    const std::vector<float>& bias) {
-    const std::int64_t k = d.packed.cols;
-    std::vector<double> y(static_cast<std::size_t>(m * d.rows));
-    for (std::int64_t i = 0; i < m; ++i)
-        for (std::int64_t r = 0; r < d.rows; ++r) {
-            double acc = bias.empty() ? 0.0 : bias[static_cast<std::size_t>(r)];
-            for (std::int64_t c = 0; c < k; ++c)
-                acc += static_cast<double>(d.w[static_cast<std::size_t>(r * k + c)]) * x[static_cast<std::size_t>(i * k + c)];
-            y[static_cast<std::size_t>(i * d.rows + r)] = acc;
-        }
-    return y;
+    return ref::gemm(d.w, d.rows, x, m, bias);
 }
 
 std::vector<float> random_vector(std::size_t n, std::uint64_t seed, float scale = 1.0f) {

@@ -127,7 +127,12 @@ std::vector<double> gemm(const quantized& q, std::span<const float> x, std::int6
     if (!bias.empty() && static_cast<std::int64_t>(bias.size()) != n)
         throw std::invalid_argument("gemm: bias has " + std::to_string(bias.size()) + " elements, expected N = " +
                                     std::to_string(n));
-    const std::vector<float> w = dequantize(q);
+    return gemm(dequantize(q), n, x, m, bias);
+}
+
+std::vector<double> gemm(std::span<const float> w, std::int64_t n, std::span<const float> x, std::int64_t m,
+                         std::span<const float> bias) {
+    const std::int64_t k = n > 0 ? static_cast<std::int64_t>(w.size()) / n : 0;
     std::vector<double> y(static_cast<std::size_t>(m * n));
     for (std::int64_t i = 0; i < m; ++i)
         for (std::int64_t r = 0; r < n; ++r) {

@@ -122,6 +122,10 @@ std::vector<double> gemv(const quantized& q, std::span<const float> x, std::span
 // Y[m,n] = sum_k X[m,k] W[n,k] (+ bias[n]); X is [M, K] row-major, Y is [M, N].
 std::vector<double> gemm(const quantized& q, std::span<const float> x, std::int64_t m,
                          std::span<const float> bias = {});
+// The same sums on weights already dequantized: W is [N, K] row-major (dequantize(q), or its
+// first N rows), bias empty or at least N long.
+std::vector<double> gemm(std::span<const float> w, std::int64_t n, std::span<const float> x, std::int64_t m,
+                         std::span<const float> bias = {});
 
 // LLM.int8() matmul with outlier threshold (§2); t = 0 disables the decomposition. Returns f32
 // [M, N] computed as formats.md specifies (exact int32 accumulation for the int8 part).
