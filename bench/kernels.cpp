@@ -16,12 +16,13 @@
 //   repack/nf4_b64_bnb_to_rows/K<k>xN<n>     pack_weights of a bitsandbytes NF4 tensor: each row's
 //                                             absmax moved in front of its codes (rows_with_scales)
 //                                             (the GPTQ / AWQ repacks include that step)
-//   ceiling/panels/int4sym_g128_i8/K4096xN11008/M<m>/t1/cold
-//                                             the i8 path of int4 g128 on W pre-arranged in 32-row
-//                                             panels (not a layout of the library yet: what it would give)
 //   gemv_dense/<name>/K4096xN11008/M1/t<threads>/cold
 //                                             the GEMV on dense arrays (row_stride 0, e.g. a zero-copy
 //                                             view of a bnb checkpoint) instead of pack_weights' rows
+//   <gemv|gemm>_rows/<name>/K4096xN11008/M<m>/t1/cold
+//                                             kernels with an arrangement of their own (the avx512_vnni
+//                                             i8 panels) on W in rows, as a mapped packed file runs them;
+//                                             the others above run on the arranged W, as qforge::matrix
 //
 // Counters, from the wall clock: bytes_per_second (weight bytes: codes + scales + nested absmax + zeros,
 // per pass over W), GFLOPS (2 M N K), frac_membw (bytes_per_second / membw/read of the same
@@ -337,10 +338,16 @@ struct shape {
     std::int64_t k, n;
 };
 
+// The weights as the kernel runs them: in the kernel's own arrangement when it has one (as
+// qforge::matrix arranges them), in rows with their scales (pack_weights; a mapped packed file), or
+// in the checkpoint's dense arrays.
+enum class form { arranged, rows, dense };
+
 void run_kernel(benchmark::State& state, const config cfg, op kind, shape s, std::int64_t m, int threads, bool cold,
-                bool dense) {
+                form f) {
     const kernel& k = registry::global().find(cfg, kind);
-    const packed_weights base = random_weights(cfg, s.n, s.k, 1, dense);
+    packed_weights base = random_weights(cfg, s.n, s.k, 1, f == form::dense);
+    if (f == form::arranged && k.arrange_ptr != nullptr) k.arrange_ptr(base);
     const std::size_t bytes = base.weight_bytes();
     const std::size_t copies = cold ? cold_bytes / bytes + 2 : 1;
     std::vector<packed_weights> weights(copies, base);
@@ -444,174 +451,6 @@ void repack_bnb(benchmark::State& state, shape s) {
     time_repack(state, cfg, t, s);
 }
 
-// ---- ceiling/panels: the i8 path with W stored in 32-row panels (a layout qforge does not have yet)
-//
-// What the i8 GEMV / small-M GEMM of int4 g128 would take if pack_weights stored W pre-arranged
-// for vpdpbusd: per 32-row panel and block of 128, 16 pairs of quads x (rows 0-15, rows 16-31) x
-// one dword per row (byte j: element 8d + j in its low nibble, 8d + 4 + j in its high one), then
-// the block's 32 f16 scales. The codes are decoded in registers (an and, a shift) and feed every
-// X row of the tile: no transposes, no panel buffer. The same arithmetic as the i8 path
-// (activations per block of 128, exact integer block sums, one f32 scale step per block); the
-// setup checks the result against the generated kernel's. Not a kernel of the library: the
-// measurement behind the layout change planned in docs/performance.md.
-namespace panels {
-
-constexpr std::int64_t rows = 32, group = 128, block_bytes = 16 * 128 + 64;
-
-struct x_row {
-    const std::int8_t* q;
-    const float* xs;
-    const std::int32_t* corr;  // -8 sum(q) per block: the codes are levels + 8
-};
-
-// T X rows; C dot chains per row (the vpdpbusd latency needs about 8 in flight)
-template <int T, int C>
-__attribute__((target("avx512f,avx512bw,avx512vnni,f16c"), always_inline)) inline void tile(
-    const std::uint8_t* panel, std::int64_t blocks, const x_row* x, float* y, std::int64_t ldy, std::int64_t n) {
-    const __m512i low = _mm512_set1_epi8(0x0F);
-    __m512 acc[T][2];
-    for (auto& a : acc) a[0] = a[1] = _mm512_setzero_ps();
-    for (std::int64_t b = 0; b < blocks; ++b) {
-        const std::uint8_t* blk = panel + b * block_bytes;
-        __m512i dots[C][T][2];
-        for (int c = 0; c < C; ++c)
-            for (int i = 0; i < T; ++i)
-                dots[c][i][0] = dots[c][i][1] = c == 0 ? _mm512_set1_epi32(x[i].corr[b]) : _mm512_setzero_si512();
-#pragma GCC unroll 16
-        for (int d = 0; d < 16; ++d) {
-            const __m512i c0 = _mm512_loadu_si512(blk + d * 128), c1 = _mm512_loadu_si512(blk + d * 128 + 64);
-            const __m512i lo0 = _mm512_and_si512(c0, low), lo1 = _mm512_and_si512(c1, low);
-            const __m512i hi0 = _mm512_and_si512(_mm512_srli_epi16(c0, 4), low);
-            const __m512i hi1 = _mm512_and_si512(_mm512_srli_epi16(c1, 4), low);
-            const int c = d % C;
-#pragma GCC unroll 8
-            for (int i = 0; i < T; ++i) {
-                std::int32_t qa, qb;
-                std::memcpy(&qa, x[i].q + b * group + 8 * d, 4);
-                std::memcpy(&qb, x[i].q + b * group + 8 * d + 4, 4);
-                const __m512i xa = _mm512_set1_epi32(qa), xb = _mm512_set1_epi32(qb);
-                dots[c][i][0] = _mm512_dpbusd_epi32(dots[c][i][0], lo0, xa);
-                dots[c][i][1] = _mm512_dpbusd_epi32(dots[c][i][1], lo1, xa);
-                dots[c][i][0] = _mm512_dpbusd_epi32(dots[c][i][0], hi0, xb);
-                dots[c][i][1] = _mm512_dpbusd_epi32(dots[c][i][1], hi1, xb);
-            }
-        }
-        const __m512 ws0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2048)));
-        const __m512 ws1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2048 + 32)));
-        for (int i = 0; i < T; ++i) {
-            __m512i d0 = dots[0][i][0], d1 = dots[0][i][1];
-            for (int c = 1; c < C; ++c) {
-                d0 = _mm512_add_epi32(d0, dots[c][i][0]);
-                d1 = _mm512_add_epi32(d1, dots[c][i][1]);
-            }
-            const __m512 xs = _mm512_set1_ps(x[i].xs[b]);
-            acc[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_mul_ps(ws0, xs), acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_mul_ps(ws1, xs), acc[i][1]);
-        }
-    }
-    for (int i = 0; i < T; ++i) {
-        _mm512_storeu_ps(y + i * ldy + n, acc[i][0]);
-        _mm512_storeu_ps(y + i * ldy + n + 16, acc[i][1]);
-    }
-}
-
-// Y[m, N] for m in {1, 2, 4, 8, 16}: tiles of 1 row x 4 chains, 2 x 2, then 4 x 1 (4-row tiles
-// measured faster than 6 or 8: 8 rows spill the accumulators)
-__attribute__((target("avx512f,avx512bw,avx512vnni,f16c"))) void gemm(const std::uint8_t* w, std::int64_t n,
-                                                                       std::int64_t k, const x_row* x, std::int64_t m,
-                                                                       float* y) {
-    const std::int64_t blocks = k / group, panel_bytes = blocks * block_bytes;
-    for (std::int64_t p = 0; p < n / rows; ++p) {
-        const std::uint8_t* panel = w + p * panel_bytes;
-        if (m == 1) tile<1, 4>(panel, blocks, x, y, n, p * rows);
-        else if (m == 2) tile<2, 2>(panel, blocks, x, y, n, p * rows);
-        else
-            for (std::int64_t i = 0; i + 4 <= m; i += 4) tile<4, 1>(panel, blocks, x + i, y + i * n, n, p * rows);
-    }
-}
-
-// The panels of rows-with-scales int4 g128 qforge weights (kernels/weights.hpp: in each 16-byte
-// span s, byte j holds element 32s + j low and 32s + 16 + j high; f16 scales in front of the codes).
-weight_buffer arrange(const packed_weights& p) {
-    const weights_view v = p.view();
-    const std::int64_t blocks = p.cols / group;
-    weight_buffer out(static_cast<std::size_t>(p.rows / rows * blocks * block_bytes));
-    const auto code = [&](std::int64_t r, std::int64_t e) {
-        const std::uint8_t byte = v.codes[r * v.row_stride + e / 32 * 16 + e % 16];
-        return e % 32 < 16 ? byte & 15 : byte >> 4;
-    };
-    for (std::int64_t r = 0; r < p.rows; ++r)
-        for (std::int64_t b = 0; b < blocks; ++b) {
-            std::uint8_t* blk = out.data() + ((r / rows) * blocks + b) * block_bytes;
-            for (int d = 0; d < 16; ++d)
-                for (int j = 0; j < 4; ++j) {
-                    const std::int64_t e = b * group + 8 * d + j;
-                    blk[d * 128 + (r % rows) * 4 + j] = static_cast<std::uint8_t>(code(r, e) | code(r, e + 4) << 4);
-                }
-            std::memcpy(blk + 2048 + (r % rows) * 2, static_cast<const std::uint8_t*>(v.scales) + r * v.row_stride + b * 2, 2);
-        }
-    return out;
-}
-
-void run(benchmark::State& state, std::int64_t m) {
-    const cpu_features& f = cpu();
-    if (!f.avx512bw || !f.avx512_vnni) {
-        state.SkipWithError("the CPU lacks AVX512-VNNI");
-        for (auto _ : state) {
-        }
-        return;
-    }
-    const shape s{4096, 11008};
-    const config cfg{dtype::int_sym, 4, group, false, layout::qforge, compute::i8};
-    const packed_weights base = random_weights(cfg, s.n, s.k, 1);
-    const weight_buffer arranged = arrange(base);
-    const std::size_t bytes = base.weight_bytes();
-    std::vector<weight_buffer> copies(cold_bytes / bytes + 2, arranged);
-    // the activations as the i8 path quantizes them (i8.hpp: per block, amax / 127)
-    const std::vector<float> x = random_floats(static_cast<std::size_t>(m * s.k), 3);
-    std::vector<std::int8_t> q(x.size());
-    std::vector<float> xs(static_cast<std::size_t>(m * s.k / group));
-    std::vector<std::int32_t> corr(xs.size());
-    std::vector<x_row> rows_x(static_cast<std::size_t>(m));
-    for (std::int64_t b = 0; b < m * s.k / group; ++b) {
-        float amax = 0.0f;
-        for (std::int64_t e = b * group; e < (b + 1) * group; ++e) amax = std::max(amax, std::fabs(x[static_cast<std::size_t>(e)]));
-        std::int32_t sum = 0;
-        for (std::int64_t e = b * group; e < (b + 1) * group; ++e) {
-            q[static_cast<std::size_t>(e)] = static_cast<std::int8_t>(std::nearbyint(x[static_cast<std::size_t>(e)] * (127.0f / amax)));
-            sum += q[static_cast<std::size_t>(e)];
-        }
-        xs[static_cast<std::size_t>(b)] = amax / 127.0f;
-        corr[static_cast<std::size_t>(b)] = -8 * sum;
-    }
-    for (std::int64_t i = 0; i < m; ++i)
-        rows_x[static_cast<std::size_t>(i)] = {q.data() + i * s.k, xs.data() + i * s.k / group, corr.data() + i * s.k / group};
-    std::vector<float> y(static_cast<std::size_t>(m * s.n));
-    // the same sums as the generated kernel, up to f32 rounding
-    gemm(copies[0].data(), s.n, s.k, rows_x.data(), m, y.data());
-    std::vector<float> expect(y.size());
-    registry::global().find(cfg, op::gemm).gemm(base.view(), x.data(), m, nullptr, expect.data(), 0, s.n);
-    for (std::size_t i = 0; i < y.size(); ++i)
-        if (!(std::fabs(y[i] - expect[i]) <= 1e-4f * (1.0f + std::fabs(expect[i])))) {
-            state.SkipWithError("the panels' result differs from the generated kernel's");
-            for (auto _ : state) {
-            }
-            return;
-        }
-    std::size_t next = 0;
-    const auto start = std::chrono::steady_clock::now();
-    for (auto _ : state) {
-        gemm(copies[next].data(), s.n, s.k, rows_x.data(), m, y.data());
-        next = next + 1 == copies.size() ? 0 : next + 1;
-        benchmark::ClobberMemory();
-    }
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const double passes = static_cast<double>(state.iterations());
-    set_wall_clock_rates(state, passes * static_cast<double>(bytes) / seconds, passes * 2e-9 * static_cast<double>(m * s.n * s.k) / seconds, 1);
-}
-
-}  // namespace panels
-
 std::string shape_name(shape s) { return "K" + std::to_string(s.k) + "xN" + std::to_string(s.n); }
 
 void register_all() {
@@ -638,7 +477,7 @@ void register_all() {
                             const std::string name = std::string(to_string(kind)) + "/" + l.name + "/" + shape_name(s) +
                                                      "/M" + std::to_string(m) + "/t" + std::to_string(t) +
                                                      (cold ? "/cold" : "/hot");
-                            benchmark::RegisterBenchmark(name.c_str(), run_kernel, l.cfg, kind, s, m, t, cold, false)
+                            benchmark::RegisterBenchmark(name.c_str(), run_kernel, l.cfg, kind, s, m, t, cold, form::arranged)
                                 ->Unit(benchmark::kMicrosecond);
                         }
     }
@@ -646,12 +485,16 @@ void register_all() {
         if (rows_can_carry_scales(l.cfg) && kernels::kernel_built(l.cfg))
             for (int t : {1, 2})
                 benchmark::RegisterBenchmark((std::string("gemv_dense/") + l.name + "/K4096xN11008/M1/t" + std::to_string(t) + "/cold").c_str(),
-                                             run_kernel, l.cfg, op::gemv, shape{4096, 11008}, 1, t, true, true)
+                                             run_kernel, l.cfg, op::gemv, shape{4096, 11008}, 1, t, true, form::dense)
                     ->Unit(benchmark::kMicrosecond);
-    for (std::int64_t m : {1, 2, 4, 8, 16})
-        benchmark::RegisterBenchmark(("ceiling/panels/int4sym_g128_i8/K4096xN11008/M" + std::to_string(m) + "/t1/cold").c_str(),
-                                     panels::run, m)
-            ->Unit(benchmark::kMicrosecond);
+    // the configs with an arrangement also in rows, as a mapped packed file runs them
+    for (const listed_kernel& l : kernel_list)
+        if (has_vnni_panels(l.cfg) && kernels::kernel_built(l.cfg))
+            for (std::int64_t m : {1, 2, 4, 8, 16, 32, 128, 512})
+                benchmark::RegisterBenchmark((std::string(m == 1 ? "gemv" : "gemm") + "_rows/" + l.name + "/K4096xN11008/M" +
+                                              std::to_string(m) + "/t1/cold").c_str(),
+                                             run_kernel, l.cfg, m == 1 ? op::gemv : op::gemm, shape{4096, 11008}, m, 1, true, form::rows)
+                    ->Unit(benchmark::kMicrosecond);
     benchmark::RegisterBenchmark("repack/nf4_b64_bnb_to_rows/K4096xN11008", repack_bnb, shape{4096, 11008})
         ->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark("repack/int4sym_g128_gptq_to_qf/K4096xN11008", repack_gptq, shape{4096, 11008}, 4,

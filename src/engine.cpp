@@ -81,7 +81,10 @@ edge_scratch& scratch() {
 
 }  // namespace
 
-matrix::matrix(packed_weights p) : matrix(std::make_shared<const packed_weights>(std::move(p))) {}
+matrix::matrix(packed_weights p) : matrix(std::make_shared<const packed_weights>([&] {
+                                          arrange_for_kernels(p);  // the kernels' own arrangement, if any
+                                          return std::move(p);
+                                      }())) {}
 
 matrix::matrix(std::shared_ptr<const packed_weights> p) : matrix(p->view(), p) { packed_ = p.get(); }
 

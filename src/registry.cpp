@@ -83,6 +83,12 @@ void check_weights(const config& kernel_cfg, const weights_view& w) {
     }
 }
 
+void refuse_arrangement(const config& cfg, isa i) {
+    throw std::invalid_argument("qforge kernel " + canonical_name(cfg) + " (" + std::string(to_string(i)) +
+                                "): the weights are arranged in vnni panels, for its avx512_vnni kernels (QFORGE_ISA "
+                                "must not change after kernel::arrange)");
+}
+
 void check_rows(const weights_view& w, std::int64_t n0, std::int64_t n1) {
     if (n0 < 0 || n0 > n1 || n1 > w.rows)
         throw std::invalid_argument("qforge kernel: row range [" + std::to_string(n0) + ", " + std::to_string(n1) +
@@ -253,6 +259,24 @@ std::vector<std::string> registry::nearest(const config& cfg, std::size_t count)
     std::vector<std::string> out;
     for (std::size_t i = 0; i < ranked.size() && i < count; ++i) out.push_back(ranked[i].second);
     return out;
+}
+
+bool arrange_for_kernels(packed_weights& p) {
+    if (p.arrangement != weight_arrangement::rows) return false;
+    const kernel& k = registry::global().find_layout(p.cfg, op::gemv);
+    if (k.arrange_ptr == nullptr) return false;
+    k.arrange_ptr(p);
+    return true;
+}
+
+weights_view rows_of(const weights_view& w, weight_buffer& storage) {
+    if (w.arrangement == weight_arrangement::rows) return w;
+    const kernel* k = registry::global().find(w.cfg, op::gemv, isa::avx512_vnni);
+    if (k == nullptr || k->unarrange_ptr == nullptr)
+        throw std::logic_error("qforge: weights of " + canonical_name(w.cfg) + " in vnni panels, but no kernel of this build un-arranges them");
+    storage = weight_buffer(static_cast<std::size_t>(w.rows * row_storage_of(w.cfg, w.cols).stride));
+    k->unarrange_ptr(w, 0, w.rows, storage.data());
+    return rows_at(w, w.rows, storage.data());
 }
 
 }  // namespace qforge

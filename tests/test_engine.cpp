@@ -293,8 +293,12 @@ TEST_CASE("packed files: every layout round-trips through a mapped file with the
     for (std::size_t i = 0; i < all.size(); ++i) {
         INFO(names[i]);
         const matrix mapped(file->view(names[i]), file);
+        // the file holds rows: the matrix's own arrangement (kernel::arrange_ptr) stays in memory
+        weight_buffer storage;
+        const matrix in_rows(rows_of(all[i].m.view(), storage), nullptr);
+        CHECK(mapped.view().arrangement == weight_arrangement::rows);
         std::vector<float> want(N), got(N), dw(N * K), dg(N * K);
-        all[i].m.gemv(activations{x.data()}, nullptr, {want.data()}, 0, N);
+        in_rows.gemv(activations{x.data()}, nullptr, {want.data()}, 0, N);
         mapped.gemv(activations{x.data()}, nullptr, {got.data()}, 0, N);
         CHECK(same_bits(got, want));
         all[i].m.dequantize(0, N, dw.data(), element::f32);

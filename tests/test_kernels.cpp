@@ -526,6 +526,21 @@ std::vector<std::pair<std::int64_t, std::int64_t>> shapes_for(const config& cfg)
 
 constexpr float sentinel = -12345.0f;
 
+// The weights a kernel runs: the rows pack_weights made, then the kernel's own arrangement
+// (kernel::arrange_ptr: the avx512_vnni i8 kernels' panels) when it has one. Each must pass the
+// same checks.
+std::vector<packed_weights> layouts_of(const kernel& k, const packed_weights& p) {
+    std::vector<packed_weights> out{p};
+    if (k.arrange_ptr != nullptr) {
+        out.push_back(p);
+        k.arrange_ptr(out.back());
+        REQUIRE(out.back().arrangement == weight_arrangement::vnni_panels);
+    }
+    return out;
+}
+
+const char* to_string(weight_arrangement a) { return a == weight_arrangement::rows ? "rows" : "vnni panels"; }
+
 }  // namespace
 
 TEST_CASE("weight memory: huge-page aligned from 2 MiB up, 64-byte aligned below") {
@@ -644,20 +659,23 @@ TEST_CASE("dequantize is bit-exact with the reference, on row ranges and every I
         for (auto [n, kk] : shapes_for(l.cfg)) {
             const case_data d = make_case(l.cfg, n, kk, 17 + static_cast<std::uint64_t>(n * kk), from);
             INFO(k->full_name() << " from " << to_string(from) << " N=" << n << " K=" << kk);
+            for (const packed_weights& w : layouts_of(*k, d.packed)) {
+            INFO(to_string(w.arrangement));
             std::vector<float> out(d.w.size(), sentinel);
-            k->dequantize(d.packed.view(), 0, n, out.data());
+            k->dequantize(w.view(), 0, n, out.data());
             CHECK(std::memcmp(out.data(), d.w.data(), out.size() * sizeof(float)) == 0);
-            check_half_outputs(*k, d.packed.view(), n > 2 ? 1 : 0, n, d.w);
+            check_half_outputs(*k, w.view(), n > 2 ? 1 : 0, n, d.w);
             // a row range writes exactly its rows
             if (n >= 3) {
                 std::vector<float> part(d.w.size(), sentinel);
-                k->dequantize(d.packed.view(), 1, n - 1, part.data());
+                k->dequantize(w.view(), 1, n - 1, part.data());
                 for (std::int64_t r = 0; r < n; ++r)
                     for (std::int64_t c = 0; c < kk; ++c) {
                         const std::size_t at = static_cast<std::size_t>(r * kk + c);
                         if (r == 0 || r == n - 1) REQUIRE(part[at] == sentinel);
                         else REQUIRE(std::bit_cast<std::uint32_t>(part[at]) == std::bit_cast<std::uint32_t>(d.w[at]));
                     }
+            }
             }
             // every other ISA this CPU runs gives the same bits
             for (isa other : all_isas) {
@@ -686,15 +704,17 @@ TEST_CASE("gemv matches the reference within the stated bounds, with bias, unali
             const std::vector<double> y_ref = reference_gemm(d, x, 1, bias);
             const std::vector<double> y_ref_nobias = reference_gemm(d, x, 1, {});
 
+            for (const packed_weights& w : layouts_of(*k, d.packed)) {
+            INFO(to_string(w.arrangement));
             // unaligned x, y and codes
             const shifted<float> xs(x, 1);
-            packed_weights moved = d.packed;
-            const shifted<std::uint8_t> codes(d.packed.codes, 3);
-            weights_view view = moved.view();
-            view.codes = codes.data + d.packed.row_codes_offset;
-            if (d.packed.row_stride != 0) {  // the scales and zero points are in the rows
-                view.scales = codes.data;
-                if (view.zeros != nullptr) view.zeros = codes.data + (view.zeros - moved.codes.data());
+            const shifted<std::uint8_t> codes(w.codes, 3);
+            weights_view view = w.view();
+            const auto moved = [&](const void* p) { return codes.data + (static_cast<const std::uint8_t*>(p) - w.codes.data()); };
+            view.codes = moved(view.codes);
+            if (w.row_stride != 0 || w.arrangement != weight_arrangement::rows) {  // scales, zero points with the codes
+                view.scales = moved(view.scales);
+                if (view.zeros != nullptr) view.zeros = moved(view.zeros);
             }
             std::vector<float> y_buf(static_cast<std::size_t>(n) + 2, sentinel);
             float* y = y_buf.data() + 1;
@@ -707,11 +727,12 @@ TEST_CASE("gemv matches the reference within the stated bounds, with bias, unali
 
             // rows [1, n) without bias: row 0 untouched, the rest as before
             std::vector<float> y2(static_cast<std::size_t>(n), sentinel);
-            k->gemv(d.packed.view(), x.data(), nullptr, y2.data(), n > 1 ? 1 : 0, n);
+            k->gemv(w.view(), x.data(), nullptr, y2.data(), n > 1 ? 1 : 0, n);
             if (n > 1) CHECK(y2[0] == sentinel);
             for (std::int64_t r = n > 1 ? 1 : 0; r < n; ++r)
                 check_output(l.cfg, d, x.data(), r, nullptr, y_ref_nobias[static_cast<std::size_t>(r)], y2[static_cast<std::size_t>(r)],
                              k->full_name() + " rows [1, N)");
+            }
         }
     }
 }
@@ -728,7 +749,10 @@ TEST_CASE("gemm matches the reference for M = 1 to 17 and 40 and equals gemv row
             // X rows, the last one short)
             const case_data d = make_case(l.cfg, n, kk, 11 + static_cast<std::uint64_t>(n * kk), from);
             INFO("from " << to_string(from));
-            for (std::int64_t m : {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 16, 17, 40}) {
+            for (const packed_weights& w : layouts_of(*k, d.packed))
+            for (std::int64_t m : {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 16, 17, 40, 67}) {
+                INFO(to_string(w.arrangement));
+                if (m == 67 && w.arrangement == weight_arrangement::rows) continue;  // the panels' X chunks of 64 rows
                 // K slices of the cache blocking: once per path is enough
                 if (kk > 1024 && m != 2 && m != 13 && m != 17) continue;
                 const std::uint64_t seed = 11 + static_cast<std::uint64_t>(n * kk + m);
@@ -738,7 +762,7 @@ TEST_CASE("gemm matches the reference for M = 1 to 17 and 40 and equals gemv row
                 const shifted<float> xs(x, 1);
                 std::vector<float> y(static_cast<std::size_t>(m * n) + 1, sentinel);
                 const std::int64_t n0 = n > 2 ? 1 : 0;  // a row range when there is one
-                k->gemm(d.packed.view(), xs.data, m, bias.data(), y.data() + 1, n0, n);
+                k->gemm(w.view(), xs.data, m, bias.data(), y.data() + 1, n0, n);
                 for (std::int64_t i = 0; i < m; ++i)
                     for (std::int64_t r = 0; r < n; ++r) {
                         const float got = y[static_cast<std::size_t>(1 + i * n + r)];
@@ -753,6 +777,48 @@ TEST_CASE("gemm matches the reference for M = 1 to 17 and 40 and equals gemv row
             }
         }
     }
+}
+
+TEST_CASE("vnni panels: back to the same rows byte for byte, the GEMV's bits from a shared preparation, refused elsewhere") {
+    if (!isa_under_test_runs()) return;
+    bool any = false;
+    for (const auto& l : kernel_list) {
+        const kernel* k = registered(l.cfg, op::gemv);
+        if (k == nullptr || k->arrange_ptr == nullptr) continue;
+        any = true;
+        CHECK(has_vnni_panels(l.cfg));
+        CHECK(k->arch == isa::avx512_vnni);
+        for (const source from : sources_for(l.cfg)) {
+            const std::int64_t n = 53, kk = 4096 + 3 * l.cfg.group;
+            const case_data d = make_case(l.cfg, n, kk, 31, from);
+            INFO(k->full_name() << " from " << to_string(from));
+            packed_weights a = d.packed;
+            k->arrange_ptr(a);
+            CHECK(a.weight_bytes() == d.packed.weight_bytes());
+            CHECK_THROWS_AS(k->arrange_ptr(a), std::invalid_argument);
+            // un-arranged: the bytes pack_weights made (rows with their scales, zero padding)
+            weight_buffer storage;
+            const weights_view back = rows_of(a.view(), storage);
+            REQUIRE(back.row_stride == d.packed.row_stride);
+            CHECK(storage == d.packed.codes);
+            // one preparation of x serves rows and panels; prepared and plain calls give the same bits
+            const std::vector<float> x = random_vector(static_cast<std::size_t>(kk), 32);
+            std::vector<std::uint8_t> prepared(k->prepare_ptr(d.packed.view(), x.data(), nullptr));
+            k->prepare_ptr(d.packed.view(), x.data(), prepared.data());
+            std::vector<float> y1(n), y2(n), y3(n);
+            k->gemv(a.view(), x.data(), nullptr, y1.data(), 0, n);
+            k->gemv_prepared_ptr(a.view(), prepared.data(), nullptr, y2.data(), 0, n);
+            registry::global().find(l.cfg, op::gemm, k->arch)->gemm(a.view(), x.data(), 1, nullptr, y3.data(), 0, n);
+            CHECK(std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float)) == 0);
+            CHECK(std::memcmp(y1.data(), y3.data(), y1.size() * sizeof(float)) == 0);
+            // the kernels of other ISAs read rows: they refuse panels
+            for (isa other : all_isas)
+                if (const kernel* ko = registry::global().find(l.cfg, op::gemv, other); ko != nullptr && other != k->arch)
+                    CHECK_THROWS_WITH(ko->gemv(a.view(), x.data(), nullptr, y1.data(), 0, n),
+                                      Catch::Contains("arranged in vnni panels"));
+        }
+    }
+    if (!any) WARN("no kernel of this ISA has an arrangement of its own (only avx512_vnni's i8 kernels do)");
 }
 
 TEST_CASE("gemm for few rows of X: every tile height, K in several passes over W, tail blocks, a row range") {

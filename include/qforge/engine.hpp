@@ -51,9 +51,12 @@ struct outputs {
 // One weight matrix in a kernel layout and its kernels (registry::global(), the active ISA).
 class matrix {
 public:
-    // Takes the packed weights; throws unsupported_config when this build has no kernel for p.cfg.
+    // Takes the packed weights and arranges them for its kernels when they have an arrangement of
+    // their own (arrange_for_kernels: the avx512_vnni i8 panels); throws unsupported_config when
+    // this build has no kernel for p.cfg.
     explicit matrix(packed_weights p);
-    // Weights owned elsewhere (e.g. a mapped packed file: packed_file.hpp), kept alive by owner.
+    // Weights owned elsewhere (e.g. a mapped packed file: packed_file.hpp), kept alive by owner,
+    // used as they are (rows, or arranged for the kernels this CPU runs).
     matrix(const weights_view& w, std::shared_ptr<const void> owner);
 
     const weights_view& view() const { return view_; }

@@ -35,6 +35,11 @@ struct kernel {
     // GEMV in two parts (kernels/weights.hpp); null otherwise (x is used as it is)
     prepare_fn prepare_ptr = nullptr;
     gemv_prepared_fn gemv_prepared_ptr = nullptr;
+    // Kernels with an arrangement of their own (avx512_vnni i8 kernels of has_vnni_panels configs,
+    // every op): rows -> arranged and back; null otherwise. The arranged weights run only on the
+    // kernels of this config and ISA (the others refuse them).
+    arrange_fn arrange_ptr = nullptr;
+    unarrange_fn unarrange_ptr = nullptr;
 
     // <name>_<op>_<isa>, e.g. nf4_b64_bnb_f32_gemv_avx512
     std::string full_name() const;
@@ -97,6 +102,14 @@ public:
 private:
     std::vector<kernel> kernels_;
 };
+
+// The kernels' own arrangement of the weights (weight_arrangement, kernel::arrange_ptr).
+// arrange_for_kernels arranges p for the GEMV and GEMM kernels find_layout(p.cfg) picks on this
+// CPU when they have an arrangement (qforge::matrix does it), and says whether it did. rows_of
+// returns arranged weights as rows with their scales (written to `storage`; a view in rows is
+// returned as it is): what a file stores, whatever the CPU (packed_file::save calls it).
+bool arrange_for_kernels(packed_weights& p);
+weights_view rows_of(const weights_view& w, weight_buffer& storage);
 
 namespace detail {
 // Defined by the generated code: adds every selected kernel of every ISA.

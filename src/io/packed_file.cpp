@@ -2,6 +2,7 @@
 #include <qforge/io/packed_file.hpp>
 #include <qforge/kernels/kernels.hpp>
 #include <qforge/memory.hpp>
+#include <qforge/registry.hpp>
 
 #include <array>
 #include <cerrno>
@@ -119,7 +120,11 @@ std::int64_t not_a_permutation(const std::int32_t* perm, std::int64_t cols, std:
 
 }  // namespace
 
-void save(const std::filesystem::path& file, std::span<const named_weights> matrices) {
+void save(const std::filesystem::path& file, std::span<const named_weights> arranged) {
+    // Weights in a kernel's own arrangement are stored as rows: a file does not depend on the CPU.
+    std::vector<weight_buffer> rows(arranged.size());
+    std::vector<named_weights> matrices(arranged.begin(), arranged.end());
+    for (std::size_t i = 0; i < matrices.size(); ++i) matrices[i].weights = rows_of(matrices[i].weights, rows[i]);
     std::set<std::string_view> seen;
     std::uint64_t dir_bytes = 0;
     for (const named_weights& m : matrices) {

@@ -45,7 +45,8 @@ struct named_weights {
 // Writes the matrices to a temporary file next to `file`, then renames it into place. Throws
 // io_error (naming the file) on write errors, std::invalid_argument for weights it cannot store
 // (dense bnb4 / mx / qforge weights: pack them with pack_weights first; duplicate names; a perm
-// that is not a permutation).
+// that is not a permutation). Weights in a kernel's own arrangement (a matrix's vnni panels) are
+// written as rows (qforge::rows_of): a file does not depend on the CPU that wrote it.
 void save(const std::filesystem::path& file, std::span<const named_weights> matrices);
 inline void save(const std::filesystem::path& file, std::initializer_list<named_weights> matrices) {
     save(file, std::span<const named_weights>(matrices.begin(), matrices.size()));

@@ -189,6 +189,8 @@ void check_weights(const config& kernel_cfg, const weights_view& w);
 void check_rows(const weights_view& w, std::int64_t n0, std::int64_t n1);
 void check_gemm_rows(std::int64_t m);
 void check_pointer(const void* p, const char* what);
+// Weights arranged for another kernel (weight_arrangement) given to the kernel of cfg on ISA i.
+[[noreturn]] void refuse_arrangement(const config& cfg, isa i);
 }  // namespace detail
 
 // Calls f(A{}) with the xsimd arch tag of the kernels of policy P for the active ISA.

@@ -69,16 +69,18 @@ void append_bytes(weight_buffer& out, const std::vector<T>& v) {
 // scales and zero points, then its codes, both parts padded to 64 bytes, in one buffer, so that
 // a GEMV reads W as one sequential stream, not two or three. Measured, the cold 1-thread i8 GEMV
 // ran 1.0-1.7x as fast as on dense arrays (README, "Kernels"). Dense weights of the bnb4, mx or
-// qforge layouts in, the same weights out; other layouts and arranged weights are left as they are.
+// qforge layouts in, the same weights out; other layouts, rows that carry their scales already and
+// weights in vnni panels are left as they are.
 inline void rows_with_scales(packed_weights& p) {
-    if (!rows_can_carry_scales(p.cfg) || p.row_stride != 0 || p.rows == 0) return;
+    if (!rows_can_carry_scales(p.cfg) || p.row_stride != 0 || p.rows == 0 || p.arrangement != weight_arrangement::rows)
+        return;
     const row_parts r = row_bytes(p.cfg, p.cols);
     const auto size = [&](std::int64_t per_row) { return static_cast<std::size_t>(p.rows * per_row); };
     if (p.codes.size() != size(r.codes) || p.scales.size() != size(r.scales) || p.zeros.size() != size(r.zeros))
         throw std::logic_error("rows_with_scales: the weights are not dense " + canonical_name(p.cfg) + " arrays");
-    const auto pad = [](std::int64_t b) { return (b + 63) / 64 * 64; };
-    p.row_codes_offset = pad(r.scales + r.zeros);
-    p.row_stride = p.row_codes_offset + pad(r.codes);
+    const row_storage rs = row_storage_of(p.cfg, p.cols);
+    p.row_codes_offset = rs.codes_offset;
+    p.row_stride = rs.stride;
     weight_buffer rows(size(p.row_stride), 0);
     const auto copy = [](std::uint8_t* to, const weight_buffer& from, std::int64_t row, std::int64_t bytes) {
         if (bytes > 0) std::memcpy(to, from.data() + row * bytes, static_cast<std::size_t>(bytes));  // zeros may be empty (null)

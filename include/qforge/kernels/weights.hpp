@@ -60,6 +60,31 @@ struct split3 {
     }
 };
 
+// How a weights_view's bytes are laid out.
+//   rows         as described above (cfg.storage; row_stride 0, or rows with their scales)
+//   vnni_panels  the arrangement of the avx512_vnni i8 kernels of 4-bit configs (has_vnni_panels),
+//                made once by kernel::arrange (qforge::matrix does it when it owns the weights) and
+//                never stored in a file (packed_file::save writes the rows back). W in panels of
+//                32 rows (the last one padded with zero rows); per panel and group: the codes as
+//                group / 8 runs of 32 dwords, dword r for row r, whose byte j holds in its low
+//                and high nibble the codes of the 2 x 4 elements the i8 kernels' prepared
+//                activations hold at 8 consecutive bytes (i8_panels.hpp: the activation quads
+//                broadcast per vpdpbusd); then the 32 rows' scales as stored (f16, or bnb4's f32
+//                absmax), then (int_asym) their 32 zero points. codes points at the first panel;
+//                scales (and zeros) point at the same bytes.
+enum class weight_arrangement : std::uint8_t { rows, vnni_panels };
+
+// The configs whose avx512_vnni kernels have the vnni_panels arrangement: the i8 path of
+// bitsandbytes' 4-bit codes without double quantization and of 4-bit integers in qforge's layout
+// in groups below 128. Chosen by measurement (docs/performance.md, "W arranged in panels"): on
+// panels their cold GEMV (4096 x 11008) took 0.89-0.97 of its time on rows, and M = 8-32 0.6-0.9;
+// int4 g128 took 1.28x (symmetric) and 1.03x (asymmetric) at M = 1, so it keeps its rows.
+constexpr bool has_vnni_panels(const config& c) {
+    if (c.act != compute::i8 || c.bits != 4 || c.group <= 0) return false;
+    if (c.storage == layout::qforge) return (c.type == dtype::int_sym || c.type == dtype::int_asym) && c.group < 128;
+    return c.storage == layout::bnb4 && !c.double_quant;
+}
+
 struct weights_view {
     config cfg{};
     std::int64_t rows = 0, cols = 0;
@@ -73,6 +98,7 @@ struct weights_view {
     const std::uint8_t* zeros = nullptr;   // int_asym: zero point per (row, group)
     const std::int32_t* perm = nullptr;    // act-order: stored column -> column of W
     std::int64_t row_stride = 0;           // rows with their scales: bytes from row to row; 0: dense
+    weight_arrangement arrangement = weight_arrangement::rows;
 };
 
 // |CB * XA| <= 128 * 128, so the LLM.int8 int32 sums are exact up to this K (as ref::int8_matmul).
@@ -100,6 +126,21 @@ struct row_parts {
             cfg.type == dtype::int_asym ? blocks : 0};
 }
 
+// Rows with their scales (pack_weights, kernels/pack.hpp: rows_with_scales): each row its scales,
+// its zero points, padding to 64 bytes, from codes_offset on its codes, padding to 64 bytes.
+struct row_storage {
+    std::int64_t stride, codes_offset;
+};
+[[gnu::always_inline]] inline row_storage row_storage_of(const config& cfg, std::int64_t cols) {
+    const row_parts r = row_bytes(cfg, cols);
+    const auto pad = [](std::int64_t b) { return (b + 63) / 64 * 64; };
+    return {pad(r.scales + r.zeros) + pad(r.codes), pad(r.scales + r.zeros)};
+}
+
+struct weights_view;
+// w's config, tables and perm with `rows` rows stored at mem as rows with their scales.
+inline weights_view rows_at(const weights_view& w, std::int64_t rows, const std::uint8_t* mem);
+
 // Owning storage behind a weights_view (see kernels/pack.hpp for building one).
 struct packed_weights {
     config cfg{};
@@ -117,15 +158,19 @@ struct packed_weights {
     // Rows with their scales (rows_with_scales): `codes` holds rows of row_stride bytes, each its
     // scales, its zero points, then from row_codes_offset on its codes; `scales` and `zeros` are empty.
     std::int64_t row_stride = 0, row_codes_offset = 0;
+    // vnni_panels: `codes` holds the panels (weight_arrangement); scales and zeros are empty.
+    weight_arrangement arrangement = weight_arrangement::rows;
 
     weights_view view() const {
+        const bool panels = arrangement != weight_arrangement::rows;
         const std::uint8_t* z = zeros.empty() ? nullptr : zeros.data();
         if (row_stride != 0 && cfg.type == dtype::int_asym) z = codes.data() + row_bytes(cfg, cols).scales;
+        if (panels && cfg.type == dtype::int_asym) z = codes.data();
         return {cfg,
                 rows,
                 cols,
                 codes.data() + row_codes_offset,
-                row_stride != 0 ? codes.data() : scales.data(),
+                row_stride != 0 || panels ? codes.data() : scales.data(),
                 code_table.empty() ? nullptr : code_table.data(),
                 nested_map.empty() ? nullptr : nested_map.data(),
                 nested_absmax.empty() ? nullptr : nested_absmax.data(),
@@ -133,17 +178,31 @@ struct packed_weights {
                 outlier_threshold,
                 z,
                 perm.empty() ? nullptr : perm.data(),
-                row_stride};
+                row_stride,
+                arrangement};
     }
     // Bytes a matmul reads per pass over W: codes + scales + nested absmax + zero points + the
     // act-order permutation (tables and the padding of rows with their scales excluded).
     std::size_t weight_bytes() const {
         const row_parts r = row_bytes(cfg, cols);
-        const std::size_t stored = row_stride != 0 ? static_cast<std::size_t>(rows * (r.codes + r.scales + r.zeros))
+        const bool by_row = row_stride != 0 || arrangement != weight_arrangement::rows;
+        const std::size_t stored = by_row ? static_cast<std::size_t>(rows * (r.codes + r.scales + r.zeros))
                                                    : codes.size() + scales.size() + zeros.size();
         return stored + nested_absmax.size() * sizeof(float) + perm.size() * sizeof(std::int32_t);
     }
 };
+
+inline weights_view rows_at(const weights_view& w, std::int64_t rows, const std::uint8_t* mem) {
+    const row_storage rs = row_storage_of(w.cfg, w.cols);
+    weights_view v = w;
+    v.rows = rows;
+    v.codes = mem + rs.codes_offset;
+    v.scales = mem;
+    v.zeros = w.cfg.type == dtype::int_asym ? mem + row_bytes(w.cfg, w.cols).scales : nullptr;
+    v.row_stride = rs.stride;
+    v.arrangement = weight_arrangement::rows;
+    return v;
+}
 
 enum class op : std::uint8_t { dequantize, gemv, gemm };
 
@@ -178,5 +237,10 @@ using gemv_prepared_fn = void (*)(const weights_view& w, const void* prepared, c
 // [m, N], both row-major and dense.
 using gemm_fn = void (*)(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y,
                          std::int64_t n0, std::int64_t n1);
+// The kernel's own arrangement of the weights (weight_arrangement): rows in, arranged out (once,
+// at load time); and back: rows [n0, n1) of arranged weights written at out as rows with their
+// scales (row_storage_of: row n at out + (n - n0) stride).
+using arrange_fn = void (*)(packed_weights& p);
+using unarrange_fn = void (*)(const weights_view& w, std::int64_t n0, std::int64_t n1, std::uint8_t* out);
 
 }  // namespace qforge

@@ -92,10 +92,29 @@ i8_row prepared_row(const i8_shape<P, A>& s, const void* mem) {
             reinterpret_cast<const float*>(base + s.qsum_off)};
 }
 
+// The windows of one full step of a row (step_elems values in natural order) in the order of the
+// code registers: the order of a prepared row (i8_row::q), also the map of its positions to
+// elements when T holds element indices (the VNNI panels, i8_panels.hpp).
+template <class P, class A, class T>
+void permute_step(const T* natural, T* out) {
+    using S = i8_shape<P, A>;
+    using L = layout_traits<P::storage>;
+    for (int wi = 0; wi < S::step_elems / S::W; ++wi, out += S::W) {
+        const T* in = natural + wi * S::W;
+        if constexpr (L::interleaved) {
+            for (int p = 0; p < S::parts; ++p)
+                for (int j = 0; j < S::V; ++j) out[p * S::V + j] = in[L::template element_of<S::bits>(j, p)];
+        } else {  // code p of the bytes [16c, 16c + 16) is the 16 elements from element_of(16c, p) on
+            for (int p = 0; p < S::parts; ++p)
+                for (int c = 0; c < S::V / 16; ++c)
+                    std::memcpy(out + p * S::V + 16 * c, in + L::template element_of<S::bits>(16 * c, p), 16 * sizeof(T));
+        }
+    }
+}
+
 template <class P, class A>
 i8_row quantize_activations(const i8_shape<P, A>& s, const float* x, void* mem) {
     using S = i8_shape<P, A>;
-    using L = layout_traits<P::storage>;
     auto* base = static_cast<std::uint8_t*>(mem);
     auto* q = reinterpret_cast<std::int8_t*>(base);
     auto* xs_block = reinterpret_cast<float*>(base + s.xsb_off);
@@ -111,19 +130,7 @@ i8_row quantize_activations(const i8_shape<P, A>& s, const float* x, void* mem) 
         xs_block[b] = quantize_block<A>(x + b * S::group, S::group, tail ? q + b * S::group : natural + in_step, sum);
         qsum[b] = static_cast<float>(sum);
         if (tail || in_step + S::group < S::step_elems) continue;  // or the step has more blocks
-        // The step is complete: permute its windows.
-        for (int wi = 0; wi < S::step_elems / S::W; ++wi) {
-            std::int8_t* out = q + step_start + wi * S::W;
-            const std::int8_t* in = natural + wi * S::W;
-            if constexpr (L::interleaved) {
-                for (int p = 0; p < S::parts; ++p)
-                    for (int j = 0; j < S::V; ++j) out[p * S::V + j] = in[L::template element_of<S::bits>(j, p)];
-            } else {  // code p of the bytes [16c, 16c + 16) is the 16 elements from element_of(16c, p) on
-                for (int p = 0; p < S::parts; ++p)
-                    for (int c = 0; c < S::V / 16; ++c)
-                        std::memcpy(out + p * S::V + 16 * c, in + L::template element_of<S::bits>(16 * c, p), 16);
-            }
-        }
+        permute_step<P, A>(natural, q + step_start);  // the step is complete
     }
     return prepared_row(s, mem);
 }

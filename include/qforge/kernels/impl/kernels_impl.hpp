@@ -11,6 +11,7 @@
 #include <qforge/kernels/impl/gemm_tiles.hpp>
 #include <qforge/kernels/impl/i8.hpp>
 #include <qforge/kernels/impl/i8_gemm_vnni.hpp>
+#include <qforge/kernels/impl/i8_panels.hpp>
 #include <qforge/kernels/impl/llm_int8.hpp>  // overloads for bnb8: before the callers below
 #include <qforge/kernels/kernels.hpp>
 #include <qforge/registry.hpp>
@@ -22,6 +23,13 @@
 #include <type_traits>
 
 namespace qforge::kernels {
+
+// Weights in vnni panels run only on the kernels that arranged them (kernel::arrange_ptr).
+template <class P, class A>
+[[gnu::always_inline]] inline void check_arrangement(const weights_view& w) {
+    if (w.arrangement != weight_arrangement::rows && !panels::applies<P, A>) [[unlikely]]
+        qforge::detail::refuse_arrangement(P::cfg, isa_of<A>());
+}
 
 // Columns [k0, k0 + kc) (whole blocks) of row n in f32: the rows of the f32 GEMM's panels.
 template <class P, class A>
@@ -50,7 +58,21 @@ void dequantize_rows(const weights_view& w, std::int64_t n0, std::int64_t n1, fl
 template <class P, class A>
 void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, void* out, element type) {
     check_kernel_policy<P>();
+    check_arrangement<P, A>(w);
     const std::int64_t k = w.cols;
+    if constexpr (panels::applies<P, A>)
+        if (w.arrangement == weight_arrangement::vnni_panels) {  // a panel's rows at a time, back in rows
+            const row_storage rs = row_storage_of(P::cfg, k);
+            auto* mem = static_cast<std::uint8_t*>(simd::scratch<A, 4>::get(static_cast<std::size_t>(panels::rows * rs.stride)));
+            const std::size_t size = type == element::f32 ? 4 : 2;
+            for (std::int64_t c0 = n0; c0 < n1; c0 += panels::rows) {
+                const std::int64_t c1 = n1 - c0 < panels::rows ? n1 : c0 + panels::rows;
+                panels::unarrange<P, A>(w, c0, c1, mem);
+                dequantize<P, A>(rows_at(w, c1 - c0, mem), 0, c1 - c0,
+                                 static_cast<std::uint8_t*>(out) + static_cast<std::size_t>(c0 * k) * size, type);
+            }
+            return;
+        }
     if (type == element::f32) return dequantize_rows<P, A>(w, n0, n1, static_cast<float*>(out) + n0 * k);
     auto* row = static_cast<float*>(simd::scratch<A, 3>::get(static_cast<std::size_t>(k) * sizeof(float)));
     auto* half = static_cast<std::uint16_t*>(out);
@@ -96,9 +118,12 @@ std::size_t prepare_gemv(const weights_view& w, const float* x, void* mem) {
 template <class P, class A>
 [[gnu::noinline]] void gemv_prepared(const weights_view& w, const void* prepared, const float* bias, float* y,
                                      std::int64_t n0, std::int64_t n1) {
+    check_arrangement<P, A>(w);
     const i8_shape<P, A> s(w.cols);
-    const i8_levels<P, A> levels(w);
     const i8_row xq = prepared_row<P, A>(s, prepared);
+    if constexpr (panels::applies<P, A>)
+        if (w.arrangement == weight_arrangement::vnni_panels) return panels::gemm<P, A>(w, &xq, 1, bias, y, w.rows, n0, n1);
+    const i8_levels<P, A> levels(w);
     for_each_row<A>(
         n0, n1, [&](std::int64_t n) { return i8_gemv_row<P, A>(w, s, levels, xq, n); },
         [&](std::int64_t n, float dots) {
@@ -117,6 +142,7 @@ void gemv_i8(const weights_view& w, const float* x, const float* bias, float* y,
 template <class P, class A>
 void gemv(const weights_view& w, const float* x, const float* bias, float* y, std::int64_t n0, std::int64_t n1) {
     check_kernel_policy<P>();
+    check_arrangement<P, A>(w);
     if constexpr (native_bf16_gemv<P, A>) gemv_bf16<P, A>(w, x, bias, y, n0, n1);
     else if constexpr (P::act == compute::i8) gemv_i8<P, A>(w, x, bias, y, n0, n1);
     else gemv_f32<P, A>(w, x, bias, y, n0, n1);  // f32, and bf16 / f16 with rounded operands
@@ -495,6 +521,13 @@ template <class P, class A>
 void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y, std::int64_t n0,
           std::int64_t n1) {
     check_kernel_policy<P>();
+    check_arrangement<P, A>(w);
+    if constexpr (panels::applies<P, A>)
+        if (w.arrangement == weight_arrangement::vnni_panels) {  // every M: tiles of up to 4 X rows (i8_panels.hpp)
+            const i8_shape<P, A> s(w.cols);
+            if (m == 1) return gemv_i8<P, A>(w, x, bias, y, n0, n1);
+            return panels::gemm<P, A>(w, prepare_rows<P, A>(w, s, x, m), m, bias, y, w.rows, n0, n1);
+        }
     if constexpr (P::act != compute::i8) {
         if constexpr (native_bf16_gemv<P, A>)  // one pass over W for few rows (bf16.hpp)
             if (m <= gemm_bf16_rows_max) return gemm_bf16_rows<P, A>(w, x, m, bias, y, w.rows, n0, n1);
@@ -532,6 +565,10 @@ void register_policy(registry& r, std::string_view name) {
     k.name = name;
     k.cfg = P::cfg;
     k.arch = isa_of<A>();
+    if constexpr (panels::applies<P, A>) {
+        k.arrange_ptr = &panels::arrange<P, A>;
+        k.unarrange_ptr = &panels::unarrange<P, A>;
+    }
     k.kind = op::dequantize;
     k.dequantize_ptr = &dequantize<P, A>;
     r.add(k);

@@ -1,0 +1,317 @@
+// The i8 path on AVX512-VNNI with W arranged in panels (weight_arrangement::vnni_panels,
+// kernels/weights.hpp): the same arithmetic as i8.hpp (activations quantized per block, exact
+// integer block sums, one f32 scale step per block), with the codes stored the way vpdpbusd wants
+// them. Per panel of 32 rows and pair of activation quads, two zmm of code bytes hold one dword
+// per row; an and and a shift (and a vpshufb for table formats) make the u8 levels of 4 elements
+// of each of the 32 rows, and one broadcast dword of 4 activations then gives 4 products for 16
+// rows per vpdpbusd. Every decoded register feeds the T X rows of a tile, and a block's sums are
+// indexed by output row, so its f32 step (convert, scale, FMA) costs 2 ops per X row and 32 rows.
+// No transposes and no panel buffer: the arrangement is made once, at load (arrange).
+//
+// The activations are the prepared rows of the GEMV (i8_row), so a prepared x serves arranged and
+// row-layout matrices alike: each pair of code dwords holds the elements whose activations sit at
+// 8 consecutive bytes of the prepared row (runs_of), which is what arrange stores.
+// Measured (docs/performance.md, "W arranged in panels"): the ceiling prototype of the fourth
+// session read W at the full bandwidth at M = 1 and took about the same time at M = 2.
+#pragma once
+
+#include <qforge/kernels/impl/i8.hpp>
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+namespace qforge::kernels::panels {
+
+template <class P, class A>
+inline constexpr bool applies = simd::has_vnni<A> && has_vnni_panels(P::cfg);
+
+inline constexpr int rows = 32;  // two zmm of int32 lanes
+template <class P>
+inline constexpr int scale_bytes = P::storage == layout::qforge ? 2 : 4;  // f16, or bnb4's f32 absmax
+template <class P>
+using scale_t = std::conditional_t<P::storage == layout::qforge, std::uint16_t, float>;
+template <class P>
+inline constexpr std::int64_t codes_bytes = rows * P::group / 2;  // of one block
+template <class P>
+inline constexpr std::int64_t block_bytes = codes_bytes<P> + rows * (scale_bytes<P> + (has_zeros<P> ? 1 : 0));
+// A block: the 32 rows' scales (a multiple of 64 bytes), the codes, then the zero points.
+template <class P>
+inline constexpr std::int64_t codes_at = rows * scale_bytes<P>;
+template <class P>
+inline constexpr std::int64_t zeros_at = codes_at<P> + codes_bytes<P>;
+
+inline std::int64_t panel_count(std::int64_t n) { return (n + rows - 1) / rows; }
+
+// Where block b's activations are in a prepared row (i8_row::q): two runs of group / 2 bytes, from
+// `first` and from `second`. Pair d of the block's codes (8 activation bytes) starts at first + 8 d
+// for d < group / 16, else at second + 8 (d - group / 16). A window of several blocks holds each
+// block's codes in both of its parts (V bytes apart); blocks of whole windows and the tail blocks
+// (natural order) are one run.
+struct block_runs {
+    std::int64_t first, second;
+};
+template <class P, class A>
+[[gnu::always_inline]] inline block_runs runs_of(const i8_shape<P, A>& s, std::int64_t b) {
+    using S = i8_shape<P, A>;
+    constexpr std::int64_t half = P::group / 2;
+    if constexpr (S::W > P::group) {
+        static_assert(S::parts == 2, "4-bit codes: two codes per byte");
+        if (b < s.steps * S::blocks_per_window) {
+            const std::int64_t first = b / S::blocks_per_window * S::W + b % S::blocks_per_window * half;
+            return {first, first + S::V};
+        }
+    }
+    return {b * P::group, b * P::group + half};
+}
+
+// The element of W's row whose activation is byte j (0 .. 8) of pair d of block b, for every
+// (b, d, j) in that order: element_map()[8 (b group / 8 + d) + j]. Checked against the prepared
+// order itself (permute_step).
+template <class P, class A>
+std::vector<std::int64_t> element_map(const i8_shape<P, A>& s) {
+    using S = i8_shape<P, A>;
+    std::int64_t natural[S::step_elems], order[S::step_elems];
+    for (int e = 0; e < S::step_elems; ++e) natural[e] = e;
+    permute_step<P, A>(natural, order);
+    const std::int64_t full = s.steps * S::step_elems;
+    std::vector<std::int64_t> map(static_cast<std::size_t>(s.k));
+    for (std::int64_t b = 0; b < s.blocks; ++b) {
+        const block_runs r = runs_of<P, A>(s, b);
+        for (int d = 0; d < P::group / 8; ++d)
+            for (int j = 0; j < 8; ++j) {
+                const std::int64_t pos = (d < P::group / 16 ? r.first + 8 * d : r.second + 8 * (d - P::group / 16)) + j;
+                const std::int64_t e = pos < full ? pos / S::step_elems * S::step_elems + order[pos % S::step_elems] : pos;
+                if (e / P::group != b)  // a layout change of i8.hpp the panels do not follow
+                    throw std::logic_error("vnni panels: a block's prepared activations are not where its codes are");
+                map[static_cast<std::size_t>(b * P::group + 8 * d + j)] = e;
+            }
+    }
+    return map;
+}
+
+// Rows -> panels (kernel::arrange_ptr). The weights must be in rows (as pack_weights makes them).
+template <class P, class A>
+void arrange(packed_weights& p) {
+    using L = layout_traits<P::storage>;
+    if (p.arrangement != weight_arrangement::rows) throw std::invalid_argument("arrange: the weights are arranged already");
+    const weights_view w = p.view();
+    const i8_shape<P, A> s(w.cols);
+    const std::vector<std::int64_t> map = element_map<P, A>(s);
+    weight_buffer out(static_cast<std::size_t>(panel_count(w.rows) * s.blocks * block_bytes<P>), 0);
+    for (std::int64_t n = 0; n < w.rows; ++n) {
+        const std::uint8_t* codes = row_codes<P, A>(w, n);
+        const auto code = [&](std::int64_t e) { return L::template code_at<A, 4>(codes, w.cols, e); };
+        const std::int64_t r = n % rows;
+        for (std::int64_t b = 0; b < s.blocks; ++b) {
+            std::uint8_t* blk = out.data() + (n / rows * s.blocks + b) * block_bytes<P>;
+            const std::int64_t* e = map.data() + b * P::group;
+            for (int d = 0; d < P::group / 8; ++d, e += 8)
+                for (int j = 0; j < 4; ++j) blk[codes_at<P> + d * 4 * rows + r * 4 + j] = static_cast<std::uint8_t>(code(e[j]) | code(e[4 + j]) << 4);
+            std::memcpy(blk + r * scale_bytes<P>, row_blocks<P, scale_t<P>>(w, w.scales, n, b), scale_bytes<P>);
+            if constexpr (has_zeros<P>) blk[zeros_at<P> + r] = *row_blocks<P, std::uint8_t>(w, w.zeros, n, b);
+        }
+    }
+    p.codes = std::move(out);
+    p.scales = weight_buffer();
+    p.zeros = weight_buffer();
+    p.row_stride = p.row_codes_offset = 0;
+    p.arrangement = weight_arrangement::vnni_panels;
+}
+
+// Panels -> rows [n0, n1) in the layout of rows_with_scales (row n - n0 at out + (n - n0) stride,
+// row_storage): kernel::unarrange_ptr, the dequantize of arranged weights and packed_file::save.
+template <class P, class A>
+void unarrange(const weights_view& w, std::int64_t n0, std::int64_t n1, std::uint8_t* out) {
+    const i8_shape<P, A> s(w.cols);
+    const std::vector<std::int64_t> map = element_map<P, A>(s);
+    const row_storage rs = row_storage_of(P::cfg, w.cols);
+    const row_parts parts = row_bytes(P::cfg, w.cols);
+    const auto put = [](std::uint8_t* codes, std::int64_t e, int c) {  // the inverse of code_at
+        const bool high = P::storage == layout::bnb4 ? e % 2 == 0 : e % 32 >= 16;
+        std::uint8_t& byte = codes[P::storage == layout::bnb4 ? e / 2 : e / 32 * 16 + e % 16];
+        byte = static_cast<std::uint8_t>(high ? (byte & 0x0F) | c << 4 : (byte & 0xF0) | c);
+    };
+    for (std::int64_t n = n0; n < n1; ++n) {
+        std::uint8_t* row = out + (n - n0) * rs.stride;
+        std::memset(row, 0, static_cast<std::size_t>(rs.stride));
+        std::uint8_t* codes = row + rs.codes_offset;
+        const std::int64_t r = n % rows;
+        for (std::int64_t b = 0; b < s.blocks; ++b) {
+            const std::uint8_t* blk = w.codes + (n / rows * s.blocks + b) * block_bytes<P>;
+            const std::int64_t* e = map.data() + b * P::group;
+            for (int d = 0; d < P::group / 8; ++d, e += 8)
+                for (int j = 0; j < 4; ++j) {
+                    const std::uint8_t byte = blk[codes_at<P> + d * 4 * rows + r * 4 + j];
+                    put(codes, e[j], byte & 0x0F);
+                    put(codes, e[4 + j], byte >> 4);
+                }
+            std::memcpy(row + b * scale_bytes<P>, blk + r * scale_bytes<P>, scale_bytes<P>);
+            if constexpr (has_zeros<P>) row[parts.scales + b] = blk[zeros_at<P> + r];
+        }
+    }
+}
+
+// One X row of a tile: its prepared levels, and per block its scale, its sum(xq) and the integer
+// term that removes the weights' offset (-offset * sum(xq); 0 with zero points, done in f32).
+struct x_row {
+    const std::int8_t* q;
+    const float* xs;
+    const float* qsum;
+    const std::int32_t* corr;
+};
+
+// acc[i][h] = the sums of X row i against rows 16 h .. 16 h + 15 of the panel (before the division
+// by i8_scale). T X rows; C chains of dots per row (about 8 vpdpbusd chains in flight in all).
+template <class P, class A, int T, int C>
+[[gnu::always_inline]] inline void tile(const std::uint8_t* panel, const i8_shape<P, A>& s, const x_row* x,
+                                        const __m512i lut, __m512 (&acc)[T][2]) {
+    constexpr int pairs = P::group / 8, first_pairs = P::group / 16;
+    constexpr bool table = code_traits<P::type>::from_table;
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    for (auto& a : acc) a[0] = a[1] = _mm512_setzero_ps();
+    for (std::int64_t b = 0; b < s.blocks; ++b) {
+        const std::uint8_t* blk = panel + b * block_bytes<P>;
+        const std::uint8_t* codes = blk + codes_at<P>;
+        const block_runs runs = runs_of<P, A>(s, b);
+        __m512i dots[C][T][2];
+        for (int c = 0; c < C; ++c)
+            for (int i = 0; i < T; ++i)
+                dots[c][i][0] = dots[c][i][1] =
+                    c == 0 && !has_zeros<P> ? _mm512_set1_epi32(x[i].corr[b]) : _mm512_setzero_si512();
+#pragma GCC unroll 32
+        for (int d = 0; d < pairs; ++d) {
+            const __m512i c0 = _mm512_loadu_si512(codes + d * 4 * rows), c1 = _mm512_loadu_si512(codes + d * 4 * rows + 64);
+            __m512i lo0 = _mm512_and_si512(c0, low), lo1 = _mm512_and_si512(c1, low);
+            __m512i hi0 = _mm512_and_si512(_mm512_srli_epi16(c0, 4), low);
+            __m512i hi1 = _mm512_and_si512(_mm512_srli_epi16(c1, 4), low);
+            if constexpr (table) {
+                lo0 = _mm512_shuffle_epi8(lut, lo0), lo1 = _mm512_shuffle_epi8(lut, lo1);
+                hi0 = _mm512_shuffle_epi8(lut, hi0), hi1 = _mm512_shuffle_epi8(lut, hi1);
+            }
+            const std::int64_t pos = d < first_pairs ? runs.first + 8 * d : runs.second + 8 * (d - first_pairs);
+            const int c = d % C;
+#pragma GCC unroll 8
+            for (int i = 0; i < T; ++i) {
+                std::int32_t qa, qb;
+                std::memcpy(&qa, x[i].q + pos, 4);
+                std::memcpy(&qb, x[i].q + pos + 4, 4);
+                const __m512i xa = _mm512_set1_epi32(qa), xb = _mm512_set1_epi32(qb);
+                dots[c][i][0] = _mm512_dpbusd_epi32(dots[c][i][0], lo0, xa);
+                dots[c][i][1] = _mm512_dpbusd_epi32(dots[c][i][1], lo1, xa);
+                dots[c][i][0] = _mm512_dpbusd_epi32(dots[c][i][0], hi0, xb);
+                dots[c][i][1] = _mm512_dpbusd_epi32(dots[c][i][1], hi1, xb);
+            }
+        }
+        const std::uint8_t* sc = blk;
+        __m512 ws0, ws1;
+        if constexpr (P::storage == layout::qforge) {
+            ws0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc)));
+            ws1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + 32)));
+        } else {
+            ws0 = _mm512_loadu_ps(sc);
+            ws1 = _mm512_loadu_ps(sc + 64);
+        }
+        [[maybe_unused]] __m512 z0, z1;
+        if constexpr (has_zeros<P>) {
+            const std::uint8_t* z = blk + zeros_at<P>;
+            z0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(z))));
+            z1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(z + 16))));
+        }
+        for (int i = 0; i < T; ++i) {
+            __m512i d0 = dots[0][i][0], d1 = dots[0][i][1];
+            for (int c = 1; c < C; ++c) d0 = _mm512_add_epi32(d0, dots[c][i][0]), d1 = _mm512_add_epi32(d1, dots[c][i][1]);
+            __m512 f0 = _mm512_cvtepi32_ps(d0), f1 = _mm512_cvtepi32_ps(d1);
+            if constexpr (has_zeros<P>) {  // sum (code - zero) xq = sum code xq - zero sum(xq), exact in f32
+                const __m512 qs = _mm512_set1_ps(x[i].qsum[b]);
+                f0 = _mm512_fnmadd_ps(z0, qs, f0), f1 = _mm512_fnmadd_ps(z1, qs, f1);
+            }
+            const __m512 xs = _mm512_set1_ps(x[i].xs[b]);
+            acc[i][0] = _mm512_fmadd_ps(f0, _mm512_mul_ps(ws0, xs), acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(f1, _mm512_mul_ps(ws1, xs), acc[i][1]);
+        }
+    }
+}
+
+// y[i ldy + n] = acc[i] / i8_scale (+ bias[n]) for the rows n of panel rows [np, np + 32) in [n0, n1).
+template <class P, int T>
+[[gnu::always_inline]] inline void store(__m512 (&acc)[T][2], const float* bias, float* y, std::int64_t ldy,
+                                         std::int64_t np, std::int64_t n0, std::int64_t n1) {
+    const std::int64_t lo = n0 > np ? n0 - np : 0, hi = n1 - np < rows ? n1 - np : rows;
+    const std::uint32_t mask = static_cast<std::uint32_t>((hi >= 32 ? ~0ull : (1ull << hi) - 1) & ~((1ull << lo) - 1));
+    const __mmask16 m0 = static_cast<__mmask16>(mask), m1 = static_cast<__mmask16>(mask >> 16);
+    constexpr float i8_scale = code_traits<P::type>::i8_scale;
+    const __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias + np) : _mm512_setzero_ps();
+    const __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + np + 16) : _mm512_setzero_ps();
+    for (int i = 0; i < T; ++i) {
+        __m512 v0 = acc[i][0], v1 = acc[i][1];
+        if constexpr (i8_scale != 1.0f) {
+            v0 = _mm512_div_ps(v0, _mm512_set1_ps(i8_scale));
+            v1 = _mm512_div_ps(v1, _mm512_set1_ps(i8_scale));
+        }
+        _mm512_mask_storeu_ps(y + i * ldy + np, m0, _mm512_add_ps(v0, b0));
+        _mm512_mask_storeu_ps(y + i * ldy + np + 16, m1, _mm512_add_ps(v1, b1));
+    }
+}
+
+// The table of u8 levels (level + offset) of the 16 codes in every 128-bit lane (table formats).
+template <class P, class A>
+__m512i level_table(const weights_view& w) {
+    const i8_levels<P, A> lv(w);
+    std::uint8_t u[16];
+    for (int c = 0; c < 16; ++c) u[c] = static_cast<std::uint8_t>(lv.level[c] + i8_shape<P, A>::offset);
+    return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(u)));
+}
+
+// X rows x[0 .. count) against the panel of rows [np, np + 32): tiles of 6 X rows x 1 chain (x 2
+// halves: 12 chains, 12 accumulators; at M = 128, 4096 x 11008, NF4 b64 took 18.2 ms against 19.2
+// with tiles of 4 and 19.0 with 5), then 4 x 1, 3 x 2, 2 x 2 or 1 x 4 for the rest.
+template <class P, class A>
+[[gnu::noinline]] void run_panel(const std::uint8_t* panel, const i8_shape<P, A>& s, const x_row* x, std::int64_t count,
+                                 __m512i lut, const float* bias, float* y, std::int64_t ldy, std::int64_t np,
+                                 std::int64_t n0, std::int64_t n1) {
+    const auto run = [&]<int T, int C>(std::int64_t i) {
+        __m512 acc[T][2];
+        tile<P, A, T, C>(panel, s, x + i, lut, acc);
+        store<P, T>(acc, bias, y + i * ldy, ldy, np, n0, n1);
+    };
+    std::int64_t i = 0;
+    for (; i + 6 <= count; i += 6) run.template operator()<6, 1>(i);
+    switch (count - i) {
+        case 5: run.template operator()<4, 1>(i); i += 4; [[fallthrough]];
+        case 1: return run.template operator()<1, 4>(i);
+        case 4: return run.template operator()<4, 1>(i);
+        case 3: return run.template operator()<3, 2>(i);
+        case 2: return run.template operator()<2, 2>(i);
+        default: return;
+    }
+}
+
+// Y[i, n] (row i at y + i ldy) for the m prepared X rows (i8_row) and output rows [n0, n1). X in
+// chunks of 64 rows (256 KiB of levels at K = 4096: a chunk and a 66 KiB panel stay in L2), the
+// panels read once per chunk.
+template <class P, class A>
+void gemm(const weights_view& w, const i8_row* xr, std::int64_t m, const float* bias, float* y, std::int64_t ldy,
+          std::int64_t n0, std::int64_t n1) {
+    using S = i8_shape<P, A>;
+    const S s(w.cols);
+    auto* x = static_cast<x_row*>(simd::scratch<A, 2>::get(static_cast<std::size_t>(m) * sizeof(x_row)));
+    auto* corr = static_cast<std::int32_t*>(simd::scratch<A, 3>::get(static_cast<std::size_t>(m * s.blocks) * 4));
+    for (std::int64_t i = 0; i < m; ++i) {
+        for (std::int64_t b = 0; b < s.blocks; ++b)
+            corr[i * s.blocks + b] = has_zeros<P> ? 0 : -S::offset * static_cast<std::int32_t>(xr[i].qsum[b]);
+        x[i] = {xr[i].q, xr[i].xs_block, xr[i].qsum, corr + i * s.blocks};
+    }
+    const __m512i lut = code_traits<P::type>::from_table ? level_table<P, A>(w) : _mm512_setzero_si512();
+    const std::int64_t panel_bytes = s.blocks * block_bytes<P>;
+    constexpr std::int64_t chunk = 64;
+    for (std::int64_t c0 = 0; c0 < m; c0 += chunk)
+        for (std::int64_t p = n0 / rows; p * rows < n1; ++p)
+            run_panel<P, A>(w.codes + p * panel_bytes, s, x + c0, m - c0 < chunk ? m - c0 : chunk, lut, bias,
+                            y + c0 * ldy, ldy, p * rows, n0, n1);
+}
+
+}  // namespace qforge::kernels::panels
