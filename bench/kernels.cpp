@@ -347,7 +347,7 @@ void run_kernel(benchmark::State& state, const config cfg, op kind, shape s, std
                 form f) {
     const kernel& k = registry::global().find(cfg, kind);
     packed_weights base = random_weights(cfg, s.n, s.k, 1, f == form::dense);
-    if (f == form::arranged && k.arrange_ptr != nullptr) k.arrange_ptr(base);
+    if (f == form::arranged) arrange(k, base);
     const std::size_t bytes = base.weight_bytes();
     const std::size_t copies = cold ? cold_bytes / bytes + 2 : 1;
     std::vector<packed_weights> weights(copies, base);

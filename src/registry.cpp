@@ -261,13 +261,20 @@ std::vector<std::string> registry::nearest(const config& cfg, std::size_t count)
     return out;
 }
 
-bool arrange_for_kernels(packed_weights& p) {
-    if (p.arrangement != weight_arrangement::rows) return false;
-    const kernel& k = registry::global().find_layout(p.cfg, op::gemv);
-    if (k.arrange_ptr == nullptr) return false;
-    k.arrange_ptr(p);
+bool arrange(const kernel& k, packed_weights& p) {
+    if (k.arrange_ptr == nullptr || p.arrangement != weight_arrangement::rows) return false;
+    detail::check_weights(k.cfg, p.view());
+    weight_buffer panels(static_cast<std::size_t>(vnni_panels_bytes(p.cfg, p.rows, p.cols)), 0);
+    k.arrange_ptr(p.view(), panels.data());
+    p.codes = std::move(panels);
+    p.scales = weight_buffer();
+    p.zeros = weight_buffer();
+    p.row_stride = p.row_codes_offset = 0;
+    p.arrangement = weight_arrangement::vnni_panels;
     return true;
 }
+
+bool arrange_for_kernels(packed_weights& p) { return arrange(registry::global().find_layout(p.cfg, op::gemv), p); }
 
 weights_view rows_of(const weights_view& w, weight_buffer& storage) {
     if (w.arrangement == weight_arrangement::rows) return w;

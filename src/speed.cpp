@@ -89,7 +89,7 @@ double read_bandwidth(int threads, std::size_t bytes, int passes) {
 gemv_speed measure_gemv_cold(const kernel& k, const packed_weights& w, int threads, double min_seconds) {
     const std::size_t bytes = w.weight_bytes();
     packed_weights as_run = w;  // as qforge::matrix holds them: in the kernel's own arrangement, if any
-    if (k.arrange_ptr != nullptr && as_run.arrangement == weight_arrangement::rows) k.arrange_ptr(as_run);
+    arrange(k, as_run);
     const std::vector<packed_weights> copies(256 * mib / bytes + 2, as_run);
     const std::vector<float> x(static_cast<std::size_t>(w.cols), 0.5f);
     std::vector<float> y(static_cast<std::size_t>(w.rows));

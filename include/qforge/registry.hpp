@@ -104,10 +104,12 @@ private:
 };
 
 // The kernels' own arrangement of the weights (weight_arrangement, kernel::arrange_ptr).
-// arrange_for_kernels arranges p for the GEMV and GEMM kernels find_layout(p.cfg) picks on this
-// CPU when they have an arrangement (qforge::matrix does it), and says whether it did. rows_of
-// returns arranged weights as rows with their scales (written to `storage`; a view in rows is
-// returned as it is): what a file stores, whatever the CPU (packed_file::save calls it).
+// arrange(k, p) arranges weights p (in rows, packed for k.cfg) for kernel k when it has an
+// arrangement, and says whether it did; arrange_for_kernels does it for the kernels
+// find_layout(p.cfg) picks on this CPU (qforge::matrix calls it). rows_of returns arranged weights
+// as rows with their scales (written to `storage`; a view in rows is returned as it is): what a
+// file stores, whatever the CPU (packed_file::save calls it).
+bool arrange(const kernel& k, packed_weights& p);
 bool arrange_for_kernels(packed_weights& p);
 weights_view rows_of(const weights_view& w, weight_buffer& storage);
 

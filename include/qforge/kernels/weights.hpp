@@ -84,6 +84,14 @@ constexpr bool has_vnni_panels(const config& c) {
     if (c.storage == layout::qforge) return (c.type == dtype::int_sym || c.type == dtype::int_asym) && c.group < 128;
     return c.storage == layout::bnb4 && !c.double_quant;
 }
+// The bytes of one block of a panel (32 rows: scales, codes, zero points) and of all panels.
+inline constexpr std::int64_t vnni_panel_rows = 32;
+constexpr std::int64_t vnni_panel_block_bytes(const config& c) {
+    return vnni_panel_rows * (c.group / 2 + (c.storage == layout::qforge ? 2 : 4) + (c.type == dtype::int_asym ? 1 : 0));
+}
+constexpr std::int64_t vnni_panels_bytes(const config& c, std::int64_t rows, std::int64_t cols) {
+    return (rows + vnni_panel_rows - 1) / vnni_panel_rows * (cols / c.group) * vnni_panel_block_bytes(c);
+}
 
 struct weights_view {
     config cfg{};
@@ -139,7 +147,7 @@ struct row_storage {
 
 struct weights_view;
 // w's config, tables and perm with `rows` rows stored at mem as rows with their scales.
-inline weights_view rows_at(const weights_view& w, std::int64_t rows, const std::uint8_t* mem);
+[[gnu::always_inline]] inline weights_view rows_at(const weights_view& w, std::int64_t rows, const std::uint8_t* mem);
 
 // Owning storage behind a weights_view (see kernels/pack.hpp for building one).
 struct packed_weights {
@@ -192,7 +200,7 @@ struct packed_weights {
     }
 };
 
-inline weights_view rows_at(const weights_view& w, std::int64_t rows, const std::uint8_t* mem) {
+[[gnu::always_inline]] inline weights_view rows_at(const weights_view& w, std::int64_t rows, const std::uint8_t* mem) {
     const row_storage rs = row_storage_of(w.cfg, w.cols);
     weights_view v = w;
     v.rows = rows;
@@ -237,10 +245,11 @@ using gemv_prepared_fn = void (*)(const weights_view& w, const void* prepared, c
 // [m, N], both row-major and dense.
 using gemm_fn = void (*)(const weights_view& w, const float* x, std::int64_t m, const float* bias, float* y,
                          std::int64_t n0, std::int64_t n1);
-// The kernel's own arrangement of the weights (weight_arrangement): rows in, arranged out (once,
-// at load time); and back: rows [n0, n1) of arranged weights written at out as rows with their
-// scales (row_storage_of: row n at out + (n - n0) stride).
-using arrange_fn = void (*)(packed_weights& p);
+// The kernel's own arrangement of the weights (weight_arrangement): weights in rows in, their
+// arrangement written at out (vnni_panels_bytes, zeroed; once, at load time: qforge::arrange);
+// and back: rows [n0, n1) of arranged weights written at out as rows with their scales
+// (row_storage_of: row n at out + (n - n0) stride).
+using arrange_fn = void (*)(const weights_view& w, std::uint8_t* out);
 using unarrange_fn = void (*)(const weights_view& w, std::int64_t n0, std::int64_t n1, std::uint8_t* out);
 
 }  // namespace qforge

@@ -22,14 +22,13 @@
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
-#include <vector>
 
 namespace qforge::kernels::panels {
 
 template <class P, class A>
 inline constexpr bool applies = simd::has_vnni<A> && has_vnni_panels(P::cfg);
 
-inline constexpr int rows = 32;  // two zmm of int32 lanes
+inline constexpr int rows = static_cast<int>(vnni_panel_rows);  // two zmm of int32 lanes
 template <class P>
 inline constexpr int scale_bytes = P::storage == layout::qforge ? 2 : 4;  // f16, or bnb4's f32 absmax
 template <class P>
@@ -37,14 +36,12 @@ using scale_t = std::conditional_t<P::storage == layout::qforge, std::uint16_t, 
 template <class P>
 inline constexpr std::int64_t codes_bytes = rows * P::group / 2;  // of one block
 template <class P>
-inline constexpr std::int64_t block_bytes = codes_bytes<P> + rows * (scale_bytes<P> + (has_zeros<P> ? 1 : 0));
+inline constexpr std::int64_t block_bytes = vnni_panel_block_bytes(P::cfg);
 // A block: the 32 rows' scales (a multiple of 64 bytes), the codes, then the zero points.
 template <class P>
 inline constexpr std::int64_t codes_at = rows * scale_bytes<P>;
 template <class P>
 inline constexpr std::int64_t zeros_at = codes_at<P> + codes_bytes<P>;
-
-inline std::int64_t panel_count(std::int64_t n) { return (n + rows - 1) / rows; }
 
 // Where block b's activations are in a prepared row (i8_row::q): two runs of group / 2 bytes, from
 // `first` and from `second`. Pair d of the block's codes (8 activation bytes) starts at first + 8 d
@@ -69,16 +66,17 @@ template <class P, class A>
 }
 
 // The element of W's row whose activation is byte j (0 .. 8) of pair d of block b, for every
-// (b, d, j) in that order: element_map()[8 (b group / 8 + d) + j]. Checked against the prepared
-// order itself (permute_step).
+// (b, d, j) in that order: element_map()[8 (b group / 8 + d) + j] (K values in this thread's
+// scratch memory). Checked against the prepared order itself (permute_step). No std containers
+// here: code of a kernel TU must not define functions that other ISAs' TUs share (check_symbols).
 template <class P, class A>
-std::vector<std::int64_t> element_map(const i8_shape<P, A>& s) {
+const std::int64_t* element_map(const i8_shape<P, A>& s) {
     using S = i8_shape<P, A>;
     std::int64_t natural[S::step_elems], order[S::step_elems];
     for (int e = 0; e < S::step_elems; ++e) natural[e] = e;
     permute_step<P, A>(natural, order);
     const std::int64_t full = s.steps * S::step_elems;
-    std::vector<std::int64_t> map(static_cast<std::size_t>(s.k));
+    auto* map = static_cast<std::int64_t*>(simd::scratch<A, 5>::get(static_cast<std::size_t>(s.k) * sizeof(std::int64_t)));
     for (std::int64_t b = 0; b < s.blocks; ++b) {
         const block_runs r = runs_of<P, A>(s, b);
         for (int d = 0; d < P::group / 8; ++d)
@@ -87,39 +85,31 @@ std::vector<std::int64_t> element_map(const i8_shape<P, A>& s) {
                 const std::int64_t e = pos < full ? pos / S::step_elems * S::step_elems + order[pos % S::step_elems] : pos;
                 if (e / P::group != b)  // a layout change of i8.hpp the panels do not follow
                     throw std::logic_error("vnni panels: a block's prepared activations are not where its codes are");
-                map[static_cast<std::size_t>(b * P::group + 8 * d + j)] = e;
+                map[b * P::group + 8 * d + j] = e;
             }
     }
     return map;
 }
 
-// Rows -> panels (kernel::arrange_ptr). The weights must be in rows (as pack_weights makes them).
+// Rows -> panels at out (kernel::arrange_ptr: vnni_panels_bytes, zeroed; qforge::arrange).
 template <class P, class A>
-void arrange(packed_weights& p) {
+void arrange(const weights_view& w, std::uint8_t* out) {
     using L = layout_traits<P::storage>;
-    if (p.arrangement != weight_arrangement::rows) throw std::invalid_argument("arrange: the weights are arranged already");
-    const weights_view w = p.view();
     const i8_shape<P, A> s(w.cols);
-    const std::vector<std::int64_t> map = element_map<P, A>(s);
-    weight_buffer out(static_cast<std::size_t>(panel_count(w.rows) * s.blocks * block_bytes<P>), 0);
+    const std::int64_t* map = element_map<P, A>(s);
     for (std::int64_t n = 0; n < w.rows; ++n) {
         const std::uint8_t* codes = row_codes<P, A>(w, n);
         const auto code = [&](std::int64_t e) { return L::template code_at<A, 4>(codes, w.cols, e); };
         const std::int64_t r = n % rows;
         for (std::int64_t b = 0; b < s.blocks; ++b) {
-            std::uint8_t* blk = out.data() + (n / rows * s.blocks + b) * block_bytes<P>;
-            const std::int64_t* e = map.data() + b * P::group;
+            std::uint8_t* blk = out + (n / rows * s.blocks + b) * block_bytes<P>;
+            const std::int64_t* e = map + b * P::group;
             for (int d = 0; d < P::group / 8; ++d, e += 8)
                 for (int j = 0; j < 4; ++j) blk[codes_at<P> + d * 4 * rows + r * 4 + j] = static_cast<std::uint8_t>(code(e[j]) | code(e[4 + j]) << 4);
             std::memcpy(blk + r * scale_bytes<P>, row_blocks<P, scale_t<P>>(w, w.scales, n, b), scale_bytes<P>);
             if constexpr (has_zeros<P>) blk[zeros_at<P> + r] = *row_blocks<P, std::uint8_t>(w, w.zeros, n, b);
         }
     }
-    p.codes = std::move(out);
-    p.scales = weight_buffer();
-    p.zeros = weight_buffer();
-    p.row_stride = p.row_codes_offset = 0;
-    p.arrangement = weight_arrangement::vnni_panels;
 }
 
 // Panels -> rows [n0, n1) in the layout of rows_with_scales (row n - n0 at out + (n - n0) stride,
@@ -127,7 +117,7 @@ void arrange(packed_weights& p) {
 template <class P, class A>
 void unarrange(const weights_view& w, std::int64_t n0, std::int64_t n1, std::uint8_t* out) {
     const i8_shape<P, A> s(w.cols);
-    const std::vector<std::int64_t> map = element_map<P, A>(s);
+    const std::int64_t* map = element_map<P, A>(s);
     const row_storage rs = row_storage_of(P::cfg, w.cols);
     const row_parts parts = row_bytes(P::cfg, w.cols);
     const auto put = [](std::uint8_t* codes, std::int64_t e, int c) {  // the inverse of code_at
@@ -142,7 +132,7 @@ void unarrange(const weights_view& w, std::int64_t n0, std::int64_t n1, std::uin
         const std::int64_t r = n % rows;
         for (std::int64_t b = 0; b < s.blocks; ++b) {
             const std::uint8_t* blk = w.codes + (n / rows * s.blocks + b) * block_bytes<P>;
-            const std::int64_t* e = map.data() + b * P::group;
+            const std::int64_t* e = map + b * P::group;
             for (int d = 0; d < P::group / 8; ++d, e += 8)
                 for (int j = 0; j < 4; ++j) {
                     const std::uint8_t byte = blk[codes_at<P> + d * 4 * rows + r * 4 + j];
