@@ -65,13 +65,13 @@ struct split3 {
 //   vnni_panels  the arrangement of the avx512_vnni i8 kernels of 4-bit configs (has_vnni_panels),
 //                made once by kernel::arrange (qforge::matrix does it when it owns the weights) and
 //                never stored in a file (packed_file::save writes the rows back). W in panels of
-//                32 rows (the last one padded with zero rows); per panel and group: the codes as
-//                group / 8 runs of 32 dwords, dword r for row r, whose byte j holds in its low
-//                and high nibble the codes of the 2 x 4 elements the i8 kernels' prepared
-//                activations hold at 8 consecutive bytes (i8_panels.hpp: the activation quads
-//                broadcast per vpdpbusd); then the 32 rows' scales as stored (f16, or bnb4's f32
-//                absmax), then (int_asym) their 32 zero points. codes points at the first panel;
-//                scales (and zeros) point at the same bytes.
+//                32 rows (the last one padded with zero rows); per panel and group: the 32 rows'
+//                scales as stored (f16, or bnb4's f32 absmax), then the codes as group / 8 runs of
+//                32 dwords, dword r for row r, whose byte j holds in its low and high nibble the
+//                codes of the 2 x 4 elements the i8 kernels' prepared activations hold at 8
+//                consecutive bytes (i8_panels.hpp: the activation quads broadcast per vpdpbusd),
+//                then (int_asym) the 32 zero points. codes points at the first panel; scales (and
+//                zeros) point at the same bytes.
 enum class weight_arrangement : std::uint8_t { rows, vnni_panels };
 
 // The configs whose avx512_vnni kernels have the vnni_panels arrangement: the i8 path of
