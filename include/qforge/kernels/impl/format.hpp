@@ -104,8 +104,15 @@ inline const float* row_zeros(const weights_view& w, std::int64_t n, std::int64_
 //                          window (16 bytes hold 128 / Bits elements; also valid for any multiple
 //                          of 16 bytes)
 // interleaved:             the codes of a byte are neighbouring elements (else: 16 apart)
+// slot_of<Bits>(k):         where the code of element k is (nibbles and 2-bit codes): its byte in
+//                          the row and the shift of its bits in that byte
 // code_at<A, Bits>(row, cols, k): the code of element k of a row of cols elements
 // row_scales(w, n, b0, nb, buf): f32 scales of blocks [b0, b0+nb) of row n (pointer into w or buf)
+struct code_slot {
+    std::int64_t byte;
+    int shift;
+};
+
 template <layout L>
 struct layout_traits {
     static_assert(no_traits_for<L>, "qforge: no kernel layout_traits for this storage yet (kernels/impl/format.hpp)");
@@ -119,11 +126,15 @@ struct layout_traits<layout::bnb4> {
         static_assert(Bits == 4, "bitsandbytes codes are nibbles");
         return 2 * byte + 1 - part;
     }
+    template <int Bits = 4>
+    static constexpr code_slot slot_of(std::int64_t k) {
+        static_assert(Bits == 4, "bitsandbytes codes are nibbles");
+        return {k / 2, k % 2 == 0 ? 4 : 0};
+    }
     template <class A, int Bits = 4>
     static std::uint8_t code_at(const std::uint8_t* row, std::int64_t, std::int64_t k) {
-        static_assert(Bits == 4, "bitsandbytes codes are nibbles");
-        const std::uint8_t b = row[k / 2];
-        return (k % 2 == 0) ? static_cast<std::uint8_t>(b >> 4) : static_cast<std::uint8_t>(b & 0x0F);
+        const code_slot at = slot_of<Bits>(k);
+        return static_cast<std::uint8_t>((row[at.byte] >> at.shift) & 0x0F);
     }
     template <class P, class A>
     static const float* row_scales(const weights_view& w, std::int64_t n, std::int64_t b0, int nb, float* buf) {
@@ -154,6 +165,13 @@ struct layout_traits<layout::qforge> {
         constexpr int field = Bits == 3 ? 2 : Bits;
         return (byte / 16) * (128 / field) + 16 * part + byte % 16;
     }
+    template <int Bits = 4>
+    static constexpr code_slot slot_of(std::int64_t k) {
+        static_assert(Bits == 2 || Bits == 4 || Bits == 8, "one code field per slot: 3-bit codes are split (code_at)");
+        constexpr std::int64_t span = 128 / Bits;
+        const std::int64_t within = k % span;
+        return {(k / span) * 16 + within % 16, static_cast<int>(Bits * (within / 16))};
+    }
     template <class A, int Bits = 4>
     static std::uint8_t code_at(const std::uint8_t* row, std::int64_t cols, std::int64_t k);
     template <class P, class A>
@@ -181,10 +199,8 @@ std::uint8_t layout_traits<layout::qforge>::code_at(const std::uint8_t* row, std
         const int high = (unit[split3::plane_byte(r, part, byte)] >> (byte % 8)) & 1;
         return static_cast<std::uint8_t>(low | high << 2);
     } else {
-        constexpr int span = 128 / Bits;
-        const std::int64_t within = k % span;
-        const std::uint8_t b = row[(k / span) * 16 + within % 16];
-        return static_cast<std::uint8_t>((b >> (Bits * (within / 16))) & ((1 << Bits) - 1));
+        const code_slot at = slot_of<Bits>(k);
+        return static_cast<std::uint8_t>((row[at.byte] >> at.shift) & ((1 << Bits) - 1));
     }
 }
 

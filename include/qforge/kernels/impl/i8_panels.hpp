@@ -117,14 +117,14 @@ void arrange(const weights_view& w, std::uint8_t* out) {
 // row_storage): kernel::unarrange_ptr, the dequantize of arranged weights and packed_file::save.
 template <class P, class A>
 void unarrange(const weights_view& w, std::int64_t n0, std::int64_t n1, std::uint8_t* out) {
+    using L = layout_traits<P::storage>;
     const i8_shape<P, A> s(w.cols);
     const std::int64_t* map = element_map<P, A>(s);
     const row_storage rs = row_storage_of(P::cfg, w.cols);
     const row_parts parts = row_bytes(P::cfg, w.cols);
-    const auto put = [](std::uint8_t* codes, std::int64_t e, int c) {  // the inverse of code_at
-        const bool high = P::storage == layout::bnb4 ? e % 2 == 0 : e % 32 >= 16;
-        std::uint8_t& byte = codes[P::storage == layout::bnb4 ? e / 2 : e / 32 * 16 + e % 16];
-        byte = static_cast<std::uint8_t>(high ? (byte & 0x0F) | c << 4 : (byte & 0xF0) | c);
+    const auto put = [](std::uint8_t* codes, std::int64_t e, int c) {  // into a zeroed row: code_at's inverse
+        const code_slot at = L::template slot_of<4>(e);
+        codes[at.byte] = static_cast<std::uint8_t>(codes[at.byte] | c << at.shift);
     };
     for (std::int64_t n = n0; n < n1; ++n) {
         std::uint8_t* row = out + (n - n0) * rs.stride;

@@ -523,10 +523,9 @@ void gemm(const weights_view& w, const float* x, std::int64_t m, const float* bi
     check_kernel_policy<P>();
     check_arrangement<P, A>(w);
     if constexpr (panels::applies<P, A>)
-        if (w.arrangement == weight_arrangement::vnni_panels) {  // every M: tiles of up to 4 X rows (i8_panels.hpp)
-            const i8_shape<P, A> s(w.cols);
+        if (w.arrangement == weight_arrangement::vnni_panels) {  // every M: tiles of up to 6 X rows (i8_panels.hpp)
             if (m == 1) return gemv_i8<P, A>(w, x, bias, y, n0, n1);
-            return panels::gemm<P, A>(w, prepare_rows<P, A>(w, s, x, m), m, bias, y, w.rows, n0, n1);
+            return panels::gemm<P, A>(w, prepare_rows<P, A>(w, i8_shape<P, A>(w.cols), x, m), m, bias, y, w.rows, n0, n1);
         }
     if constexpr (P::act != compute::i8) {
         if constexpr (native_bf16_gemv<P, A>)  // one pass over W for few rows (bf16.hpp)
