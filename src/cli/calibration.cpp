@@ -23,10 +23,6 @@ using sdt = safetensors::dtype;
 constexpr std::string_view inputs_suffix = ".inputs", hessian_suffix = ".hessian", nsamples_suffix = ".nsamples";
 constexpr std::int64_t input_slice_rows = 8192;  // rows widened to f32 at a time
 
-bool ends_with(std::string_view s, std::string_view suffix) {
-    return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
-}
-
 std::string shape_string(std::span<const std::int64_t> shape) {
     std::string s = "[";
     for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
@@ -127,7 +123,7 @@ calibration_file::calibration_file(const fs::path& file) : reader_(file) {
     std::map<std::string, const safetensors::tensor_view*, std::less<>> nsamples;
     for (const safetensors::tensor_view& v : reader_.tensors()) {
         const auto module_of = [&](std::string_view suffix) { return std::string(v.name.substr(0, v.name.size() - suffix.size())); };
-        if (ends_with(v.name, inputs_suffix) && v.name.size() > inputs_suffix.size()) {
+        if (v.name.ends_with(inputs_suffix) && v.name.size() > inputs_suffix.size()) {
             if (v.shape.size() < 2)
                 fail(file, v.name, "shape " + shape_string(v.shape) + ": inputs are [tokens, K] (or [batch, seq, K])");
             if (v.type != sdt::F32 && v.type != sdt::BF16 && v.type != sdt::F16)
@@ -136,13 +132,13 @@ calibration_file::calibration_file(const fs::path& file) : reader_(file) {
             // Without tokens, K is not backed by data, and H would be K^2 doubles of nothing.
             if (v.numel() == 0) fail(file, v.name, "shape " + shape_string(v.shape) + " holds no tokens");
             modules_[module_of(inputs_suffix)].inputs = &v;
-        } else if (ends_with(v.name, hessian_suffix) && v.name.size() > hessian_suffix.size()) {
+        } else if (v.name.ends_with(hessian_suffix) && v.name.size() > hessian_suffix.size()) {
             if (v.shape.size() != 2 || v.shape[0] != v.shape[1] || v.shape[0] == 0)
                 fail(file, v.name, "shape " + shape_string(v.shape) + ": a Hessian is a non-empty square [K, K]");
             if (v.type != sdt::F32)
                 fail(file, v.name, "dtype " + std::string(safetensors::to_string(v.type)) + ": a Hessian is F32");
             modules_[module_of(hessian_suffix)].hessian = &v;
-        } else if (ends_with(v.name, nsamples_suffix) && v.name.size() > nsamples_suffix.size()) {
+        } else if (v.name.ends_with(nsamples_suffix) && v.name.size() > nsamples_suffix.size()) {
             nsamples[module_of(nsamples_suffix)] = &v;
         } else {
             fail(file, v.name, "not a calibration tensor (<module>.inputs, <module>.hessian or <module>.nsamples)");

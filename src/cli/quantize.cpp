@@ -25,10 +25,6 @@ namespace {
 namespace fs = std::filesystem;
 using sdt = safetensors::dtype;
 
-bool ends_with(std::string_view s, std::string_view suffix) {
-    return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
-}
-
 // Embeddings are not nn.Linear and stay unquantized, as transformers' quantizers leave them: a
 // dot-separated part of the module name containing "embed", or GPT-2's "wte" / "wpe".
 bool is_embedding(std::string_view module) {
@@ -46,7 +42,7 @@ bool is_embedding(std::string_view module) {
 // excluded by the config nor an embedding. F64 weights qualify and are then refused by name.
 bool to_quantize(const safetensors::tensor_view& v, const hf_module_filter& filter) {
     constexpr std::string_view suffix = ".weight";
-    if (!ends_with(v.name, suffix) || v.shape.size() != 2) return false;
+    if (!v.name.ends_with(suffix) || v.shape.size() != 2) return false;
     if (v.type != sdt::F32 && v.type != sdt::BF16 && v.type != sdt::F16 && v.type != sdt::F64) return false;
     const std::string_view module = v.name.substr(0, v.name.size() - suffix.size());
     return !filter.excluded(module) && !is_embedding(module);
@@ -276,7 +272,7 @@ void add_dequantize(CLI::App& app) {
         counts n;
         const tensor_rewrite rewrite =
             rewrite_quantized(in, model, cfg.cfg, n, [&](const auto& q, const auto& v, auto& out, bool plan_only) {
-                if (!ends_with(q.name, ".weight"))
+                if (!q.name.ends_with(".weight"))
                     throw io_error("weight '" + q.name + "': a gpt-oss expert tensor (" + std::string(v.name) +
                                    "); transformers transposes those when it dequantizes, which qforge does not do");
                 const sdt type = forced.value_or(q.original_dtype.value_or(sdt::BF16));

@@ -152,10 +152,6 @@ void write_json(const std::filesystem::path& path, const std::vector<row>& rows,
 
 // ---- sweep on a model's weights ----------------------------------------------------------------
 
-bool ends_with(std::string_view s, std::string_view suffix) {
-    return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
-}
-
 std::vector<float> as_f32(const safetensors::tensor_view& v, std::size_t first, std::size_t count) {
     std::vector<float> out(count);
     const std::size_t item = safetensors::itemsize(v.type);
@@ -220,7 +216,7 @@ std::vector<const safetensors::tensor_view*> pick_weights(const input_model& in,
     std::vector<const safetensors::tensor_view*> all;
     for (const safetensors::tensor_view* v : in.tensors.all()) {
         const std::string name(v->name);
-        if (!ends_with(name, ".weight") || v->shape.size() != 2 || !floating(v->type)) continue;
+        if (!name.ends_with(".weight") || v->shape.size() != 2 || !floating(v->type)) continue;
         if (!o.tensors.empty() ? ::fnmatch(o.tensors.c_str(), name.c_str(), 0) != 0
                                : (name.find("embed") != std::string::npos || name.find("lm_head") != std::string::npos))
             continue;

@@ -65,9 +65,6 @@ void expect_rank(const st::tensor_view& v, std::size_t rank, std::string_view wh
                     std::to_string(rank) + " (" + std::string(what) + ")");
 }
 
-bool ends_with(std::string_view s, std::string_view suffix) {
-    return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
-}
 std::string strip(std::string_view s, std::string_view suffix) { return std::string(s.substr(0, s.size() - suffix.size())); }
 
 // Shape arithmetic on sizes read from a file happens here, checked: a hostile shape (one that the
@@ -146,7 +143,7 @@ constexpr std::uint8_t bnb8_row_format = 0;
 
 // `<module>.weight` -> `<module>`; weights of the methods keyed on the module must end so.
 std::string module_of(const std::string& weight_name, method m) {
-    if (!ends_with(weight_name, dot_weight))
+    if (!weight_name.ends_with(dot_weight))
         throw io_error("weight '" + weight_name + "': " + std::string(to_string(m)) +
                        " weights are keyed by their module, so the weight must be named '<module>.weight'");
     return strip(weight_name, dot_weight);
@@ -672,16 +669,16 @@ detection detect(const tensor_set& s) {
     };
     for (const st::tensor_view* v : s.all()) {
         const std::string key(v->name);
-        if (ends_with(key, bnb4_blob_nf4) || ends_with(key, bnb4_blob_fp4)) {
+        if (key.ends_with(bnb4_blob_nf4) || key.ends_with(bnb4_blob_fp4)) {
             const std::string w = strip(key, bnb4_blob_nf4);  // both suffixes have the same length
-            if (ends_with(key, bnb4_blob_fp4) && s.find(bnb4_blob_key(w, qforge::dtype::nf4))) continue;  // one weight
+            if (key.ends_with(bnb4_blob_fp4) && s.find(bnb4_blob_key(w, qforge::dtype::nf4))) continue;  // one weight
             found(w, method::bnb4,
                   {w, w + ".absmax", w + ".quant_map", w + ".nested_absmax", w + ".nested_quant_map",
                    bnb4_blob_key(w, qforge::dtype::nf4), bnb4_blob_key(w, qforge::dtype::fp4)});
-        } else if (ends_with(key, bnb8_scb)) {
+        } else if (key.ends_with(bnb8_scb)) {
             const std::string module = strip(key, bnb8_scb);
             found(module + std::string(dot_weight), method::bnb8, {module + ".weight", key, module + ".weight_format"});
-        } else if (ends_with(key, int_qweight)) {
+        } else if (key.ends_with(int_qweight)) {
             const std::string module = strip(key, int_qweight);
             const st::tensor_view* scales = s.find(module + ".scales");
             // AWQ packs along N ([K, N/8]), GPTQ along K ([K*b/32, N]); only GPTQ has g_idx.
@@ -689,10 +686,10 @@ detection detect(const tensor_set& s) {
                              scales->shape[1] % awq_pack_codes == 0 && v->shape[1] == scales->shape[1] / awq_pack_codes;
             found(module + std::string(dot_weight), awq ? method::awq : method::gptq,
                   {key, module + ".qzeros", module + ".scales", module + ".g_idx"});
-        } else if (ends_with(key, fp8_scale_inv)) {
+        } else if (key.ends_with(fp8_scale_inv)) {
             const std::string w = strip(key, fp8_scale_inv);
             found(w, method::fp8, {w, key});
-        } else if (ends_with(key, mx_blocks)) {
+        } else if (key.ends_with(mx_blocks)) {
             const std::string w = strip(key, mx_blocks);
             found(w, method::mxfp4, {key, w + std::string(mx_scales)});
         }
@@ -728,12 +725,12 @@ detection detect(const tensor_set& s) {
             orphan("FP8 weight codes", key + std::string(fp8_scale_inv));
             continue;
         }
-        if (ends_with(key, mx_scales) && v->type == sdt::U8) {
+        if (key.ends_with(mx_scales) && v->type == sdt::U8) {
             orphan("MXFP4 scales", strip(key, mx_scales) + std::string(mx_blocks));
             continue;
         }
         for (const orphan_rule& r : rules)
-            if (ends_with(key, r.suffix)) {
+            if (key.ends_with(r.suffix)) {
                 orphan(r.part, strip(key, r.suffix) + std::string(r.signature));
                 break;
             }

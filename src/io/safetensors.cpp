@@ -27,6 +27,15 @@
 
 namespace qforge::safetensors {
 
+// An entry of the header, validated on its own (layout is checked across entries afterwards).
+// Outside the anonymous namespace: reader::impl, which has external linkage, holds them.
+struct parsed_entry {
+    std::string name;
+    dtype type{};
+    shape_t shape;
+    std::uint64_t begin = 0, end = 0;
+};
+
 namespace {
 
 struct dtype_info {
@@ -145,14 +154,6 @@ std::uint64_t key_offset(std::string_view header, std::string_view name, int occ
         if (key == name && occurrence-- == 0) return header_length_size + at;
     return header_length_size;
 }
-
-// An entry of the header, validated on its own (layout is checked across entries afterwards).
-struct parsed_entry {
-    std::string name;
-    dtype type{};
-    shape_t shape;
-    std::uint64_t begin = 0, end = 0;
-};
 
 class header_parser {
 public:
