@@ -76,12 +76,12 @@ enum class weight_arrangement : std::uint8_t { rows, vnni_panels };
 
 // The configs whose avx512_vnni kernels have the vnni_panels arrangement: the i8 path of
 // bitsandbytes' 4-bit codes without double quantization and of 4-bit integers in qforge's layout
-// in groups below 128. Chosen by measurement (docs/performance.md, "W arranged in panels"): on
-// panels their cold GEMV (4096 x 11008) took 0.89-0.97 of its time on rows, and M = 8-32 0.6-0.9;
-// int4 g128 took 1.28x (symmetric) and 1.03x (asymmetric) at M = 1, so it keeps its rows.
+// in groups up to 128 (larger ones are not measured). Chosen by measurement (docs/performance.md,
+// "W arranged in panels"): on panels their cold GEMV (4096 x 11008) took 0.6-0.97 of its time on
+// rows, and M = 2-32 0.5-0.9.
 constexpr bool has_vnni_panels(const config& c) {
     if (c.act != compute::i8 || c.bits != 4 || c.group <= 0) return false;
-    if (c.storage == layout::qforge) return (c.type == dtype::int_sym || c.type == dtype::int_asym) && c.group < 128;
+    if (c.storage == layout::qforge) return (c.type == dtype::int_sym || c.type == dtype::int_asym) && c.group <= 128;
     return c.storage == layout::bnb4 && !c.double_quant;
 }
 // The bytes of one block of a panel (32 rows: scales, codes, zero points) and of all panels.
