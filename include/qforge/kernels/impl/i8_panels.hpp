@@ -11,9 +11,8 @@
 // The activations are the prepared rows of the GEMV (i8_row), so a prepared x serves arranged and
 // row-layout matrices alike: each pair of code dwords holds the elements whose activations sit at
 // 8 consecutive bytes of the prepared row (runs_of), which is what arrange stores.
-// Measured (docs/performance.md, "W arranged in panels: the kernels"): NF4 b64, 4096 x 11008,
-// cold, 1 thread: 0.46-0.89 of the rows' time at M = 1-16, 0.94-1.00 at M = 128-512; the configs
-// where rows stay faster keep them (has_vnni_panels).
+// Measured (docs/performance.md, "Panels, seventh session"): NF4 b64 and int4 g128, 4096 x 11008,
+// cold, 1 thread: 0.47-0.94 of the rows' time at M = 1-32, 0.94-1.04 at M = 128-512.
 #pragma once
 
 #include <qforge/kernels/impl/i8.hpp>
