@@ -77,8 +77,8 @@ enum class weight_arrangement : std::uint8_t { rows, vnni_panels };
 // The configs whose avx512_vnni kernels have the vnni_panels arrangement: the i8 path of
 // bitsandbytes' 4-bit codes without double quantization and of 4-bit integers in qforge's layout
 // in groups up to 128 (larger ones are not measured). Chosen by measurement (docs/performance.md,
-// "W arranged in panels"): on panels their cold GEMV (4096 x 11008) took 0.6-0.97 of its time on
-// rows, and M = 2-32 0.5-0.9.
+// "W arranged in panels" and "Panels, seventh session"): on panels their cold GEMV (4096 x 11008)
+// took 0.6-0.94 of its time on rows, and M = 2-32 0.5-0.8.
 constexpr bool has_vnni_panels(const config& c) {
     if (c.act != compute::i8 || c.bits != 4 || c.group <= 0) return false;
     if (c.storage == layout::qforge) return (c.type == dtype::int_sym || c.type == dtype::int_asym) && c.group <= 128;

@@ -194,9 +194,10 @@ template <class P, class A, int T, int C>
                 dots[c][i][1] = _mm512_dpbusd_epi32(dots[c][i][1], hi1, xb);
             }
         };
-        // Four pairs per iteration, not a whole block: int4 g128 (16 pairs) took 0.70-0.83 ms at
-        // M = 1 and 0.75 at M = 4 so, 0.91-1.2 and 1.4 ms unrolled whole or by 8 (4096 x 11008,
-        // cold; blocks of 8 pairs ran as fast either way). Measured on Zen 4, not explained.
+        // Four pairs per iteration, not a whole block: int4 g128 (16 pairs) took 0.69-0.83 ms at
+        // M = 1 and 0.75 at M = 4 this way, against 0.91-1.3 and 1.4 unrolled whole or by 8
+        // (4096 x 11008, cold; blocks of 8 pairs ran as fast either way). Measured on Zen 4, not
+        // explained (docs/performance.md, "Panels, seventh session").
         constexpr int unroll = pairs < 4 ? pairs : 4;
         static_assert(pairs % unroll == 0 && unroll % C == 0);
 #pragma GCC unroll 1
@@ -269,7 +270,7 @@ __m512i level_table(const weights_view& w) {
 // X rows x[0 .. count) against the panel of rows [np, np + 32): tiles of 6 X rows x 1 chain (x 2
 // halves: 12 chains, 12 accumulators; at M = 128, 4096 x 11008, NF4 b64 took 18.2 ms against 19.2
 // with tiles of 4 and 19.0 with 5), then 8 x 1 (one decode for M = 8: 1.41 ms against 1.66 as
-// 6 + 2; as the main tile it took 5% longer at M = 128), 6 x 1, 4 x 1, 3 x 2, 2 x 2 or 1 x 4.
+// 6 + 2; as the main tile it was no better at M = 16 or 128), 6 x 1, 4 x 1, 3 x 2, 2 x 2 or 1 x 4.
 template <class P, class A>
 [[gnu::noinline]] void run_panel(const std::uint8_t* panel, const i8_shape<P, A>& s, const x_row* x, std::int64_t count,
                                  __m512i lut, const float* bias, float* y, std::int64_t ldy, std::int64_t np,
