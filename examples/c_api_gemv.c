@@ -10,11 +10,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+/* On failure: say why, then free what was made (every handle and buffer starts NULL). */
 #define CHECK(call)                                                               \
     do {                                                                          \
         if ((call) != QFORGE_OK) {                                                \
             fprintf(stderr, "%s failed: %s\n", #call, qforge_last_error());       \
-            return 1;                                                             \
+            goto done;                                                            \
         }                                                                         \
     } while (0)
 
@@ -23,20 +24,23 @@ int main(int argc, char** argv) {
         fprintf(stderr, "usage: %s MODEL.safetensors CONFIG.json MODULE\n", argv[0]);
         return 2;
     }
+    int status = 1;
     qforge_config* config = NULL;
     qforge_checkpoint* checkpoint = NULL;
     qforge_matrix* w = NULL;
+    float *x = NULL, *y = NULL, *wd = NULL;
+    int64_t rows = 0, cols = 0;
     CHECK(qforge_config_load(argv[2], &config));
     CHECK(qforge_checkpoint_open(argv[1], &checkpoint));
     CHECK(qforge_matrix_load(checkpoint, argv[3], config, QFORGE_COMPUTE_F32, &w));
     qforge_checkpoint_close(checkpoint); /* the matrix holds its packed weights */
+    checkpoint = NULL;
 
-    int64_t rows = 0, cols = 0;
     CHECK(qforge_matrix_shape(w, &rows, &cols));
-    float* x = malloc(sizeof(float) * (size_t)cols);
-    float* y = malloc(sizeof(float) * (size_t)rows);
-    float* wd = malloc(sizeof(float) * (size_t)(rows * cols));
-    if (!x || !y || !wd) return 1;
+    x = malloc(sizeof(float) * (size_t)cols);
+    y = malloc(sizeof(float) * (size_t)rows);
+    wd = malloc(sizeof(float) * (size_t)(rows * cols));
+    if (!x || !y || !wd) goto done;
     for (int64_t k = 0; k < cols; ++k) x[k] = sinf(0.1f * (float)k);
 
     CHECK(qforge_gemv(w, x, QFORGE_F32, NULL, 0.0f, y, QFORGE_F32, 0, rows / 2));
@@ -54,10 +58,13 @@ int main(int argc, char** argv) {
     }
     printf("%s [%lld, %lld]: %d of %lld outputs outside the bound\n", qforge_matrix_kernel_name(w), (long long)rows,
            (long long)cols, bad, (long long)rows);
+    status = bad == 0 ? 0 : 1;
+done:
+    qforge_checkpoint_close(checkpoint);
     qforge_matrix_free(w);
     qforge_config_free(config);
     free(x);
     free(y);
     free(wd);
-    return bad == 0 ? 0 : 1;
+    return status;
 }
