@@ -70,27 +70,34 @@ struct split3 {
 //                32 dwords, dword r for row r, whose byte j holds in its low and high nibble the
 //                codes of the 2 x 4 elements the i8 kernels' prepared activations hold at 8
 //                consecutive bytes (i8_panels.hpp: the activation quads broadcast per vpdpbusd),
-//                then (int_asym) the 32 zero points. codes points at the first panel; scales (and
-//                zeros) point at the same bytes.
+//                then (int_asym) the 32 zero points. Double quantization: the panels hold each
+//                block's absmax decoded to f32 (as the rows kernels decode it), and after the last
+//                panel the u8 absmax codes follow in rows (rows x blocks bytes), which only the
+//                way back to rows reads. codes points at the first panel; scales (and zeros)
+//                point at the same bytes.
 enum class weight_arrangement : std::uint8_t { rows, vnni_panels };
 
 // The configs whose avx512_vnni kernels have the vnni_panels arrangement: the i8 path of
-// bitsandbytes' 4-bit codes without double quantization and of 4-bit integers in qforge's layout
-// in groups up to 128 (larger ones are not measured). Chosen by measurement (docs/performance.md,
-// "W arranged in panels" and "Panels, seventh session"): on panels their cold GEMV (4096 x 11008)
-// took 0.6-0.94 of its time on rows, and M = 2-32 0.5-0.8.
+// bitsandbytes' 4-bit codes (with or without double quantization) and of 4-bit integers in
+// qforge's layout in groups up to 128 (larger ones are not measured). Chosen by measurement
+// (docs/performance.md, "W arranged in panels", "Panels, seventh session" and "eighth session"):
+// on panels their cold GEMV (4096 x 11008) took 0.6-0.94 of its time on rows, and M = 2-32 0.5-0.8.
 constexpr bool has_vnni_panels(const config& c) {
     if (c.act != compute::i8 || c.bits != 4 || c.group <= 0) return false;
     if (c.storage == layout::qforge) return (c.type == dtype::int_sym || c.type == dtype::int_asym) && c.group <= 128;
-    return c.storage == layout::bnb4 && !c.double_quant;
+    return c.storage == layout::bnb4;
 }
 // The bytes of one block of a panel (32 rows: scales, codes, zero points) and of all panels.
 inline constexpr std::int64_t vnni_panel_rows = 32;
 constexpr std::int64_t vnni_panel_block_bytes(const config& c) {
     return vnni_panel_rows * (c.group / 2 + (c.storage == layout::qforge ? 2 : 4) + (c.type == dtype::int_asym ? 1 : 0));
 }
-constexpr std::int64_t vnni_panels_bytes(const config& c, std::int64_t rows, std::int64_t cols) {
+// The panels' bytes, which the kernels read, and the double-quant absmax codes after them.
+constexpr std::int64_t vnni_panels_read_bytes(const config& c, std::int64_t rows, std::int64_t cols) {
     return (rows + vnni_panel_rows - 1) / vnni_panel_rows * (cols / c.group) * vnni_panel_block_bytes(c);
+}
+constexpr std::int64_t vnni_panels_bytes(const config& c, std::int64_t rows, std::int64_t cols) {
+    return vnni_panels_read_bytes(c, rows, cols) + (c.double_quant ? rows * (cols / c.group) : 0);
 }
 
 struct weights_view {
@@ -107,6 +114,7 @@ struct weights_view {
     const std::int32_t* perm = nullptr;    // act-order: stored column -> column of W
     std::int64_t row_stride = 0;           // rows with their scales: bytes from row to row; 0: dense
     weight_arrangement arrangement = weight_arrangement::rows;
+    std::int64_t first_row = 0;            // double quant: the matrix row of row 0 (rows_at)
 };
 
 // |CB * XA| <= 128 * 128, so the LLM.int8 int32 sums are exact up to this K (as ref::int8_matmul).
@@ -146,8 +154,10 @@ struct row_storage {
 }
 
 struct weights_view;
-// w's config, tables and perm with `rows` rows stored at mem as rows with their scales.
-[[gnu::always_inline]] inline weights_view rows_at(const weights_view& w, std::int64_t rows, const std::uint8_t* mem);
+// w's config, tables and perm with `rows` rows stored at mem as rows with their scales, the first
+// of them row first_row of w's matrix.
+[[gnu::always_inline]] inline weights_view rows_at(const weights_view& w, std::int64_t rows, const std::uint8_t* mem,
+                                                   std::int64_t first_row = 0);
 
 // Owning storage behind a weights_view (see kernels/pack.hpp for building one).
 struct packed_weights {
@@ -187,20 +197,25 @@ struct packed_weights {
                 z,
                 perm.empty() ? nullptr : perm.data(),
                 row_stride,
-                arrangement};
+                arrangement,
+                0};
     }
     // Bytes a matmul reads per pass over W: codes + scales + nested absmax + zero points + the
-    // act-order permutation (tables and the padding of rows with their scales excluded).
+    // act-order permutation (tables and the padding of rows and panels excluded; panels: their
+    // blocks, whose double-quant absmax are decoded f32).
     std::size_t weight_bytes() const {
+        const std::size_t order = perm.size() * sizeof(std::int32_t);
+        if (arrangement == weight_arrangement::vnni_panels)
+            return static_cast<std::size_t>(rows * (cols / cfg.group) * vnni_panel_block_bytes(cfg) / vnni_panel_rows) + order;
         const row_parts r = row_bytes(cfg, cols);
-        const bool by_row = row_stride != 0 || arrangement != weight_arrangement::rows;
-        const std::size_t stored = by_row ? static_cast<std::size_t>(rows * (r.codes + r.scales + r.zeros))
+        const std::size_t stored = row_stride != 0 ? static_cast<std::size_t>(rows * (r.codes + r.scales + r.zeros))
                                                    : codes.size() + scales.size() + zeros.size();
-        return stored + nested_absmax.size() * sizeof(float) + perm.size() * sizeof(std::int32_t);
+        return stored + nested_absmax.size() * sizeof(float) + order;
     }
 };
 
-[[gnu::always_inline]] inline weights_view rows_at(const weights_view& w, std::int64_t rows, const std::uint8_t* mem) {
+[[gnu::always_inline]] inline weights_view rows_at(const weights_view& w, std::int64_t rows, const std::uint8_t* mem,
+                                                   std::int64_t first_row) {
     const row_storage rs = row_storage_of(w.cfg, w.cols);
     weights_view v = w;
     v.rows = rows;
@@ -209,6 +224,7 @@ struct packed_weights {
     v.zeros = w.cfg.type == dtype::int_asym ? mem + row_bytes(w.cfg, w.cols).scales : nullptr;
     v.row_stride = rs.stride;
     v.arrangement = weight_arrangement::rows;
+    v.first_row = w.first_row + first_row;
     return v;
 }
 

@@ -148,7 +148,7 @@ struct layout_traits<layout::bnb4> {
         } else {
             // formats.md §1: absmax = map[q] * nested_absmax[b / 256], then + offset (two roundings)
             static_assert(nested_blocksize == 256);
-            const std::int64_t first = n * (w.cols / P::group) + b0;  // flat block index
+            const std::int64_t first = (w.first_row + n) * (w.cols / P::group) + b0;  // flat block index
             simd::nested_absmax<A>(row, nb, first, w.nested_map, w.nested_absmax, w.nested_offset, buf);
             return buf;
         }

@@ -91,22 +91,36 @@ const std::int64_t* element_map(const i8_shape<P, A>& s) {
     return map;
 }
 
+// Double quantization: the u8 absmax codes of rows x blocks, after the panels (vnni_panels_bytes).
+[[gnu::always_inline]] inline std::int64_t absmax_codes_at(const weights_view& w) {
+    return vnni_panels_read_bytes(w.cfg, w.rows, w.cols);
+}
+
 // Rows -> panels at out (kernel::arrange_ptr: vnni_panels_bytes, zeroed; qforge::arrange).
 template <class P, class A>
 void arrange(const weights_view& w, std::uint8_t* out) {
     using L = layout_traits<P::storage>;
     const i8_shape<P, A> s(w.cols);
     const std::int64_t* map = element_map<P, A>(s);
+    auto* absmax = static_cast<float*>(simd::scratch<A, 6>::get(static_cast<std::size_t>(s.blocks) * sizeof(float)));
     for (std::int64_t n = 0; n < w.rows; ++n) {
         const std::uint8_t* codes = row_codes<P, A>(w, n);
         const auto code = [&](std::int64_t e) { return L::template code_at<A, 4>(codes, w.cols, e); };
         const std::int64_t r = n % rows;
+        const scale_t<P>* scales;
+        if constexpr (P::double_quant) {  // decoded as the rows kernels decode them; the codes kept for unarrange
+            scales = L::template row_scales<P, A>(w, n, 0, static_cast<int>(s.blocks), absmax);
+            std::memcpy(out + absmax_codes_at(w) + n * s.blocks, row_blocks<P, std::uint8_t>(w, w.scales, n, 0),
+                        static_cast<std::size_t>(s.blocks));
+        } else {
+            scales = row_blocks<P, scale_t<P>>(w, w.scales, n, 0);
+        }
         for (std::int64_t b = 0; b < s.blocks; ++b) {
             std::uint8_t* blk = out + (n / rows * s.blocks + b) * block_bytes<P>;
             const std::int64_t* e = map + b * P::group;
             for (int d = 0; d < P::group / 8; ++d, e += 8)
                 for (int j = 0; j < 4; ++j) blk[codes_at<P> + d * 4 * rows + r * 4 + j] = static_cast<std::uint8_t>(code(e[j]) | code(e[4 + j]) << 4);
-            std::memcpy(blk + r * scale_bytes<P>, row_blocks<P, scale_t<P>>(w, w.scales, n, b), scale_bytes<P>);
+            std::memcpy(blk + r * scale_bytes<P>, scales + b, scale_bytes<P>);
             if constexpr (has_zeros<P>) blk[zeros_at<P> + r] = *row_blocks<P, std::uint8_t>(w, w.zeros, n, b);
         }
     }
@@ -139,7 +153,10 @@ void unarrange(const weights_view& w, std::int64_t n0, std::int64_t n1, std::uin
                     put(codes, e[j], byte & 0x0F);
                     put(codes, e[4 + j], byte >> 4);
                 }
-            std::memcpy(row + b * scale_bytes<P>, blk + r * scale_bytes<P>, scale_bytes<P>);
+            if constexpr (P::double_quant)
+                row[b] = w.codes[absmax_codes_at(w) + n * s.blocks + b];
+            else
+                std::memcpy(row + b * scale_bytes<P>, blk + r * scale_bytes<P>, scale_bytes<P>);
             if constexpr (has_zeros<P>) row[parts.scales + b] = blk[zeros_at<P> + r];
         }
     }

@@ -68,7 +68,7 @@ void dequantize(const weights_view& w, std::int64_t n0, std::int64_t n1, void* o
             for (std::int64_t c0 = n0; c0 < n1; c0 += panels::rows) {
                 const std::int64_t c1 = n1 - c0 < panels::rows ? n1 : c0 + panels::rows;
                 panels::unarrange<P, A>(w, c0, c1, mem);
-                dequantize<P, A>(rows_at(w, c1 - c0, mem), 0, c1 - c0,
+                dequantize<P, A>(rows_at(w, c1 - c0, mem, c0), 0, c1 - c0,
                                  static_cast<std::uint8_t*>(out) + static_cast<std::size_t>(c0 * k) * size, type);
             }
             return;
