@@ -213,7 +213,7 @@ template <class P, class A, int T, int C>
         };
         // Four pairs per iteration, not a whole block: int4 g128 (16 pairs) took 0.69-0.83 ms at
         // M = 1 and 0.75 at M = 4 this way, against 0.91-1.3 and 1.4 unrolled whole or by 8
-        // (4096 x 11008, cold; blocks of 8 pairs ran as fast either way). Measured on Zen 4, not
+        // (4096 x 11008, cold; blocks of 8 pairs ran as fast either way). Measured on Zen 5, not
         // explained (docs/performance.md, "Panels, seventh session").
         constexpr int unroll = pairs < 4 ? pairs : 4;
         static_assert(pairs % unroll == 0 && unroll % C == 0);
