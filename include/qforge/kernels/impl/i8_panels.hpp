@@ -173,9 +173,10 @@ struct x_row {
 
 // acc[i][h] = the sums of X row i against rows 16 h .. 16 h + 15 of the panel (before the division
 // by i8_scale). T X rows; C chains of dots per row (about 8 vpdpbusd chains in flight in all).
+// next (or null): the panel to prefetch into L2 meanwhile (run_panel).
 template <class P, class A, int T, int C>
 [[gnu::always_inline]] inline void tile(const std::uint8_t* panel, const i8_shape<P, A>& s, const x_row* x,
-                                        const __m512i lut, __m512 (&acc)[T][2]) {
+                                        const __m512i lut, __m512 (&acc)[T][2], const std::uint8_t* next) {
     constexpr int pairs = P::group / 8, first_pairs = P::group / 16;
     constexpr bool table = code_traits<P::type>::from_table;
     const __m512i low = _mm512_set1_epi8(0x0F);
@@ -197,6 +198,13 @@ template <class P, class A, int T, int C>
             if constexpr (table) {
                 lo0 = _mm512_shuffle_epi8(lut, lo0), lo1 = _mm512_shuffle_epi8(lut, lo1);
                 hi0 = _mm512_shuffle_epi8(lut, hi0), hi1 = _mm512_shuffle_epi8(lut, hi1);
+            }
+            if (next != nullptr) {  // the same block of the next panel into L2: 128 bytes a pair, then the rest
+                const char* ahead = reinterpret_cast<const char*>(next + (blk - panel));
+                _mm_prefetch(ahead + 128 * d, _MM_HINT_T1);
+                _mm_prefetch(ahead + 128 * d + 64, _MM_HINT_T1);
+                if (d == 0)
+                    for (std::int64_t t = 128 * pairs; t < block_bytes<P>; t += 64) _mm_prefetch(ahead + t, _MM_HINT_T1);
             }
             const std::int64_t pos = d < first_pairs ? runs.first + 8 * d : runs.second + 8 * (d - first_pairs);
 #pragma GCC unroll 8
@@ -288,13 +296,21 @@ __m512i level_table(const weights_view& w) {
 // halves: 12 chains, 12 accumulators; at M = 128, 4096 x 11008, NF4 b64 took 18.2 ms against 19.2
 // with tiles of 4 and 19.0 with 5), then 8 x 1 (one decode for M = 8: 1.41 ms against 1.66 as
 // 6 + 2; as the main tile it was no better at M = 16 or 128), 6 x 1, 4 x 1, 3 x 2, 2 x 2 or 1 x 4.
+// From 6 X rows on, the tiles are compute-bound and the first one of a panel waited on DRAM: the
+// tile of 6 or 8 rows at i = 6 (the second), or at i = 0 when it is the only one of them, prefetches
+// the next panel into L2 (4096 x 11008, cold: int4 g128 M = 8 / 16 / 32 1.47 / 2.84 / 4.45 -> 1.05 /
+// 2.18 / 3.97 ms; docs/performance.md, "Panels, eighth session"). Below 6 rows the stream is
+// memory-bound and the hardware prefetcher keeps up: prefetching there made M = 1-4 up to 1.15x slower.
 template <class P, class A>
-[[gnu::noinline]] void run_panel(const std::uint8_t* panel, const i8_shape<P, A>& s, const x_row* x, std::int64_t count,
-                                 __m512i lut, const float* bias, float* y, std::int64_t ldy, std::int64_t np,
-                                 std::int64_t n0, std::int64_t n1) {
+[[gnu::noinline]] void run_panel(const std::uint8_t* panel, const std::uint8_t* next, const i8_shape<P, A>& s,
+                                 const x_row* x, std::int64_t count, __m512i lut, const float* bias, float* y,
+                                 std::int64_t ldy, std::int64_t np, std::int64_t n0, std::int64_t n1) {
     const auto run = [&]<int T, int C>(std::int64_t i) {
         __m512 acc[T][2];
-        tile<P, A, T, C>(panel, s, x + i, lut, acc);
+        if (T >= 6 && next != nullptr && i == (count > 8 ? 6 : 0))
+            tile<P, A, T, C>(panel, s, x + i, lut, acc, next);
+        else
+            tile<P, A, T, C>(panel, s, x + i, lut, acc, nullptr);  // inlined: no prefetch code at all
         store<P, T>(acc, bias, y + i * ldy, ldy, np, n0, n1);
     };
     std::int64_t i = 0;
@@ -313,7 +329,7 @@ template <class P, class A>
 }
 
 // Y[i, n] (row i at y + i ldy) for the m prepared X rows (i8_row) and output rows [n0, n1). X in
-// chunks of 64 rows (256 KiB of levels at K = 4096: a chunk and a 66 KiB panel stay in L2), the
+// chunks of 64 rows (256 KiB of levels at K = 4096: a chunk and two 66 KiB panels stay in L2), the
 // panels read once per chunk.
 template <class P, class A>
 void gemm(const weights_view& w, const i8_row* xr, std::int64_t m, const float* bias, float* y, std::int64_t ldy,
@@ -332,8 +348,8 @@ void gemm(const weights_view& w, const i8_row* xr, std::int64_t m, const float* 
     constexpr std::int64_t chunk = 64;
     for (std::int64_t c0 = 0; c0 < m; c0 += chunk)
         for (std::int64_t p = n0 / rows; p * rows < n1; ++p)
-            run_panel<P, A>(w.codes + p * panel_bytes, s, x + c0, m - c0 < chunk ? m - c0 : chunk, lut, bias,
-                            y + c0 * ldy, ldy, p * rows, n0, n1);
+            run_panel<P, A>(w.codes + p * panel_bytes, (p + 1) * rows < n1 ? w.codes + (p + 1) * panel_bytes : nullptr,
+                            s, x + c0, m - c0 < chunk ? m - c0 : chunk, lut, bias, y + c0 * ldy, ldy, p * rows, n0, n1);
 }
 
 }  // namespace qforge::kernels::panels
