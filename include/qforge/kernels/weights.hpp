@@ -81,7 +81,7 @@ enum class weight_arrangement : std::uint8_t { rows, vnni_panels };
 // bitsandbytes' 4-bit codes (with or without double quantization) and of 4-bit integers in
 // qforge's layout in groups up to 128 (larger ones are not measured). Chosen by measurement
 // (docs/performance.md, "W arranged in panels", "Panels, seventh session" and "eighth session"):
-// on panels their cold GEMV (4096 x 11008) took 0.6-0.94 of its time on rows, and M = 2-32 0.5-0.8.
+// on panels their cold GEMV (4096 x 11008) took 0.6-1.01 of its time on rows, and M = 2-32 0.36-0.8.
 constexpr bool has_vnni_panels(const config& c) {
     if (c.act != compute::i8 || c.bits != 4 || c.group <= 0) return false;
     if (c.storage == layout::qforge) return (c.type == dtype::int_sym || c.type == dtype::int_asym) && c.group <= 128;

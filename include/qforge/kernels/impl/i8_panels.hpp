@@ -11,8 +11,9 @@
 // The activations are the prepared rows of the GEMV (i8_row), so a prepared x serves arranged and
 // row-layout matrices alike: each pair of code dwords holds the elements whose activations sit at
 // 8 consecutive bytes of the prepared row (runs_of), which is what arrange stores.
-// Measured (docs/performance.md, "Panels, seventh session"): NF4 b64 and int4 g128, 4096 x 11008,
-// cold, 1 thread: 0.47-0.94 of the rows' time at M = 1-32, 0.94-1.04 at M = 128-512.
+// Measured (docs/performance.md, "Panels, seventh session" and "eighth session"): NF4 b64 (also
+// with double quant) and int4 g128, 4096 x 11008, cold, 1 thread: 0.36-1.01 of the rows' time at
+// M = 1-32, 0.94-1.01 at M = 128-512.
 #pragma once
 
 #include <qforge/kernels/impl/i8.hpp>
@@ -102,7 +103,9 @@ void arrange(const weights_view& w, std::uint8_t* out) {
     using L = layout_traits<P::storage>;
     const i8_shape<P, A> s(w.cols);
     const std::int64_t* map = element_map<P, A>(s);
-    auto* absmax = static_cast<float*>(simd::scratch<A, 6>::get(static_cast<std::size_t>(s.blocks) * sizeof(float)));
+    float* absmax = nullptr;  // double quant: a row's decoded absmax
+    if constexpr (P::double_quant)
+        absmax = static_cast<float*>(simd::scratch<A, 6>::get(static_cast<std::size_t>(s.blocks) * sizeof(float)));
     for (std::int64_t n = 0; n < w.rows; ++n) {
         const std::uint8_t* codes = row_codes<P, A>(w, n);
         const auto code = [&](std::int64_t e) { return L::template code_at<A, 4>(codes, w.cols, e); };
